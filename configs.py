@@ -1,0 +1,141 @@
+"""Run configuration: frozen dataclasses, named presets, and `--key=value` overrides checked against them.
+
+    cfg = resolve(["--preset=cpu", "--optim.name=muon", "--optim.lr=0.02"])
+
+One config object per run; train.py prints `asdict(cfg)` at start and writes it into the log.
+"""
+
+import ast
+import dataclasses
+from dataclasses import dataclass, field
+
+from model.config import GPTConfig, model_preset
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "adamw"  # registry name in optim.registry: adamw | sgd | muon | normuon
+    lr: float = 3e-3  # AdamW/SGD: every parameter; Muon/NorMuon: the hidden weight matrices
+    adam_lr: float = 3e-3  # Muon/NorMuon: the Adam side (embeddings, head, gains and scalars)
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.95)
+    eps: float = 1e-8
+    momentum: float = 0.95  # SGD and Muon momentum
+    nesterov: bool = True
+    ns_impl: str = "eager"  # kernels.registry impl of "newton_schulz": eager | triton
+    ns_coefficients: str = "quintic"  # quintic | polar_express
+    ns_steps: int = 5
+    normuon_beta2: float = 0.95  # NorMuon: EMA of the per-row second moment
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "cpu"
+    model: GPTConfig = field(default_factory=GPTConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    # data: directories of shards written by `python -m data.prepare`
+    data_dir: str = "shards/pydocs"
+    train_pattern: str = "*_train_*.bin"
+    val_pattern: str = "*_val_*.bin"
+    # batch: tokens per step = batch_size * seq_len * grad_accum * world_size
+    batch_size: int = 8
+    seq_len: int = 256
+    grad_accum: int = 1
+    max_steps: int = 300
+    warmup_steps: int = 10
+    cooldown_frac: float = 0.4  # linear decay to 0 over the last fraction of steps (trapezoidal schedule)
+    grad_clip: float = 1.0  # 0 disables
+    # validation: a fixed held-out token set, every val_every steps and at the end
+    val_every: int = 25
+    val_tokens: int = 65536
+    target_val_loss: float = 0.0  # 0 = no target; the run reports steps/seconds to reach it
+    stop_at_target: bool = True
+    # system
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda
+    autocast: bool = True  # bf16 autocast for matmuls
+    compile: bool = False
+    threads: int = 0  # torch.set_num_threads on CPU; 0 leaves torch's default
+    out_dir: str = "runs"
+    run_name: str = ""  # default: <preset>-<optimizer>-s<seed>
+
+
+PRESETS = {
+    # The CPU track: python-docs corpus, a model small enough for minutes on 2 cores.
+    "cpu": dict(model=model_preset("cpu"), data_dir="shards/pydocs", batch_size=8, seq_len=256, max_steps=300,
+                val_every=25, val_tokens=65536, warmup_steps=10),
+    # The H100 speedrun configuration on FineWeb (torchrun --nproc_per_node=8): 8 × 48k tokens a step.
+    "gpt2-124m": dict(model=model_preset("gpt2-124m"), data_dir="shards/fineweb10B",
+                      train_pattern="fineweb_train_*.bin", val_pattern="fineweb_val_*.bin", batch_size=24,
+                      seq_len=2048, max_steps=1750, val_every=125, val_tokens=10485760, target_val_loss=3.28,
+                      compile=True, optim=OptimConfig(name="muon", lr=0.05, adam_lr=0.008)),
+    # Tests: a few seconds on the CPU.
+    "tiny": dict(model=model_preset("tiny"), data_dir="shards/pydocs", batch_size=2, seq_len=64, max_steps=3,
+                 val_every=2, val_tokens=512, warmup_steps=1),
+}
+
+
+def _parse_value(text: str, current, name: str):
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if isinstance(current, bool) and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise ValueError(f"--{name}={text}: not a Python literal") from None
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"--{name}={text}: expected True/False")
+        return value
+    if isinstance(current, float) and isinstance(value, int):
+        value = float(value)
+    if current is not None and not isinstance(value, type(current)):
+        if isinstance(current, tuple) and isinstance(value, list):
+            return tuple(value)
+        raise ValueError(f"--{name}={text}: expected {type(current).__name__}, got {type(value).__name__}")
+    return value
+
+
+def _override(obj, dotted: str, text: str):
+    head, _, rest = dotted.partition(".")
+    names = {f.name for f in dataclasses.fields(obj)}
+    if head not in names:
+        raise ValueError(f"unknown option --{dotted}; {type(obj).__name__} has: {', '.join(sorted(names))}")
+    current = getattr(obj, head)
+    if rest:
+        if not dataclasses.is_dataclass(current):
+            raise ValueError(f"--{dotted}: {head} has no sub-options")
+        return dataclasses.replace(obj, **{head: _override(current, rest, text)})
+    return dataclasses.replace(obj, **{head: _parse_value(text, current, dotted)})
+
+
+def resolve(argv: list[str]) -> TrainConfig:
+    """Preset (from --preset=NAME, default cpu) + overrides `--key=value` / `--group.key=value`.
+
+    `--key value` is accepted too; `--optimizer NAME` and `--attention NAME` are short for
+    `--optim.name` and `--model.attn_impl`.
+    """
+    aliases = {"optimizer": "optim.name", "attention": "model.attn_impl"}
+    pairs, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"unexpected argument {arg!r}; options look like --key=value")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+        else:
+            if i + 1 >= len(argv):
+                raise ValueError(f"{arg} needs a value")
+            key, value = arg[2:], argv[i + 1]
+            i += 1
+        pairs.append((aliases.get(key, key), value))
+        i += 1
+    preset = dict(pairs).get("preset", "cpu")
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    cfg = TrainConfig(preset=preset, **PRESETS[preset])
+    for key, value in pairs:
+        if key != "preset":
+            cfg = _override(cfg, key, value)
+    return cfg

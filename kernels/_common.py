@@ -1,0 +1,85 @@
+"""Helpers shared by every kernel launcher: backend detection and input checks.
+
+The launchers call these before touching Triton so that a bad tensor produces an error that names the
+argument and the problem instead of a crash (or a silent wrong answer) inside a kernel.
+"""
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+
+def is_interpreter() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_tensor(t, name: str, *, ndim=None, dtypes=None, contiguous: bool = False, nonempty: bool = True):
+    """Raise a TypeError/ValueError naming `name` when `t` does not match the launcher's contract."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if t.ndim not in allowed:
+            raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dims, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        raise TypeError(f"{name} has dtype {t.dtype}; supported: {names}")
+    if nonempty and t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
+    if contiguous and not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (shape {tuple(t.shape)}, strides {t.stride()}); call .contiguous()")
+
+
+def check_triton_device(*tensors_and_names):
+    """Triton kernels need CUDA tensors, or CPU tensors under the interpreter; all on one device.
+
+    Called as check_triton_device((x, "x"), (w, "w"), ...).
+    """
+    devices = {t.device for t, _ in tensors_and_names}
+    if len(devices) > 1:
+        listing = ", ".join(f"{n} on {t.device}" for t, n in tensors_and_names)
+        raise ValueError(f"all inputs must be on one device: {listing}")
+    device = devices.pop()
+    if device.type == "cuda":
+        return device
+    if device.type == "cpu" and is_interpreter():
+        return device
+    names = ", ".join(n for _, n in tensors_and_names)
+    raise RuntimeError(
+        f"the triton implementation needs CUDA tensors ({names} are on {device}); "
+        "set TRITON_INTERPRET=1 before importing triton to run it on the CPU, or use impl='eager'"
+    )
+
+
+def same_dtype(*tensors_and_names):
+    dtypes = {t.dtype for t, _ in tensors_and_names}
+    if len(dtypes) > 1:
+        listing = ", ".join(f"{n}: {t.dtype}" for t, n in tensors_and_names)
+        raise TypeError(f"inputs must share one dtype, got {listing}")
+
+
+@dataclass
+class CodegenCase:
+    """One kernel configuration to compile ahead of time for sm_90 (see bench/codegen.py).
+
+    `signature` uses Triton's AOT syntax ({'x_ptr': '*bf16', 'M': 'i32', 'BLOCK': 'constexpr'});
+    `divisible` names the arguments the JIT would mark 16-divisible at the real shape (pointers,
+    sizes and strides that are multiples of 16), so that the report shows the code a launch gets.
+    `flops` and `bytes` are the work of one launch at the 124M shape, for the roofline floor.
+    """
+
+    kernel: str
+    config: str
+    fn: Callable
+    signature: dict
+    constexprs: dict
+    divisible: tuple = ()
+    num_warps: int = 4
+    num_stages: int = 3
+    flops: float = 0.0
+    bytes: float = 0.0
+    expect_hgmma: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)

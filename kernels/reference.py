@@ -1,0 +1,168 @@
+"""Eager PyTorch version of every op: the test oracle, the bench baseline and the CPU fallback.
+
+Each function takes `upcast`: True computes in float64 (the oracle of the parity tests); False computes
+in the input dtype, as a plain PyTorch model would (the "peer" whose error sets the tolerance).
+These are registered as impl "eager" in kernels.registry; the Triton kernels must match them.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from kernels import registry
+
+# ---------------------------------------------------------------------------------------------------
+# Newton-Schulz orthogonalization (Muon / NorMuon)
+# ---------------------------------------------------------------------------------------------------
+
+# Quintic iteration X <- aX + (bA + cA²)X with A = XXᵀ, from the NanoGPT speedrun (Keller Jordan's Muon);
+# the same (a, b, c) every step. Chosen to push singular values into roughly [0.7, 1.2] fast, not to converge.
+QUINTIC = (3.4445, -4.7750, 2.0315)
+
+# Polar Express (Amsel, Persson, Musco, Gower 2025, arXiv:2505.16932): per-iteration optimal coefficients
+# for 5 iterations (safety factor 2e-2, cushion 2), as used by the current speedrun record.
+POLAR_EXPRESS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+
+
+def ns_coefficients(name: str, steps: int) -> list[tuple[float, float, float]]:
+    """The (a, b, c) of each of `steps` iterations for a named coefficient set."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if name == "quintic":
+        return [QUINTIC] * steps
+    if name == "polar_express":
+        # Past the tabulated iterations, the last polynomial is repeated (it is a fixed point map near 1).
+        return [POLAR_EXPRESS[min(i, len(POLAR_EXPRESS) - 1)] for i in range(steps)]
+    raise ValueError(f"unknown Newton-Schulz coefficients {name!r}; choose 'quintic' or 'polar_express'")
+
+
+# Polar Express divides by ||X||_F·(1 + 2e-2) so the spectral norm is safely below 1 (its safety factor).
+NS_NORM_SCALE = {"quintic": 1.0, "polar_express": 1.02}
+
+
+def newton_schulz(G: torch.Tensor, *, steps: int = 5, coefficients: str = "quintic", eps: float = 1e-7,
+                  upcast: bool = False) -> torch.Tensor:
+    """Approximate the orthogonal polar factor UVᵀ of G = USVᵀ, for one matrix (M, N) or a batch (B, M, N).
+
+    Computes in G's dtype (bf16 in the optimizer), or float64 when `upcast`. Tall matrices are transposed
+    so the Gram matrix A = XXᵀ is the small one. Returns a tensor of G's shape and dtype.
+    """
+    if G.ndim not in (2, 3):
+        raise ValueError(f"newton_schulz expects a (M, N) or (B, M, N) tensor, got shape {tuple(G.shape)}")
+    coeffs = ns_coefficients(coefficients, steps)
+    X = G.double() if upcast else G
+    tall = X.size(-2) > X.size(-1)
+    if tall:
+        X = X.mT
+    norm = X.norm(dim=(-2, -1), keepdim=True)
+    X = X / (norm * NS_NORM_SCALE[coefficients] + eps)
+    for a, b, c in coeffs:
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    if tall:
+        X = X.mT
+    return X.to(G.dtype).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Linear cross-entropy with logit softcap (the LM head)
+# ---------------------------------------------------------------------------------------------------
+
+
+def softcap_logits(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """softcap · tanh(logits / softcap): bounds logits to (-softcap, softcap) smoothly."""
+    if softcap is None:
+        return logits
+    return softcap * torch.tanh(logits / softcap)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                         softcap: float | None = None, ignore_index: int = -100, reduction: str = "mean",
+                         z_loss: float = 0.0, upcast: bool = False) -> torch.Tensor:
+    """Cross-entropy of softcap(hidden @ weightᵀ) against targets; hidden (N, H), weight (V, H), targets (N,).
+
+    Logits are computed in fp32 from the input dtype (as a bf16-autocast model does), float64 if `upcast`.
+    `z_loss` adds z_loss · logsumexp² per token (PaLM's auxiliary loss). Mean is over non-ignored tokens.
+    """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    acc = torch.float64 if upcast else torch.float32
+    if upcast:
+        logits = hidden.double() @ weight.double().T
+    else:
+        logits = (hidden @ weight.T).to(acc)
+    logits = softcap_logits(logits, softcap)
+    loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")
+    if z_loss:
+        lse = torch.logsumexp(logits, dim=-1)
+        loss = loss + z_loss * lse.square() * (targets != ignore_index)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / (targets != ignore_index).sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ReLU² MLP
+# ---------------------------------------------------------------------------------------------------
+
+
+def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, *, upcast: bool = False) -> torch.Tensor:
+    """proj(relu(fc(x))²): x (N, H), w_fc (F, H), w_proj (H, F) -> (N, H). float64 if `upcast`."""
+    if upcast:
+        x, w_fc, w_proj = x.double(), w_fc.double(), w_proj.double()
+    h = F.linear(x, w_fc)  # (N, F)
+    return F.linear(F.relu(h).square(), w_proj)  # (N, H)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention
+# ---------------------------------------------------------------------------------------------------
+
+
+def attention_mask(T: int, *, causal: bool = True, window: int | None = None, doc_ids: torch.Tensor | None = None,
+                   device=None) -> torch.Tensor:
+    """Boolean (B or 1, 1, T, T) mask, True where query i may attend key j.
+
+    causal: j <= i. window w: i - j < w (the query and the w-1 keys before it). doc_ids (B, T): same document.
+    """
+    i = torch.arange(T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    mask = torch.ones(T, T, dtype=torch.bool, device=device)
+    if causal:
+        mask &= j <= i
+    if window is not None:
+        mask &= (i - j) < window
+    mask = mask[None, None]
+    if doc_ids is not None:
+        mask = mask & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
+    return mask
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True, window: int | None = None,
+              doc_ids: torch.Tensor | None = None, scale: float | None = None, upcast: bool = False) -> torch.Tensor:
+    """Softmax attention on the model's layout: q, k, v (B, T, H, D) -> (B, T, H, D). float64 if `upcast`."""
+    B, T, H, D = q.shape
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    dtype = torch.float64 if upcast else torch.float32
+    qh, kh, vh = (t.transpose(1, 2).to(dtype) for t in (q, k, v))  # (B, H, T, D)
+    scores = (qh @ kh.transpose(-2, -1)) * scale  # (B, H, T, T)
+    mask = attention_mask(T, causal=causal, window=window, doc_ids=doc_ids, device=q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ vh  # (B, H, T, D)
+    return out.transpose(1, 2).to(q.dtype if not upcast else torch.float64)
+
+
+registry.register("newton_schulz", "eager", newton_schulz)
+registry.register("linear_cross_entropy", "eager", linear_cross_entropy)
+registry.register("relu2_mlp", "eager", relu2_mlp)
+registry.register("attention", "eager", attention)

