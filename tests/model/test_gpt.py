@@ -1,0 +1,161 @@
+"""GPT: shapes, causality, every architecture switch, document masking and the presets' parameter counts."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from model.config import GPTConfig, model_preset
+from model.gpt import GPT
+
+V = 50304
+
+
+def tiny(**overrides) -> GPT:
+    return GPT(model_preset("tiny", **overrides))
+
+
+def test_forward_backward_shapes():
+    model = tiny()
+    idx = torch.randint(0, V, (2, 17))
+    logits = model(idx)
+    assert logits.shape == (2, 17, V) and logits.dtype == torch.float32
+    loss = model(idx, torch.randint(0, V, (2, 17)))
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.shape == p.shape, name
+
+
+def test_zero_initialised_head_starts_at_uniform_loss():
+    model = tiny()
+    idx = torch.randint(0, V, (2, 9))
+    assert model(idx, idx).item() == pytest.approx(torch.log(torch.tensor(float(V))).item(), rel=1e-6)
+
+
+def _randomise(model):
+    # Zero-initialised projections and head would make every position's output identical: perturb them.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("overrides", [{}, {"doc_masking": True}, {"window": 4}, {"rotary": False}],
+                         ids=["speedrun", "doc_masking", "window", "learned_pos"])
+def test_future_tokens_never_change_past_logits(overrides):
+    model = _randomise(tiny(**overrides)).eval()
+    idx = torch.randint(0, V, (1, 24))
+    changed = idx.clone()
+    changed[:, 13:] = torch.randint(0, V, (1, 11))
+    a, b = model(idx), model(changed)
+    assert torch.equal(a[:, :13], b[:, :13])
+    assert not torch.allclose(a[:, 13:], b[:, 13:])
+
+
+def test_document_masking_isolates_documents():
+    model = _randomise(tiny(doc_masking=True)).eval()
+    eot = model.cfg.eot_token
+    idx = torch.randint(0, 50000, (1, 20))
+    idx[0, 10] = eot  # the second document starts at position 10 (EOT opens a document)
+    changed = idx.clone()
+    changed[0, :10] = torch.randint(0, 50000, (10,))  # rewrite the first document only
+    a, b = model(idx), model(changed)
+    assert torch.allclose(a[:, 10:], b[:, 10:], atol=1e-6)
+    assert not torch.allclose(a[:, :10], b[:, :10])
+
+
+def test_window_limits_context():
+    model = _randomise(tiny(window=3, value_embeds=False, unet_skips=False, n_layer=1)).eval()
+    idx = torch.randint(0, V, (1, 12))
+    changed = idx.clone()
+    changed[0, 0] = (idx[0, 0] + 1) % V
+    a, b = model(idx), model(changed)
+    # One layer, window 3: position t sees t-2..t, so position 0 influences only positions 0..2.
+    assert torch.equal(a[:, 3:], b[:, 3:])
+    assert not torch.allclose(a[:, :3], b[:, :3])
+
+
+SWITCHES = {
+    "rotary": lambda m: m.wpe is not None,
+    "value_embeds": lambda m: len(m.value_embeds) == 0,
+    "unet_skips": lambda m: m.skip_weights is None,
+    "rmsnorm": lambda m: m.norm_f.ln is not None,
+    "qk_norm": lambda m: True,
+    "relu2": lambda m: m.blocks[0].mlp.relu2 is None,
+    "zero_init_proj": lambda m: m.blocks[0].attn.c_proj.weight.abs().sum() > 0,
+}
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_each_switch_changes_the_model(switch):
+    base = tiny()
+    off = tiny(**{switch: False})
+    assert SWITCHES[switch](off), f"{switch}=False did not change the structure"
+    torch.manual_seed(1)
+    _randomise(base), _randomise(off)
+    idx = torch.randint(0, V, (2, 12))
+    loss = off(idx, idx)
+    loss.backward()
+    assert torch.isfinite(loss)
+    if switch in ("qk_norm", "relu2"):
+        off.load_state_dict(base.state_dict())
+        assert not torch.allclose(base(idx), off(idx)), f"{switch}=False gives the same outputs"
+
+
+def test_tied_head_shares_the_embedding():
+    model = tiny(tied_head=True, zero_init_proj=False)
+    assert model.lm_head is None and model.head_weight is model.wte.weight
+
+
+def test_softcap_bounds_logits():
+    model = _randomise(tiny(logit_softcap=2.0))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1000)
+    idx = torch.randint(0, V, (1, 8))
+    assert model(idx).abs().max() <= 2.0  # tanh saturates to exactly ±1 in fp32
+    uncapped = GPT(dataclasses.replace(model.cfg, logit_softcap=None))
+    uncapped.load_state_dict(model.state_dict())
+    assert uncapped(idx).abs().max() > 100.0
+
+
+def test_parameter_counts_of_presets():
+    with torch.device("meta"):
+        speedrun = GPT(model_preset("gpt2-124m"))
+        vanilla = GPT(model_preset("gpt2-vanilla"))
+    C, L = 768, 12
+    blocks = L * 12 * C * C  # q, k, v, o (4C²) + MLP (8C²)
+    # token embedding + untied head + 3 value embeddings, blocks, 6 value-embed gain pairs, 6 skip gains
+    assert speedrun.num_params() == 5 * V * C + blocks + 6 * 2 + 6
+    # GPT-2 small without linear biases: tied embedding, 1024 positions, 2 LayerNorms a block + final
+    assert vanilla.num_params() == V * C + 1024 * C + blocks + L * 4 * C + 2 * C
+    assert 123e6 < vanilla.num_params() < 125e6  # "GPT-2 124M"
+    assert sum(p.numel() for n, p in speedrun.named_parameters() if n.startswith("blocks.") and p.ndim == 2) == blocks
+
+
+def test_bad_inputs_raise():
+    model = tiny()
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match="targets shape"):
+        model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="not divisible"):
+        GPTConfig(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match="unknown model preset"):
+        model_preset("nope")
+    with pytest.raises(KeyError, match="no implementation"):
+        tiny(mlp_impl="nope")
+
+
+def test_autocast_bf16_matches_fp32_closely():
+    model = _randomise(tiny())
+    idx = torch.randint(0, V, (2, 16))
+    ref = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(idx, idx)
+    assert abs(low.item() - ref.item()) < 0.05 * ref.item()
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model_preset("tiny").n_layer = 3
