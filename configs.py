@@ -58,6 +58,9 @@ class TrainConfig:
     threads: int = 0  # torch.set_num_threads on CPU; 0 leaves torch's default
     out_dir: str = "runs"
     run_name: str = ""  # default: <preset>-<optimizer>-s<seed>
+    # checkpoints: runs/<name>/checkpoint.pt, written atomically every K steps and at the end (0 = end only)
+    checkpoint_every: int = 0
+    resume: bool = False  # continue from runs/<name>/checkpoint.pt (same config required)
 
 
 PRESETS = {

@@ -6,7 +6,9 @@
 Options are `--key=value` overrides of configs.TrainConfig (`--optim.lr=0.02`, `--model.n_layer=6`).
 The clock runs only while training: validation pauses it, and the warm-up steps (torch.compile, first-call
 allocation) run before it starts, on a snapshot of the initial state that is restored afterwards; their
-time is reported apart as warmup_s. Each run writes runs/<name>/{config.json,log.jsonl,summary.json}.
+time is reported apart as warmup_s. Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and,
+with --checkpoint_every=K, an atomic checkpoint.pt every K steps and at the end; `--resume=True` continues
+it and produces the same trajectory as an uninterrupted run (bitwise on the CPU with a fixed thread count).
 """
 
 import copy
@@ -20,6 +22,7 @@ import time
 import torch
 import torch.distributed as dist
 
+import checkpoint
 from configs import TrainConfig, resolve
 from data.loader import TokenLoader, val_batches
 from data.shards import list_shards
@@ -74,6 +77,37 @@ class Trainer:
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.loader = self._new_loader()
+        # progress of the timed run; restored by --resume
+        self.step, self.train_time, self.reached, self.val_loss, self.log_offset = 0, 0.0, None, float("nan"), 0
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.run_dir, "checkpoint.pt")
+
+    def save_checkpoint(self):
+        if not self.master:
+            return
+        checkpoint.save_atomic({
+            "config": dataclasses.asdict(self.cfg), "step": self.step, "train_time": self.train_time,
+            "reached": self.reached, "val_loss": self.val_loss, "log_offset": self.log_offset,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "loader": self.loader.state_dict(), "rng": checkpoint.rng_state(),
+        }, self.checkpoint_path)
+
+    def load_checkpoint(self):
+        state = checkpoint.load(self.checkpoint_path)
+        saved, current = dict(state["config"]), dataclasses.asdict(self.cfg)
+        saved.pop("resume"), current.pop("resume")
+        if saved != current:
+            diff = sorted(k for k in current if saved.get(k) != current[k])
+            raise ValueError(f"{self.checkpoint_path} was written by a different config (differs in: {diff}); "
+                             "resume with the same options, or pick another --run_name")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
+        checkpoint.set_rng_state(state["rng"])
+        self.step, self.train_time, self.reached = state["step"], state["train_time"], state["reached"]
+        self.val_loss, self.log_offset = state["val_loss"], state["log_offset"]
 
     def _new_loader(self) -> TokenLoader:
         cfg = self.cfg
@@ -108,10 +142,11 @@ class Trainer:
         loss_value = total.item()
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"step {step}: training loss is {loss_value}; {self._first_bad_grad()}")
+        norm = torch.nn.utils.get_total_norm(grads)
+        if not torch.isfinite(norm):
+            raise FloatingPointError(f"step {step}: gradient norm is {norm.item()}; {self._first_bad_grad()}")
         if cfg.grad_clip:
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if not torch.isfinite(norm):
-                raise FloatingPointError(f"step {step}: gradient norm is {norm.item()}; {self._first_bad_grad()}")
+            torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.grad_clip, norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value
@@ -153,68 +188,90 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.cfg
+        warmup_s = self.warmup()
+        if cfg.resume:
+            self.load_checkpoint()
+        log = None
         if self.master:
             os.makedirs(self.run_dir, exist_ok=True)
             with open(os.path.join(self.run_dir, "config.json"), "w") as f:
                 json.dump(dataclasses.asdict(cfg), f, indent=1)
-            log = open(os.path.join(self.run_dir, "log.jsonl"), "w")
+            log = open(os.path.join(self.run_dir, "log.jsonl"), "r+" if cfg.resume else "w")
+            log.truncate(self.log_offset)  # drop lines written after the checkpoint we resume from
+            log.seek(self.log_offset)
+        try:
+            self._loop(log)
+        finally:
+            if log is not None:
+                log.close()
+        summary = self.summary(warmup_s)
+        if self.master:
+            with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=1)
+        return summary
+
+    def _log(self, log, record: dict):
+        if log is not None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            self.log_offset = log.tell()
+
+    def _loop(self, log):
+        cfg = self.cfg
         tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world_size
-        warmup_s = self.warmup()
-        train_time, reached = 0.0, None
-        val_loss = float("nan")
         progress = None
         if self.master and cfg.max_steps:
             from tqdm import tqdm
 
-            progress = tqdm(total=cfg.max_steps, desc=f"{cfg.preset}/{cfg.optim.name}", dynamic_ncols=True)
-        step = 0
+            progress = tqdm(total=cfg.max_steps, initial=self.step, desc=f"{cfg.preset}/{cfg.optim.name}",
+                            dynamic_ncols=True)
         while True:
-            last = step == cfg.max_steps
-            if last or step % cfg.val_every == 0:
-                val_loss = self.evaluate()
-                record = {"step": step, "val_loss": val_loss, "tokens": step * tokens_per_step,
-                          "train_time_s": train_time}
-                if cfg.target_val_loss and reached is None and val_loss <= cfg.target_val_loss:
-                    reached = {"steps_to_target": step, "seconds_to_target": train_time}
-                    record.update(reached)
-                if self.master:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    if progress is not None:
-                        progress.set_postfix(val=f"{val_loss:.4f}")
-                if last or (reached and cfg.stop_at_target):
+            last = self.step == cfg.max_steps
+            if last or self.step % cfg.val_every == 0:
+                self.val_loss = self.evaluate()
+                record = {"step": self.step, "val_loss": self.val_loss, "tokens": self.step * tokens_per_step,
+                          "train_time_s": self.train_time}
+                if cfg.target_val_loss and self.reached is None and self.val_loss <= cfg.target_val_loss:
+                    self.reached = {"steps_to_target": self.step, "seconds_to_target": self.train_time}
+                    record.update(self.reached)
+                self._log(log, record)
+                if progress is not None:
+                    progress.set_postfix(val=f"{self.val_loss:.4f}")
+                if last or (self.reached and cfg.stop_at_target):
                     break
             _sync(self.device)
             start = time.perf_counter()
-            train_loss = self.train_step(step)
+            train_loss = self.train_step(self.step)
             _sync(self.device)
-            train_time += time.perf_counter() - start
-            step += 1
-            if self.master:
-                log.write(json.dumps({"step": step, "train_loss": train_loss, "lr_factor": lr_factor(step - 1, cfg),
-                                      "tokens": step * tokens_per_step, "train_time_s": train_time,
-                                      "step_avg_ms": 1e3 * train_time / step}) + "\n")
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix(loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+            self.train_time += time.perf_counter() - start
+            self.step += 1
+            self._log(log, {"step": self.step, "train_loss": train_loss, "lr_factor": lr_factor(self.step - 1, cfg),
+                            "tokens": self.step * tokens_per_step, "train_time_s": self.train_time,
+                            "step_avg_ms": 1e3 * self.train_time / self.step})
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{train_loss:.4f}", val=f"{self.val_loss:.4f}")
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
         if progress is not None:
             progress.close()
-        summary = {
-            "preset": cfg.preset, "optimizer": cfg.optim.name, "seed": cfg.seed, "steps": step,
-            "tokens": step * tokens_per_step, "final_val_loss": val_loss, "target_val_loss": cfg.target_val_loss or None,
-            "reached_target": reached is not None,
+        self.save_checkpoint()
+
+    def summary(self, warmup_s: float) -> dict:
+        cfg, reached = self.cfg, self.reached
+        tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world_size
+        return {
+            "preset": cfg.preset, "optimizer": cfg.optim.name, "seed": cfg.seed, "steps": self.step,
+            "tokens": self.step * tokens_per_step, "final_val_loss": self.val_loss,
+            "target_val_loss": cfg.target_val_loss or None, "reached_target": reached is not None,
             "steps_to_target": reached["steps_to_target"] if reached else None,
             "seconds_to_target": reached["seconds_to_target"] if reached else None,
-            "train_time_s": train_time, "step_avg_ms": 1e3 * train_time / max(step, 1), "warmup_s": warmup_s,
+            "train_time_s": self.train_time, "step_avg_ms": 1e3 * self.train_time / max(self.step, 1),
+            "warmup_s": warmup_s,
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "world_size": self.world_size, "threads": torch.get_num_threads(),
             "params": self.model.num_params(), "run_dir": self.run_dir,
         }
-        if self.master:
-            log.close()
-            with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=1)
-        return summary
 
 
 def format_summary(s: dict) -> str:

@@ -32,7 +32,8 @@ def format_rows(table: list[dict]) -> str:
     def f(v, spec):
         return "—" if v is None else format(v, spec)
 
-    header = f"{'kernel':<28} {'case':<26} {'mode':<8} {'provider':<10} {'ms':>9} {'TFLOP/s':>8} {'%roof':>6} {'vs eager':>8}"
+    header = (f"{'kernel':<28} {'case':<26} {'mode':<8} {'provider':<10} {'ms':>9} {'TFLOP/s':>8} {'%roof':>6} "
+              f"{'vs eager':>8}")
     lines = [header, "-" * len(header)]
     for r in table:
         lines.append(f"{r['kernel'][:28]:<28} {str(r['case'])[:26]:<26} {r['mode'][:8]:<8} {r['provider'][:10]:<10} "

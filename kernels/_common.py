@@ -30,7 +30,8 @@ def check_tensor(t, name: str, *, ndim=None, dtypes=None, contiguous: bool = Fal
     if nonempty and t.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")
     if contiguous and not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (shape {tuple(t.shape)}, strides {t.stride()}); call .contiguous()")
+        raise ValueError(f"{name} must be contiguous (shape {tuple(t.shape)}, strides {t.stride()}); "
+                         "call .contiguous()")
 
 
 def check_triton_device(*tensors_and_names):
