@@ -32,3 +32,36 @@ def seed():
 def device():
     """CUDA when present; else CPU (Triton kernels then run under the interpreter)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.fixture(scope="session")
+def text_shards(tmp_path_factory):
+    """Shards tokenized (by data.prepare's text pipeline) from real English: a few standard-library sources."""
+    import argparse
+    import collections
+    import dataclasses
+    import inspect
+    import json
+    import logging
+    import textwrap
+
+    from data import prepare
+
+    root = tmp_path_factory.mktemp("corpus")
+    docs = root / "docs"
+    docs.mkdir()
+    for module in (argparse, collections, dataclasses, json, logging, textwrap):
+        (docs / f"{module.__name__}.txt").write_text(inspect.getsource(module))
+    out = root / "shards"
+    prepare.main(["text", str(docs), "--out", str(out), "--name", "stdlib", "--val-fraction", "0.2",
+                  "--workers", "1"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def sm90_reports():
+    """sm_90 codegen reports of every kernel configuration (bench.codegen, compiled once in a subprocess
+    without the interpreter). Each kernel's test asserts its own rows have no violations."""
+    from bench import codegen
+
+    return codegen.reports_in_subprocess()

@@ -1,0 +1,117 @@
+"""Reliability of a run: exact kill-and-resume, atomic checkpoint writes, and the NaN/inf guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import checkpoint
+import train
+from configs import resolve
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMING_KEYS = ("train_time_s", "step_avg_ms", "seconds_to_target")
+
+
+def _log_without_timings(run_dir):
+    with open(os.path.join(run_dir, "log.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in f]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_killed_and_resumed_run_matches_uninterrupted_run(text_shards, tmp_path, optimizer):
+    common = ["--preset=tiny", f"--data_dir={text_shards}", "--threads=1", "--max_steps=40", "--val_every=5",
+              "--checkpoint_every=3", f"--optimizer={optimizer}", "--optim.lr=0.01", "--run_name=r"]
+    reference = train.main([*common, f"--out_dir={tmp_path / 'ref'}"])
+
+    out = tmp_path / "killed"
+    log = out / "r" / "log.jsonl"
+    proc = subprocess.Popen([sys.executable, "train.py", *common, f"--out_dir={out}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # kill once a train line past a checkpoint is logged
+        if log.exists() and any(json.loads(line).get("step", 0) >= 8 and "train_loss" in json.loads(line)
+                                for line in log.read_text().splitlines() if line.endswith("}")):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "the run finished (or failed) before it could be killed"
+    killed_at = torch.load(out / "r" / "checkpoint.pt", weights_only=False)["step"]
+    assert 6 <= killed_at < 40
+
+    resumed = train.main([*common, f"--out_dir={out}", "--resume=True"])
+    assert resumed["steps"] == reference["steps"] == 40
+    assert resumed["final_val_loss"] == reference["final_val_loss"]  # bitwise: same float
+    assert _log_without_timings(out / "r") == _log_without_timings(tmp_path / "ref" / "r")
+
+
+def test_resume_refuses_a_different_config(text_shards, tmp_path):
+    args = ["--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}", "--max_steps=2", "--run_name=r"]
+    train.main(args)
+    with pytest.raises(ValueError, match="different config.*optim"):
+        train.main([*args, "--resume=True", "--optim.lr=0.5"])
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train.main([*args, "--resume=True", "--run_name=other"])
+
+
+def test_a_kill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    script = f"""
+import os, signal, torch, checkpoint
+checkpoint.save_atomic({{"version": 1, "w": torch.arange(5)}}, {str(path)!r})
+def dying_save(obj, f, *args, **kwargs):
+    f.write(b"half a checkpoint" * 4096)
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = dying_save
+checkpoint.save_atomic({{"version": 2}}, {str(path)!r})
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    state = checkpoint.load(str(path))
+    assert state["version"] == 1 and torch.equal(state["w"], torch.arange(5))
+
+
+def test_a_damaged_checkpoint_is_named(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="could not be read"):
+        checkpoint.load(str(path))
+
+
+def _trainer(text_shards, tmp_path, *extra):
+    cfg = resolve(["--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}", "--max_steps=6",
+                   "--checkpoint_every=1", "--val_every=100", *extra])
+    return train.Trainer(cfg)
+
+
+def test_nan_gradient_stops_with_step_and_parameter_and_keeps_last_good_checkpoint(text_shards, tmp_path):
+    trainer = _trainer(text_shards, tmp_path)
+    name = "blocks.1.mlp.c_fc.weight"
+    param = dict(trainer.model.named_parameters())[name]
+
+    def poison(grad):  # trainer.step is 0 during the warm-up step, then counts the timed steps
+        return grad * float("nan") if trainer.step == 3 else grad
+
+    param.register_hook(poison)
+    with pytest.raises(FloatingPointError, match=f"step 3: gradient norm is nan.*{name}"):
+        trainer.run()
+    good = checkpoint.load(trainer.checkpoint_path)
+    assert good["step"] == 3
+    assert all(torch.isfinite(v).all() for v in good["model"].values())
+
+
+def test_nan_loss_stops_with_the_step(text_shards, tmp_path):
+    trainer = _trainer(text_shards, tmp_path)
+
+    def poison(module, inputs, output):
+        return output * float("nan") if module.training and trainer.step == 2 else output
+
+    trainer.model.blocks[0].register_forward_hook(poison)
+    with pytest.raises(FloatingPointError, match="step 2: training loss is nan; first parameter .*: "):
+        trainer.run()
