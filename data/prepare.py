@@ -1,0 +1,372 @@
+"""Make token shards: `python -m data.prepare {fineweb,text,pydocs} ...` (the format lives in data/shards.py).
+
+fineweb  Download the public speedrun's pre-tokenized FineWeb shards (`fineweb_val_000000.bin` and
+         `fineweb_train_000001.bin` .. N) from the Hugging Face dataset kjj0/fineweb10B-gpt2 with
+         `huggingface_hub.hf_hub_download`, then validate each header. `--source` points at another hub
+         endpoint (a URL: a mirror, or a local test server) or at a local folder holding the same files.
+         Shards already in --out that validate are kept, so an interrupted download resumes.
+
+text     Tokenize files, folders (recursive, filtered by --glob) and .jsonl files (one JSON object a line,
+         the document in --text-field) with GPT-2, <|endoftext|> (50256) *before* each document as the
+         speedrun's FineWeb shards have it. Each document goes to val when
+             blake2b-64("<seed>:<document id>") / 2**64 < val_fraction
+         (at least one document goes to val when val_fraction > 0, the one with the smallest hash), so the
+         split is a deterministic function of the document ids and the seed, not of Python's salted hash().
+         A document id is the file's path relative to the folder it was found in (its name when given
+         directly), plus ":<line number>" for a .jsonl line. Tokens fill `{name}_val_000000.bin`,
+         `{name}_train_000000.bin`, ... of --shard-tokens each (a document may continue in the next shard),
+         and `{name}_manifest.json` records documents and tokens per split, sources and seed. The output is
+         byte-identical for any --workers.
+
+pydocs   The text pipeline over Debian's python3-doc sources (/usr/share/doc/python3.11/html/_sources,
+         **/*.rst.txt, ~3.55M tokens), name "pydocs": the offline default corpus of the CPU track.
+"""
+
+import argparse
+import hashlib
+import itertools
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data.shards import ShardError, read_header, write_shard
+from data.tokenizer import EOT_ID, gpt2_encoding
+
+FINEWEB_REPO = "kjj0/fineweb10B-gpt2"
+PYDOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
+PYDOCS_INSTALL = "apt-get update && apt-get install -y python3-doc"
+DEFAULT_SHARD_TOKENS = 100_000_000  # FineWeb's shard size
+CHUNK_DOCS, CHUNK_CHARS = 256, 4_000_000  # documents per tokenizer task: enough work to amortise the pickling
+
+
+class PrepareError(RuntimeError):
+    """A problem with the inputs or a download; main() prints it and exits with status 1."""
+
+
+# ----------------------------------------------------------------------------------------------- fineweb
+
+
+def fineweb_filenames(train_shards: int, prefix: str = "fineweb") -> list[str]:
+    """The val shard, then train shards 1..train_shards, named as in the hub repository."""
+    if train_shards < 1:
+        raise PrepareError(f"--train-shards must be >= 1, got {train_shards}")
+    return [f"{prefix}_val_{0:06d}.bin"] + [f"{prefix}_train_{i:06d}.bin" for i in range(1, train_shards + 1)]
+
+
+def download_fineweb(out, *, train_shards: int, repo_id: str = FINEWEB_REPO, source: str | None = None,
+                     prefix: str = "fineweb", revision: str | None = None) -> list[Path]:
+    """Fetch the shards into `out` (from the hub, another endpoint URL, or a local folder) and validate them."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if source is not None and not source.startswith(("http://", "https://")) and not Path(source).is_dir():
+        raise PrepareError(f"--source {source!r} is neither an http(s) hub endpoint nor an existing folder")
+    paths = []
+    for name in tqdm(fineweb_filenames(train_shards, prefix), desc=f"fineweb -> {out}", unit="shard"):
+        dest = out / name
+        if dest.exists():
+            try:
+                read_header(dest)
+                paths.append(dest)
+                continue  # already downloaded and valid
+            except ShardError as e:
+                tqdm.write(f"re-downloading {name}: {e}")
+                dest.unlink()
+        if source is not None and Path(source).is_dir():
+            where = str(Path(source) / name)
+            _copy_from_folder(Path(source) / name, dest)
+        else:
+            where = f"dataset {repo_id} at {source or 'the default Hugging Face endpoint'}"
+            _hub_download(repo_id, name, out, endpoint=source, revision=revision)
+        try:
+            read_header(dest)
+        except ShardError as e:
+            raise PrepareError(f"{name} from {where} is not a valid shard: {e}") from e
+        paths.append(dest)
+    return paths
+
+
+def _hub_download(repo_id, filename, out, *, endpoint, revision):
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", revision=revision,
+                        local_dir=out, endpoint=endpoint)
+    except Exception as e:  # network, HTTP and missing-entry errors all become one clear message
+        raise PrepareError(f"could not download {filename} from dataset {repo_id} at "
+                           f"{endpoint or 'the default Hugging Face endpoint'}: {type(e).__name__}: {e}") from e
+
+
+def _copy_from_folder(src: Path, dest: Path):
+    if not src.is_file():
+        raise PrepareError(f"{src} not found in the --source folder")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------- text
+
+
+def list_documents(paths, *, glob: str = "*", limit_files: int | None = None) -> list[tuple[str, Path, int | None]]:
+    """Enumerate documents without reading them: (document id, file, jsonl line number or None)."""
+    files = []  # (id prefix, path)
+    for p in map(Path, paths):
+        if p.is_dir():
+            for f in sorted(p.rglob(glob)):
+                rel = f.relative_to(p)
+                if f.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    files.append((rel.as_posix(), f))
+        elif p.is_file():
+            files.append((p.name, p))
+        else:
+            raise PrepareError(f"{p}: no such file or folder")
+    if limit_files is not None:
+        files = files[:limit_files]
+    if not files:
+        raise PrepareError(f"no input files in {[str(p) for p in paths]} (glob {glob!r})")
+    docs = []
+    for file_id, f in files:
+        if f.suffix == ".jsonl":
+            with open(f, "rb") as lines:
+                docs += [(f"{file_id}:{n}", f, n) for n, line in enumerate(lines, 1) if line.strip()]
+        else:
+            docs.append((file_id, f, None))
+    return docs
+
+
+def split_key(doc_id: str, seed: int) -> float:
+    """The document's uniform split key in [0, 1): it goes to val when the key is below val_fraction."""
+    digest = hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _read_texts(docs, text_field):
+    """Yield the text of each (id, file, line) document in order; a .jsonl file is read once."""
+    open_file, lines = None, None
+    for doc_id, f, line_no in docs:
+        try:
+            if line_no is None:
+                yield f.read_text(encoding="utf-8")
+                continue
+            if open_file != f:  # line numbers count b"\n" only, as in list_documents
+                open_file, lines = f, f.read_bytes().split(b"\n")
+            record = json.loads(lines[line_no - 1].decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise PrepareError(f"{f}: not UTF-8 text ({e}); narrow the input with --glob") from e
+        except json.JSONDecodeError as e:
+            raise PrepareError(f"{f}:{line_no}: not valid JSON: {e}") from e
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise PrepareError(f"{f}:{line_no}: no string field {text_field!r} (set --text-field)")
+        yield record[text_field]
+
+
+def _chunks(items):
+    """Group (split, text) pairs into tokenizer tasks."""
+    chunk, chars = [], 0
+    for item in items:
+        chunk.append(item)
+        chars += len(item[1])
+        if len(chunk) >= CHUNK_DOCS or chars >= CHUNK_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def _encode_chunk(chunk, num_threads=1):
+    """[(split, text)] -> [(split, uint16 tokens with EOT first)]."""
+    encoded = gpt2_encoding().encode_ordinary_batch([text for _, text in chunk], num_threads=num_threads)
+    return [(split, np.array([EOT_ID] + ids, dtype=np.uint16)) for (split, _), ids in zip(chunk, encoded)]
+
+
+class _ShardWriter:
+    """Appends tokens to `{name}_{split}_NNNNNN.bin` shards of shard_tokens each."""
+
+    def __init__(self, out: Path, name: str, split: str, shard_tokens: int):
+        self.out, self.name, self.split, self.shard_tokens = out, name, split, shard_tokens
+        self.parts, self.buffered = [], 0
+        self.files, self.documents, self.tokens = [], 0, 0
+
+    def add(self, tokens: np.ndarray):
+        self.documents += 1
+        self.tokens += len(tokens)
+        while len(tokens):
+            take = min(len(tokens), self.shard_tokens - self.buffered)
+            self.parts.append(tokens[:take])
+            self.buffered += take
+            tokens = tokens[take:]
+            if self.buffered == self.shard_tokens:
+                self.flush()
+
+    def flush(self):
+        if self.buffered:
+            path = self.out / f"{self.name}_{self.split}_{len(self.files):06d}.bin"
+            write_shard(path, np.concatenate(self.parts))
+            self.files.append(path)
+            self.parts, self.buffered = [], 0
+
+    def remove_stale(self):
+        """Delete shards of this name and split left by an earlier, longer run."""
+        pattern = re.compile(rf"{re.escape(self.name)}_{self.split}_\d{{6}}\.bin")
+        for f in self.out.iterdir():
+            if pattern.fullmatch(f.name) and f not in self.files:
+                tqdm.write(f"removing stale shard {f}")
+                f.unlink()
+
+
+def prepare_text(paths, out, *, name: str = "text", val_fraction: float = 0.05, seed: int = 0,
+                 text_field: str = "text", workers: int | None = None, shard_tokens: int = DEFAULT_SHARD_TOKENS,
+                 glob: str = "*", limit_files: int | None = None) -> dict:
+    """Tokenize documents into train/val shards in `out`; returns the manifest (also written as JSON)."""
+    if not 0 <= val_fraction < 1:
+        raise PrepareError(f"--val-fraction must lie in [0, 1), got {val_fraction}")
+    if shard_tokens < 1:
+        raise PrepareError(f"--shard-tokens must be >= 1, got {shard_tokens}")
+    if not re.fullmatch(r"[\w.-]+", name):
+        raise PrepareError(f"--name {name!r} must be letters, digits, '.', '-' or '_'")
+    workers = workers or os.cpu_count() or 1
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    docs = list_documents(paths, glob=glob, limit_files=limit_files)
+    keys = [split_key(doc_id, seed) for doc_id, _, _ in docs]
+    splits = ["val" if key < val_fraction else "train" for key in keys]
+    if val_fraction > 0 and "val" not in splits:
+        splits[int(np.argmin(keys))] = "val"
+    if "train" not in splits:
+        raise PrepareError(f"all {len(docs)} documents fell in val; lower --val-fraction or add documents")
+
+    writers = {split: _ShardWriter(out, name, split, shard_tokens) for split in ("train", "val")}
+    tasks = _chunks(zip(splits, _read_texts(docs, text_field)))
+    gpt2_encoding()  # build (or fetch) the tokenizer once, before any worker forks
+    progress = tqdm(total=len(docs), desc=f"{name} -> {out}", unit="doc")
+    with progress, multiprocessing.Pool(workers) if workers > 1 else _InProcess() as pool:
+        # a few tasks per worker at a time: files are read in this process, and memory stays bounded
+        for group in iter(lambda: list(itertools.islice(tasks, 4 * workers)), []):
+            for encoded in pool.imap(_encode_chunk, group):
+                for split, tokens in encoded:
+                    writers[split].add(tokens)
+                progress.update(len(encoded))
+                progress.set_postfix(tokens=f"{writers['train'].tokens + writers['val'].tokens:,}")
+    for writer in writers.values():
+        writer.flush()
+        writer.remove_stale()
+
+    manifest = {
+        "name": name,
+        "tokenizer": "gpt2",
+        "eot_id": EOT_ID,
+        "eot": "before each document",
+        "sources": [str(p) for p in paths],
+        "glob": glob,
+        "text_field": text_field,
+        "limit_files": limit_files,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "split_rule": "val iff blake2b-64('<seed>:<document id>')/2**64 < val_fraction; at least one val document",
+        "shard_tokens": shard_tokens,
+        "splits": {split: {"documents": w.documents, "tokens": w.tokens, "files": [f.name for f in w.files]}
+                   for split, w in writers.items()},
+    }
+    (out / f"{name}_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+class _InProcess:
+    """The Pool interface for workers=1: tokenize here, with tiktoken's own threads."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap(self, fn, items):
+        return (fn(item, num_threads=8) for item in items)
+
+
+def prepare_pydocs(out="shards/pydocs", *, docs_dir=PYDOCS_DIR, **kwargs) -> dict:
+    """The text pipeline over the Python documentation sources (**/*.rst.txt), name "pydocs"."""
+    if not Path(docs_dir).is_dir():
+        raise PrepareError(f"{docs_dir} not found: the Python docs are not installed. "
+                           f"Install them with: {PYDOCS_INSTALL}")
+    return prepare_text([docs_dir], out, name="pydocs", glob="*.rst.txt", **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def _summary(manifest: dict) -> str:
+    return "\n".join(f"{split}: {s['documents']:,} documents, {s['tokens']:,} tokens in {len(s['files'])} shard(s)"
+                     for split, s in manifest["splits"].items())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    fw = sub.add_parser("fineweb", help="download pre-tokenized FineWeb shards from the Hugging Face hub")
+    fw.add_argument("--train-shards", type=int, required=True, help="train shards 1..N (~100M tokens each)")
+    fw.add_argument("--out", required=True)
+    fw.add_argument("--repo-id", default=FINEWEB_REPO)
+    fw.add_argument("--source", help="hub endpoint URL (default: HF_ENDPOINT or huggingface.co) or a local folder")
+    fw.add_argument("--prefix", default="fineweb", help="file name prefix in the repository")
+    fw.add_argument("--revision", default=None)
+
+    def tokenizing(p):
+        p.add_argument("--val-fraction", type=float, default=0.05)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: os.cpu_count())")
+        p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS)
+        p.add_argument("--limit-files", type=int, default=None, help="only the first N files (sorted)")
+
+    tx = sub.add_parser("text", help="tokenize text files, folders and .jsonl into shards")
+    tx.add_argument("paths", nargs="+")
+    tx.add_argument("--out", required=True)
+    tx.add_argument("--name", default="text")
+    tx.add_argument("--text-field", default="text", help="the document field of .jsonl records")
+    tx.add_argument("--glob", default="*", help="file name pattern inside folders")
+    tokenizing(tx)
+
+    py = sub.add_parser("pydocs", help=f"tokenize the Python docs in {PYDOCS_DIR}")
+    py.add_argument("--out", default="shards/pydocs")
+    py.add_argument("--docs-dir", default=str(PYDOCS_DIR))
+    tokenizing(py)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "fineweb":
+            paths = download_fineweb(args.out, train_shards=args.train_shards, repo_id=args.repo_id,
+                                     source=args.source, prefix=args.prefix, revision=args.revision)
+            tokens = sum(read_header(p).num_tokens for p in paths)
+            print(f"{len(paths)} shards, {tokens:,} tokens in {args.out}")
+            return
+        common = dict(val_fraction=args.val_fraction, seed=args.seed, workers=args.workers,
+                      shard_tokens=args.shard_tokens, limit_files=args.limit_files)
+        if args.command == "text":
+            manifest = prepare_text(args.paths, args.out, name=args.name, text_field=args.text_field,
+                                    glob=args.glob, **common)
+        else:
+            manifest = prepare_pydocs(args.out, docs_dir=args.docs_dir, **common)
+        print(_summary(manifest))
+    except PrepareError as e:
+        raise SystemExit(f"error: {e}") from e
+
+
+if __name__ == "__main__":
+    main()
