@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -106,13 +106,12 @@ def _hub_download(repo_id, filename, out, *, endpoint, revision):
 def _copy_from_folder(src: Path, dest: Path):
     if not src.is_file():
         raise PrepareError(f"{src} not found in the --source folder")
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
     try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dest)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

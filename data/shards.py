@@ -13,7 +13,7 @@ naming the file and the exact problem, so a corrupt or foreign file never reache
 """
 
 import os
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,14 +61,14 @@ def write_shard(path, tokens) -> ShardHeader:
     header = np.zeros(HEADER_INTS, dtype=HEADER_DTYPE)
     header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"  # open(), unlike mkstemp, honours the umask
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(header.tobytes())
             f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return ShardHeader(path=path, version=VERSION, num_tokens=int(tokens.size))
 

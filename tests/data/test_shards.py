@@ -1,5 +1,8 @@
 """data/shards.py: round trip, atomic writes, and one test per header/size error."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -45,6 +48,9 @@ def test_write_is_atomic_and_leaves_no_temp_files(tmp_path):
         write_shard(tmp_path / "a.bin", [1, 2**16])  # rejected: the old shard must survive intact
     assert load_shard(tmp_path / "a.bin").tolist() == [1, 2, 3]
     assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o666 & ~umask  # readable by others, like any file
 
 
 @pytest.mark.parametrize("tokens, message", [([0, 65536], "max 65536"), ([-1, 5], "min -1"),
