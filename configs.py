@@ -67,9 +67,10 @@ PRESETS = {
     # The CPU track: python-docs corpus, a model small enough for minutes on 2 cores.
     "cpu": dict(model=model_preset("cpu"), data_dir="shards/pydocs", batch_size=8, seq_len=256, max_steps=300,
                 val_every=25, val_tokens=65536, warmup_steps=10),
-    # The H100 speedrun configuration on FineWeb (torchrun --nproc_per_node=8): 8 × 48k tokens a step.
+    # The H100 speedrun configuration on FineWeb (torchrun --nproc_per_node=8): 8 × 32 × 2048 = 524,288 tokens
+    # a step; the speedrun's 10,485,760 validation tokens are 20 such steps.
     "gpt2-124m": dict(model=model_preset("gpt2-124m"), data_dir="shards/fineweb10B",
-                      train_pattern="fineweb_train_*.bin", val_pattern="fineweb_val_*.bin", batch_size=24,
+                      train_pattern="fineweb_train_*.bin", val_pattern="fineweb_val_*.bin", batch_size=32,
                       seq_len=2048, max_steps=1750, val_every=125, val_tokens=10485760, target_val_loss=3.28,
                       compile=True, optim=OptimConfig(name="muon", lr=0.05, adam_lr=0.008)),
     # Tests: a few seconds on the CPU.
