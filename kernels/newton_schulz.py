@@ -447,6 +447,14 @@ def ns_flops(M: int, N: int, steps: int, symmetric: bool, batch: int = 1) -> flo
     return float(batch * steps * per_step)
 
 
+def ns_bytes(M: int, N: int, steps: int, itemsize: int, batch: int = 1) -> float:
+    """Compulsory memory traffic of `steps` fused iterations (each buffer read or written once per kernel):
+    XXᵀ reads X, writes A (mn + m²); bA + cA·A reads A twice, writes B (3m²); aX + BX reads X and B,
+    writes X (2mn + m²). The Gram matrices stay in L2 on an H100 at 768, so this is a floor, not a forecast."""
+    m, n = min(M, N), max(M, N)
+    return float(batch * steps * itemsize * (3 * m * n + 5 * m * m))
+
+
 _TRITON_DTYPE = {torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 

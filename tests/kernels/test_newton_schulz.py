@@ -194,6 +194,7 @@ def test_ns_flops():
     assert ns.ns_flops(768, 768, 1, True, batch=12) == 12 * ns.ns_flops(768, 768, 1, True)
     square = ns.ns_flops(768, 768, 1, False) / ns.ns_flops(768, 768, 1, True)
     assert 1.49 < square < 1.5
+    assert ns.ns_bytes(3072, 768, 5, 2) == 5 * 2 * (3 * 768 * 3072 + 5 * 768**2)
 
 
 def test_codegen_cases_cover_every_config():
