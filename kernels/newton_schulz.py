@@ -487,7 +487,7 @@ def codegen_cases() -> list[CodegenCase]:
                 divisible=syrk_div, num_warps=cfg.sym_warps, num_stages=cfg.sym_stages,
                 flops=float(M * (M + 1) * K), bytes=float(size * (M * K + (2 if fuse else 1) * M * M))))
         tiles = f"{cfg.upd_block_m}x{cfg.upd_block_n}x{cfg.upd_block_k}"
-        for unit, label in (("stride_on", "aX+BX"), ("stride_om", "aX+BX tall-out")):
+        for unit, label in (("stride_on", "aX+BX"), ("stride_om", "aX+BX tall")):
             other = "stride_om" if unit == "stride_on" else "stride_on"
             sig = {"x_ptr": f"*{ty}", "b_ptr": f"*{ty}", "out_ptr": f"*{ty}", "M": "i32", "N": "i32",
                    "stride_xb": "i32", "stride_xm": "i32", "stride_bb": "i32", "stride_bm": "i32",
