@@ -26,6 +26,7 @@ class OptimConfig:
     ns_coefficients: str = "quintic"  # quintic | polar_express
     ns_steps: int = 5
     normuon_beta2: float = 0.95  # NorMuon: EMA of the per-row second moment
+    muon_lr_scaling: str = "original"  # original: sqrt(max(1, rows/cols)); match_rms_adamw: 0.2·sqrt(max(rows, cols))
 
 
 @dataclass(frozen=True)
