@@ -102,17 +102,22 @@ def _parse_value(text: str, current, name: str):
     return value
 
 
-def _override(obj, dotted: str, text: str):
-    head, _, rest = dotted.partition(".")
+def _apply(obj, overrides: dict, prefix: str = ""):
+    """Apply {field: text or nested dict} with one dataclasses.replace per dataclass, so that fields
+    validated together (n_embd and n_head) can change together."""
     names = {f.name for f in dataclasses.fields(obj)}
-    if head not in names:
-        raise ValueError(f"unknown option --{dotted}; {type(obj).__name__} has: {', '.join(sorted(names))}")
-    current = getattr(obj, head)
-    if rest:
-        if not dataclasses.is_dataclass(current):
-            raise ValueError(f"--{dotted}: {head} has no sub-options")
-        return dataclasses.replace(obj, **{head: _override(current, rest, text)})
-    return dataclasses.replace(obj, **{head: _parse_value(text, current, dotted)})
+    changes = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ValueError(f"unknown option --{prefix}{key}; {type(obj).__name__} has: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if isinstance(value, dict):
+            if not dataclasses.is_dataclass(current):
+                raise ValueError(f"--{prefix}{key}: {key} has no sub-options")
+            changes[key] = _apply(current, value, f"{prefix}{key}.")
+        else:
+            changes[key] = _parse_value(value, current, prefix + key)
+    return dataclasses.replace(obj, **changes)
 
 
 def resolve(argv: list[str]) -> TrainConfig:
@@ -139,8 +144,15 @@ def resolve(argv: list[str]) -> TrainConfig:
     preset = dict(pairs).get("preset", "cpu")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    cfg = TrainConfig(preset=preset, **PRESETS[preset])
+    overrides = {}
     for key, value in pairs:
-        if key != "preset":
-            cfg = _override(cfg, key, value)
-    return cfg
+        if key == "preset":
+            continue
+        *parents, leaf = key.split(".")
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--{key}: {part} is given both a value and sub-options")
+        node[leaf] = value
+    return _apply(TrainConfig(preset=preset, **PRESETS[preset]), overrides)

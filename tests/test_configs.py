@@ -24,7 +24,7 @@ def test_overrides_of_every_form():
 
 @pytest.mark.parametrize("argv, message", [
     (["--nope=1"], "unknown option --nope"),
-    (["--optim.nope=1"], "unknown option --nope"),
+    (["--optim.nope=1"], "unknown option --optim.nope"),
     (["--max_steps=ten"], "not a Python literal"),
     (["--max_steps=1.5"], "expected int"),
     (["--compile=1"], "expected True/False"),
@@ -36,3 +36,8 @@ def test_overrides_of_every_form():
 def test_bad_overrides_raise(argv, message):
     with pytest.raises(ValueError, match=message):
         resolve(argv)
+
+
+def test_fields_validated_together_change_together():
+    cfg = resolve(["--preset=gpt2-124m", "--model.n_embd=64", "--model.n_head=2"])
+    assert cfg.model.head_dim == 32
