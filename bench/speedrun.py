@@ -137,19 +137,32 @@ def main(argv=None):
     parser.add_argument("--optimizers", default="adamw,muon,normuon")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tune", action="store_true", help="same lr sweep for every optimizer before the runs")
-    parser.add_argument("--target", type=float, default=None, help="default: the preset's target_val_loss")
+    parser.add_argument("--target", default=None,
+                        help="a val loss, or 'auto': the final val loss of the tuned AdamW sweep (needs --tune and "
+                             "adamw first in --optimizers); default: the preset's target_val_loss")
     parser.add_argument("--out", default="out/speedrun")
     args, extra = parser.parse_known_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    target = args.target if args.target is not None else resolve([f"--preset={args.preset}", *extra]).target_val_loss
-    extra = [*extra, f"--target_val_loss={target}"]
+    optimizers = args.optimizers.split(",")
+    if args.target == "auto" and (not args.tune or optimizers[0] != "adamw"):
+        parser.error("--target auto needs --tune and adamw first in --optimizers")
+    target = None
+    if args.target is None:
+        target = resolve([f"--preset={args.preset}", *extra]).target_val_loss
+    elif args.target != "auto":
+        target = float(args.target)
     results = {"preset": args.preset, "target": target, "extra_args": extra, "tuning": {}, "runs": {}}
-    for opt in args.optimizers.split(","):
+    for opt in optimizers:
         lr = None
         if args.tune:
             lr, sweep = tune(args.preset, opt, args.out, extra)
             results["tuning"][opt] = {"chosen_lr": lr, "sweep": sweep}
-        results["runs"][opt] = [_run(args.preset, opt, 1000 + s, os.path.join(args.out, "runs"), extra, lr=lr)
+            if target is None:  # --target auto: the tuned AdamW baseline's final val loss (seed 0, full budget)
+                target = min(r["final_val_loss"] for r in sweep)
+                results["target"] = target
+                print(f"target val loss set by tuned AdamW (lr {lr:g}): {target:.4f}")
+        run_args = [*extra, f"--target_val_loss={target}"]
+        results["runs"][opt] = [_run(args.preset, opt, 1000 + s, os.path.join(args.out, "runs"), run_args, lr=lr)
                                 for s in range(args.seeds)]
     rows = aggregate(results["runs"], target)
     results["aggregate"] = rows

@@ -41,3 +41,9 @@ def test_bad_overrides_raise(argv, message):
 def test_fields_validated_together_change_together():
     cfg = resolve(["--preset=gpt2-124m", "--model.n_embd=64", "--model.n_head=2"])
     assert cfg.model.head_dim == 32
+
+
+def test_each_optimizer_starts_from_its_own_lr():
+    assert resolve(["--optimizer=muon"]).optim.lr == 0.02
+    assert resolve(["--optimizer=muon", "--optim.lr=0.05"]).optim.lr == 0.05
+    assert resolve([]).optim.lr == 3e-3

@@ -31,7 +31,7 @@ def test_aggregate_ratios_against_adamw():
 def test_end_to_end_with_tuning(text_shards, tmp_path):
     out = tmp_path / "sr"
     results = speedrun.main(["--preset=tiny", "--optimizers=adamw,muon", "--seeds=2", "--tune", f"--out={out}",
-                             "--target=10.6", f"--data_dir={text_shards}", "--max_steps=4", "--val_every=1",
+                             "--target=auto", f"--data_dir={text_shards}", "--max_steps=4", "--val_every=1",
                              "--threads=1", "--optim.lr=0.01", "--optim.adam_lr=0.01"])
     assert set(results["tuning"]) == {"adamw", "muon"}
     assert [r["lr"] for r in results["tuning"]["adamw"]["sweep"]] == [0.005, 0.01, 0.02]
@@ -41,4 +41,11 @@ def test_end_to_end_with_tuning(text_shards, tmp_path):
         assert all(math.isfinite(r["final_val_loss"]) for r in runs)
     for name in ("results.json", "records.md", "curves.png", "steps.png"):
         assert os.path.getsize(out / name) > 0
-    assert json.load(open(out / "results.json"))["target"] == 10.6
+    # --target auto: the tuned AdamW sweep's best final val loss
+    assert results["target"] == min(r["final_val_loss"] for r in results["tuning"]["adamw"]["sweep"])
+    assert json.load(open(out / "results.json"))["target"] == results["target"]
+
+
+def test_auto_target_needs_tuned_adamw_first(tmp_path):
+    with pytest.raises(SystemExit):
+        speedrun.main(["--optimizers=muon,adamw", "--tune", "--target=auto", f"--out={tmp_path}"])
