@@ -270,6 +270,7 @@ class Trainer:
             "warmup_s": warmup_s,
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "world_size": self.world_size, "threads": torch.get_num_threads(),
+            "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
             "params": self.model.num_params(), "run_dir": self.run_dir,
         }
 
