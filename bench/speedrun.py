@@ -3,11 +3,13 @@
     python -m bench.speedrun --preset cpu --optimizers adamw,muon,normuon --seeds 3 --tune
     torchrun --nproc_per_node=8 -m bench.speedrun --preset gpt2-124m --optimizers muon --seeds 5   # 8×H100
 
-Each optimizer gets the same tuning budget (`--tune`: one seed over the same learning-rate multipliers of
-its configured lr, best final val loss wins; the sweep is recorded). Then every optimizer runs every seed
-on the same data order. The report gives mean ± std of steps and seconds to target, the one-sided t-test
-p-value that the mean final val loss is below the target (how speedrun records are validated), and each
-optimizer's steps-to-target as a ratio of AdamW's. Writes results.json, records.md, curves.png, steps.png.
+Each optimizer gets the same tuning budget (`--tune`: one seed over the same learning-rate multipliers
+of its configured lr, best final val loss wins; the sweep is recorded). `--tune adamw` tunes the baseline
+only; the comparison is then tuned AdamW against untuned others, and the report says so. Then every
+optimizer runs every seed on the same data order. The report gives mean ± std of steps and seconds to
+target, the one-sided t-test p-value that the mean final val loss is below the target (how speedrun
+records are validated), and each optimizer's steps-to-target as a ratio of AdamW's.
+Writes results.json, records.md, curves.png, steps.png.
 Remaining arguments are passed to train.py as overrides (e.g. --max_steps=200).
 """
 
@@ -136,7 +138,9 @@ def main(argv=None):
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--optimizers", default="adamw,muon,normuon")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--tune", action="store_true", help="same lr sweep for every optimizer before the runs")
+    parser.add_argument("--tune", nargs="?", const="all", default=None,
+                        help="the same lr sweep before the runs: for every optimizer (bare --tune) or for a comma "
+                             "list (--tune adamw: tune the baseline only)")
     parser.add_argument("--target", default=None,
                         help="a val loss, or 'auto': the final val loss of the tuned AdamW sweep (needs --tune and "
                              "adamw first in --optimizers); default: the preset's target_val_loss")
@@ -144,7 +148,8 @@ def main(argv=None):
     args, extra = parser.parse_known_args(argv)
     os.makedirs(args.out, exist_ok=True)
     optimizers = args.optimizers.split(",")
-    if args.target == "auto" and (not args.tune or optimizers[0] != "adamw"):
+    tuned = set(optimizers if args.tune == "all" else (args.tune or "").split(","))
+    if args.target == "auto" and ("adamw" not in tuned or optimizers[0] != "adamw"):
         parser.error("--target auto needs --tune and adamw first in --optimizers")
     target = None
     if args.target is None:
@@ -154,7 +159,7 @@ def main(argv=None):
     results = {"preset": args.preset, "target": target, "extra_args": extra, "tuning": {}, "runs": {}}
     for opt in optimizers:
         lr = None
-        if args.tune:
+        if opt in tuned:
             lr, sweep = tune(args.preset, opt, args.out, extra)
             results["tuning"][opt] = {"chosen_lr": lr, "sweep": sweep}
             if target is None:  # --target auto: the tuned AdamW baseline's final val loss (seed 0, full budget)
