@@ -26,6 +26,7 @@ import checkpoint
 from configs import TrainConfig, resolve
 from data.loader import TokenLoader, val_batches
 from data.shards import list_shards
+from kernels.attention import select_backend
 from model.gpt import GPT
 from optim import build_optimizer
 
@@ -72,6 +73,9 @@ class Trainer:
         self.val = val_batches(val_files, n_tokens=cfg.val_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                rank=self.rank, world_size=self.world_size)
 
+        # Resolve the attention backend now: an explicit backend that cannot run here fails before training.
+        self.attention = select_backend(cfg.model.attn_impl, self.device,
+                                        torch.bfloat16 if cfg.autocast else torch.float32, cfg.model.head_dim)
         torch.manual_seed(cfg.seed)
         self.model = GPT(cfg.model).to(self.device)
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
@@ -293,6 +297,7 @@ def main(argv=None) -> dict:
     trainer = Trainer(cfg)
     if trainer.master:
         print(json.dumps(dataclasses.asdict(cfg)))
+        print(f"attention: {cfg.model.attn_impl} -> {trainer.attention}")
     try:
         summary = trainer.run()
     finally:

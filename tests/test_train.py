@@ -55,3 +55,8 @@ def test_lr_schedule_is_trapezoidal():
     factors = [train.lr_factor(s, cfg) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[49] == 1.0
     assert factors[75] == pytest.approx(0.5) and factors[99] == pytest.approx(0.02)
+
+
+def test_unavailable_attention_backend_is_refused_before_training(shards, tmp_path):
+    with pytest.raises(RuntimeError, match="'fa3' is not available"):
+        run(shards, tmp_path, "--attention=fa3")
