@@ -42,10 +42,13 @@ class TrainConfig:
     data_dir: str = "shards/pydocs"
     train_pattern: str = "*_train_*.bin"
     val_pattern: str = "*_val_*.bin"
-    # batch: tokens per step = batch_size * seq_len * grad_accum * world_size
-    batch_size: int = 8
+    # batch: tokens per step = batch_size * seq_len * grad_accum * reference_world_size, on any world size:
+    # each of W ranks runs reference_world_size * grad_accum / W micro-batches of batch_size rows (an error if
+    # W does not divide it), so an 8-GPU global batch runs unchanged on 1, 2 or 4 GPUs
+    batch_size: int = 8  # rows per micro-batch per rank
     seq_len: int = 256
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per rank per step at reference_world_size ranks
+    reference_world_size: int = 1  # the world size the global batch is defined for (gpt2-124m: 8)
     max_steps: int = 300
     warmup_steps: int = 10
     cooldown_frac: float = 0.4  # linear decay to 0 over the last fraction of steps (trapezoidal schedule)
@@ -61,6 +64,10 @@ class TrainConfig:
     autocast: bool = True  # bf16 autocast for matmuls
     compile: bool = False
     threads: int = 0  # torch.set_num_threads on CPU; 0 leaves torch's default
+    # distributed (torchrun): a collective waiting longer than dist_timeout_s for a hung peer fails the run
+    # (a dead peer fails it at once on gloo); gradient all-reduce buckets of ~dist_bucket_mb
+    dist_timeout_s: float = 300.0
+    dist_bucket_mb: float = 25.0
     out_dir: str = "runs"
     run_name: str = ""  # default: <preset>-<optimizer>-s<seed>
     # checkpoints: runs/<name>/checkpoint.pt, written atomically every K steps and at the end (0 = end only)
@@ -75,11 +82,12 @@ PRESETS = {
     "cpu": dict(model=model_preset("cpu"), data_dir="shards/pydocs", batch_size=4, seq_len=256, max_steps=100,
                 val_every=20, val_tokens=16384, warmup_steps=10),
     # The H100 speedrun configuration on FineWeb (torchrun --nproc_per_node=8): 8 × 32 × 2048 = 524,288 tokens
-    # a step; the speedrun's 10,485,760 validation tokens are 20 such steps.
+    # a step (on W < 8 GPUs each accumulates 8/W micro-batches); the speedrun's 10,485,760 validation tokens
+    # are 20 such steps.
     "gpt2-124m": dict(model=model_preset("gpt2-124m"), data_dir="shards/fineweb10B",
                       train_pattern="fineweb_train_*.bin", val_pattern="fineweb_val_*.bin", batch_size=32,
-                      seq_len=2048, max_steps=1750, val_every=125, val_tokens=10485760, target_val_loss=3.28,
-                      compile=True, optim=OptimConfig(name="muon", lr=0.05, adam_lr=0.008)),
+                      seq_len=2048, reference_world_size=8, max_steps=1750, val_every=125, val_tokens=10485760,
+                      target_val_loss=3.28, compile=True, optim=OptimConfig(name="muon", lr=0.05, adam_lr=0.008)),
     # Tests: a few seconds on the CPU.
     "tiny": dict(model=model_preset("tiny"), data_dir="shards/pydocs", batch_size=2, seq_len=64, max_steps=3,
                  val_every=2, val_tokens=512, warmup_steps=1),

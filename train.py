@@ -9,6 +9,30 @@ allocation) run before it starts, on a snapshot of the initial state that is res
 time is reported apart as warmup_s. Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and,
 with --checkpoint_every=K, an atomic checkpoint.pt every K steps and at the end; `--resume=True` continues
 it and produces the same trajectory as an uninterrupted run (bitwise on the CPU with a fixed thread count).
+
+Data parallel (optim/distributed.py): NCCL on GPUs, gloo on the CPU. The global batch is fixed by the config,
+not by the GPU count: each of W ranks accumulates reference_world_size*grad_accum/W micro-batches (the
+gpt2-124m preset is defined for 8 GPUs and runs unchanged on 1, 2 or 4), and the ranks together read the same
+token windows whatever W is. Adam-side gradients are all-reduced in buckets launched during the backward;
+Muon/NorMuon matrices are reduce-scattered to one owner each, orthogonalized there once, and all-gathered.
+Rank 0 writes the log and checkpoints (gathering the sharded optimizer state); on --resume every rank reads
+the checkpoint, so out_dir must be on a filesystem every node sees.
+
+    torchrun --standalone --nproc_per_node=4 train.py --preset gpt2-124m             # one node, 4 GPUs
+
+    # two nodes × 4 GPUs: run the same command on each node (HOST0 = an address of one node, reachable
+    # from the other; any free port; a job id shared by the nodes; --max_restarts=0: a failure ends the job)
+    torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST0:29500 \
+        --rdzv_id=speedrun-1 --max_restarts=0 train.py --preset gpt2-124m
+
+    # 16 GPUs (2 × 8): the 8 × 32 × 2048 global batch as 16 ranks × 16 rows
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST0:29500 \
+        --rdzv_id=speedrun-1 --max_restarts=0 train.py --preset gpt2-124m --batch_size=16 \
+        --reference_world_size=16
+
+A rank that dies ends the job: torchrun stops the other local ranks, and ranks elsewhere fail their next
+collective (at once on gloo; after --dist_timeout_s on NCCL, whose watchdog aborts them). A rank that hangs
+makes the others fail after --dist_timeout_s seconds (default 300) with an error naming the timeout.
 """
 
 import copy
@@ -29,6 +53,7 @@ from data.shards import list_shards
 from kernels.attention import select_backend
 from model.gpt import GPT
 from optim import build_optimizer
+from optim.distributed import DataParallel, accumulation_steps, all_reduce_mean, init_process_group
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -60,8 +85,9 @@ class Trainer:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
+        self.accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, self.world_size)
         if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+            init_process_group(self.device, cfg.dist_timeout_s)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.master = self.rank == 0
@@ -80,6 +106,8 @@ class Trainer:
         self.model = GPT(cfg.model).to(self.device)
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.parallel = DataParallel(self.model, self.optimizer, world_size=self.world_size, rank=self.rank,
+                                     bucket_mb=cfg.dist_bucket_mb)
         self.loader = self._new_loader()
         # progress of the timed run; restored by --resume
         self.step, self.train_time, self.reached, self.val_loss, self.log_offset = 0, 0.0, None, float("nan"), 0
@@ -89,12 +117,13 @@ class Trainer:
         return os.path.join(self.run_dir, "checkpoint.pt")
 
     def save_checkpoint(self):
+        optimizer_state = self.parallel.optimizer_state_dict()  # every rank: gathers the sharded Muon state
         if not self.master:
             return
         checkpoint.save_atomic({
             "config": dataclasses.asdict(self.cfg), "step": self.step, "train_time": self.train_time,
             "reached": self.reached, "val_loss": self.val_loss, "log_offset": self.log_offset,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(), "optimizer": optimizer_state,
             "loader": self.loader.state_dict(), "rng": checkpoint.rng_state(),
         }, self.checkpoint_path)
 
@@ -107,26 +136,26 @@ class Trainer:
             raise ValueError(f"{self.checkpoint_path} was written by a different config (differs in: {diff}); "
                              "resume with the same options, or pick another --run_name")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.parallel.load_optimizer_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
         checkpoint.set_rng_state(state["rng"])
         self.step, self.train_time, self.reached = state["step"], state["train_time"], state["reached"]
         self.val_loss, self.log_offset = state["val_loss"], state["log_offset"]
 
     def _new_loader(self) -> TokenLoader:
+        """One step's rows per rank (accum micro-batches): every world size reads the same global windows, and
+        rank r's micro-batch m is the (r*accum + m)-th block of batch_size rows of the step's window."""
         cfg = self.cfg
-        return TokenLoader(self.train_files, batch_size=cfg.batch_size, seq_len=cfg.seq_len, rank=self.rank,
-                           world_size=self.world_size, seed=cfg.seed)
+        return TokenLoader(self.train_files, batch_size=cfg.batch_size * self.accum, seq_len=cfg.seq_len,
+                           rank=self.rank, world_size=self.world_size, seed=cfg.seed)
+
+    def micro_batches(self):
+        """This rank's micro-batches of the next step: accum pairs (x, y) of shape (batch_size, seq_len)."""
+        x, y = self.loader.next_batch()  # (accum*B, T)
+        return zip(x.split(self.cfg.batch_size), y.split(self.cfg.batch_size))
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast)
-
-    def _all_reduce_mean(self, tensors):
-        if self.world_size == 1:
-            return
-        for t in tensors:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-            t.div_(self.world_size)
 
     def train_step(self, step: int) -> float:
         cfg, model = self.cfg, self.model
@@ -134,24 +163,22 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         total = torch.zeros((), device=self.device)
-        for _ in range(cfg.grad_accum):
-            x, y = self.loader.next_batch()
+        for micro, (x, y) in enumerate(self.micro_batches()):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self._autocast():
                 loss = self.step_model(x, y)
-            (loss / cfg.grad_accum).backward()
-            total += loss.detach() / cfg.grad_accum
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        self._all_reduce_mean(grads + [total])
-        loss_value = total.item()
+            self.parallel.prepare_backward(last_micro_batch=micro == self.accum - 1)  # then grads go out as ready
+            (loss / self.accum).backward()
+            total += loss.detach() / self.accum
+        loss_value = self.parallel.reduce(total).item()  # waits for every gradient's reduction
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"step {step}: training loss is {loss_value}; {self._first_bad_grad()}")
-        norm = torch.nn.utils.get_total_norm(grads)
+        norm = self.parallel.grad_norm()
         if not torch.isfinite(norm):
             raise FloatingPointError(f"step {step}: gradient norm is {norm.item()}; {self._first_bad_grad()}")
         if cfg.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.grad_clip, norm)
-        self.optimizer.step()
+        self.parallel.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss_value
 
@@ -169,7 +196,7 @@ class Trainer:
             with self._autocast():
                 total += self.step_model(x.to(self.device), y.to(self.device)).float()
         total /= len(self.val)
-        self._all_reduce_mean([total])
+        all_reduce_mean(total, self.world_size)  # every rank holds the same number of val batches
         self.model.train()
         return total.item()
 
@@ -222,7 +249,7 @@ class Trainer:
 
     def _loop(self, log):
         cfg = self.cfg
-        tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world_size
+        tokens_per_step = cfg.batch_size * cfg.seq_len * self.accum * self.world_size
         progress = None
         if self.master and cfg.max_steps:
             from tqdm import tqdm
@@ -263,7 +290,7 @@ class Trainer:
 
     def summary(self, warmup_s: float) -> dict:
         cfg, reached = self.cfg, self.reached
-        tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * self.world_size
+        tokens_per_step = cfg.batch_size * cfg.seq_len * self.accum * self.world_size
         return {
             "preset": cfg.preset, "optimizer": cfg.optim.name, "seed": cfg.seed, "steps": self.step,
             "tokens": self.step * tokens_per_step, "final_val_loss": self.val_loss,
