@@ -199,8 +199,8 @@ def select_backend(requested: str, device: torch.device | str, dtype: torch.dtyp
     why = backend_unavailable_reason(requested, device)
     if why:
         raise AttentionBackendUnavailable(
-            f"attention backend {requested!r} {why}. Install what is missing, or use --attention auto|sdpa "
-            "(auto picks the best available backend and logs its choice)")
+            f"attention backend {requested!r} is not available: it {why}. Install what is missing, or use "
+            "--attention auto|sdpa (auto picks the best available backend and logs its choice)")
     why = dtype_unsupported_reason(requested, dtype)
     if why:
         raise TypeError(f"attention backend {requested!r} {why}")
