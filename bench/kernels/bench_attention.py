@@ -1,0 +1,100 @@
+"""Attention backends (kernels/attention.py) at the 124M shapes, forward and backward.
+
+    pytest bench/kernels/bench_attention.py --benchmark-json=out/attention.json
+
+Cases: B·T = 65,536 tokens (the gpt2-124m preset's 32 × 2048 per GPU) at T = 1024, 2048 and 4096 with the model's
+H=6, D=128, causal, bf16 (GPU only); the same at T=2048 with document masking (documents of 64..2048 tokens from
+a fixed seed; FlashAttention runs it as varlen); and the CPU preset's shape (4 × 256, H=4, D=32), which runs
+everywhere. Providers: every registered backend (eager, sdpa, flex, fa3, fa2, fa4) and auto; a provider that
+cannot run here is skipped with the reason from kernels.attention. Modes: fwd, and bwd (the backward of one
+retained forward graph).
+
+FLOPs: causal 4·B·H·T²·D/2 forward, 2.5× that backward (FlashAttention's and Triton's count); with documents,
+Σ over documents of 4·H·L²·D/2, i.e. only the work the mask leaves.
+"""
+
+import pytest
+import torch
+
+from bench.conftest import require_gpu
+from configs import PRESETS
+from kernels import attention as A
+from kernels import registry
+
+DTYPE = torch.bfloat16
+PROVIDERS = ["eager", "sdpa", "flex", "fa3", "fa2", "fa4", "auto"]
+
+
+def _cases():
+    """name -> (B, T, H, D, documents); dimensions read from the presets."""
+    big, cpu = PRESETS["gpt2-124m"], PRESETS["cpu"]
+    tokens = big["batch_size"] * big["seq_len"]  # tokens per GPU per step
+    H, D = big["model"].n_head, big["model"].head_dim
+    cases = {f"124m_T{T}": (tokens // T, T, H, D, False) for T in (1024, 2048, 4096)}
+    cases["124m_T2048_docs"] = (tokens // 2048, 2048, H, D, True)
+    cases["cpu_T256"] = (cpu["batch_size"], cpu["seq_len"], cpu["model"].n_head, cpu["model"].head_dim, False)
+    return cases
+
+
+CASES = _cases()
+
+
+def _doc_ids(B, T, device):
+    """(B, T) non-decreasing ids: documents of 64..2048 tokens, the same on every run."""
+    g = torch.Generator().manual_seed(0)
+    ids, lengths = torch.empty(B, T, dtype=torch.long), []
+    for b in range(B):
+        t, doc = 0, 0
+        while t < T:
+            L = min(int(torch.randint(64, 2049, (1,), generator=g)), T - t)
+            ids[b, t:t + L] = b * T + doc
+            lengths.append(L)
+            t, doc = t + L, doc + 1
+    return ids.to(device), lengths
+
+
+def setup(case: str, provider: str, mode: str, device):
+    """(info, fn) for one case, provider and mode; skips, with the reason, what cannot run here."""
+    B, T, H, D, documents = CASES[case]
+    if not case.startswith("cpu"):
+        require_gpu(f"{provider} at {case}")
+    if provider != "auto":
+        why = (A.backend_unavailable_reason(provider, device) or A.dtype_unsupported_reason(provider, DTYPE)
+               or A.head_dim_unsupported_reason(provider, D))
+        if why:
+            pytest.skip(f"{provider}: {why}")
+    if provider == "flex" and device.type == "cpu" and mode == "bwd":
+        pytest.skip("flex: torch has no flex_attention backward on the CPU")
+    attend = registry.get("attention", provider)
+    q, k, v = (torch.randn(B, T, H, D, device=device, dtype=DTYPE, requires_grad=mode == "bwd") for _ in range(3))
+    kwargs, lengths = {}, [T] * B
+    if documents:
+        kwargs["doc_ids"], lengths = _doc_ids(B, T, device)
+    flops = sum(A.attention_flops(1, L, H, D, causal=True, backward=mode == "bwd") for L in lengths)
+    info = {"shape": [B, T, H, D], "documents": len(lengths) if documents else None, "flops": flops,
+            "backend": A.select_backend(provider, device, DTYPE, D)}
+    if mode == "fwd":
+        def fwd():
+            with torch.no_grad():
+                return attend(q, k, v, **kwargs)
+
+        return info, fwd
+    out = attend(q, k, v, **kwargs)
+    grad = torch.randn_like(out)
+
+    def bwd():
+        for t in (q, k, v):
+            t.grad = None
+        out.backward(grad, retain_graph=True)
+
+    return info, bwd
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_attention(benchmark, measure, device, case, provider, mode):
+    info, fn = setup(case, provider, mode, device)
+    fn()  # compile / first-launch / mask-building work outside the timed rounds
+    measure(fn, rounds=3 if device.type == "cpu" else 5, case=case, provider=provider, mode=mode,
+            dtype=str(DTYPE).removeprefix("torch."), causal=True, **info)
