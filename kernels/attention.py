@@ -254,8 +254,9 @@ class _PerTensorCache:
     """Values derived from a tensor (masks, varlen offsets), kept while that tensor object lives unmodified.
 
     The model passes one doc_ids tensor to every layer of a forward pass, so a mask is built once per pass,
-    not once per layer. Entries are keyed on the tensor's identity and checked against its version counter;
-    a few are kept (least recently used evicted), so memory stays bounded.
+    not once per layer. Entries are keyed on the tensor's identity and checked against its version counter.
+    An entry goes when its tensor is freed (a dense (B, 1, T, T) mask of a past batch must not linger on the
+    GPU), and at most `size` are kept (least recently used evicted).
     """
 
     def __init__(self, size: int = 8):
@@ -269,11 +270,20 @@ class _PerTensorCache:
             self._entries.move_to_end(slot)
             return entry[2]
         value = compute()
-        self._entries[slot] = (weakref.ref(t), t._version, value)
-        self._entries.move_to_end(slot)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        entries = self._entries
+
+        def forget(ref, slot=slot):
+            if slot in entries and entries[slot][0] is ref:
+                del entries[slot]
+
+        entries[slot] = (weakref.ref(t, forget), t._version, value)
+        entries.move_to_end(slot)
+        while len(entries) > self.size:
+            entries.popitem(last=False)
         return value
+
+    def __len__(self):
+        return len(self._entries)
 
     def clear(self):
         self._entries.clear()

@@ -188,6 +188,16 @@ def test_doc_cu_seqlens_is_cached_per_tensor():
     assert A.doc_cu_seqlens(doc_ids) is not first
 
 
+def test_document_masks_are_dropped_with_their_batch():
+    """A past batch's dense (B, 1, T, T) mask must not stay cached once its doc_ids tensor is gone."""
+    q, k, v, kwargs = make_inputs(2, 16, 2, 16, torch.float32, "documents")
+    registry.get("attention", "sdpa")(q, k, v, **kwargs)
+    A.doc_cu_seqlens(kwargs["doc_ids"])
+    assert len(A._doc_cache) == 2
+    del kwargs
+    assert len(A._doc_cache) == 0
+
+
 def test_varlen_flattening_is_a_view():
     qkv = torch.randn(2, 5, 3, 4, 8)  # a fused (B, T, 3, H, D) projection, sliced
     for t in (torch.randn(2, 5, 4, 8), qkv[:, :, 0]):
