@@ -42,13 +42,14 @@ class TrainConfig:
     data_dir: str = "shards/pydocs"
     train_pattern: str = "*_train_*.bin"
     val_pattern: str = "*_val_*.bin"
-    # batch: tokens per step = batch_size * seq_len * grad_accum * reference_world_size, on any world size:
-    # each of W ranks runs reference_world_size * grad_accum / W micro-batches of batch_size rows (an error if
-    # W does not divide it), so an 8-GPU global batch runs unchanged on 1, 2 or 4 GPUs
+    # batch: tokens per step = batch_size * seq_len * grad_accum * reference_world_size, on any world size W:
+    # each rank runs reference_world_size * grad_accum / W micro-batches of batch_size rows (an error if W does
+    # not divide it), so the 8-GPU global batch runs unchanged on 1, 2 or 4 GPUs. reference_world_size=0: the
+    # batch grows with W (each rank runs grad_accum micro-batches; tokens per step = ... * W)
     batch_size: int = 8  # rows per micro-batch per rank
     seq_len: int = 256
     grad_accum: int = 1  # micro-batches per rank per step at reference_world_size ranks
-    reference_world_size: int = 1  # the world size the global batch is defined for (gpt2-124m: 8)
+    reference_world_size: int = 0  # the world size the global batch is defined for (gpt2-124m: 8); 0 = any
     max_steps: int = 300
     warmup_steps: int = 10
     cooldown_frac: float = 0.4  # linear decay to 0 over the last fraction of steps (trapezoidal schedule)

@@ -13,8 +13,9 @@ it and produces the same trajectory as an uninterrupted run (bitwise on the CPU 
 Data parallel (optim/distributed.py): NCCL on GPUs, gloo on the CPU. The global batch is fixed by the config,
 not by the GPU count: each of W ranks accumulates reference_world_size*grad_accum/W micro-batches (the
 gpt2-124m preset is defined for 8 GPUs and runs unchanged on 1, 2 or 4), and the ranks together read the same
-token windows whatever W is. Adam-side gradients are all-reduced in buckets launched during the backward;
-Muon/NorMuon matrices are reduce-scattered to one owner each, orthogonalized there once, and all-gathered.
+token windows whatever W is (reference_world_size=0, the other presets' default: the batch grows with W).
+Adam-side gradients are all-reduced in buckets launched during the backward; Muon/NorMuon matrices are
+reduce-scattered to one owner each, orthogonalized there once, and all-gathered.
 Rank 0 writes the log and checkpoints (gathering the sharded optimizer state); on --resume every rank reads
 the checkpoint, so out_dir must be on a filesystem every node sees.
 
@@ -85,7 +86,7 @@ class Trainer:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
-        self.accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, self.world_size)
+        self.accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, self.world_size, cfg.batch_size)
         if self.world_size > 1 and not dist.is_initialized():
             init_process_group(self.device, cfg.dist_timeout_s)
         if cfg.threads:

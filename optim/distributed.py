@@ -14,7 +14,7 @@ model. Per step, after the last micro-batch's backward:
     Muon matrices       sharded, after modded-nanogpt's Muon: the hidden matrices of one shape are taken
         world_size at a time; the ranks reduce-scatter their gradients so that each rank receives the
         averaged gradient of the matrix it owns (launched from the hooks too), orthogonalizes its share
-        (each matrix exactly once across the ranks, batched per shape by Muon.muon_step), and all-gathers
+        (each matrix exactly once across the ranks, batched per shape by Muon._muon_update), and all-gathers
         the updated weights (asynchronous: one shape's gather overlaps the next shape's Newton-Schulz and
         the Adam update). Momentum and NorMuon's second moments exist only on the owner.
 
@@ -23,12 +23,19 @@ accumulation g0/2 + g1/2 bit for bit, since halving is exact. The gradient norm 
 as torch.nn.utils.get_total_norm would on one rank: per-tensor norms in parameter order (a Muon matrix's by
 its owner, shared through one all-reduce of a vector with zeros elsewhere), then the norm of that vector.
 
+Checkpoints: optimizer_state_dict() gathers each owner's Muon state to rank 0, which saves one whole state;
+load_optimizer_state_dict() loads it on every rank and keeps what that rank owns (a run resumed on the same
+number of ranks continues bit for bit).
+Failures: a collective that fails because a peer died or hung raises PeerError naming this rank and the cause.
+
 Limits: every parameter must receive a gradient every step on every rank (one without, on the last
-micro-batch, is reduced as zeros); the Muon shards need the optimizer to expose muon_step(group, params)
-and adam_step(group), as optim.muon.Muon does. world_size == 1 takes none of these paths.
+micro-batch, is reduced as zeros); the Muon shards need the optimizer to expose _muon_update(group, params)
+(any subset of a Muon group's matrices) and _adam_update(group), as optim.muon.Muon does; any other
+optimizer has all its parameters replicated. world_size == 1 takes none of these paths.
 """
 
 from collections import defaultdict
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -49,29 +56,60 @@ def init_process_group(device: torch.device, timeout_s: float):
                             timeout=timedelta(seconds=timeout_s), **kwargs)
 
 
-def accumulation_steps(grad_accum: int, reference_world_size: int, world_size: int) -> int:
-    """Micro-batches per rank per step so the global batch is the one of `reference_world_size` ranks.
+def accumulation_steps(grad_accum: int, reference_world_size: int, world_size: int, batch_size: int) -> int:
+    """Micro-batches per rank per step so that the global batch is the one of `reference_world_size` ranks.
 
-    grad_accum is the per-rank accumulation at reference_world_size; on world_size ranks each rank runs
+    grad_accum is the per-rank accumulation at reference_world_size ranks; on world_size ranks each rank runs
     reference_world_size * grad_accum / world_size micro-batches (the gpt2-124m preset's 8 GPUs × 1 become
-    4 × 2, 2 × 4 or 1 × 8).
+    4 × 2, 2 × 4 or 1 × 8). reference_world_size=0 means "whatever the world size is": the global batch then
+    grows with the number of ranks and each runs grad_accum micro-batches.
     """
-    if grad_accum < 1 or reference_world_size < 1:
-        raise ValueError(f"grad_accum={grad_accum} and reference_world_size={reference_world_size} must be >= 1")
+    if grad_accum < 1 or reference_world_size < 0:
+        raise ValueError(f"grad_accum={grad_accum} must be >= 1 and reference_world_size={reference_world_size} >= 0")
+    if reference_world_size == 0:
+        return grad_accum
     micro_batches = reference_world_size * grad_accum
     if micro_batches % world_size:
+        rows = micro_batches * batch_size
+        hint = (f"; for the same tokens per step on {world_size} ranks use --reference_world_size={world_size} "
+                f"--grad_accum=1 --batch_size={rows // world_size}" if rows % world_size == 0 else "")
         raise ValueError(
-            f"the global batch is {micro_batches} micro-batches a step (reference_world_size={reference_world_size} "
-            f"× grad_accum={grad_accum}), which {world_size} ranks cannot share evenly. Use a world size that "
-            f"divides {micro_batches}, or change the batch: e.g. --reference_world_size={world_size} keeps "
-            f"--batch_size×{micro_batches}/{world_size} rows per rank for the same tokens per step.")
+            f"the global batch is {micro_batches} micro-batches of {batch_size} rows a step (reference_world_size="
+            f"{reference_world_size} × grad_accum={grad_accum}), which {world_size} ranks cannot share evenly: run on "
+            f"a number of ranks that divides {micro_batches}{hint}")
     return micro_batches // world_size
+
+
+class PeerError(RuntimeError):
+    """A collective failed: another rank died, was killed, or stopped responding for longer than the timeout."""
+
+
+@contextmanager
+def peer_errors(what: str):
+    """Turn the backend's error from a collective (gloo: "Connection closed by peer", "Timed out waiting
+    ...ms"; NCCL: DistBackendError) into a PeerError that says which rank saw what, and why."""
+    try:
+        yield
+    except RuntimeError as e:
+        if isinstance(e, PeerError):
+            raise
+        raise PeerError(
+            f"rank {dist.get_rank()} of {dist.get_world_size()}: {what} failed because another rank died, was "
+            f"killed or stopped responding for longer than --dist_timeout_s; stopping this rank too. The first "
+            f"rank to fail has the cause in its log. Backend error: {type(e).__name__}: {e}") from e
+
+
+def _wait(work, what: str):
+    with peer_errors(what):
+        work.wait()
 
 
 def all_reduce_mean(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     """In-place mean over the ranks (a no-op on one rank)."""
     if world_size > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        with peer_errors("the all-reduce of a mean"):
+            work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
+        _wait(work, "the all-reduce of a mean")
         tensor.div_(world_size)
     return tensor
 
@@ -80,16 +118,17 @@ class _Bucket:
     """Replicated parameters whose gradients are all-reduced together (flattened unless there is one)."""
 
     def __init__(self, params):
-        self.params = params
+        self.params, self.pending = params, len(params)  # pending: gradients still to come this step
         self.work = self.flat = None
 
     def launch(self, world_size: int, rank: int):
         grads = [_grad_or_zeros(p) for p in self.params]
         self.flat = grads[0] if len(grads) == 1 else torch.cat([g.reshape(-1) for g in grads])
-        self.work = dist.all_reduce(self.flat, op=dist.ReduceOp.SUM, async_op=True)
+        with peer_errors("the gradient all-reduce"):
+            self.work = dist.all_reduce(self.flat, op=dist.ReduceOp.SUM, async_op=True)
 
     def finish(self, world_size: int, rank: int):
-        self.work.wait()
+        _wait(self.work, "the gradient all-reduce")
         self.flat.div_(world_size)
         if len(self.params) > 1:
             offset = 0
@@ -103,7 +142,7 @@ class _MuonChunk:
     """Up to world_size same-shape Muon matrices, at most one owned by each rank (`owners[i]` owns params[i])."""
 
     def __init__(self, params, owners):
-        self.params, self.owners = params, owners
+        self.params, self.pending = params, len(params)  # pending: gradients still to come this step
         self.by_rank = dict(zip(owners, params))
         self.work = self.out = self.inputs = None
 
@@ -118,10 +157,11 @@ class _MuonChunk:
                 zeros = torch.zeros_like(like) if zeros is None else zeros
                 self.inputs.append(zeros)
         self.out = torch.empty_like(like)
-        self.work = dist.reduce_scatter(self.out, self.inputs, op=dist.ReduceOp.SUM, async_op=True)
+        with peer_errors("the Muon gradient reduce-scatter"):
+            self.work = dist.reduce_scatter(self.out, self.inputs, op=dist.ReduceOp.SUM, async_op=True)
 
     def finish(self, world_size: int, rank: int):
-        self.work.wait()
+        _wait(self.work, "the Muon gradient reduce-scatter")
         for r, p in self.by_rank.items():
             p.grad = self.out.div_(world_size) if r == rank else None  # only the owner keeps a gradient
         self.work = self.out = self.inputs = None
@@ -130,7 +170,20 @@ class _MuonChunk:
         """Launch the all-gather of the updated weights from their owners; returns the async work handle."""
         slots = [self.by_rank[r].data if r in self.by_rank else torch.empty_like(self.params[0])
                  for r in range(world_size)]
-        return dist.all_gather(slots, slots[rank], async_op=True)
+        with peer_errors("the Muon weight all-gather"):
+            return dist.all_gather(slots, slots[rank], async_op=True)
+
+
+def _sharding_hooks(optimizer):
+    """(update of a subset of a Muon group's matrices, Adam update of a group) of a Muon-style optimizer
+    (optim.muon.Muon and NorMuon); (None, None) for any other, whose parameters are then all replicated."""
+    if hasattr(optimizer, "_muon_update") and hasattr(optimizer, "_adam_update"):
+        return optimizer._muon_update, optimizer._adam_update
+    return None, None
+
+
+def _is_muon(group: dict) -> bool:
+    return bool(group.get("use_muon", False))
 
 
 def _grad_or_zeros(p):
@@ -152,18 +205,19 @@ class DataParallel:
         self.model, self.optimizer = model, optimizer
         self.world_size, self.rank = world_size, rank
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.sharded = hasattr(optimizer, "muon_step") and hasattr(optimizer, "adam_step")
-        muon_groups = [g for g in optimizer.param_groups if self.sharded and g.get("kind") == "muon"]
-        muon_ids = {id(p) for g in muon_groups for p in g["params"]}
+        self._muon_update, self._adam_update = _sharding_hooks(optimizer)
+        muon_groups = [i for i, g in enumerate(optimizer.param_groups) if self._muon_update and _is_muon(g)]
+        muon_ids = {id(p) for i in muon_groups for p in optimizer.param_groups[i]["params"]}
         self.units, self._unit_of, self._last = [], {}, False
         self.owned: set[int] = set()  # id() of the Muon matrices this rank updates
-        # (group, [(shape, [chunks])]) in launch order; steps iterate shapes so gathers overlap compute
+        # (group index, [(shape, [chunks])]): an index, as optimizer.load_state_dict replaces the group dicts
         self.muon_plan = []
         self._muon_index, self._replicated_index = [], []
         if world_size == 1:
             return
 
-        # Launch order follows the backward: parameters in reverse, a unit is placed at its first parameter.
+        # Launch order follows the backward, which produces gradients roughly in reverse parameter order: a unit
+        # is ordered by its parameter that comes last in that order (the one whose gradient completes it).
         position = {id(p): i for i, p in enumerate(reversed(self.params))}
         keyed = []
         bucket, bucket_bytes, cap = [], 0, bucket_mb * 2**20
@@ -179,9 +233,9 @@ class DataParallel:
             keyed.append((max(position[id(q)] for q in bucket), _Bucket(bucket)))
 
         counter = 0  # round-robin owners over all matrices, so the ranks' shares differ by at most one
-        for group in muon_groups:
+        for group_index in muon_groups:
             by_shape = defaultdict(list)
-            for p in sorted(group["params"], key=lambda q: position[id(q)]):
+            for p in sorted(optimizer.param_groups[group_index]["params"], key=lambda q: position[id(q)]):
                 by_shape[tuple(p.shape)].append(p)
             shapes = []
             for shape, same in by_shape.items():
@@ -194,13 +248,12 @@ class DataParallel:
                     keyed.append((max(position[id(q)] for q in params), chunks[-1]))
                     self.owned.update(id(q) for q, r in zip(params, owners) if r == rank)
                 shapes.append((shape, chunks))
-            self.muon_plan.append((group, shapes))
+            self.muon_plan.append((group_index, shapes))
 
         self.units = [unit for _, unit in sorted(keyed, key=lambda item: item[0])]
         self._muon_index = [i for i, p in enumerate(self.params) if id(p) in muon_ids]
         self._replicated_index = [i for i, p in enumerate(self.params) if id(p) not in muon_ids]
         for unit in self.units:
-            unit.pending = len(unit.params)
             for p in unit.params:
                 self._unit_of[id(p)] = unit
                 p.register_post_accumulate_grad_hook(self._on_grad_ready)
@@ -227,12 +280,13 @@ class DataParallel:
             return loss
         for unit in self.units[self._next :]:
             unit.launch(self.world_size, self.rank)
-        loss_work = dist.all_reduce(loss, op=dist.ReduceOp.SUM, async_op=True)
+        with peer_errors("the loss all-reduce"):
+            loss_work = dist.all_reduce(loss, op=dist.ReduceOp.SUM, async_op=True)
         for unit in self.units:
             unit.finish(self.world_size, self.rank)
             unit.pending = len(unit.params)
         self._next, self._last = 0, False
-        loss_work.wait()
+        _wait(loss_work, "the loss all-reduce")
         return loss.div_(self.world_size)
 
     @torch.no_grad()
@@ -246,7 +300,9 @@ class DataParallel:
         norms[held] = torch.stack(torch._foreach_norm([self.params[i].grad for i in held])).to(norms.dtype)
         sharded = norms.clone()
         sharded[self._replicated_index] = 0.0
-        dist.all_reduce(sharded, op=dist.ReduceOp.SUM)
+        with peer_errors("the gradient-norm all-reduce"):
+            work = dist.all_reduce(sharded, op=dist.ReduceOp.SUM, async_op=True)
+        _wait(work, "the gradient-norm all-reduce")
         norms[self._muon_index] = sharded[self._muon_index]
         return torch.linalg.vector_norm(norms)
 
@@ -258,17 +314,18 @@ class DataParallel:
             self.optimizer.step()  # replicated: every rank applies the same update
             return
         gathers = []
-        for group, shapes in self.muon_plan:
+        for group_index, shapes in self.muon_plan:
+            group = self.optimizer.param_groups[group_index]  # read now: lr changes every step
             for _, chunks in shapes:
                 mine = [c.by_rank[self.rank] for c in chunks if self.rank in c.by_rank]
                 if mine:
-                    self.optimizer.muon_step(group, mine)  # one batched orthogonalization of this rank's share
+                    self._muon_update(group, mine)  # one batched orthogonalization per shape of this rank's share
                 gathers += [c.gather(self.world_size, self.rank) for c in chunks]
         for group in self.optimizer.param_groups:
-            if group.get("kind") != "muon":
-                self.optimizer.adam_step(group)
+            if not _is_muon(group):
+                self._adam_update(group)
         for work in gathers:
-            work.wait()
+            _wait(work, "the Muon weight all-gather")
 
     # --- checkpoints -------------------------------------------------------------------------------
 
@@ -281,7 +338,8 @@ class DataParallel:
         mine = {index[id(p)]: {k: v.cpu() if torch.is_tensor(v) else v for k, v in self.optimizer.state[p].items()}
                 for p in self.params if id(p) in self.owned and p in self.optimizer.state}
         gathered = [None] * self.world_size if self.rank == 0 else None
-        dist.gather_object(mine, gathered, dst=0)
+        with peer_errors("the gather of the optimizer state for a checkpoint"):
+            dist.gather_object(mine, gathered, dst=0)
         if self.rank != 0:
             return None
         for shard in gathered:
