@@ -8,6 +8,6 @@ from kernels import reference, registry  # noqa: F401
 
 # Each line below registers one module's implementations.
 from kernels import newton_schulz  # noqa: F401  (issue 4)
-# from kernels import fused_linear_cross_entropy  # noqa: F401  (issue 5)
+from kernels import fused_linear_cross_entropy  # noqa: F401  (issue 5)
 from kernels import relu2_mlp as _relu2_mlp  # noqa: F401  (issue 6)
 from kernels import attention as _attention  # noqa: F401  (issue 7)

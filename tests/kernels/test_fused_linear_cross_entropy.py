@@ -1,0 +1,425 @@
+"""kernels.fused_linear_cross_entropy: parity (loss and both gradients), Liger peer, poisoned buffers, memory,
+codegen, input checks; 124M shape and determinism on a GPU.
+
+On the CPU the kernels run under the Triton interpreter (tests/conftest.py), so shapes stay tiny. Oracle:
+kernels.reference.linear_cross_entropy(upcast=True) in float64; peer: the same eager code in the input dtype
+(shared/STYLE.md §3). One random grad_output scalar is applied to all three paths.
+"""
+
+import pytest
+import torch
+
+from kernels import fused_linear_cross_entropy as flce
+from kernels import registry
+from kernels.reference import linear_cross_entropy as eager_lce
+from tests.parity import TOLERANCES, assert_close, assert_parity
+
+IGNORE = -100
+
+
+def make_inputs(N, H, V, dtype, device, *, ignore_rows=(), weight_scale=1.0):
+    """hidden ~ N(0, 1), weight ~ N(0, weight_scale²/H) (logits of order weight_scale), targets with the given
+    rows set to IGNORE."""
+    hidden = torch.randn(N, H, device=device).to(dtype)
+    weight = (torch.randn(V, H, device=device) * weight_scale / H**0.5).to(dtype)
+    targets = torch.randint(0, V, (N,), device=device)
+    for r in ignore_rows:
+        targets[r] = IGNORE
+    return hidden, weight, targets
+
+
+def run(fn, hidden, weight, targets, grad_output, *, upcast=False, **kw):
+    """(loss, grad_hidden, grad_weight) of fn through autograd, on fresh leaves; float64 leaves if upcast."""
+    h = (hidden.double() if upcast else hidden).detach().clone().requires_grad_()
+    w = (weight.double() if upcast else weight).detach().clone().requires_grad_()
+    loss = fn(h, w, targets, **kw)
+    loss.backward(grad_output.to(loss.dtype))
+    return loss.detach(), h.grad, w.grad
+
+
+def check_parity(hidden, weight, targets, *, softcap=None, z_loss=0.0, reduction="mean", k=None, **kernel_kw):
+    """Kernel vs float64 oracle within k·(peer error) + noise for loss, grad_hidden, grad_weight; plus the fixed
+    per-dtype table against the oracle. Returns the kernel's (loss, grad_hidden, grad_weight)."""
+    kw = dict(softcap=softcap, z_loss=z_loss, reduction=reduction, ignore_index=IGNORE)
+    g = torch.rand((), device=hidden.device) + 0.5  # one random grad_output for all three paths
+    out = run(flce.fused_linear_cross_entropy, hidden, weight, targets, g, **kw, **kernel_kw)
+    peer = run(eager_lce, hidden, weight, targets, g, **kw)
+    oracle = run(eager_lce, hidden, weight, targets, g.double(), upcast=True, **kw)
+    k = k if k is not None else (3.0 if softcap else 2.0)  # FA's k: 2, 3 with softcap
+    atol, rtol = TOLERANCES[hidden.dtype]
+    for name, a, p, o in zip(("loss", "grad_hidden", "grad_weight"), out, peer, oracle):
+        where = f"{name} {tuple(hidden.shape)}x{weight.shape[0]} {hidden.dtype} softcap={softcap} z_loss={z_loss}"
+        assert a.dtype == p.dtype, f"{where}: dtype {a.dtype} != eager {p.dtype}"
+        noise = None  # assert_parity's default: 2x the oracle's rounding to the dtype
+        if a.dtype == torch.float32:
+            # fp32 errors come from the logits' K-term dot products (~sqrt(K)·eps relative), summed in another
+            # order by numpy (interpreter) than by torch; over <= 131×40 elements the peer's max error swings
+            # 10x from seed to seed (as low as 0 for the scalar loss). Floor: 8 eps of the largest value.
+            # (Measured over 20 seeds: the largest k needed with this floor was 0.56.)
+            noise = 8 * torch.finfo(torch.float32).eps * o.abs().max().item()
+        try:
+            assert_parity(a, p, o, name=name, k=k, noise=noise)
+            assert_close(a, o, atol=atol, rtol=rtol, name=name)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; {where}") from None
+    for r in (targets == IGNORE).nonzero().flatten().tolist():
+        assert torch.equal(out[1][r], torch.zeros_like(out[1][r])), f"ignored row {r} has a nonzero grad_hidden"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Parity (interpreter on CPU, the same code on a GPU)
+# ---------------------------------------------------------------------------------------------------
+
+# (N, H, V): a single token; 7 and 37 tokens; V = 97 / 131 (primes, not multiples of any tile); H = 24 / 40.
+SHAPES = [(1, 24, 97), (7, 40, 131), (37, 24, 131)]
+
+
+@pytest.mark.parametrize("softcap", [None, 15.0, 30.0])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_parity_with_eager(shape, dtype, softcap, device):
+    N, H, V = shape
+    ignore_rows = (2, N - 1) if N > 2 else ()
+    # weight_scale 8: logits of order ±8-20, so a 15 softcap bends them and the tanh derivative matters.
+    check_parity(*make_inputs(N, H, V, dtype, device, ignore_rows=ignore_rows, weight_scale=8.0), softcap=softcap)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_z_loss_and_reductions(dtype, reduction, device):
+    inputs = make_inputs(37, 40, 131, dtype, device, ignore_rows=(0, 5, 6), weight_scale=4.0)
+    check_parity(*inputs, softcap=30.0, z_loss=1e-2, reduction=reduction)
+
+
+def test_fp16(device):
+    check_parity(*make_inputs(37, 40, 131, torch.float16, device, ignore_rows=(3,), weight_scale=4.0), softcap=15.0,
+                 z_loss=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_many_tiles_and_chunks(dtype, device):
+    """Small tiles and 16-row chunks: 3 chunks (the last ragged), 3 vocab tiles, 2 K-steps of 32/64 (H = 40),
+    so the log-sum-exp combine, the fp32 grad_weight running sum (16-bit: in the workspace buffer) and every
+    edge mask run. A row ignored in each chunk."""
+    config = "f64" if dtype == torch.float32 else "b64"
+    inputs = make_inputs(37, 40, 131, dtype, device, ignore_rows=(1, 20, 36), weight_scale=8.0)
+    check_parity(*inputs, softcap=15.0, z_loss=1e-3, config=config, chunk_rows=16)
+
+
+def test_reduction_none_without_grad(device):
+    hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, device, ignore_rows=(4,), weight_scale=4.0)
+    with torch.no_grad():
+        loss = flce.fused_linear_cross_entropy(hidden, weight, targets, softcap=15.0, reduction="none")
+    expected = eager_lce(hidden, weight, targets, softcap=15.0, reduction="none")
+    assert loss.shape == (7,) and loss.dtype == torch.float32
+    assert_close(loss, expected, atol=1e-5, rtol=1e-5, name="per-token loss")
+    assert loss[4] == 0
+
+
+def test_reduction_none_with_grad_raises():
+    hidden, weight, targets = make_inputs(4, 24, 97, torch.float32, "cpu")
+    with pytest.raises(NotImplementedError, match="reduction='none' is supported only without autograd"):
+        flce.fused_linear_cross_entropy(hidden.requires_grad_(), weight, targets, reduction="none")
+
+
+def test_no_grad_path_matches_and_skips_gradients(device):
+    hidden, weight, targets = make_inputs(7, 24, 97, torch.bfloat16, device)
+    with torch.no_grad():
+        loss = flce.fused_linear_cross_entropy(hidden, weight, targets, softcap=15.0)
+    loss2, gh, gw = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0)
+    assert torch.equal(loss, loss2)
+    _, gh_none, gw_none = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, compute_grad_hidden=False,
+                                                               compute_grad_weight=False)
+    assert gh_none is None and gw_none is None
+
+
+def test_only_weight_needs_grad(device):
+    hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, device)
+    w = weight.clone().requires_grad_()
+    flce.fused_linear_cross_entropy(hidden, w, targets, softcap=15.0).backward()
+    w_ref = weight.clone().requires_grad_()
+    eager_lce(hidden, w_ref, targets, softcap=15.0).backward()
+    assert_close(w.grad, w_ref.grad, atol=1e-6, rtol=1e-4, name="grad_weight")
+
+
+def test_all_targets_ignored_gives_zero(device):
+    hidden, weight, targets = make_inputs(5, 24, 97, torch.float32, device, ignore_rows=range(5))
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = flce.fused_linear_cross_entropy(h, w, targets, softcap=15.0)
+    loss.backward()
+    assert loss.item() == 0.0  # 0 / max(0, 1), as the eager reference
+    assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(w.grad, torch.zeros_like(w))
+
+
+def test_retain_graph_second_backward(device):
+    """backward scales the saved gradients out of place: a second backward gives the same gradients again."""
+    hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, device)
+    h = hidden.clone().requires_grad_()
+    loss = flce.fused_linear_cross_entropy(h, weight, targets)
+    loss.backward(torch.tensor(2.0), retain_graph=True)
+    first = h.grad.clone()
+    h.grad = None
+    loss.backward(torch.tensor(2.0))
+    assert torch.equal(h.grad, first)
+
+
+def test_registered_as_triton():
+    assert registry.get("linear_cross_entropy", "triton") is flce.fused_linear_cross_entropy
+
+
+# ---------------------------------------------------------------------------------------------------
+# Peer: Liger-Kernel's fused linear cross-entropy (no softcap: Liger's softcap fails under the interpreter)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_matches_liger(z_loss, device):
+    liger = pytest.importorskip("liger_kernel.transformers.functional",
+                                reason="liger-kernel not importable (it is not on the GPU image)")
+    hidden, weight, targets = make_inputs(37, 40, 131, torch.float32, device, ignore_rows=(3, 9), weight_scale=4.0)
+    g = torch.tensor(0.7, device=device)
+    ours = run(flce.fused_linear_cross_entropy, hidden, weight, targets, g, z_loss=z_loss)
+    theirs = run(liger.liger_fused_linear_cross_entropy, hidden, weight, targets, g, lse_square_scale=z_loss)
+    for name, a, b in zip(("loss", "grad_hidden", "grad_weight"), ours, theirs):
+        assert_close(a, b, atol=1e-6, rtol=1e-5, name=f"{name} vs Liger")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Poisoned buffers: every output element is written, nothing unwritten is read
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_nan_outputs_and_workspace_are_fully_overwritten(dtype, device):
+    config = "f64" if dtype == torch.float32 else "b64"
+    hidden, weight, targets = make_inputs(37, 40, 131, dtype, device, ignore_rows=(2,), weight_scale=4.0)
+    kw = dict(softcap=15.0, z_loss=1e-3, config=config, chunk_rows=16)
+    clean = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, **kw)
+
+    ws = flce.flce_workspace(37, 131, 40, dtype, device, config=config, chunk_rows=16)
+    assert (ws.gw_acc is not None) == (dtype != torch.float32)  # 3 chunks: 16-bit needs the fp32 running sum
+    for t in (ws.logits, ws.pmax, ws.psum, ws.gw_acc):
+        if t is not None:
+            t.fill_(float("nan"))
+    nan = float("nan")
+    out = dict(grad_hidden=torch.full_like(hidden, nan), grad_weight=torch.full_like(weight, nan),
+               loss_rows=torch.full((37,), nan, device=device))
+    loss, gh, gw = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0, z_loss=1e-3,
+                                                       workspace=ws, **out)
+    assert gh is out["grad_hidden"] and gw is out["grad_weight"]
+    for name, a, b in (("loss", loss, clean[0]), ("grad_hidden", gh, clean[1]), ("grad_weight", gw, clean[2]),
+                       ("loss_rows", out["loss_rows"], None)):
+        assert torch.isfinite(a).all(), f"{name}: {int((~torch.isfinite(a)).sum())} elements left unwritten"
+        if b is not None:
+            assert torch.equal(a, b), f"{name} differs from the run with fresh buffers"
+
+
+def test_workspace_is_reusable(device):
+    hidden, weight, targets = make_inputs(37, 40, 131, torch.bfloat16, device)
+    ws = flce.flce_workspace(37, 131, 40, torch.bfloat16, device, config="b64", chunk_rows=16)
+    first = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, workspace=ws)
+    second = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, workspace=ws)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Peak memory on the CPU (torch.profiler allocation trace, see bench_fused_linear_cross_entropy.peak_memory_bytes)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _peaks(N, H, V, chunk_rows, dtype=torch.float32):
+    from bench.kernels.bench_fused_linear_cross_entropy import peak_memory_bytes
+
+    hidden, weight, targets = make_inputs(N, H, V, dtype, "cpu", weight_scale=4.0)
+
+    def step(fn, **kw):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+
+        def go():
+            fn(h, w, targets, softcap=15.0, **kw).backward()
+        return peak_memory_bytes(go, "cpu")[1]
+
+    config = "b128" if dtype != torch.float32 else "f64"
+    return step(eager_lce), step(flce.fused_linear_cross_entropy, chunk_rows=chunk_rows, config=config)
+
+
+@pytest.mark.skipif(not flce.is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
+def test_peak_memory_is_bounded_by_the_chunk(capsys):
+    N, H, V, C = 64, 32, 4096, 16  # 4 chunks; eager holds several (N, V) fp32 tensors at once
+    eager_peak, fused_peak = _peaks(N, H, V, C)
+    logits, chunk = N * V * 4, C * V * 4
+    # Fused: the chunk buffer + the two gradients + grad scaling in backward + small per-row buffers.
+    bound = chunk + 2 * 4 * (N * H + V * H) + 4 * (C * 2 * (V // 64 + 1) + 4 * N) + 64 * 1024
+    with capsys.disabled():
+        print(f"\n[peak memory, CPU, fp32, N={N} H={H} V={V} chunk={C}] eager {eager_peak / 2**20:.2f} MiB "
+              f"({eager_peak / logits:.1f}x the N×V fp32 logits), fused {fused_peak / 2**20:.2f} MiB "
+              f"(chunk buffer {chunk / 2**20:.2f} MiB)")
+    assert fused_peak <= bound, f"fused peak {fused_peak} B > bound {bound} B"
+    assert eager_peak >= 2 * logits  # logits and at least their gradient (the comparison is meaningful)
+    assert fused_peak < eager_peak / 3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not flce.is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
+def test_peak_memory_124m_width(capsys):
+    """The 124M head's width and vocab at 256 tokens, 4 chunks of 64 (~1 min under the interpreter)."""
+    N, H, V, C = 256, 768, 50304, 64
+    eager_peak, fused_peak = _peaks(N, H, V, C, dtype=torch.bfloat16)
+    with capsys.disabled():
+        print(f"\n[peak memory, CPU, bf16, N={N} H={H} V={V} chunk={C}] eager {eager_peak / 2**20:.1f} MiB, "
+              f"fused {fused_peak / 2**20:.1f} MiB (N×V fp32 logits {N * V * 4 / 2**20:.1f} MiB, "
+              f"chunk buffer {C * V * 4 / 2**20:.1f} MiB)")
+    assert fused_peak < eager_peak / 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configs, chunking, codegen
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_pick_config_and_chunk_rows():
+    assert flce.pick_config(8192, 50304, torch.bfloat16) == "b128"
+    assert flce.pick_config(37, 131, torch.bfloat16) == "b64"
+    assert flce.pick_config(8192, 50304, torch.float32) == "f64"
+    for N in (1, 37, 8192, 65536):
+        for dtype in flce.SUPPORTED_DTYPES:
+            assert dtype in flce.CONFIG_DTYPES[flce.pick_config(N, 50304, dtype)]
+    assert flce.pick_chunk_rows(8192, 50304, 128) == 4096  # two even chunks within the 1 GiB budget
+    assert flce.pick_chunk_rows(100, 50304, 128) == 128
+    rows = flce.pick_chunk_rows(65536, 50304, 128)
+    assert rows % 128 == 0 and rows * 50304 * 4 <= flce.LOGITS_BUDGET_BYTES
+
+
+def test_flop_model():
+    assert flce.flce_flops(8192, 768, 50304) == 6 * 8192 * 768 * 50304
+
+
+def test_codegen_cases_cover_every_config():
+    configs = {case.config.split(" ")[0] for case in flce.codegen_cases()}
+    assert configs == set(flce.CONFIGS)
+    kernels = {case.kernel for case in flce.codegen_cases()}
+    assert kernels == {"flce_logits", "flce_loss_grad", "flce_grad_hidden", "flce_grad_weight"}
+
+
+def test_sm90_codegen_has_hgmma_and_no_spills(request):
+    """Every config compiles for sm_90: HGMMA in the three matmul kernels, no spills, smem <= 227 KB (~20 s)."""
+    import importlib.util
+
+    from bench import codegen
+
+    if all(importlib.util.find_spec(m) for m in codegen.KERNEL_MODULES):
+        reports = request.getfixturevalue("sm90_reports")  # shared, compiled once per session
+    else:  # other kernel modules not written yet: compile this module's cases only
+        reports = codegen.reports_in_subprocess(modules=["kernels.fused_linear_cross_entropy"])
+    mine = [r for r in reports if r["kernel"].startswith("flce_")]
+    assert len(mine) == len(flce.codegen_cases())
+    bad = {f"{r['kernel']} [{r['config']}]": r["violations"] for r in mine if r["violations"]}
+    assert not bad, bad
+    assert all(r["hgmma"] > 0 for r in mine if r["kernel"] != "flce_loss_grad")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad inputs
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_rejects_bad_shapes():
+    h, w, t = torch.randn(4, 8), torch.randn(16, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"hidden \(N=4, H=8\) and weight \(V=16, H=6\) disagree on the hidden dim"):
+        flce.fused_linear_cross_entropy(h, torch.randn(16, 6), t)
+    with pytest.raises(ValueError, match="targets has 3 entries but hidden has N=4 rows"):
+        flce.fused_linear_cross_entropy(h, w, t[:3])
+    with pytest.raises(ValueError, match="hidden must have 2 dims"):
+        flce.fused_linear_cross_entropy(h[None], w, t)
+    with pytest.raises(ValueError, match="targets must have 1 dims"):
+        flce.fused_linear_cross_entropy(h, w, t[:, None])
+    with pytest.raises(ValueError, match="hidden is empty"):
+        flce.fused_linear_cross_entropy(h[:0], w, t[:0])
+    with pytest.raises(ValueError, match="weight must be contiguous"):
+        flce.fused_linear_cross_entropy(h, torch.randn(8, 16).T, t)
+
+
+def test_rejects_bad_dtypes():
+    h, w, t = torch.randn(4, 8), torch.randn(16, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(TypeError, match="hidden .* and weight .* must share one dtype"):
+        flce.fused_linear_cross_entropy(h, w.bfloat16(), t)
+    with pytest.raises(TypeError, match="hidden has dtype torch.float64"):
+        flce.fused_linear_cross_entropy(h.double(), w.double(), t)
+    with pytest.raises(TypeError, match="targets has dtype torch.float32"):
+        flce.fused_linear_cross_entropy(h, w, t.float())
+
+
+def test_rejects_bad_arguments():
+    h, w, t = torch.randn(4, 8), torch.randn(16, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="reduction must be"):
+        flce.fused_linear_cross_entropy(h, w, t, reduction="avg")
+    with pytest.raises(ValueError, match="softcap must be a positive finite float"):
+        flce.fused_linear_cross_entropy(h, w, t, softcap=0.0)
+    with pytest.raises(ValueError, match="z_loss must be finite"):
+        flce.fused_linear_cross_entropy(h, w, t, z_loss=float("nan"))
+    with pytest.raises(ValueError, match="no fused-linear-cross-entropy config 'b128' for torch.float32"):
+        flce.fused_linear_cross_entropy_fwd(h, w, t, config="b128")
+    with pytest.raises(ValueError, match="grad_hidden must be a contiguous"):
+        flce.fused_linear_cross_entropy_fwd(h, w, t, grad_hidden=torch.empty(4, 9))
+    with pytest.raises(ValueError, match="workspace.logits must be"):
+        ws = flce.flce_workspace(4, 32, 8, torch.float32, "cpu")
+        flce.fused_linear_cross_entropy_fwd(h, w, t, workspace=ws)
+
+
+def test_target_range_is_checked_and_costs_nothing_when_off():
+    h, w = torch.randn(4, 8), torch.randn(16, 8)
+    for bad in (16, -1):
+        t = torch.tensor([0, 3, bad, IGNORE])
+        with pytest.raises(ValueError, match=rf"targets\[2\] = {bad} is outside \[0, V=16\)"):
+            flce.fused_linear_cross_entropy(h, w, t)
+        # Unchecked: the bad row's loss is NaN (loud) instead of a silently wrong value.
+        with torch.no_grad():
+            rows = flce.fused_linear_cross_entropy(h, w, t, reduction="none", validate_targets=False)
+        assert torch.isnan(rows[2]) and torch.isfinite(rows[[0, 1, 3]]).all()
+
+
+def test_cpu_tensor_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        flce.fused_linear_cross_entropy(torch.randn(4, 8), torch.randn(16, 8), torch.zeros(4, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU: the 124M shape and determinism
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("softcap", [None, 15.0])
+def test_speedrun_shape_bf16(softcap):
+    """8192 tokens × 768 → 50304 (two 4096-row chunks), vs eager in bf16 and the float64 oracle (~13 GB)."""
+    hidden, weight, targets = make_inputs(8192, 768, 50304, torch.bfloat16, "cuda", ignore_rows=range(0, 8192, 97))
+    check_parity(hidden, weight, targets, softcap=softcap, z_loss=1e-4)
+
+
+@pytest.mark.gpu
+def test_speedrun_shape_peak_memory():
+    from bench.kernels.bench_fused_linear_cross_entropy import peak_memory_bytes
+
+    hidden, weight, targets = make_inputs(8192, 768, 50304, torch.bfloat16, "cuda")
+    peaks = {}
+    for name, fn in (("eager", eager_lce), ("fused", flce.fused_linear_cross_entropy)):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        peaks[name] = peak_memory_bytes(lambda: fn(h, w, targets, softcap=15.0).backward(), "cuda")[1]
+    print(f"\n[peak memory, CUDA, bf16, 8192x768x50304] eager {peaks['eager'] / 2**30:.2f} GiB, "
+          f"fused {peaks['fused'] / 2**30:.2f} GiB")
+    assert peaks["fused"] <= flce.LOGITS_BUDGET_BYTES + 4 * 50304 * 768 * 3 + 2**27
+    assert peaks["fused"] < peaks["eager"] / 3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_deterministic(dtype):
+    hidden, weight, targets = make_inputs(8192, 768, 50304, dtype, "cuda", ignore_rows=range(0, 8192, 97))
+    first = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0, z_loss=1e-4)
+    for _ in range(10):
+        again = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0, z_loss=1e-4)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
