@@ -63,7 +63,10 @@ def check_parity(inputs, dy, *, k=2.0):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_parity_forward_backward(shape, dtype, device):
     inputs, dy = _inputs(*shape, dtype, device)
-    check_parity(inputs, dy)
+    # One row: each max error is taken over a handful of sums, so the peer's error is as much luck as the
+    # kernel's. Worst kernel/peer ratio over 30 seeds (interpreter, 2026-11): one row 1.75 in bf16, 4.5 in
+    # fp32; every other shape below 2 once the noise floor is added.
+    check_parity(inputs, dy, k=6.0 if shape[0] == 1 else 2.0)
 
 
 def test_parity_fp16(device):
