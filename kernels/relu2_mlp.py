@@ -40,6 +40,7 @@ K-contiguous; backward: B = w_proj, N-contiguous). One (BLOCK_M, BLOCK_N) tile p
 accumulation on the tensor cores, fp32 epilogue, one rounding at the store. Tile order: GROUP_M-swizzled
 (programs walk GROUP_M tile-rows column by column, so a wave of programs shares A row-blocks and B
 column-blocks in L2). Edges are masked (loads with other=0, masked stores): no alignment assumption.
+The backward epilogue runs on two column halves of the tile (fewer live registers: no spills on sm_90).
 
 Numerics and the interpreter (shared/PLATFORM.md): bf16 arithmetic and bf16 tl.dot are wrong under
 TRITON_INTERPRET=1, so the launcher sets UPCAST there (tiles converted to fp32 right after loading) and
@@ -47,9 +48,10 @@ RNE_BF16 (round-to-nearest-even by bit arithmetic before the bf16 store, because
 truncates while the GPU's rounds). fp32 inputs use tl.dot(input_precision="tf32x3") on the GPU, close to
 the fp32 eager peer (torch's default fp32 matmul does not use TF32).
 
-Configs: CONFIGS is the autotune space on the GPU (pruned per dtype, epilogue and problem size by
-prune_configs); under the interpreter one pinned small config runs (autotune with several configs fails
-there). codegen_cases() lists every (config, dtype, epilogue) the GPU launch can pick for bench.codegen.
+Configs: CONFIGS is the autotune space on the GPU (pruned per dtype and problem size by prune_configs;
+`config=` on the launchers forces one); under the interpreter one pinned small config runs (autotune with
+several configs fails there). codegen_cases() lists every (config, dtype, epilogue) the GPU launch can
+pick, for bench.codegen.
 
 Provenance: the fused relu² forward epilogue / 2·relu backward epilogue split follows
 FusedLinearReLUSquareFunction in KellerJordan/modded-nanogpt (PR #197, @andrewbriand, @jrauvola; its H100
@@ -281,12 +283,14 @@ def _relu2_mm_kernel(
 
 
 @functools.cache
-def _autotuned_kernel():
+def _autotuned_kernel(do_bench=None):
     """_relu2_mm_kernel under triton.autotune over CONFIGS, built on first GPU use (nothing at import).
 
-    The key has the problem size and the epilogue; Triton adds the tensors' dtypes itself."""
+    The key has the problem size and the epilogue; Triton adds the tensors' dtypes itself. `do_bench`
+    replaces Triton's CUDA timer (the tests pass a CPU one to run this path under the interpreter)."""
+    extra = {} if do_bench is None else {"do_bench": do_bench}
     return triton.autotune(configs=[c.triton_config() for c in CONFIGS], key=["M", "N", "K", "EPILOGUE"],
-                           prune_configs_by={"early_config_prune": prune_configs})(_relu2_mm_kernel)
+                           prune_configs_by={"early_config_prune": prune_configs}, **extra)(_relu2_mm_kernel)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -407,16 +411,16 @@ def relu2_mlp_fwd(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, *, 
     return out, a
 
 
-def relu2_mlp_bwd(dy: torch.Tensor, x: torch.Tensor | None, w_fc: torch.Tensor | None, w_proj: torch.Tensor,
+def relu2_mlp_bwd(dy: torch.Tensor, x: torch.Tensor | None, w_fc: torch.Tensor | None, w_proj: torch.Tensor | None,
                   a: torch.Tensor, *, need_dx: bool = True, need_dw_fc: bool = True, need_dw_proj: bool = True,
                   dx: torch.Tensor | None = None, dw_fc: torch.Tensor | None = None,
                   dw_proj: torch.Tensor | None = None, dh: torch.Tensor | None = None,
                   config: str | None = None):
     """(dx, dW_fc, dW_proj), each None unless needed. dH (the Triton launch) is computed when dx or dW_fc is.
 
-    dy (N, H); x (N, H) is needed for dW_fc only, w_fc (F, H) for dx only (pass None otherwise); w_proj
-    (H, F); a (N, F) from relu2_mlp_fwd. dx / dw_fc / dw_proj / dh are optional output buffers (dh: the
-    (N, F) work buffer of dL/dh).
+    dy (N, H); x (N, H) is needed for dW_fc only, w_fc (F, H) for dx only, w_proj (H, F) for either of
+    them (pass None otherwise); a (N, F) from relu2_mlp_fwd. dx / dw_fc / dw_proj / dh are optional output
+    buffers (dh: the (N, F) work buffer of dL/dh).
     """
     check_tensor(dy, "dy", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
     N, H = dy.shape

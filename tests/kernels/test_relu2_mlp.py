@@ -186,6 +186,33 @@ def test_every_config_computes_the_same_thing(cfg, device):
     assert_close(dh, dh_pin, name=f"dH [{cfg.name}]", **tol)
 
 
+def test_autotuned_launch_path(monkeypatch, device):
+    """The GPU launch path — triton.autotune over CONFIGS, pruned by prune_configs, grid from the chosen
+    tile — run under the interpreter with a CPU timer, in fp16 (whose tl.dot the interpreter gets right
+    without UPCAST). The 130×200 output keeps all four 16-bit tiles, so the autotuner really chooses."""
+    if device.type == "cuda":
+        pytest.skip("on a GPU the gpu-marked tests run this path for real")
+    import time
+
+    def cpu_timer(fn, quantiles):
+        start = time.perf_counter()
+        fn()
+        return [time.perf_counter() - start] * len(quantiles)
+
+    tuned = r2._autotuned_kernel.__wrapped__(do_bench=cpu_timer)  # uncached: the GPU one stays untouched
+    monkeypatch.setattr(r2, "_autotuned_kernel", lambda: tuned)
+    monkeypatch.setattr(r2, "is_interpreter", lambda: False)  # the launcher takes its GPU branch
+    (x, w_fc, w_proj), dy = _inputs(130, 40, 200, torch.float16, device)
+    a = r2.relu2_fc_fwd(x, w_fc, out=torch.full((130, 200), float("nan"), dtype=torch.float16))
+    dh = r2.relu2_fc_bwd(dy, w_proj, a, out=torch.full((130, 200), float("nan"), dtype=torch.float16))
+    monkeypatch.undo()
+    assert len(tuned.cache) == 2  # one choice per (size, epilogue, dtypes) key: forward and backward
+    usable = {(tuple(sorted(c.meta().items())), c.num_warps, c.num_stages) for c in r2.usable_configs(torch.float16, 1)}
+    assert all((tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages) in usable for c in tuned.cache.values())
+    assert_close(a, r2.relu2_fc_fwd(x, w_fc), atol=1e-2, rtol=2e-3, name="a (autotuned)")
+    assert_close(dh, r2.relu2_fc_bwd(dy, w_proj, a), atol=1e-2, rtol=2e-3, name="dH (autotuned)")
+
+
 def _prune(dtype, M, N, epilogue=r2.EPILOGUE_RELU2):
     configs = [c.triton_config() for c in r2.CONFIGS]
     kept = r2.prune_configs(configs, {}, a_ptr=torch.empty(1, dtype=dtype), EPILOGUE=epilogue, M=M, N=N, K=768)
