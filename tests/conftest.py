@@ -65,3 +65,18 @@ def sm90_reports():
     from bench import codegen
 
     return codegen.reports_in_subprocess()
+
+
+@pytest.fixture
+def assert_sm90_clean(sm90_reports):
+    """check(prefix, cases): one kernel module's sm_90 reports exist for every case and show no violation
+    (spills, shared memory over 227 KB, registers over 255, no HGMMA where expected); returns its rows."""
+
+    def check(prefix: str, cases) -> list[dict]:
+        mine = [r for r in sm90_reports if r["kernel"].startswith(prefix)]
+        assert len(mine) == len(cases), f"{len(mine)} sm_90 reports for {len(cases)} {prefix}* cases"
+        bad = {f"{r['kernel']} [{r['config']}]": r["violations"] for r in mine if r["violations"]}
+        assert not bad, bad
+        return mine
+
+    return check

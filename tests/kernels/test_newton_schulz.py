@@ -205,20 +205,9 @@ def test_codegen_cases_cover_every_config():
     assert kernels.count("ns_update") == 2 * len(ns.CONFIGS)  # row-major and tall (column-major) output
 
 
-def test_sm90_codegen_has_hgmma_and_no_spills(request):
-    """Every config the launcher can pick compiles for sm_90 with HGMMA, no spills, smem <= 227 KB (~10 s)."""
-    import importlib.util
-
-    from bench import codegen
-
-    if all(importlib.util.find_spec(m) for m in codegen.KERNEL_MODULES):
-        reports = request.getfixturevalue("sm90_reports")  # shared, compiled once per session
-    else:  # other kernel modules not written yet: compile this module's cases only
-        reports = codegen.reports_in_subprocess(modules=["kernels.newton_schulz"])
-    mine = [r for r in reports if r["kernel"].startswith("ns_")]
-    assert len(mine) == len(ns.codegen_cases())
-    bad = {f"{r['kernel']} [{r['config']}]": r["violations"] for r in mine if r["violations"]}
-    assert not bad, bad
+def test_sm90_codegen_has_hgmma_and_no_spills(assert_sm90_clean):
+    """Every config the launcher can pick compiles for sm_90 with HGMMA, no spills, smem <= 227 KB."""
+    assert_sm90_clean("ns_", ns.codegen_cases())
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -260,28 +260,9 @@ def test_codegen_cases_cover_every_usable_config():
         assert case.flops == 2 * 8192 * 768 * 3072
 
 
-def test_sm90_codegen_has_hgmma_and_no_spills(request):
-    """Every (config, dtype, epilogue) compiles for sm_90 with HGMMA, no spills and smem <= 227 KB.
-
-    Uses the session-wide reports when another collected test needs them anyway (one compile of every
-    kernel); run alone, it compiles this module's cases only (~35 s on the 2-core machine)."""
-    import importlib.util
-    import os
-
-    from bench import codegen
-
-    here = os.path.abspath(__file__)
-    shared = all(importlib.util.find_spec(m) for m in codegen.KERNEL_MODULES) and any(
-        "sm90_reports" in getattr(item, "fixturenames", ()) and os.path.abspath(str(item.fspath)) != here
-        for item in request.session.items)
-    if shared:
-        reports = request.getfixturevalue("sm90_reports")
-    else:
-        reports = codegen.reports_in_subprocess(modules=["kernels.relu2_mlp"])
-    mine = [r for r in reports if r["kernel"].startswith("relu2_mm_")]
-    assert len(mine) == len(r2.codegen_cases())
-    bad = {f"{r['kernel']} [{r['config']}]": r["violations"] for r in mine if r["violations"]}
-    assert not bad, bad
+def test_sm90_codegen_has_hgmma_and_no_spills(assert_sm90_clean):
+    """Every (config, dtype, epilogue) compiles for sm_90 with HGMMA, no spills and smem <= 227 KB."""
+    assert_sm90_clean("relu2_mm_", r2.codegen_cases())
 
 
 # ---------------------------------------------------------------------------------------------------
