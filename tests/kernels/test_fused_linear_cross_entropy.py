@@ -314,20 +314,9 @@ def test_codegen_cases_cover_every_config():
     assert kernels == {"flce_logits", "flce_loss_grad", "flce_grad_hidden", "flce_grad_weight"}
 
 
-def test_sm90_codegen_has_hgmma_and_no_spills(request):
-    """Every config compiles for sm_90: HGMMA in the three matmul kernels, no spills, smem <= 227 KB (~20 s)."""
-    import importlib.util
-
-    from bench import codegen
-
-    if all(importlib.util.find_spec(m) for m in codegen.KERNEL_MODULES):
-        reports = request.getfixturevalue("sm90_reports")  # shared, compiled once per session
-    else:  # other kernel modules not written yet: compile this module's cases only
-        reports = codegen.reports_in_subprocess(modules=["kernels.fused_linear_cross_entropy"])
-    mine = [r for r in reports if r["kernel"].startswith("flce_")]
-    assert len(mine) == len(flce.codegen_cases())
-    bad = {f"{r['kernel']} [{r['config']}]": r["violations"] for r in mine if r["violations"]}
-    assert not bad, bad
+def test_sm90_codegen_has_hgmma_and_no_spills(assert_sm90_clean):
+    """Every config compiles for sm_90: HGMMA in the three matmul kernels, no spills, smem <= 227 KB."""
+    mine = assert_sm90_clean("flce_", flce.codegen_cases())
     assert all(r["hgmma"] > 0 for r in mine if r["kernel"] != "flce_loss_grad")
 
 
