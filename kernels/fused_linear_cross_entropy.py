@@ -17,8 +17,9 @@ Gradient, with g = grad_output · (1/#non-ignored for mean, 1 for sum) and g = 0
 Shapes: hidden (N, H), weight (V, H), one dtype (bf16, fp16 or fp32; the model casts); targets (N,) int64
 (or int32). All contiguous.
 
-Design: the N tokens are processed in chunks of C rows (C·V·4 bytes <= LOGITS_BUDGET_BYTES, 1 GiB: C = 4096 at
-V = 50304), so no N×V tensor ever exists. Per chunk, four launches on one (C, V) fp32 buffer:
+Design: the N tokens are processed in chunks of C rows (C·V·4 bytes <= LOGITS_BUDGET_BYTES = 1 GiB: N = 8192,
+V = 50304 gives two chunks of 4096), so no N×V tensor ever exists. Per chunk, four launches on one (C, V) fp32
+buffer:
 
     1. _flce_logits_kernel      c = softcap(h @ Wᵀ) for a (BLOCK_M, BLOCK_V) tile, stored fp32, plus the tile's
                                 per-row max and Σexp(c - max) (the online log-sum-exp partials, (C, V/BLOCK_V))
@@ -28,6 +29,11 @@ V = 50304), so no N×V tensor ever exists. Per chunk, four launches on one (C, V
     4. _flce_grad_weight_kernel grad_weight (+)= dzᵀ @ h[chunk]; fp32 accumulation across chunks: the first chunk
                                 writes, later ones read-add-write their own tile (a (V, H) fp32 buffer for
                                 16-bit inputs when there are >= 2 chunks), the last one stores the input dtype
+
+Memory: the chunk buffer, grad_hidden, grad_weight and (16-bit, >= 2 chunks) the (V, H) fp32 running sum, i.e.
+~1.15 GB at the 124M shape against several N×V fp32 tensors for eager. The (V, H) buffers do not shrink with N:
+with fewer tokens than the width (N < H) eager's N×V tensors are the smaller ones. The default budget keeps a
+single chunk (no running sum) until N·V·4 > 1 GiB, where N×V dwarfs V×H anyway.
 
 So the gradients are finished during forward (Liger's FLCE scheme); backward only multiplies the two saved
 gradients by grad_output. Every output element is written by exactly one program with a fixed reduction order
@@ -554,8 +560,9 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
     loss: 0-dim fp32 (mean/sum) or (N,) fp32 (none). grad_hidden (N, H) / grad_weight (V, H) in the input dtype,
     None when not requested (reduction="none" computes no gradient). `grad_hidden`, `grad_weight`, `loss_rows`
     ((N,) fp32 per-token losses) are optional output buffers, every element of which is written; `workspace`
-    (flce_workspace) avoids allocating the chunk buffers; `config` forces a tile family of CONFIGS;
-    `chunk_rows` the chunk height. No autograd (see FusedLinearCrossEntropyFunction).
+    (flce_workspace) avoids allocating the chunk buffers and fixes the tile family and chunk height (then
+    `config` and `chunk_rows` are not used); otherwise `config` forces a tile family of CONFIGS and `chunk_rows`
+    the chunk height. No autograd (see FusedLinearCrossEntropyFunction).
     """
     # 1. check
     N, H, V = check_inputs(hidden, weight, targets, softcap=softcap, ignore_index=ignore_index,
