@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import triton
+import triton.language as tl
 
 
 def is_interpreter() -> bool:
@@ -84,3 +86,15 @@ class CodegenCase:
     bytes: float = 0.0
     expect_hgmma: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@triton.jit
+def round_to_bf16_grid(x):
+    """Round fp32 `x` to the nearest bf16 value, ties to even, keeping fp32 type (NaN passes through).
+
+    The interpreter's fp32->bf16 cast truncates (shared/PLATFORM.md) while the GPU's cvt.rn rounds to
+    nearest even; after this the cast is exact, so interpreted results carry the GPU's rounding.
+    """
+    bits = x.to(tl.int32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # -65536 = 0xFFFF0000: clear 16 low mantissa bits
+    return tl.where(x != x, x, rounded.to(tl.float32, bitcast=True))

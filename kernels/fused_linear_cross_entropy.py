@@ -45,7 +45,7 @@ use tl.dot(input_precision="tf32x3") on the GPU (~fp32 accuracy on tensor cores)
 (inline PTX, max rel. error ~2⁻¹¹) for 16-bit inputs on the GPU, whose bf16-rounded logits are far coarser; an
 exp-based tanh with a Taylor branch near 0 (a few ulp) for fp32 inputs and under the interpreter (which has no
 tanh, shared/PLATFORM.md). The interpreter's bf16 arithmetic and fp32→bf16 casts are wrong, so there
-(UPCAST) tiles go to fp32 right after loading and bf16 rounding is done by _round_bf16 (nearest even).
+(UPCAST) tiles go to fp32 right after loading and bf16 rounding is done by round_to_bf16_grid (nearest even).
 
 Host syncs: none on the hot path (the mean's token count stays on the device). One remains, opt-out: the
 target range check (`validate_targets=True`) is a reduction over N targets plus one device->host sync (it
@@ -67,7 +67,7 @@ import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels._common import CodegenCase, check_tensor, check_triton_device, is_interpreter
+from kernels._common import CodegenCase, check_tensor, check_triton_device, is_interpreter, round_to_bf16_grid
 
 # ---------------------------------------------------------------------------------------------------
 # Constants
@@ -169,17 +169,6 @@ def _resolve_config(name, N, V, dtype) -> tuple[str, FLCEConfig]:
 
 
 @triton.jit
-def _round_bf16(x):
-    """fp32 `x` rounded to the nearest bf16 value (ties to even), kept fp32; NaN passes through.
-
-    The interpreter's fp32->bf16 cast truncates (shared/PLATFORM.md); the GPU's cvt.rn rounds to nearest even.
-    """
-    bits = x.to(tl.int32, bitcast=True)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # -65536 = 0xFFFF0000: keep sign, exponent, 7 bits
-    return tl.where(x != x, x, rounded.to(tl.float32, bitcast=True))
-
-
-@triton.jit
 def _tanh(x, FAST: tl.constexpr):
     """tanh of an fp32 tile. FAST: MUFU tanh.approx.f32 (GPU only, rel. error ~2⁻¹¹). Otherwise a few-ulp
     form: sign·(1 - e)/(1 + e) with e = exp(-2|x|), and an odd Taylor polynomial (to x¹¹, truncation < 2e-9
@@ -209,7 +198,7 @@ def _dz_operand(x, DTYPE: tl.constexpr, OPERAND: tl.constexpr):
     if OPERAND == 1:
         y = x.to(DTYPE)
     elif OPERAND == 2:
-        y = _round_bf16(x)
+        y = round_to_bf16_grid(x)
     elif OPERAND == 3:
         y = x.to(tl.float16).to(tl.float32)
     else:
@@ -395,7 +384,7 @@ def _flce_grad_hidden_kernel(
         w_ptrs += BLOCK_K * stride_wv
 
     if ROUND_OUT:
-        acc = _round_bf16(acc)
+        acc = round_to_bf16_grid(acc)
     tl.store(gh_ptr + rm[:, None] * stride_gm + rn[None, :], acc.to(gh_ptr.dtype.element_ty),
              mask=in_m[:, None] & in_n[None, :])
 
@@ -453,7 +442,7 @@ def _flce_grad_weight_kernel(
     if ACCUMULATE:
         acc += tl.load(acc_ptr + rv[:, None] * stride_am + rn[None, :], mask=tile_mask, other=0.0)
     if ROUND_OUT:
-        acc = _round_bf16(acc)
+        acc = round_to_bf16_grid(acc)
     tl.store(gw_ptr + rv[:, None] * stride_gv + rn[None, :], acc.to(gw_ptr.dtype.element_ty), mask=tile_mask)
 
 

@@ -42,7 +42,7 @@ import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels._common import CodegenCase, check_tensor, check_triton_device, is_interpreter
+from kernels._common import CodegenCase, check_tensor, check_triton_device, is_interpreter, round_to_bf16_grid
 from kernels.reference import NS_NORM_SCALE, ns_coefficients
 
 # ---------------------------------------------------------------------------------------------------
@@ -121,18 +121,6 @@ def _resolve_config(name, batch, M, N, dtype) -> NSConfig:
 
 
 @triton.jit
-def _round_to_bf16_grid(x):
-    """Round fp32 `x` to the nearest bf16 value, ties to even, keeping fp32 type (NaN passes through).
-
-    The interpreter's fp32->bf16 cast truncates (shared/PLATFORM.md) while the GPU's cvt.rn rounds to
-    nearest even; after this the cast is exact, so interpreter results carry the GPU's rounding.
-    """
-    bits = x.to(tl.int32, bitcast=True)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536  # -65536 = 0xFFFF0000
-    return tl.where(x != x, x, rounded.to(tl.float32, bitcast=True))
-
-
-@triton.jit
 def _ns_syrk_kernel(
     # pointers: P (batch, M, K) row-major, ADD (batch, M, M), C (batch, M, M); innermost strides are 1
     p_ptr, add_ptr, c_ptr,
@@ -196,7 +184,7 @@ def _ns_syrk_kernel(
         add = tl.load(add_ptr + rows_i[:, None] * stride_am + rows_j[None, :], mask=tile_mask, other=0.0)
         acc = alpha * acc + beta * add.to(tl.float32)
     if RNE_BF16:
-        acc = _round_to_bf16_grid(acc)
+        acc = round_to_bf16_grid(acc)
     out = acc.to(c_ptr.dtype.element_ty)
     tl.store(c_ptr + rows_i[:, None] * stride_cm + rows_j[None, :], out, mask=tile_mask)
     if i != j:  # mirror; the diagonal tile is already complete (and is written once: deterministic)
@@ -261,7 +249,7 @@ def _ns_update_kernel(
     x_tile = tl.load(x_ptr + rm[:, None] * stride_xm + rn[None, :], mask=tile_mask, other=0.0)
     acc += alpha * x_tile.to(tl.float32)
     if RNE_BF16:
-        acc = _round_to_bf16_grid(acc)
+        acc = round_to_bf16_grid(acc)
     tl.store(out_ptr + rm[:, None] * stride_om + rn[None, :] * stride_on, acc.to(out_ptr.dtype.element_ty),
              mask=tile_mask)
 

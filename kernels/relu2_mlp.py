@@ -67,7 +67,14 @@ import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels._common import CodegenCase, check_tensor, check_triton_device, is_interpreter, same_dtype
+from kernels._common import (
+    CodegenCase,
+    check_tensor,
+    check_triton_device,
+    is_interpreter,
+    round_to_bf16_grid,
+    same_dtype,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # Constants
@@ -177,16 +184,6 @@ def prune_configs(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _round_to_bf16_grid(x):
-    """fp32 -> nearest bf16 value (ties to even), still fp32; NaN passes through. Makes the interpreter's
-    truncating fp32->bf16 cast exact, so interpreted results carry the GPU's rounding."""
-    bits = x.to(tl.int32, bitcast=True)
-    lsb = (bits >> 16) & 1
-    bits = (bits + 0x7FFF + lsb) & -65536  # -65536 = 0xFFFF0000: clear the 16 low mantissa bits
-    return tl.where(x == x, bits.to(tl.float32, bitcast=True), x)
-
-
-@triton.jit
 def _epilogue(acc, rm, rn, M, N, aux_ptr, c_ptr, stride_xm, stride_xn, stride_cm, stride_cn,
               EPILOGUE: tl.constexpr, RNE_BF16: tl.constexpr):
     """Store epilogue(acc) at rows rm, columns rn of C (masked); acc is fp32 (len(rm), len(rn))."""
@@ -200,7 +197,7 @@ def _epilogue(acc, rm, rn, M, N, aux_ptr, c_ptr, stride_xm, stride_xn, stride_cm
         aux = tl.load(aux_ptr + rm64[:, None] * stride_xm + rn64[None, :] * stride_xn, mask=tile_mask, other=0.0)
         out = acc * (2.0 * tl.sqrt_rn(aux.to(tl.float32)))
     if RNE_BF16:
-        out = _round_to_bf16_grid(out)
+        out = round_to_bf16_grid(out)
     tl.store(c_ptr + rm64[:, None] * stride_cm + rn64[None, :] * stride_cn, out.to(c_ptr.dtype.element_ty),
              mask=tile_mask)
 
