@@ -94,9 +94,8 @@ class Trainer:
         self.master = self.rank == 0
         self.run_dir = os.path.join(cfg.out_dir, cfg.run_name or f"{cfg.preset}-{cfg.optim.name}-s{cfg.seed}")
 
-        train_files = list_shards(cfg.data_dir, cfg.train_pattern)
+        self.train_files = list_shards(cfg.data_dir, cfg.train_pattern)
         val_files = list_shards(cfg.data_dir, cfg.val_pattern)
-        self.train_files = train_files
         self.val = val_batches(val_files, n_tokens=cfg.val_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                rank=self.rank, world_size=self.world_size)
 
@@ -250,7 +249,7 @@ class Trainer:
 
     def _loop(self, log):
         cfg = self.cfg
-        tokens_per_step = cfg.batch_size * cfg.seq_len * self.accum * self.world_size
+        tokens_per_step = self.loader.tokens_per_step  # all ranks, all micro-batches
         progress = None
         if self.master and cfg.max_steps:
             from tqdm import tqdm
@@ -291,7 +290,7 @@ class Trainer:
 
     def summary(self, warmup_s: float) -> dict:
         cfg, reached = self.cfg, self.reached
-        tokens_per_step = cfg.batch_size * cfg.seq_len * self.accum * self.world_size
+        tokens_per_step = self.loader.tokens_per_step  # all ranks, all micro-batches
         return {
             "preset": cfg.preset, "optimizer": cfg.optim.name, "seed": cfg.seed, "steps": self.step,
             "tokens": self.step * tokens_per_step, "final_val_loss": self.val_loss,
