@@ -18,6 +18,23 @@ def is_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def cpu_capability() -> str:
+    """The SIMD level torch's CPU kernels run at: 'AVX512', 'AVX2', ... (ATEN_CPU_CAPABILITY can lower it)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def native_bf16(device) -> bool:
+    """True when `device` runs bf16 matmuls natively (fast): CUDA GPUs with bf16, and CPUs where oneDNN has a
+    bf16 path (AVX-512 bf16 / AMX). On other CPUs (AVX2 only) torch's bf16 matmul is emulated and runs about
+    100-300x slower than fp32, so every "auto" precision choice falls back to fp32 there."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def check_tensor(t, name: str, *, ndim=None, dtypes=None, contiguous: bool = False, nonempty: bool = True):
     """Raise a TypeError/ValueError naming `name` when `t` does not match the launcher's contract."""
     if not isinstance(t, torch.Tensor):
