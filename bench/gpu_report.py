@@ -377,9 +377,19 @@ class Report:
     def write(self):
         self.data["updated_at"] = _now()
         self.data["elapsed_s"] = round(time.time() - self.t0, 1)
-        annotate(self.data)
-        write_atomic(os.path.join(self.out, "report.json"), json.dumps(self.data, indent=1) + "\n")
-        write_atomic(os.path.join(self.out, "report.md"), render_markdown(self.data))
+        try:
+            annotate(self.data)
+        except Exception as exc:  # noqa: BLE001 - a derived figure must never cost the report
+            self.data["render_error"] = f"annotate: {_short_error(exc)}"
+        # default=repr: an odd value in a row is written as text rather than losing the report
+        write_atomic(os.path.join(self.out, "report.json"), json.dumps(self.data, indent=1, default=repr) + "\n")
+        try:
+            markdown = render_markdown(self.data)
+        except Exception as exc:  # noqa: BLE001 - the JSON is written; the markdown says why it is short
+            markdown = (f"# GPU report\n\nThe markdown rendering failed ({_short_error(exc)}); report.json beside "
+                        f"this file has every result. Stages: " + ", ".join(
+                            f"{s['name']} {s['status']}" for s in self.data["stages"]) + "\n")
+        write_atomic(os.path.join(self.out, "report.md"), markdown)
 
 
 class _RowStream:
@@ -460,6 +470,8 @@ def run_stage(report: Report, name: str, box_s: float, payload: dict) -> None:
     start = time.time()
     payload = {**payload, "deadline": start + max(box_s - 3.0, 1.0)}  # the child stops itself a little early
     entry.update(status="running", box_s=round(box_s, 1), started_at=_now())
+    # Not a daemon: torch.compile's workers may use multiprocessing, which a daemonic process may not. Every way
+    # out of this function below kills the child instead.
     proc = multiprocessing.get_context("fork").Process(target=_child_main, args=(name, payload, rows_path),
                                                        name=f"gpu_report:{name}")
     stream = _RowStream(rows_path)
@@ -499,6 +511,10 @@ def run_stage(report: Report, name: str, box_s: float, payload: dict) -> None:
         _apply(entry, stream.read())
         entry["status"] = "interrupted"
         _close_pending(entry, "the run was interrupted")
+        raise
+    except BaseException as exc:  # the parent's own failure (e.g. a full disk): no stage process outlives it
+        _kill(proc, grace_s=2.0)
+        entry["status"], entry["error"] = "failed", f"report process error: {_short_error(exc)}"
         raise
     finally:
         entry["elapsed_s"] = round(time.time() - start, 1)
@@ -668,9 +684,9 @@ def _md_correctness(s, data):
 def _md_microbench(s, data):
     rows = []
     for r in s["rows"]:
-        ms = r.get("ms")
-        timing = (f"{ms:.4g} ({r['ms_p20']:.4g}–{r['ms_p80']:.4g})" if ms is not None else "—")
-        rows.append([r.get("kernel"), r.get("case"), r.get("variant"), r.get("provider"), timing,
+        ms, p20, p80 = r.get("ms"), r.get("ms_p20"), r.get("ms_p80")
+        timing = _fmt(ms, ".4g") + (f" ({p20:.4g}–{p80:.4g})" if p20 is not None and p80 is not None else "")
+        rows.append([r.get("kernel") or r["key"], r.get("case"), r.get("variant"), r.get("provider"), timing,
                      _fmt(r.get("tflops"), ".1f"), _fmt(r.get("pct_peak"), ".1f"),
                      _fmt(r.get("speedup_vs_eager"), ".2f"), _fmt(r.get("peak_mem_mb"), ".0f"),
                      _status_text(r)])
