@@ -452,10 +452,12 @@ def _kill(proc, grace_s: float = 5.0):
 
 
 def _close_pending(entry: dict, why: str):
-    """Rows a stopped stage never reached: skipped, with why."""
+    """Rows of a stopped stage: those never reached are skipped, one in progress is interrupted; both say why."""
     for row in entry["rows"]:
         if row.get("status") == "pending":
             row.update(status="skipped", reason=f"not reached: {why}")
+        elif row.get("status") == "running":
+            row.update(status="interrupted", reason=f"{why} during: {row.get('reason') or 'this row'}")
 
 
 def _ok_rows(entry) -> int:
@@ -615,9 +617,12 @@ def _fmt(value, spec=".3g", none="—"):
     return str(value)
 
 
-def _status_text(row: dict) -> str:
+def _status_text(row: dict, limit: int = 200) -> str:
+    """status: reason (shortened for the table; report.json has it whole)."""
     status = row.get("status", "")
-    note = row.get("reason") or row.get("error") or row.get("note")
+    note = str(row.get("reason") or row.get("error") or row.get("note") or "")
+    if len(note) > limit:
+        note = note[:limit] + " …"
     return f"{status}: {note}" if note else status
 
 
@@ -687,7 +692,7 @@ def _md_microbench(s, data):
         ms, p20, p80 = r.get("ms"), r.get("ms_p20"), r.get("ms_p80")
         timing = _fmt(ms, ".4g") + (f" ({p20:.4g}–{p80:.4g})" if p20 is not None and p80 is not None else "")
         rows.append([r.get("kernel") or r["key"], r.get("case"), r.get("variant"), r.get("provider"), timing,
-                     _fmt(r.get("tflops"), ".1f"), _fmt(r.get("pct_peak"), ".1f"),
+                     _fmt(r.get("tflops"), ".3g"), _fmt(r.get("pct_peak"), ".3g"),
                      _fmt(r.get("speedup_vs_eager"), ".2f"), _fmt(r.get("peak_mem_mb"), ".0f"),
                      _status_text(r)])
     peak = (next(x for x in data["stages"] if x["name"] == "environment").get("info") or {}).get("peak_tflops")
@@ -701,8 +706,8 @@ def _md_e2e(s, data):
     rows = []
     for r in s["rows"]:
         proj = r.get("projection_8gpu") or {}
-        rows.append([r["key"], r.get("impls"), r.get("micro_batch"), r.get("accum_steps"),
-                     _fmt(r.get("warmup_s"), ".1f"), r.get("steps_timed"), _fmt(r.get("ms_per_step"), ".1f"),
+        rows.append([r["key"], _fmt(r.get("impls")), _fmt(r.get("micro_batch")), _fmt(r.get("accum_steps")),
+                     _fmt(r.get("warmup_s"), ".1f"), _fmt(r.get("steps_timed")), _fmt(r.get("ms_per_step"), ".1f"),
                      _fmt(r.get("tokens_per_s"), ".0f"), _fmt(r.get("peak_mem_gb"), ".1f"),
                      _fmt(proj.get("ms_per_step"), ".1f"), _fmt(proj.get("full_run_s"), ".0f"), _status_text(r)])
     out = _table(["preset", "impls", "micro-batch", "accum", "warm-up s", "steps", "ms/step (1 GPU)", "tokens/s",
@@ -805,16 +810,24 @@ NVIDIA_SMI_FIELDS = ["name", "driver_version", "clocks.sm", "clocks.max.sm", "cl
                      "power.draw", "power.limit", "temperature.gpu", "pstate"]
 
 
+NVIDIA_SMI_MINIMAL = ["name", "driver_version", "clocks.sm", "clocks.max.sm"]
+
+
 def nvidia_smi() -> dict:
-    try:
-        proc = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(NVIDIA_SMI_FIELDS)}",
-                               "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=15)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return {"nvidia_smi": f"not run: {_short_error(exc, 200)}"}
-    if proc.returncode != 0:
-        return {"nvidia_smi": f"exit {proc.returncode}: {proc.stderr.strip()[:200]}"}
-    values = [v.strip() for v in proc.stdout.splitlines()[0].split(",")]
-    return {f"smi_{k.replace('.', '_')}": v for k, v in zip(NVIDIA_SMI_FIELDS, values)}
+    """Clocks, power and driver of GPU 0 from nvidia-smi; a driver that rejects a field name fails the whole query,
+    so a minimal field set is tried next."""
+    errors = []
+    for fields in (NVIDIA_SMI_FIELDS, NVIDIA_SMI_MINIMAL):
+        try:
+            proc = subprocess.run(["nvidia-smi", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                                  capture_output=True, text=True, timeout=15)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return {"nvidia_smi": f"not run: {_short_error(exc, 200)}"}
+        if proc.returncode == 0 and proc.stdout.strip():
+            values = [v.strip() for v in proc.stdout.splitlines()[0].split(",")]
+            return {f"smi_{k.replace('.', '_')}": v for k, v in zip(fields, values)}
+        errors.append(f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:200]}")
+    return {"nvidia_smi": "; ".join(errors)}
 
 
 def _probe_import(module: str) -> str | None:
@@ -1580,16 +1593,21 @@ def run_e2e(ctx, preset: str, deadline: float, steps: int, warmup_steps: int) ->
         step_tokens = accum_rows * cfg.seq_len
         synthetic_shards(tmp, (steps + warmup_steps + 2) * step_tokens + 1, cfg.val_tokens + 1, cfg.model.vocab_size)
         cfg = e2e_config(preset, tmp, ctx.dry_run, ctx.options["e2e_set"] + [f"--out_dir={tmp}/runs"])
+        key = f"e2e/{preset}"
+        t0 = time.time()
         trainer = Trainer(cfg)
         fields = {"preset": preset, "impls": _impls(cfg), "micro_batch": f"{cfg.batch_size}×{cfg.seq_len}",
                   "accum_steps": trainer.accum, "tokens_per_step": trainer.loader.tokens_per_step,
                   "max_steps": cfg.max_steps, "params": trainer.model.num_params(),
-                  "attention_backend": trainer.attention}
+                  "attention_backend": trainer.attention, "build_s": time.time() - t0}
+        # progress rows: a preset stopped at the time box still says how far it got (compiling, warm, timing)
+        ctx.row(key, "running", reason=f"warm-up: {warmup_steps} step(s), the first compiles", **fields)
         t0 = time.time()
         for step in range(warmup_steps):
             trainer.train_step(step)
         _sync(ctx.device)
         fields["warmup_s"] = time.time() - t0
+        ctx.row(key, "running", reason=f"warm after {fields['warmup_s']:.0f} s; timing up to {steps} steps", **fields)
         if ctx.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         times = []
@@ -1623,6 +1641,8 @@ def stage_e2e(ctx: StageContext):
     warmup = 1 if ctx.dry_run else 2
     min_s = 5.0 if ctx.dry_run else 45.0
     todo = list(E2E_PRESETS)
+    for preset in todo:  # the whole plan from the start, as in stage 3
+        ctx._write({"row": {"key": f"e2e/{preset}", "status": "pending", "preset": preset}})
     partial = False
     for i, preset in enumerate(todo):
         key = f"e2e/{preset}"
