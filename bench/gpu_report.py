@@ -534,6 +534,8 @@ def run(args, argv: list[str]) -> int:
     options = {"e2e_steps": args.e2e_steps, "e2e_set": args.e2e_set or []}
 
     def on_signal(signum, frame):
+        for s in (signal.SIGTERM, signal.SIGINT):  # the first signal stops the run; cleanup is not interrupted
+            signal.signal(s, signal.SIG_IGN)
         raise Interrupted(signum)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -567,8 +569,6 @@ def run(args, argv: list[str]) -> int:
                   flush=True)
         report.data["state"] = "finished"
     except Interrupted as exc:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(s, signal.SIG_IGN)  # finish writing the report whatever else arrives
         report.data["state"] = "interrupted"
         report.data["interrupted_by"] = str(exc)
         for entry in report.data["stages"]:
@@ -580,6 +580,8 @@ def run(args, argv: list[str]) -> int:
                 entry.update(status="skipped", reason=f"not reached: the run received {exc}")
         code = 128 + exc.signum
     finally:
+        for child in multiprocessing.active_children():  # never leave a stage process behind (nor wait for one)
+            _kill(child, grace_s=2.0)
         report.write()
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -1060,7 +1062,7 @@ def _hidden_shapes(model_cfg) -> list[tuple[str, int, int, int]]:
 def benchmark_cases(dry_run: bool) -> list[Case]:
     """The gpt2-124m case and the track-3 case, from configs.PRESETS (track 3 from its definition while the preset
     is absent). A dry run keeps each case's structure and shrinks the dimensions to the tiny model's."""
-    from configs import PRESETS
+    from configs import PRESETS, OptimConfig
     from model.config import model_preset
 
     cases = []
@@ -1068,10 +1070,9 @@ def benchmark_cases(dry_run: bool) -> list[Case]:
         preset_name = "gpt2-124m" if name == "124m" else TRACK3_PRESET
         preset = PRESETS.get(preset_name)
         if preset is not None:
-            model_cfg, optim = preset["model"], preset.get("optim")
+            model_cfg, optim = preset["model"], preset.get("optim") or OptimConfig()
             batch, seq = preset["batch_size"], preset["seq_len"]
-            ns_steps = optim.ns_steps if optim is not None else 5
-            coefficients = optim.ns_coefficients if optim is not None else "quintic"
+            ns_steps, coefficients = optim.ns_steps, optim.ns_coefficients
             source = f"configs.PRESETS[{preset_name!r}]"
             softcap = getattr(model_cfg, "logit_softcap", None)
         else:  # track 3 before its preset lands
