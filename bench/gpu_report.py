@@ -583,8 +583,9 @@ def run(args, argv: list[str]) -> int:
         for child in multiprocessing.active_children():  # never leave a stage process behind (nor wait for one)
             _kill(child, grace_s=2.0)
         report.write()
-        for s, handler in old.items():
-            signal.signal(s, handler)
+        if not code:  # interrupted: stay deaf to further signals until exit, so the exit code names the first
+            for s, handler in old.items():
+                signal.signal(s, handler)
     print(f"[gpu_report] report: {os.path.join(out, 'report.md')}", flush=True)
     return code
 
