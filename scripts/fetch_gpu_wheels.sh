@@ -13,7 +13,7 @@
 # alone is larger than what one GPU call can carry. bench.gpu_report records those backends as not available, with
 # the import error.
 #
-# Versions are pinned to what the CPU machines run (liger-kernel 0.8.5 was checked against the eager reference).
+# Versions are pinned to those the CPU test environment runs (tests/kernels compares liger-kernel 0.8.5 with eager).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -36,3 +36,5 @@ if [ "$bytes" -gt $(( LIMIT_MIB * 1048576 )) ]; then
   echo "error: $DEST is larger than $LIMIT_MIB MiB; it would not travel with the working tree" >&2
   exit 1
 fi
+echo "next, in a GPU window (carry .whl):"
+echo "  bash scripts/setup_gpu.sh && python -m bench.gpu_report --out \$OUT/gpu_report --budget-s 420"
