@@ -1490,7 +1490,7 @@ def stage_microbench(ctx: StageContext):
     rows = sorted(microbench_rows(ctx), key=lambda r: r.tier)  # stable: natural order within a tier
     for r in rows:  # every key appears from the start, so a cut-short report still lists the whole plan
         ctx._write({"row": _row_fields(r, "pending")})
-    skipped = 0
+    skipped, statuses = 0, {}
     for r in rows:
         need = (3.0 if ctx.dry_run else 45.0) if r.heavy else (0.5 if ctx.dry_run else 3.0)
         if ctx.remaining() < need:
@@ -1498,12 +1498,15 @@ def stage_microbench(ctx: StageContext):
             ctx.row(r.key, "skipped", reason=f"time box: {max(ctx.remaining(), 0):.0f} s left, this row needs "
                                               f"~{need:.0f} s", **_row_fields(r))
             continue
-        _run_row(ctx, r, timer)
+        status = _run_row(ctx, r, timer)
+        statuses[status] = statuses.get(status, 0) + 1
         if r.provider == "triton" and not ctx.dry_run:
             ctx.info(jit_kernels=jit_kernels())
     ctx.info(jit_kernels=jit_kernels())
+    if skipped:
+        statuses["skipped"] = skipped
     ctx.end("partial" if skipped else "done", reason=f"{skipped} of {len(rows)} rows not started: time box"
-            if skipped else None)
+            if skipped else None, summary=", ".join(f"{n} {s}" for s, n in statuses.items()))
 
 
 def _row_fields(r: Row, status: str | None = None) -> dict:
@@ -1513,8 +1516,9 @@ def _row_fields(r: Row, status: str | None = None) -> dict:
     return fields
 
 
-def _run_row(ctx, r: Row, timer):
-    fn, failed = None, False
+def _run_row(ctx, r: Row, timer) -> str:
+    """Set up, warm, time and record one row; returns its status."""
+    fn, failed, status = None, False, "ok"
     try:
         t0 = time.time()
         fn, flops, fields = r.setup()
@@ -1527,13 +1531,15 @@ def _run_row(ctx, r: Row, timer):
                 tflops=flops / (med * 1e-3) / 1e12 if flops else None, peak_mem_mb=peak, first_call_s=first,
                 **fields)
     except NotAvailable as exc:
-        ctx.row(r.key, "not available", reason=str(exc), **_row_fields(r))
+        status = "not available"
+        ctx.row(r.key, status, reason=str(exc), **_row_fields(r))
     except Exception as exc:  # noqa: BLE001 - one failing row (an OOM, a compile error) must not end the stage
-        failed = True
-        ctx.row(r.key, "failed", error=_short_error(exc), **_row_fields(r))
+        failed, status = True, "failed"
+        ctx.row(r.key, status, error=_short_error(exc), **_row_fields(r))
     finally:
         fn = None
         _free(ctx.device, collect=failed)
+    return status
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1645,7 +1651,7 @@ def stage_e2e(ctx: StageContext):
     todo = list(E2E_PRESETS)
     for preset in todo:  # the whole plan from the start, as in stage 3
         ctx._write({"row": {"key": f"e2e/{preset}", "status": "pending", "preset": preset}})
-    partial = False
+    partial, summary = False, []
     for i, preset in enumerate(todo):
         key = f"e2e/{preset}"
         if preset not in PRESETS:
@@ -1667,12 +1673,13 @@ def stage_e2e(ctx: StageContext):
             _free(ctx.device, collect=True)
         if preset == TRACK3_PRESET:
             fields["published"] = published
+        summary.append(f"{preset} {fields['ms_per_step']:.1f} ms/step")
         if fields["steps_timed"] < steps:
             partial = True
             ctx.row(key, "partial", reason=f"{fields['steps_timed']} of {steps} steps fitted in the time box", **fields)
         else:
             ctx.row(key, "ok", **fields)
-    ctx.end("partial" if partial else "done")
+    ctx.end("partial" if partial else "done", summary="; ".join(summary) or None)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1713,7 +1720,7 @@ def stage_codegen(ctx: StageContext):
                 seen.add(c.fn)
                 dry_subset.add(key)
     matched_jit = set()
-    skipped = 0
+    skipped = compiled = agreed = compared = 0
     for key, case, matches in keyed:
         base = {"kernel": case.kernel, "config": case.config, "num_warps": case.num_warps,
                 "num_stages": case.num_stages}
@@ -1742,6 +1749,8 @@ def stage_codegen(ctx: StageContext):
         if matches:
             agree = (jit_fields["jit_registers"] == rep.registers
                      and jit_fields["jit_spill_bytes"] == rep.spill_bytes)
+            compared, agreed = compared + 1, agreed + agree
+        compiled += 1
         ctx.row(key, "ok", **base, **aot, **jit_fields, agree=agree)
     for j in jit:  # what the JIT compiled that no AOT case describes
         if id(j) in matched_jit:
@@ -1751,9 +1760,13 @@ def stage_codegen(ctx: StageContext):
         ctx.row(key, "ok", kernel=j["fn"], config="no AOT case", num_warps=j["num_warps"],
                 num_stages=j["num_stages"], jit_registers=j["n_regs"], jit_spill_bytes=j["spill_bytes"],
                 jit_shared_bytes=j["shared_bytes"], note="no bench.codegen case with these constexprs")
+    jit_only = len([j for j in jit if id(j) not in matched_jit])
+    summary = (f"{compiled} of {len(cases)} configurations compiled for sm_90; {compared} compared with the JIT, "
+               f"{agreed} agree on registers and spills; {jit_only} JIT variant(s) without an AOT case")
+    if not jit:
+        summary += " (no JIT kernels recorded by stage 3: interpreter, or stage 3 did not run)"
     ctx.end("partial" if skipped else "done", reason=f"{skipped} configuration(s) not compiled: time box"
-            if skipped else None,
-            summary=None if jit else "no JIT kernels recorded by stage 3 (interpreter, or stage 3 did not run)")
+            if skipped else None, summary=summary)
 
 
 # ---------------------------------------------------------------------------------------------------
