@@ -1,12 +1,13 @@
-"""Optimizers for the speedrun and the one place that splits the model's parameters into roles.
+"""Optimizers for the speedrun; optim.roles is the one place that splits the model's parameters into roles:
 
-    role    parameters                                                    Muon / NorMuon   AdamW, SGD
-    hidden  every 2-D parameter under `blocks.` (attention, MLP matrices)  Muon             the optimizer
-    embed   token, position and value embeddings (wte., wpe., value_embeds.) Adam side      the optimizer
-    head    the untied LM head's weight (lm_head.weight)                   Adam side        the optimizer
-    scalar  every tensor with fewer than 2 dims: gains, norms, skip        Adam side        the optimizer
-            weights and all biases (the head's bias too)
+    role    parameters                                                        under Muon / NorMuon
+    hidden  every 2-D parameter under blocks. (attention and MLP matrices)    Muon / NorMuon
+    embed   token, position and value embeddings (wte., wpe., value_embeds.)  the AdamW side
+    head    the untied LM head's weight (lm_head.weight)                      the AdamW side
+    scalar  every tensor with fewer than 2 dims: gains, norms, skip weights,  the AdamW side
+            and all biases (the head's bias too)
 
+AdamW and SGD apply their own rule to every role, one param group per role.
 role_table(cfg, default_lr) gives each role its hyper-parameters (lr, betas, weight decay) from the OptimConfig;
 build_optimizer(cfg, model) looks cfg.name up in optim.registry and hands the builder cfg and the role lists.
 Every param group of the result carries `role` (the registered optimizers keep one group per role) and
