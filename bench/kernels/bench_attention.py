@@ -16,6 +16,7 @@ FLOPs: causal 4·B·H·T²·D/2 forward, 2.5× that backward (FlashAttention's a
 import pytest
 import torch
 
+from bench.cases.attention import attention_flops
 from bench.conftest import require_gpu
 from configs import PRESETS
 from kernels import attention as A
@@ -70,7 +71,7 @@ def setup(case: str, provider: str, mode: str, device):
     kwargs, lengths = {}, [T] * B
     if documents:
         kwargs["doc_ids"], lengths = _doc_ids(B, T, device)
-    flops = sum(A.attention_flops(1, L, H, D, causal=True, backward=mode == "bwd") for L in lengths)
+    flops = sum(attention_flops(1, L, H, D, causal=True, backward=mode == "bwd") for L in lengths)
     info = {"shape": [B, T, H, D], "documents": len(lengths) if documents else None, "flops": flops,
             "backend": A.select_backend(provider, device, DTYPE, D)}
     if mode == "fwd":

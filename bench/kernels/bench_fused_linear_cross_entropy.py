@@ -13,6 +13,7 @@ above the inputs; CPU: `peak_memory_bytes`, the torch.profiler allocation trace,
 import pytest
 import torch
 
+from bench.cases.fused_linear_cross_entropy import flce_bytes, flce_flops
 from bench.conftest import require_gpu
 from kernels import fused_linear_cross_entropy as flce
 from kernels import registry
@@ -169,8 +170,8 @@ def test_fused_linear_cross_entropy(benchmark, measure, device, case, provider):
     (hidden, weight, targets), fn = setup(case, provider, device)
     N, H, V, softcap = CASES[case]
     fn()  # compile / autotune / first-launch work outside the timed rounds
-    measure(fn, flops=flce.flce_flops(N, H, V),
-            bytes=flce.flce_bytes(N, H, V, DTYPE.itemsize, flce.pick_chunk_rows(N, V, 128)),
+    measure(fn, flops=flce_flops(N, H, V),
+            bytes=flce_bytes(N, H, V, DTYPE.itemsize, flce.pick_chunk_rows(N, V, 128)),
             rounds=3 if device.type == "cpu" else 10,
             case=case, provider=provider, shape=[N, H, V], dtype=str(DTYPE).removeprefix("torch."),
             softcap=softcap, logits_mb=N * V * 4 / 2**20)

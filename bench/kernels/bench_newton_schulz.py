@@ -11,6 +11,7 @@ orthogonaliser, 2-D only, quintic coefficients). Each row stores the useful (sym
 import pytest
 import torch
 
+from bench.cases.newton_schulz import ns_bytes, ns_flops
 from bench.conftest import require_gpu
 from kernels import newton_schulz as ns
 from kernels import registry
@@ -76,11 +77,11 @@ def test_newton_schulz(benchmark, measure, device, case, provider):
     G, fn = setup(case, provider, device)
     *lead, rows, cols = G.shape
     batch = lead[0] if lead else 1
-    useful = ns.ns_flops(rows, cols, STEPS, symmetric=True, batch=batch)
-    naive = ns.ns_flops(rows, cols, STEPS, symmetric=False, batch=batch)
+    useful = ns_flops(rows, cols, STEPS, symmetric=True, batch=batch)
+    naive = ns_flops(rows, cols, STEPS, symmetric=False, batch=batch)
     fn()  # compile / first-launch work outside the timed rounds
     rounds = 3 if device.type == "cpu" and case in BIG else 5
-    measure(fn, flops=useful, bytes=ns.ns_bytes(rows, cols, STEPS, G.element_size(), batch=batch), rounds=rounds,
+    measure(fn, flops=useful, bytes=ns_bytes(rows, cols, STEPS, G.element_size(), batch=batch), rounds=rounds,
             case=case, provider=provider, shape=list(G.shape), dtype=str(G.dtype).removeprefix("torch."),
             steps=STEPS, coefficients=COEFFICIENTS, useful_flops=useful, naive_flops=naive,
             flop_ratio=naive / useful)

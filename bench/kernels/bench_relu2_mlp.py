@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from bench import harness
+from bench.cases.relu2_mlp import mlp_bytes, mlp_flops
 from bench.conftest import require_gpu
 from kernels import registry
-from kernels import relu2_mlp as r2
 from model.config import model_preset
 
 DTYPE = torch.bfloat16
@@ -126,8 +126,8 @@ def _run(benchmark, measure, device, case, mode, provider):
     fn()  # compile / autotune / first-launch work outside the timed rounds
     peak = _peak_mb(fn, device)
     rounds = 3 if device.type == "cpu" and N * H * F > 10**9 else 5
-    flops = r2.mlp_flops(N, H, F, mode)
-    figures = measure(fn, flops=flops, bytes=r2.mlp_bytes(N, H, F, mode, DTYPE.itemsize), rounds=rounds,
+    flops = mlp_flops(N, H, F, mode)
+    figures = measure(fn, flops=flops, bytes=mlp_bytes(N, H, F, mode, DTYPE.itemsize), rounds=rounds,
                       case=case, provider=provider, mode=mode, shape={"N": N, "H": H, "F": F},
                       dtype=str(DTYPE).removeprefix("torch."), peak_mb=peak)
     peaks = harness.roofline(figures["device"])

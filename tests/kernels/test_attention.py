@@ -13,6 +13,7 @@ import types
 import pytest
 import torch
 
+from bench.cases.attention import attention_flops
 from kernels import attention as A
 from kernels import registry
 from kernels.reference import attention as reference
@@ -421,8 +422,8 @@ def test_bad_inputs_raise():
 
 
 def test_flops():
-    assert A.attention_flops(1, 1024, 6, 128) == 4 * 6 * 1024**2 * 128 / 2
-    assert A.attention_flops(2, 8, 1, 4, causal=False, backward=True) == 2.5 * 4 * 2 * 64 * 4
+    assert attention_flops(1, 1024, 6, 128) == 4 * 6 * 1024**2 * 128 / 2
+    assert attention_flops(2, 8, 1, 4, causal=False, backward=True) == 2.5 * 4 * 2 * 64 * 4
 
 
 # ---------------------------------------------------------------------------------------------------

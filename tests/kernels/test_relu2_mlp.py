@@ -11,9 +11,12 @@ import math
 
 import pytest
 import torch
+import triton
 
+from bench.cases import relu2_mlp as cases
 from kernels import registry
 from kernels import relu2_mlp as r2
+from kernels._common import TRITON_DTYPE
 from kernels.reference import relu2_mlp as eager_relu2_mlp
 from tests.parity import assert_close, assert_parity
 
@@ -207,14 +210,14 @@ def test_autotuned_launch_path(monkeypatch, device):
     dh = r2.relu2_fc_bwd(dy, w_proj, a, out=torch.full((130, 200), float("nan"), dtype=torch.float16))
     monkeypatch.undo()
     assert len(tuned.cache) == 2  # one choice per (size, epilogue, dtypes) key: forward and backward
-    usable = {(tuple(sorted(c.meta().items())), c.num_warps, c.num_stages) for c in r2.usable_configs(torch.float16, 1)}
+    usable = {(tuple(sorted(c.meta().items())), c.warps, c.stages) for c in r2.usable_configs(torch.float16)}
     assert all((tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages) in usable for c in tuned.cache.values())
     assert_close(a, r2.relu2_fc_fwd(x, w_fc), atol=1e-2, rtol=2e-3, name="a (autotuned)")
     assert_close(dh, r2.relu2_fc_bwd(dy, w_proj, a), atol=1e-2, rtol=2e-3, name="dH (autotuned)")
 
 
 def _prune(dtype, M, N, epilogue=r2.EPILOGUE_RELU2):
-    configs = [c.triton_config() for c in r2.CONFIGS]
+    configs = [triton.Config(c.meta(), **c.launch()) for c in r2.CONFIGS]
     kept = r2.prune_configs(configs, {}, a_ptr=torch.empty(1, dtype=dtype), EPILOGUE=epilogue, M=M, N=N, K=768)
     return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) for c in kept}
 
@@ -222,7 +225,7 @@ def _prune(dtype, M, N, epilogue=r2.EPILOGUE_RELU2):
 def test_prune_filter():
     for dtype, block_k in ((torch.bfloat16, 64), (torch.float16, 64), (torch.float32, 32)):
         itemsize = torch.empty((), dtype=dtype).element_size()
-        usable = r2.usable_configs(dtype, r2.EPILOGUE_RELU2)
+        usable = r2.usable_configs(dtype)
         assert usable and all(c.block_k == block_k for c in usable)
         assert all(c.smem_bytes(itemsize) <= 227 * 1024 for c in usable)
         # the 124M shape keeps every usable config for autotuning, in both epilogues
@@ -236,12 +239,12 @@ def test_prune_filter():
 
 def test_flop_and_byte_model():
     N, H, F = 8192, 768, 3072
-    assert r2.mlp_flops(N, H, F, "forward") == 4 * N * H * F
-    assert r2.mlp_flops(N, H, F, "backward") == 8 * N * H * F
-    assert r2.mlp_flops(N, H, F, "full") == 12 * N * H * F
-    fwd, bwd = r2.mlp_bytes(N, H, F, "forward", 2), r2.mlp_bytes(N, H, F, "backward", 2)
-    assert r2.mlp_bytes(N, H, F, "full", 2) == fwd + bwd
-    assert r2.mlp_bytes(N, H, F, "forward", 2) == 2 * (2 * N * H + 2 * H * F + 2 * N * F)
+    assert cases.mlp_flops(N, H, F, "forward") == 4 * N * H * F
+    assert cases.mlp_flops(N, H, F, "backward") == 8 * N * H * F
+    assert cases.mlp_flops(N, H, F, "full") == 12 * N * H * F
+    fwd, bwd = cases.mlp_bytes(N, H, F, "forward", 2), cases.mlp_bytes(N, H, F, "backward", 2)
+    assert cases.mlp_bytes(N, H, F, "full", 2) == fwd + bwd
+    assert cases.mlp_bytes(N, H, F, "forward", 2) == 2 * (2 * N * H + 2 * H * F + 2 * N * F)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -250,19 +253,20 @@ def test_flop_and_byte_model():
 
 
 def test_codegen_cases_cover_every_usable_config():
-    cases = r2.codegen_cases()
-    for dtype, ty in r2._TRITON_DTYPE.items():
-        for epilogue, kernel in ((r2.EPILOGUE_RELU2, "relu2_mm_fwd"), (r2.EPILOGUE_DRELU2, "relu2_mm_bwd")):
-            have = {c.config for c in cases if c.kernel == kernel and c.config.startswith(ty + " ")}
-            assert have == {f"{ty} {c.name}" for c in r2.usable_configs(dtype, epilogue)}
-    for case in cases:
+    all_cases = cases.codegen_cases()
+    for dtype in r2.SUPPORTED_DTYPES:
+        ty = TRITON_DTYPE[dtype]
+        for kernel in ("relu2_mm_fwd", "relu2_mm_bwd"):
+            have = {c.config for c in all_cases if c.kernel == kernel and c.config.startswith(ty + " ")}
+            assert have == {f"{ty} {c.name}" for c in r2.usable_configs(dtype)}
+    for case in all_cases:
         assert case.constexprs["UPCAST"] is False and case.constexprs["RNE_BF16"] is False
         assert case.flops == 2 * 8192 * 768 * 3072
 
 
 def test_sm90_codegen_has_hgmma_and_no_spills(assert_sm90_clean):
     """Every (config, dtype, epilogue) compiles for sm_90 with HGMMA, no spills and smem <= 227 KB."""
-    assert_sm90_clean("relu2_mm_", r2.codegen_cases())
+    assert_sm90_clean("relu2_mm_", cases.codegen_cases())
 
 
 # ---------------------------------------------------------------------------------------------------
