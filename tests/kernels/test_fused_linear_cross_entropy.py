@@ -230,12 +230,12 @@ def test_workspace_is_reusable(device):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Peak memory on the CPU (process peak RSS, see bench_fused_linear_cross_entropy.peak_memory_bytes)
+# Peak memory on the CPU (process peak RSS, see bench.harness.peak_memory_bytes)
 # ---------------------------------------------------------------------------------------------------
 
 
 def _peaks(N, H, V, chunk_rows, dtype=torch.float32):
-    from bench.kernels.bench_fused_linear_cross_entropy import peak_memory_bytes
+    from bench.harness import peak_memory_bytes
 
     hidden, weight, targets = make_inputs(N, H, V, dtype, "cpu", weight_scale=4.0)
 
@@ -406,7 +406,7 @@ def test_speedrun_shape_bf16(softcap):
 
 @pytest.mark.gpu
 def test_speedrun_shape_peak_memory():
-    from bench.kernels.bench_fused_linear_cross_entropy import peak_memory_bytes
+    from bench.harness import peak_memory_bytes
 
     hidden, weight, targets = make_inputs(8192, 768, 50304, torch.bfloat16, "cuda")
     peaks = {}
