@@ -17,7 +17,7 @@ from bench.cases.attention import attention_flops
 from kernels import attention as A
 from kernels import registry
 from kernels.reference import attention as reference
-from tests.parity import TOLERANCES, assert_close, assert_parity
+from tests.parity import assert_close, check_parity, rounding_noise
 
 # Eager flex on the CPU warns once that it materialises the scores; that is what the CPU path is meant to do.
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile:UserWarning")
@@ -74,41 +74,18 @@ def accumulation_floor(q, k, v, grad_out, scale):
     return floor
 
 
-def check(actual, peer, oracle, name, *, floor, k=2.0, table=True):
-    """FA-style primary check (k times the eager peer's error, plus twice the rounding of the oracle into the
-    output dtype and the accumulation floor), then the fixed per-dtype table of tests/parity.py."""
-    assert actual.shape == oracle.shape and actual.dtype == peer.dtype, name
-    o = oracle.double()
-    rounding = 2 * (o.to(actual.dtype).double() - o).abs().max().item()
-    assert_parity(actual, peer, oracle, name=name, k=k, noise=rounding + floor)
-    if table:
-        atol, rtol = TOLERANCES[actual.dtype]
-        assert_close(actual, oracle, atol=atol, rtol=rtol, name=name)
-
-
-def run_backend(fn, q, k, v, kwargs, grad_out=None, upcast=False):
-    """fn on fresh leaves (float64 copies if upcast); returns [out, dq, dk, dv] (grads only with grad_out)."""
-    leaves = [(t.double() if upcast else t).detach().clone().requires_grad_(grad_out is not None) for t in (q, k, v)]
-    out = fn(*leaves, **kwargs)
-    if grad_out is None:
-        return [out]
-    out.backward(grad_out.double() if upcast else grad_out)
-    return [out] + [t.grad for t in leaves]
-
-
 def compare_with_reference(backend_fn, q, k, v, kwargs, *, backward: bool, tag: str):
+    """check_parity of a backend against the reference: the output with k=2 plus the fixed per-dtype table; the
+    gradients only peer-relative, with k=3 as FA's backward tests. An elementwise table does not hold for them in
+    bf16: dS = P∘(dP - rowsum(dO∘O)) cancels, so a small entry (0.0055 in dk at T=37) can be off by a bf16 ulp of
+    the large terms (0.006) while the worst error is still within k·peer. The noise of each is twice the rounding
+    of the oracle into the output dtype plus the accumulation floor."""
     grad_out = torch.randn_like(q) if backward else None
-    got = run_backend(backend_fn, q, k, v, kwargs, grad_out)
-    peer = run_backend(reference, q, k, v, kwargs, grad_out)
-    oracle = run_backend(lambda *t, **kw: reference(*t, upcast=True, **kw), q, k, v, kwargs, grad_out, upcast=True)
-    scale = kwargs.get("scale") or q.shape[-1] ** -0.5
-    floor = accumulation_floor(q, k, v, grad_out, scale)
-    check(got[0], peer[0], oracle[0], f"{tag} out", floor=floor["out"], k=2.0)
-    # Gradients: only the peer-relative check, with k=3 as FA's backward tests. An elementwise table does not
-    # hold for them in bf16: dS = P∘(dP - rowsum(dO∘O)) cancels, so a small entry (0.0055 in dk at T=37) can
-    # be off by a bf16 ulp of the large terms (0.006) while the worst error is still within k·peer.
-    for name, a, p, o in zip(("dq", "dk", "dv"), got[1:], peer[1:], oracle[1:]):
-        check(a, p, o, f"{tag} {name}", floor=floor[name], k=3.0, table=False)
+    floor = accumulation_floor(q, k, v, grad_out, kwargs.get("scale") or q.shape[-1] ** -0.5)
+    noise = {name: (lambda o, f=f: rounding_noise(o, q.dtype) + f) for name, f in floor.items()}
+    names = ("out", "dq", "dk", "dv")[:4 if backward else 1]
+    got, _, _ = check_parity(backend_fn, reference, [q, k, v], names=names, grad_output=grad_out, kwargs=kwargs,
+                             k={"out": 2.0, "dq": 3.0, "dk": 3.0, "dv": 3.0}, noise=noise, table=("out",), where=tag)
     return got
 
 

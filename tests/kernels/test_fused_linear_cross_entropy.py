@@ -1,9 +1,9 @@
 """kernels.fused_linear_cross_entropy: parity (loss and both gradients), Liger peer, poisoned buffers, memory,
 codegen, input checks; 124M shape and determinism on a GPU.
 
-On the CPU the kernels run under the Triton interpreter (tests/conftest.py), so shapes stay tiny. Oracle:
-kernels.reference.linear_cross_entropy(upcast=True) in float64; peer: the same eager code in the input dtype
-(shared/STYLE.md §3). One random grad_output scalar is applied to all three paths.
+On the CPU the kernels run under the Triton interpreter (tests/conftest.py), so shapes stay tiny. Parity through
+tests.parity.check_parity: oracle kernels.reference.linear_cross_entropy(upcast=True) in float64, peer the same
+eager code in the input dtype, one random grad_output scalar applied to all three paths.
 """
 
 import pytest
@@ -14,7 +14,7 @@ from kernels import fused_linear_cross_entropy as flce
 from kernels import registry
 from kernels._common import TRITON_DTYPE
 from kernels.reference import linear_cross_entropy as eager_lce
-from tests.parity import TOLERANCES, assert_close, assert_parity
+from tests.parity import assert_close, check_parity, poisoned, run
 
 IGNORE = -100
 
@@ -30,40 +30,30 @@ def make_inputs(N, H, V, dtype, device, *, ignore_rows=(), weight_scale=1.0):
     return hidden, weight, targets
 
 
-def run(fn, hidden, weight, targets, grad_output, *, upcast=False, **kw):
-    """(loss, grad_hidden, grad_weight) of fn through autograd, on fresh leaves; float64 leaves if upcast."""
-    h = (hidden.double() if upcast else hidden).detach().clone().requires_grad_()
-    w = (weight.double() if upcast else weight).detach().clone().requires_grad_()
-    loss = fn(h, w, targets, **kw)
-    loss.backward(grad_output.to(loss.dtype))
-    return loss.detach(), h.grad, w.grad
+NAMES = ("loss", "grad_hidden", "grad_weight")
 
 
-def check_parity(hidden, weight, targets, *, softcap=None, z_loss=0.0, reduction="mean", k=None, **kernel_kw):
+def fp32_noise(oracle):
+    """fp32 errors come from the logits' K-term dot products (~sqrt(K)·eps relative), summed in another order by
+    numpy (interpreter) than by torch; over <= 131×40 elements the peer's max error swings 10x from seed to seed
+    (as low as 0 for the scalar loss). Floor: 8 eps of the largest value. (Measured over 20 seeds: the largest
+    k needed with this floor was 0.56.)"""
+    return 8 * torch.finfo(torch.float32).eps * oracle.abs().max().item()
+
+
+def parity(hidden, weight, targets, *, softcap=None, z_loss=0.0, reduction="mean", k=None, **kernel_kw):
     """Kernel vs float64 oracle within k·(peer error) + noise for loss, grad_hidden, grad_weight; plus the fixed
     per-dtype table against the oracle. Returns the kernel's (loss, grad_hidden, grad_weight)."""
     kw = dict(softcap=softcap, z_loss=z_loss, reduction=reduction, ignore_index=IGNORE)
     g = torch.rand((), device=hidden.device) + 0.5  # one random grad_output for all three paths
-    out = run(flce.fused_linear_cross_entropy, hidden, weight, targets, g, **kw, **kernel_kw)
-    peer = run(eager_lce, hidden, weight, targets, g, **kw)
-    oracle = run(eager_lce, hidden, weight, targets, g.double(), upcast=True, **kw)
-    k = k if k is not None else (3.0 if softcap else 2.0)  # FA's k: 2, 3 with softcap
-    atol, rtol = TOLERANCES[hidden.dtype]
-    for name, a, p, o in zip(("loss", "grad_hidden", "grad_weight"), out, peer, oracle):
-        where = f"{name} {tuple(hidden.shape)}x{weight.shape[0]} {hidden.dtype} softcap={softcap} z_loss={z_loss}"
-        assert a.dtype == p.dtype, f"{where}: dtype {a.dtype} != eager {p.dtype}"
-        noise = None  # assert_parity's default: 2x the oracle's rounding to the dtype
-        if a.dtype == torch.float32:
-            # fp32 errors come from the logits' K-term dot products (~sqrt(K)·eps relative), summed in another
-            # order by numpy (interpreter) than by torch; over <= 131×40 elements the peer's max error swings
-            # 10x from seed to seed (as low as 0 for the scalar loss). Floor: 8 eps of the largest value.
-            # (Measured over 20 seeds: the largest k needed with this floor was 0.56.)
-            noise = 8 * torch.finfo(torch.float32).eps * o.abs().max().item()
-        try:
-            assert_parity(a, p, o, name=name, k=k, noise=noise)
-            assert_close(a, o, atol=atol, rtol=rtol, name=name)
-        except AssertionError as e:
-            raise AssertionError(f"{e}; {where}") from None
+
+    def kernel(h, w, t, **kw):
+        return flce.fused_linear_cross_entropy(h, w, t, **kw, **kernel_kw)
+
+    where = f"{tuple(hidden.shape)}x{weight.shape[0]} {hidden.dtype} softcap={softcap} z_loss={z_loss}"
+    out, _, _ = check_parity(kernel, eager_lce, [hidden, weight, targets], names=NAMES, grad_output=g, kwargs=kw,
+                             k=k if k is not None else (3.0 if softcap else 2.0),  # FA's k: 2, 3 with softcap
+                             noise=fp32_noise if hidden.dtype == torch.float32 else None, table=NAMES, where=where)
     for r in (targets == IGNORE).nonzero().flatten().tolist():
         assert torch.equal(out[1][r], torch.zeros_like(out[1][r])), f"ignored row {r} has a nonzero grad_hidden"
     return out
@@ -84,19 +74,19 @@ def test_parity_with_eager(shape, dtype, softcap, device):
     N, H, V = shape
     ignore_rows = (2, N - 1) if N > 2 else ()
     # weight_scale 8: logits of order ±8-20, so a 15 softcap bends them and the tanh derivative matters.
-    check_parity(*make_inputs(N, H, V, dtype, device, ignore_rows=ignore_rows, weight_scale=8.0), softcap=softcap)
+    parity(*make_inputs(N, H, V, dtype, device, ignore_rows=ignore_rows, weight_scale=8.0), softcap=softcap)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_z_loss_and_reductions(dtype, reduction, device):
     inputs = make_inputs(37, 40, 131, dtype, device, ignore_rows=(0, 5, 6), weight_scale=4.0)
-    check_parity(*inputs, softcap=30.0, z_loss=1e-2, reduction=reduction)
+    parity(*inputs, softcap=30.0, z_loss=1e-2, reduction=reduction)
 
 
 def test_fp16(device):
-    check_parity(*make_inputs(37, 40, 131, torch.float16, device, ignore_rows=(3,), weight_scale=4.0), softcap=15.0,
-                 z_loss=1e-3)
+    parity(*make_inputs(37, 40, 131, torch.float16, device, ignore_rows=(3,), weight_scale=4.0), softcap=15.0,
+           z_loss=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -106,7 +96,7 @@ def test_many_tiles_and_chunks(dtype, device):
     edge mask run. A row ignored in each chunk."""
     config = "f64" if dtype == torch.float32 else "b64"
     inputs = make_inputs(37, 40, 131, dtype, device, ignore_rows=(1, 20, 36), weight_scale=8.0)
-    check_parity(*inputs, softcap=15.0, z_loss=1e-3, config=config, chunk_rows=16)
+    parity(*inputs, softcap=15.0, z_loss=1e-3, config=config, chunk_rows=16)
 
 
 def test_reduction_none_without_grad(device):
@@ -184,9 +174,9 @@ def test_matches_liger(z_loss, device):
                                 reason="liger-kernel not importable (it is not on the GPU image)")
     hidden, weight, targets = make_inputs(37, 40, 131, torch.float32, device, ignore_rows=(3, 9), weight_scale=4.0)
     g = torch.tensor(0.7, device=device)
-    ours = run(flce.fused_linear_cross_entropy, hidden, weight, targets, g, z_loss=z_loss)
-    theirs = run(liger.liger_fused_linear_cross_entropy, hidden, weight, targets, g, lse_square_scale=z_loss)
-    for name, a, b in zip(("loss", "grad_hidden", "grad_weight"), ours, theirs):
+    ours = run(flce.fused_linear_cross_entropy, [hidden, weight, targets], g, z_loss=z_loss)
+    theirs = run(liger.liger_fused_linear_cross_entropy, [hidden, weight, targets], g, lse_square_scale=z_loss)
+    for name, a, b in zip(NAMES, ours, theirs):
         assert_close(a, b, atol=1e-6, rtol=1e-5, name=f"{name} vs Liger")
 
 
@@ -202,14 +192,10 @@ def test_nan_outputs_and_workspace_are_fully_overwritten(dtype, device):
     kw = dict(softcap=15.0, z_loss=1e-3, config=config, chunk_rows=16)
     clean = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, **kw)
 
-    ws = flce.flce_workspace(37, 131, 40, dtype, device, config=config, chunk_rows=16)
+    ws = poisoned(flce.flce_workspace(37, 131, 40, dtype, device, config=config, chunk_rows=16))
     assert (ws.gw_acc is not None) == (dtype != torch.float32)  # 3 chunks: 16-bit needs the fp32 running sum
-    for t in (ws.logits, ws.pmax, ws.psum, ws.gw_acc):
-        if t is not None:
-            t.fill_(float("nan"))
-    nan = float("nan")
-    out = dict(grad_hidden=torch.full_like(hidden, nan), grad_weight=torch.full_like(weight, nan),
-               loss_rows=torch.full((37,), nan, device=device))
+    out = dict(grad_hidden=poisoned(hidden), grad_weight=poisoned(weight),
+               loss_rows=poisoned((37,), dtype=torch.float32, device=device))
     loss, gh, gw = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0, z_loss=1e-3,
                                                        workspace=ws, **out)
     assert gh is out["grad_hidden"] and gw is out["grad_weight"]
@@ -401,7 +387,7 @@ def test_cpu_tensor_without_interpreter_is_refused(monkeypatch):
 def test_speedrun_shape_bf16(softcap):
     """8192 tokens × 768 → 50304 (two 4096-row chunks), vs eager in bf16 and the float64 oracle (~13 GB)."""
     hidden, weight, targets = make_inputs(8192, 768, 50304, torch.bfloat16, "cuda", ignore_rows=range(0, 8192, 97))
-    check_parity(hidden, weight, targets, softcap=softcap, z_loss=1e-4)
+    parity(hidden, weight, targets, softcap=softcap, z_loss=1e-4)
 
 
 @pytest.mark.gpu

@@ -1,8 +1,8 @@
 """kernels.newton_schulz: parity with the eager reference, full writes of both triangles, codegen, input checks.
 
 On the CPU the kernels run under the Triton interpreter (tests/conftest.py), so shapes stay small; the 124M
-shapes are `gpu`-marked. Oracle: kernels.reference.newton_schulz(upcast=True) in float64; peer: the same
-eager code in the input dtype (shared/STYLE.md §3).
+shapes are `gpu`-marked. Parity through tests.parity.check_parity (forward only: the op has no autograd):
+oracle kernels.reference.newton_schulz(upcast=True) in float64, peer the same eager code in the input dtype.
 """
 
 import pytest
@@ -13,7 +13,7 @@ from kernels import newton_schulz as ns
 from kernels import registry
 from kernels._common import TRITON_DTYPE
 from kernels.reference import newton_schulz as eager_newton_schulz
-from tests.parity import assert_close, assert_parity
+from tests.parity import assert_close, check_parity, poisoned
 
 # Relative Frobenius error to the float64 oracle allowed after 5 steps ("the band" of a dtype). The bf16
 # peer itself lands at 1.5-5 % on the interpreter shapes (measured over 12 seeds); the kernel, which rounds
@@ -35,18 +35,18 @@ def _rel(x, ref):
     return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def check_against_eager(y, G, *, steps=5, coefficients="quintic", k=2.0):
-    """assert_parity vs the float64 oracle (peer = eager in G's dtype) and the relative-error band."""
-    oracle = eager_newton_schulz(G, steps=steps, coefficients=coefficients, upcast=True)
-    peer = eager_newton_schulz(G, steps=steps, coefficients=coefficients)
-    assert y.shape == G.shape and y.dtype == G.dtype
+def parity(G, *, steps=5, coefficients="quintic", k=2.0, **kernel_kw):
+    """check_parity vs the float64 oracle (peer = eager in G's dtype), then the relative-error band."""
+    def kernel(G, **kw):
+        return ns.newton_schulz(G, **kw, **kernel_kw)
+
+    (y,), (peer,), (oracle,) = check_parity(kernel, eager_newton_schulz, [G], names=("newton_schulz",), k=k,
+                                            kwargs=dict(steps=steps, coefficients=coefficients),
+                                            where=f"{tuple(G.shape)} {G.dtype} {coefficients}")
+    assert y.shape == G.shape
     rel, peer_rel = _rel(y, oracle), _rel(peer, oracle)
-    where = f"{tuple(G.shape)} {G.dtype} {coefficients}: rel frob err kernel {rel:.3g}, peer {peer_rel:.3g}"
-    try:
-        assert_parity(y, peer, oracle, name="newton_schulz", k=k)
-    except AssertionError as e:
-        raise AssertionError(f"{e}; {where}") from None
-    assert rel <= BAND[G.dtype], f"outside the {G.dtype} band {BAND[G.dtype]}: {where}"
+    assert rel <= BAND[G.dtype], (f"outside the {G.dtype} band {BAND[G.dtype]}: {tuple(G.shape)} {G.dtype} "
+                                  f"{coefficients}: rel frob err kernel {rel:.3g}, peer {peer_rel:.3g}")
     return rel, peer_rel
 
 
@@ -60,27 +60,24 @@ def check_against_eager(y, G, *, steps=5, coefficients="quintic", k=2.0):
 @pytest.mark.parametrize("shape", INTERPRETER_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_parity_with_eager(shape, dtype, coefficients, device):
     G = torch.randn(shape, device=device).to(dtype)
-    y = ns.newton_schulz(G, coefficients=coefficients)
     # One row has one singular value: the error is a single rounding path amplified by the composed
     # polynomial's slope, not an average, and the peer's error is as much luck as the kernel's (worst
     # kernel/peer ratio over 12 seeds: 2.3 in bf16, 8.0 in fp32). The band check still applies in full.
-    k = 10.0 if shape[-2] == 1 else 2.0
-    check_against_eager(y, G, coefficients=coefficients, k=k)
+    parity(G, coefficients=coefficients, k=10.0 if shape[-2] == 1 else 2.0)
 
 
 @pytest.mark.parametrize("steps", [1, 7])
 def test_step_counts(steps, device):
     # steps=1 leaves the first step's output in place (no ping-pong); 7 repeats the last Polar Express row.
     G = torch.randn(24, 40, device=device).to(torch.bfloat16)
-    check_against_eager(ns.newton_schulz(G, steps=steps, coefficients="polar_express"), G, steps=steps,
-                        coefficients="polar_express")
+    parity(G, steps=steps, coefficients="polar_express")
 
 
 @pytest.mark.parametrize("config", ["b128", "b64"])
 def test_every_bf16_tile_family(config, device):
     # The launcher picks b128 only for large batches; force each family on a 2-tile (b128) / 3-tile (b64) grid.
     G = torch.randn(2, 130, 150, device=device).to(torch.bfloat16)
-    check_against_eager(ns.newton_schulz(G, config=config), G)
+    parity(G, config=config)
 
 
 def test_bf16_and_fp32_paths_agree(device):
@@ -117,13 +114,6 @@ def test_registered_as_triton():
 # ---------------------------------------------------------------------------------------------------
 
 
-def _nan_workspace(shape, dtype, device):
-    ws = ns.ns_workspace(shape, dtype, device)
-    for t in (ws.x0, ws.x1, ws.gram, ws.poly):
-        t.fill_(float("nan"))
-    return ws
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(130, 150), (2, 150, 130)], ids=["wide", "tall-batched"])
 def test_nan_workspace_and_out_are_fully_overwritten(shape, dtype, device):
@@ -131,8 +121,7 @@ def test_nan_workspace_and_out_are_fully_overwritten(shape, dtype, device):
     # one element the triangle kernels failed to write (or mirror) would carry NaN into the result.
     G = torch.randn(shape, device=device).to(dtype)
     clean = ns.newton_schulz(G)
-    out = torch.full(shape, float("nan"), device=device, dtype=dtype)
-    y = ns.newton_schulz(G, out=out, workspace=_nan_workspace(shape, dtype, device))
+    y = ns.newton_schulz(G, out=poisoned(G), workspace=poisoned(ns.ns_workspace(shape, dtype, device)))
     assert torch.isfinite(y).all()
     assert torch.equal(y, clean)
 
@@ -140,7 +129,7 @@ def test_nan_workspace_and_out_are_fully_overwritten(shape, dtype, device):
 def _nan_padded(t, pad_rows=5, pad_cols=7):
     """t's values inside a NaN-filled larger tensor: a row-major view whose row stride exceeds its width."""
     *lead, r, c = t.shape
-    big = torch.full((*lead, r + pad_rows, c + pad_cols), float("nan"), dtype=t.dtype, device=t.device)
+    big = poisoned((*lead, r + pad_rows, c + pad_cols), dtype=t.dtype, device=t.device)
     big[..., :r, :c] = t
     return big[..., :r, :c]
 
@@ -149,7 +138,7 @@ def _nan_padded(t, pad_rows=5, pad_cols=7):
 def test_syrk_writes_both_triangles_and_reads_no_padding(config, device):
     P = torch.randn(2, 140, 90, device=device).to(torch.bfloat16)  # 3×3 (b64) / 2×2 (b128) tile grid, ragged
     Pf = P.float()
-    gram = torch.full((2, 140, 140), float("nan"), device=device, dtype=torch.bfloat16)
+    gram = poisoned((2, 140, 140), dtype=torch.bfloat16, device=device)
     ns.ns_syrk(_nan_padded(P), out=gram, config=config)
     expected = Pf @ Pf.mT
     assert_close(gram, expected, atol=1e-2, rtol=1e-2, name="P·Pᵀ")  # one bf16 rounding of an exact fp32 sum
@@ -157,7 +146,7 @@ def test_syrk_writes_both_triangles_and_reads_no_padding(config, device):
 
     # The fused epilogue: poly = c·A·A + b·A, A read through a NaN-padded view, output poisoned.
     A = gram
-    poly = torch.full_like(A, float("nan"))
+    poly = poisoned(A)
     ns.ns_syrk(_nan_padded(A), out=poly, alpha=2.0315, beta=-4.775, add=_nan_padded(A), config=config)
     Af = A.float()
     assert_close(poly, 2.0315 * (Af @ Af) - 4.775 * Af, atol=0.5, rtol=1e-2, name="bA + cA·A")
@@ -168,7 +157,7 @@ def test_update_reads_no_padding_and_stores_transposed(device):
     X = torch.randn(2, 70, 150, device=device)
     B = torch.randn(2, 70, 70, device=device)
     expected = 3.4445 * X + B @ X
-    out = torch.full((2, 150, 70), float("nan"), device=device).mT  # the tall-output layout (stride_om = 1)
+    out = poisoned((2, 150, 70), dtype=torch.float32, device=device).mT  # the tall-output layout (stride_om = 1)
     ns.ns_update(_nan_padded(X), _nan_padded(B), alpha=3.4445, out=out, config="b64")
     assert_close(out, expected, atol=1e-4, rtol=1e-5, name="aX + BX")
 
@@ -264,16 +253,14 @@ SPEEDRUN_SHAPES = [(768, 768), (768, 3072), (3072, 768), (12, 768, 768)]
 @pytest.mark.parametrize("coefficients", ["quintic", "polar_express"])
 @pytest.mark.parametrize("shape", SPEEDRUN_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_speedrun_shapes_bf16(shape, coefficients):
-    G = torch.randn(shape, device="cuda").bfloat16()
-    check_against_eager(ns.newton_schulz(G, coefficients=coefficients), G, coefficients=coefficients)
+    parity(torch.randn(shape, device="cuda").bfloat16(), coefficients=coefficients)
 
 
 @pytest.mark.gpu
 def test_speedrun_shape_fp32():
     # fp32 runs tl.dot(input_precision="tf32x3"): about fp32 accuracy, not bit-for-bit fp32 FMA sums;
-    # k=4 allows for that (unmeasured: no GPU was lent when this was written).
-    G = torch.randn(768, 3072, device="cuda")
-    check_against_eager(ns.newton_schulz(G), G, k=4.0)
+    # k=4 allows for that (not yet measured on a GPU: this test on one measures it).
+    parity(torch.randn(768, 3072, device="cuda"), k=4.0)
 
 
 @pytest.mark.gpu
