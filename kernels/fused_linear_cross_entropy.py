@@ -254,19 +254,24 @@ def _flce_loss_grad_kernel(
     # pointers: Z (M, V) fp32 capped logits (overwritten by dz when COMPUTE_GRAD), PMAX / PSUM (M, T) partials,
     # TGT (M,) targets, SCALE (1,) fp32 = 1/#non-ignored (mean) or 1 (sum), LOSS (M,) fp32 per-token loss
     z_ptr, pmax_ptr, psum_ptr, tgt_ptr, scale_ptr, loss_ptr,
-    # sizes: V vocab, T = cdiv(V, logits BLOCK_V) partials per row
+    # sizes: V vocab, T = cdiv(V, the logits kernel's BLOCK_N) partials per row
     V, T,
     # strides, in elements
     stride_zm, stride_pm,
-    # scalars
-    ignore_index, inv_softcap, z_loss,
+    # scalars (softcap s and 1/s unused without HAS_SOFTCAP)
+    ignore_index, softcap, inv_softcap, z_loss,
     # meta-parameters
     BLOCK_V: tl.constexpr,  # vocab columns per step of the row loop
     BLOCK_T: tl.constexpr,  # partials per step of the log-sum-exp combine
     HAS_SOFTCAP: tl.constexpr,  # multiply dz by the tanh derivative 1 - (c/s)²
     COMPUTE_GRAD: tl.constexpr,  # write dz over Z (False: loss only)
 ):
-    """Row i: lse from the partials, loss_i, then dz_i over the row of Z in place. Grid: (M,)."""
+    """Row i: lse from the partials, loss_i, then dz_i over the row of Z in place. Grid: (M,).
+
+    A NaN or +inf logit makes the row's lse, loss and dz NaN, as eager's log_softmax does: whether or not a
+    maximum keeps the NaN (tl.maximum drops it, on the GPU and under the interpreter), it reaches the partial
+    sums through exp(c - max), and exp(inf - inf) is NaN.
+    """
     row = tl.program_id(0).to(tl.int64)
     z_row = z_ptr + row * stride_zm
     p_row = row * stride_pm
@@ -307,8 +312,11 @@ def _flce_loss_grad_kernel(
             c = tl.load(z_row + cols, mask=in_v, other=0.0)
             dz = tl.exp((c - m) - log_s) * coef - tl.where(cols == target, g, 0.0)
             if HAS_SOFTCAP:
+                # d(s·tanh(z/s))/dz = 1 - tanh² = 1 - (c/s)²: exactly 0 where the logit saturated at c = ±s, as
+                # eager's 1 - tanh² is (c·fl(1/s) need not round to 1), so an infinite z gives 0·inf = NaN in
+                # grad_weight as in eager, not ±inf; NaN for a NaN c.
                 r = c * inv_softcap
-                dz = dz * (1.0 - r * r)  # d(s·tanh(z/s))/dz = 1 - tanh² = 1 - (c/s)²
+                dz = dz * tl.where(tl.abs(c) >= softcap, 0.0, 1.0 - r * r)
             tl.store(z_row + cols, dz, mask=in_v)  # same elements this program just read
 
 
@@ -521,7 +529,7 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
             loss_ptr=loss_rows[r0:r1],
             V=V, T=T,
             stride_zm=z.stride(0), stride_pm=ws.pmax.stride(0),
-            ignore_index=ignore_index, inv_softcap=1.0 / s, z_loss=float(z_loss),
+            ignore_index=ignore_index, softcap=s, inv_softcap=1.0 / s, z_loss=float(z_loss),
             BLOCK_V=cfg.loss.block_v, BLOCK_T=cfg.loss.block_t, HAS_SOFTCAP=has_softcap, COMPUTE_GRAD=compute_grad,
             num_warps=cfg.loss.warps,
         )

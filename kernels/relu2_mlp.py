@@ -174,12 +174,15 @@ def _epilogue(acc, rm, rn, M, N, aux_ptr, c_ptr, stride_xm, stride_xn, stride_cm
     tile_mask = (rm < M)[:, None] & (rn < N)[None, :]
     rm64 = rm.to(tl.int64)
     rn64 = rn.to(tl.int64)
-    if EPILOGUE == 1:  # EPILOGUE_RELU2: a = relu(h)²
-        r = tl.maximum(acc, 0.0)
+    # NaN and inf go where eager's go: selects on the finite condition, not tl.maximum (which drops a NaN).
+    if EPILOGUE == 1:  # EPILOGUE_RELU2: a = relu(h)², NaN for a NaN h
+        r = tl.where(acc < 0.0, 0.0, acc)
         out = r * r
-    else:  # EPILOGUE_DRELU2: dH = dA · 2·relu(h), relu(h) = sqrt(a) (exactly 0 where h <= 0)
+    else:  # EPILOGUE_DRELU2: dH = dA · 2·relu(h), relu(h) = sqrt(a); exactly 0 where a = 0 (h <= 0), whatever dA
+        # is (a NaN or inf dA too: eager's relu backward selects 0 there), NaN where a is NaN
         aux = tl.load(aux_ptr + rm64[:, None] * stride_xm + rn64[None, :] * stride_xn, mask=tile_mask, other=0.0)
-        out = acc * (2.0 * tl.sqrt_rn(aux.to(tl.float32)))
+        two_r = 2.0 * tl.sqrt_rn(aux.to(tl.float32))  # 0 exactly where a = 0; NaN where a is NaN
+        out = tl.where(two_r == 0.0, 0.0, acc * two_r)
     store_tile(c_ptr + rm64[:, None] * stride_cm + rn64[None, :] * stride_cn, out, tile_mask, RNE_BF16)
 
 

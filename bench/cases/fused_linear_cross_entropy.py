@@ -57,7 +57,7 @@ def codegen_cases() -> list:
 
         args = dict(z_ptr=torch.float32, pmax_ptr=torch.float32, psum_ptr=torch.float32, tgt_ptr=torch.int64,
                     scale_ptr=torch.float32, loss_ptr=torch.float32, V=V, T=T, stride_zm=V, stride_pm=T,
-                    ignore_index=-100, inv_softcap=1 / 15.0, z_loss=0.0, BLOCK_V=cfg.loss.block_v,
+                    ignore_index=-100, softcap=15.0, inv_softcap=1 / 15.0, z_loss=0.0, BLOCK_V=cfg.loss.block_v,
                     BLOCK_T=cfg.loss.block_t, HAS_SOFTCAP=True, COMPUTE_GRAD=True)
         cases.append(jit_case(
             "flce_loss_grad", f"{label} {cfg.loss.block_v}/{cfg.loss.block_t} softcap", flce._flce_loss_grad_kernel,

@@ -14,7 +14,7 @@ from kernels import fused_linear_cross_entropy as flce
 from kernels import registry
 from kernels._common import TRITON_DTYPE
 from kernels.reference import linear_cross_entropy as eager_lce
-from tests.parity import assert_close, check_parity, poisoned, run
+from tests.parity import NAN_WARNINGS, assert_close, check_nonfinite, check_parity, poisoned, run
 
 IGNORE = -100
 
@@ -157,6 +157,29 @@ def test_retain_graph_second_backward(device):
     h.grad = None
     loss.backward(torch.tensor(2.0))
     assert torch.equal(h.grad, first)
+
+
+# 41.0: s·fl(1/s) is not 1 in fp32, so a saturated logit's tanh derivative is exactly 0, as eager's 1 - tanh² is,
+# only when it is computed from |c| = s.
+@NAN_WARNINGS
+@pytest.mark.parametrize("softcap", [None, 15.0, 41.0])
+@pytest.mark.parametrize("kind", ["nan", "inf"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_nan_and_inf_propagate_as_in_eager(dtype, kind, softcap, device):
+    """Non-finite hidden rows: loss and both gradients are non-finite exactly where eager's are, of the same kind.
+    nan: NaN in two rows, one of them ignored (its loss is 0 but its gradient NaN, as eager's). inf: +inf and
+    -inf in two rows; without softcap their logits make the loss NaN; with softcap the logits saturate at ±s
+    (finite loss and grad_hidden, zero tanh derivative), so grad_weight is NaN (0·inf) only in the inf columns."""
+    hidden, weight, targets = make_inputs(37, 40, 131, dtype, device, ignore_rows=(5,), weight_scale=4.0)
+    if kind == "nan":
+        hidden[3, 7], hidden[5, 1] = float("nan"), float("nan")
+    else:
+        hidden[11, 0], hidden[30, 9] = float("inf"), -float("inf")
+    g = torch.rand((), device=device) + 0.5
+    (loss, gh, gw), _ = check_nonfinite(flce.fused_linear_cross_entropy, eager_lce, [hidden, weight, targets],
+                                        names=NAMES, grad_output=g, kwargs=dict(softcap=softcap, ignore_index=IGNORE))
+    if kind == "inf" and softcap:
+        assert torch.isfinite(loss) and torch.isfinite(gh).all() and torch.isnan(gw[:, [0, 9]]).all()
 
 
 def test_registered_as_triton():

@@ -13,7 +13,7 @@ from kernels import newton_schulz as ns
 from kernels import registry
 from kernels._common import TRITON_DTYPE
 from kernels.reference import newton_schulz as eager_newton_schulz
-from tests.parity import assert_close, check_parity, poisoned
+from tests.parity import NAN_WARNINGS, assert_close, check_nonfinite, check_parity, poisoned
 
 # Relative Frobenius error to the float64 oracle allowed after 5 steps ("the band" of a dtype). The bf16
 # peer itself lands at 1.5-5 % on the interpreter shapes (measured over 12 seeds); the kernel, which rounds
@@ -103,6 +103,17 @@ def test_strided_input_and_out_argument(device):
 def test_zero_matrix_gives_zero(device):
     G = torch.zeros(2, 20, 36, device=device, dtype=torch.bfloat16)
     assert torch.equal(ns.newton_schulz(G), G)
+
+
+@NAN_WARNINGS
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_nan_and_inf_propagate_as_in_eager(dtype, device):
+    """A NaN in one matrix of the batch and an inf in another: those matrices come out NaN exactly as eager's do
+    (the norm is NaN / inf), and the finite matrix of the same launch is untouched."""
+    G = torch.randn(3, 20, 36, device=device).to(dtype)
+    G[1, 2, 5], G[2, 0, 0] = float("nan"), float("inf")
+    (y,), _ = check_nonfinite(ns.newton_schulz, eager_newton_schulz, [G], names=("newton_schulz",))
+    assert torch.isfinite(y[0]).all() and torch.equal(y[0], ns.newton_schulz(G[0]))
 
 
 def test_registered_as_triton():

@@ -17,7 +17,7 @@ from kernels import registry
 from kernels import relu2_mlp as r2
 from kernels._common import TRITON_DTYPE
 from kernels.reference import relu2_mlp as eager_relu2_mlp
-from tests.parity import assert_close, check_parity, poisoned, run
+from tests.parity import NAN_WARNINGS, assert_close, assert_same_nonfinite, check_nonfinite, check_parity, poisoned, run
 
 # (N, H, F): a single row, rows fewer than a tile, 37 rows (3 tile-rows: the last GROUP_M=2 group is short);
 # H and F not multiples of BLOCK_K=16 / BLOCK_N=32 (K-loop and column edges masked).
@@ -148,6 +148,41 @@ def test_negative_preactivations_give_exactly_zero_gradient(device):
     scaled[:, dead] *= 1000  # a dead unit's dA grows 1000x; its contribution must stay exactly 0
     _, dx2, dw_fc2, _ = run(r2.relu2_mlp, [x, w_fc, scaled], dy)
     assert torch.equal(dx2, dx) and torch.equal(dw_fc2, dw_fc)
+
+
+def _nonfinite_inputs(dtype, device):
+    """x with a NaN, a +inf and a -inf (rows 1, 5, 9), dy with a NaN (row 20)."""
+    inputs, dy = _inputs(37, 40, 100, dtype, device)
+    x = inputs[0]
+    x[1, 3], x[5, 0], x[9, 7] = float("nan"), float("inf"), float("-inf")
+    dy[20, 4] = float("nan")
+    return inputs, dy
+
+
+@NAN_WARNINGS
+def test_nan_and_inf_propagate_as_in_eager(device):
+    """The output and every gradient are non-finite exactly where eager's are, of the same kind. fp32: in bf16 the
+    CPU's own GEMM smears a NaN into a neighbouring row (tests.parity.check_nonfinite), which the module's
+    torch.matmul calls inherit; the bf16 Triton launches are checked on their own below."""
+    inputs, dy = _nonfinite_inputs(torch.float32, device)
+    y, dx, dw_fc, dw_proj = check_nonfinite(r2.relu2_mlp, eager_relu2_mlp, inputs, names=NAMES, grad_output=dy)[0]
+    assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2, 3]]).all()
+
+
+@NAN_WARNINGS
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_epilogues_propagate_nan_and_inf(dtype, device):
+    """a = relu(h)² is NaN for a NaN h (not 0), inf for +inf, 0 for -inf; dH is exactly 0 where h <= 0 even for a
+    NaN dA (eager's relu backward selects 0 there) and NaN/inf elsewhere: the positions and kinds of eager's
+    relu(h).square() and its autograd, in float64."""
+    (x, w_fc, w_proj), dy = _nonfinite_inputs(dtype, device)
+    h64 = (x.double() @ w_fc.double().T).requires_grad_()
+    a64 = torch.relu(h64).square()
+    a64.backward(dy.double() @ w_proj.double())
+    a = r2.relu2_fc_fwd(x, w_fc)
+    assert_same_nonfinite(a, a64.detach(), name="a = relu(h)²")
+    assert_same_nonfinite(r2.relu2_fc_bwd(dy, w_proj, a), h64.grad, name="dH")
+    assert torch.isnan(a[1]).all() and torch.isnan(h64.grad[20]).any() and (h64.grad[20] == 0).any()
 
 
 # ---------------------------------------------------------------------------------------------------
