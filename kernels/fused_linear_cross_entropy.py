@@ -19,14 +19,14 @@ Shapes: hidden (N, H), weight (V, H), one dtype (bf16, fp16 or fp32; the model c
 
 Design: the N tokens are processed in chunks of C rows (C·V·4 bytes <= LOGITS_BUDGET_BYTES = 1 GiB: N = 8192,
 V = 50304 gives two chunks of 4096), so no N×V tensor ever exists. Per chunk, four launches on one (C, V) fp32
-buffer:
+buffer (the kernels are in kernels/_flce_kernels.py):
 
-    1. _flce_logits_kernel      c = softcap(h @ Wᵀ) for a (BLOCK_M, BLOCK_N) tile, stored fp32, plus the tile's
+    1. flce_logits_kernel       c = softcap(h @ Wᵀ) for a (BLOCK_M, BLOCK_N) tile, stored fp32, plus the tile's
                                 per-row max and Σexp(c - max) (the online log-sum-exp partials, (C, V/BLOCK_N))
-    2. _flce_loss_grad_kernel   one program per row: lse from the partials, loss_i, then dz overwrites c in
+    2. flce_loss_grad_kernel    one program per row: lse from the partials, loss_i, then dz overwrites c in
                                 place (fp32, same element, same program)
-    3. _flce_grad_kernel        grad_hidden[chunk] = dz @ W, one rounding to the input dtype
-    4. _flce_grad_kernel        grad_weight (+)= dzᵀ @ h[chunk]; fp32 accumulation across chunks: the first chunk
+    3. flce_grad_kernel         grad_hidden[chunk] = dz @ W, one rounding to the input dtype
+    4. flce_grad_kernel         grad_weight (+)= dzᵀ @ h[chunk]; fp32 accumulation across chunks: the first chunk
        (DZ_T)                   writes, later ones read-add-write their own tile (a (V, H) fp32 buffer for
                                 16-bit inputs when there are >= 2 chunks), the last one stores the input dtype
 
@@ -64,22 +64,10 @@ from dataclasses import dataclass
 
 import torch
 import triton
-import triton.language as tl
 
-from kernels import registry
-from kernels._common import (
-    NUM_SMS_HINT,
-    Tile,
-    check_out,
-    check_tensor,
-    check_triton_device,
-    check_workspace,
-    is_interpreter,
-    lookup_config,
-    precision_flags,
-    store_tile,
-    tile_matmul,
-)
+from kernels import _common, registry
+from kernels._common import Tile
+from kernels._flce_kernels import flce_grad_kernel, flce_logits_kernel, flce_loss_grad_kernel
 
 # ---------------------------------------------------------------------------------------------------
 # Constants
@@ -151,7 +139,7 @@ def pick_config(N: int, V: int, dtype: torch.dtype) -> str:
     if dtype == torch.float32:
         return "f64"
     tiles = triton.cdiv(N, 128) * triton.cdiv(V, 128)
-    return "b128" if tiles >= 4 * NUM_SMS_HINT else "b64"
+    return "b128" if tiles >= 4 * _common.NUM_SMS_HINT else "b64"
 
 
 def pick_chunk_rows(N: int, V: int, block_m: int, budget_bytes: int = LOGITS_BUDGET_BYTES) -> int:
@@ -164,210 +152,7 @@ def pick_chunk_rows(N: int, V: int, block_m: int, budget_bytes: int = LOGITS_BUD
 
 def _resolve_config(name, N, V, dtype) -> tuple[str, FLCEConfig]:
     name = pick_config(N, V, dtype) if name is None else name
-    return name, lookup_config(CONFIGS, name, dtype, "fused-linear-cross-entropy")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Kernels
-# ---------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _tanh(x, FAST: tl.constexpr):
-    """tanh of an fp32 tile. FAST: MUFU tanh.approx.f32 (GPU only, rel. error ~2⁻¹¹). Otherwise a few-ulp
-    form: sign·(1 - e)/(1 + e) with e = exp(-2|x|), and an odd Taylor polynomial (to x¹¹, truncation < 2e-9
-    relative) for |x| < 0.3, where 1 - e would cancel."""
-    if FAST:
-        y = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                      pack=1)
-    else:
-        ax = tl.abs(x)
-        e = tl.exp(-2.0 * ax)
-        big = (1.0 - e) / (1.0 + e)
-        x2 = x * x
-        p = -1382.0 / 155925.0
-        p = p * x2 + 62.0 / 2835.0
-        p = p * x2 - 17.0 / 315.0
-        p = p * x2 + 2.0 / 15.0
-        p = p * x2 - 1.0 / 3.0
-        p = p * x2 + 1.0
-        y = tl.where(ax < 0.3, x * p, tl.where(x < 0, -big, big))
-    return y
-
-
-@triton.jit
-def _flce_logits_kernel(
-    # pointers: H (M, K) row-major chunk of hidden, W (V, K) row-major, Z (M, V) fp32 capped logits,
-    # PMAX / PSUM (M, cdiv(V, BLOCK_N)) fp32 per-tile row max and Σexp(c - max)
-    h_ptr, w_ptr, z_ptr, pmax_ptr, psum_ptr,
-    # sizes: M tokens in this chunk, V vocab, K hidden
-    M, V, K,
-    # strides, in elements (innermost strides are 1)
-    stride_hm, stride_wv, stride_zm, stride_pm,
-    # softcap s and 1/s (unused without HAS_SOFTCAP)
-    softcap, inv_softcap,
-    # meta-parameters
-    BLOCK_M: tl.constexpr,  # token rows per tile
-    BLOCK_N: tl.constexpr,  # vocab columns per tile (= the width of one log-sum-exp partial)
-    BLOCK_K: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr,  # c = s·tanh(z/s) in the epilogue
-    FAST_TANH: tl.constexpr,  # MUFU tanh (GPU, 16-bit inputs)
-    UPCAST: tl.constexpr,  # see kernels._common.precision_flags
-    TF32X3: tl.constexpr,
-):
-    """One (BLOCK_M, BLOCK_N) tile of c = softcap(H·Wᵀ), stored, plus its per-row log-sum-exp partials.
-
-    Grid: cdiv(M, BLOCK_M)·cdiv(V, BLOCK_N), row tiles fastest, so consecutive programs share one W tile
-    (W is read once from HBM; the chunk of H stays in L2).
-    """
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    pid_m = pid % tiles_m
-    pid_v = pid // tiles_m
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) token rows
-    rv = pid_v * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,) vocab columns
-    rk = tl.arange(0, BLOCK_K)
-    in_m = rm < M
-    in_v = rv < V
-    h_ptrs = h_ptr + rm[:, None] * stride_hm + rk[None, :]  # (BLOCK_M, BLOCK_K)
-    w_ptrs = w_ptr + rv[:, None] * stride_wv + rk[None, :]  # (BLOCK_N, BLOCK_K): Wᵀ's chunk, transposed
-    acc = tile_matmul(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), h_ptrs, w_ptrs, in_m, in_v, K, BLOCK_K,
-                      BLOCK_K, BLOCK_K=BLOCK_K, A_T=False, B_T=True, ROUND_A=False, UPCAST=UPCAST, TF32X3=TF32X3)
-
-    if HAS_SOFTCAP:
-        acc = softcap * _tanh(acc * inv_softcap, FAST_TANH)
-    z_ptrs = z_ptr + rm.to(tl.int64)[:, None] * stride_zm + rv[None, :]  # M·V can pass 2³¹
-    tl.store(z_ptrs, acc, mask=in_m[:, None] & in_v[None, :])
-
-    # Partials of the online log-sum-exp over vocab tiles; every tile has >= 1 valid column, so max is finite.
-    masked = tl.where(in_v[None, :], acc, float("-inf"))
-    row_max = tl.max(masked, axis=1)  # (BLOCK_M,)
-    row_sum = tl.sum(tl.exp(masked - row_max[:, None]), axis=1)  # (BLOCK_M,)
-    p_offs = rm * stride_pm + pid_v
-    tl.store(pmax_ptr + p_offs, row_max, mask=in_m)
-    tl.store(psum_ptr + p_offs, row_sum, mask=in_m)
-
-
-@triton.jit
-def _flce_loss_grad_kernel(
-    # pointers: Z (M, V) fp32 capped logits (overwritten by dz when COMPUTE_GRAD), PMAX / PSUM (M, T) partials,
-    # TGT (M,) targets, SCALE (1,) fp32 = 1/#non-ignored (mean) or 1 (sum), LOSS (M,) fp32 per-token loss
-    z_ptr, pmax_ptr, psum_ptr, tgt_ptr, scale_ptr, loss_ptr,
-    # sizes: V vocab, T = cdiv(V, the logits kernel's BLOCK_N) partials per row
-    V, T,
-    # strides, in elements
-    stride_zm, stride_pm,
-    # scalars (softcap s and 1/s unused without HAS_SOFTCAP)
-    ignore_index, softcap, inv_softcap, z_loss,
-    # meta-parameters
-    BLOCK_V: tl.constexpr,  # vocab columns per step of the row loop
-    BLOCK_T: tl.constexpr,  # partials per step of the log-sum-exp combine
-    HAS_SOFTCAP: tl.constexpr,  # multiply dz by the tanh derivative 1 - (c/s)²
-    COMPUTE_GRAD: tl.constexpr,  # write dz over Z (False: loss only)
-):
-    """Row i: lse from the partials, loss_i, then dz_i over the row of Z in place. Grid: (M,).
-
-    A NaN or +inf logit makes the row's lse, loss and dz NaN, as eager's log_softmax does: whether or not a
-    maximum keeps the NaN (tl.maximum drops it, on the GPU and under the interpreter), it reaches the partial
-    sums through exp(c - max), and exp(inf - inf) is NaN.
-    """
-    row = tl.program_id(0).to(tl.int64)
-    z_row = z_ptr + row * stride_zm
-    p_row = row * stride_pm
-    rt = tl.arange(0, BLOCK_T)
-
-    # log-sum-exp of the row: max over the tile maxima, then Σ partial_sum·exp(partial_max - max).
-    mx = tl.full((BLOCK_T,), float("-inf"), tl.float32)
-    for t0 in range(0, T, BLOCK_T):
-        mx = tl.maximum(mx, tl.load(pmax_ptr + p_row + t0 + rt, mask=(t0 + rt) < T, other=float("-inf")))
-    m = tl.max(mx, axis=0)
-    acc = tl.zeros((BLOCK_T,), tl.float32)
-    for t0 in range(0, T, BLOCK_T):
-        in_t = (t0 + rt) < T
-        pm = tl.load(pmax_ptr + p_row + t0 + rt, mask=in_t, other=float("-inf"))
-        ps = tl.load(psum_ptr + p_row + t0 + rt, mask=in_t, other=0.0)
-        acc += ps * tl.exp(pm - m)
-    log_s = tl.log(tl.sum(acc, axis=0))
-    lse = m + log_s
-
-    target = tl.load(tgt_ptr + row).to(tl.int64)
-    ignored = target == ignore_index
-    in_range = (target >= 0) & (target < V)
-    c_target = tl.load(z_row + target, mask=in_range & (target != ignore_index), other=0.0)
-    # (m - c_t) + log_s and below (c - m) - log_s, not c - lse: lse ~ 20 carries an fp32 rounding of ~1e-6 that
-    # would shift every probability (as torch's log_softmax, subtract the max first).
-    loss = (m - c_target) + log_s + z_loss * lse * lse
-    loss = tl.where(in_range, loss, float("nan"))  # unchecked out-of-range target: loud NaN, not a wrong loss
-    loss = tl.where(ignored, 0.0, loss)
-    tl.store(loss_ptr + row, loss)
-
-    if COMPUTE_GRAD:
-        g = tl.where(ignored, 0.0, tl.load(scale_ptr))  # ignored rows: dz = 0·p - 0 = exactly 0
-        coef = g * (1.0 + 2.0 * z_loss * lse)  # d(lse + z·lse²)/dc = softmax·(1 + 2z·lse)
-        rv = tl.arange(0, BLOCK_V)
-        for v0 in range(0, V, BLOCK_V):
-            cols = v0 + rv
-            in_v = cols < V
-            c = tl.load(z_row + cols, mask=in_v, other=0.0)
-            dz = tl.exp((c - m) - log_s) * coef - tl.where(cols == target, g, 0.0)
-            if HAS_SOFTCAP:
-                # d(s·tanh(z/s))/dz = 1 - tanh² = 1 - (c/s)²: exactly 0 where the logit saturated at c = ±s, as
-                # eager's 1 - tanh² is (c·fl(1/s) need not round to 1), so an infinite z gives 0·inf = NaN in
-                # grad_weight as in eager, not ±inf; NaN for a NaN c.
-                r = c * inv_softcap
-                dz = dz * tl.where(tl.abs(c) >= softcap, 0.0, 1.0 - r * r)
-            tl.store(z_row + cols, dz, mask=in_v)  # same elements this program just read
-
-
-@triton.jit
-def _flce_grad_kernel(
-    # pointers: DZ (tokens, V) fp32 chunk of dz; B (K, N) row-major: W (V, H) for grad_hidden, the chunk of hidden
-    # (tokens, H) for grad_weight; ACC (M, N) fp32 running sum of earlier chunks (read when ACCUMULATE; may be C
-    # itself); C (M, N) output: a chunk of grad_hidden, or grad_weight (its fp32 running sum or the final gradient)
-    dz_ptr, b_ptr, acc_ptr, c_ptr,
-    # sizes: M output rows (tokens, or V), N hidden, K the reduction (V, or tokens)
-    M, N, K,
-    # strides, in elements (innermost strides are 1)
-    stride_zm, stride_bk, stride_am, stride_cm,
-    # meta-parameters
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    DZ_T: tl.constexpr,  # False: C = DZ·B (grad_hidden); True: C = DZᵀ·B (grad_weight)
-    ACCUMULATE: tl.constexpr,  # add the earlier chunks' fp32 sum from ACC (grad_weight after the first chunk)
-    UPCAST: tl.constexpr,  # see kernels._common.precision_flags
-    TF32X3: tl.constexpr,
-    RNE_BF16: tl.constexpr,
-):
-    """C = [ACC +] DZ·B or DZᵀ·B, one (BLOCK_M, BLOCK_N) tile per program, dz rounded to B's dtype as an operand
-    (as eager rounds the logits' gradient before its matmuls). Each tile is owned by one program (the
-    read-add-write needs no atomics). Grid: cdiv(M, BLOCK_M)·cdiv(N, BLOCK_N), column tiles fastest."""
-    pid = tl.program_id(0)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    pid_m = pid // tiles_n
-    pid_n = pid % tiles_n
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    in_m = rm < M
-    in_n = rn < N
-    if DZ_T:  # (BLOCK_K tokens, BLOCK_M vocab), vocab-contiguous: DZᵀ's chunk, transposed
-        dz_ptrs = dz_ptr + rk.to(tl.int64)[:, None] * stride_zm + rm[None, :]
-        dz_step = BLOCK_K * stride_zm
-    else:  # (BLOCK_M tokens, BLOCK_K vocab)
-        dz_ptrs = dz_ptr + rm.to(tl.int64)[:, None] * stride_zm + rk[None, :]
-        dz_step = BLOCK_K
-    b_ptrs = b_ptr + rk[:, None] * stride_bk + rn[None, :]  # (BLOCK_K, BLOCK_N)
-    acc = tile_matmul(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), dz_ptrs, b_ptrs, in_m, in_n, K, dz_step,
-                      BLOCK_K * stride_bk, BLOCK_K=BLOCK_K, A_T=DZ_T, B_T=False, ROUND_A=True, UPCAST=UPCAST,
-                      TF32X3=TF32X3)
-
-    tile_mask = in_m[:, None] & in_n[None, :]
-    if ACCUMULATE:
-        acc += tl.load(acc_ptr + rm[:, None] * stride_am + rn[None, :], mask=tile_mask, other=0.0)
-    store_tile(c_ptr + rm[:, None] * stride_cm + rn[None, :], acc, tile_mask, RNE_BF16)
+    return name, _common.lookup_config(CONFIGS, name, dtype, "fused-linear-cross-entropy")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -413,9 +198,9 @@ def flce_workspace(N: int, V: int, H: int, dtype: torch.dtype, device, *, config
 
 def check_inputs(hidden, weight, targets, *, softcap, ignore_index, reduction, z_loss):
     """Validate shapes, dtypes, devices, contiguity and hyper-parameters; returns (N, H, V)."""
-    check_tensor(hidden, "hidden", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
-    check_tensor(weight, "weight", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
-    check_tensor(targets, "targets", ndim=1, dtypes=TARGET_DTYPES, contiguous=True)
+    _common.check_tensor(hidden, "hidden", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
+    _common.check_tensor(weight, "weight", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
+    _common.check_tensor(targets, "targets", ndim=1, dtypes=TARGET_DTYPES, contiguous=True)
     N, H = hidden.shape
     V, Hw = weight.shape
     if Hw != H:
@@ -424,7 +209,7 @@ def check_inputs(hidden, weight, targets, *, softcap, ignore_index, reduction, z
         raise ValueError(f"targets has {targets.shape[0]} entries but hidden has N={N} rows")
     if weight.dtype != hidden.dtype:
         raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must share one dtype; cast first")
-    check_triton_device((hidden, "hidden"), (weight, "weight"), (targets, "targets"))
+    _common.check_triton_device((hidden, "hidden"), (weight, "weight"), (targets, "targets"))
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if softcap is not None and not (float(softcap) > 0 and float(softcap) != float("inf")):
@@ -449,7 +234,7 @@ def validate_target_range(targets: torch.Tensor, V: int, ignore_index: int):
 def _launch_grad(dz, b, acc, out, tile: Tile, *, dz_t: bool, accumulate: bool, flags: dict):
     """out (+)= dz·b, or dzᵀ·b when dz_t (the grad_weight form); acc is the running sum read when accumulating."""
     M, N = out.shape
-    _flce_grad_kernel[(triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n),)](
+    flce_grad_kernel[(triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n),)](
         dz_ptr=dz, b_ptr=b, acc_ptr=acc, c_ptr=out,
         M=M, N=N, K=b.shape[0],
         stride_zm=dz.stride(0), stride_bk=b.stride(0), stride_am=acc.stride(0), stride_cm=out.stride(0),
@@ -487,14 +272,14 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
                             grad_weight=compute_grad_weight)
     _, cfg = _resolve_config(ws.config, N, V, dtype)
     C = max(1, ws.logits.shape[0]) if ws.logits.ndim == 2 else 1
-    check_workspace(ws, _workspace_shapes(C, N, V, H, dtype, cfg, compute_grad_weight), dtype=torch.float32,
+    _common.check_workspace(ws, _workspace_shapes(C, N, V, H, dtype, cfg, compute_grad_weight), dtype=torch.float32,
                     device=device, builder="flce_workspace")
     T = ws.pmax.shape[1]
-    loss_rows = check_out(loss_rows, "loss_rows", (N,), dtype=torch.float32, device=device)
-    grad_hidden = check_out(grad_hidden, "grad_hidden", (N, H), dtype=dtype, device=device) \
-        if compute_grad_hidden else None
-    grad_weight = check_out(grad_weight, "grad_weight", (V, H), dtype=dtype, device=device) \
-        if compute_grad_weight else None
+    loss_rows = _common.check_out(loss_rows, "loss_rows", (N,), dtype=torch.float32, device=device)
+    grad_hidden = (_common.check_out(grad_hidden, "grad_hidden", (N, H), dtype=dtype, device=device)
+                   if compute_grad_hidden else None)
+    grad_weight = (_common.check_out(grad_weight, "grad_weight", (V, H), dtype=dtype, device=device)
+                   if compute_grad_weight else None)
 
     # The mean's denominator stays on the device (no sync): scale = 1 / max(#non-ignored, 1).
     valid = (targets != ignore_index).sum()
@@ -504,8 +289,8 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
     else:
         scale = torch.ones(1, dtype=torch.float32, device=device)
 
-    interp = is_interpreter()
-    flags = precision_flags(dtype, interpreter=interp)
+    interp = _common.is_interpreter()
+    flags = _common.precision_flags(dtype, interpreter=interp)
     has_softcap = softcap is not None
     s = float(softcap) if has_softcap else 1.0
 
@@ -516,7 +301,7 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
         M = r1 - r0
         h, z = hidden[r0:r1], ws.logits[:M]
         lg = cfg.logits
-        _flce_logits_kernel[(triton.cdiv(M, lg.block_m) * triton.cdiv(V, lg.block_n),)](
+        flce_logits_kernel[(triton.cdiv(M, lg.block_m) * triton.cdiv(V, lg.block_n),)](
             h_ptr=h, w_ptr=weight, z_ptr=z, pmax_ptr=ws.pmax, psum_ptr=ws.psum,
             M=M, V=V, K=H,
             stride_hm=h.stride(0), stride_wv=weight.stride(0), stride_zm=z.stride(0), stride_pm=ws.pmax.stride(0),
@@ -524,7 +309,7 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
             **lg.meta(), HAS_SOFTCAP=has_softcap, FAST_TANH=(dtype != torch.float32 and not interp),
             UPCAST=flags["UPCAST"], TF32X3=flags["TF32X3"], **lg.launch(),
         )
-        _flce_loss_grad_kernel[(M,)](
+        flce_loss_grad_kernel[(M,)](
             z_ptr=z, pmax_ptr=ws.pmax, psum_ptr=ws.psum, tgt_ptr=targets[r0:r1], scale_ptr=scale,
             loss_ptr=loss_rows[r0:r1],
             V=V, T=T,

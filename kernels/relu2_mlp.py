@@ -31,9 +31,8 @@ precision on entries whose gradient is tiny in absolute terms.)
 
 Which matmuls are Triton: the two whose epilogue fuses an elementwise op (the up projection with relu²;
 dA with the 2·relu(h) factor), which saves writing and re-reading an (N, F) tensor each. The other four are
-plain GEMMs with nothing to fuse; cuBLAS (torch.matmul) is at least as fast as a Triton GEMM at these
-shapes on an H100 and needs no autotuning, so they stay in torch (torch.matmul(…, out=) keeps the
-launchers' `out=` contract).
+plain GEMMs with nothing to fuse, so they stay in torch (cuBLAS, no autotuning; torch.matmul(…, out=) keeps
+the launchers' `out=` contract).
 
 Kernel: C = epilogue(A·B) with A (M, K) and B addressed as B[k, n] through strides (forward: B = w_fcᵀ,
 K-contiguous; backward: B = w_proj, N-contiguous). One (BLOCK_M, BLOCK_N) tile per program, fp32
@@ -41,12 +40,8 @@ accumulation on the tensor cores, fp32 epilogue, one rounding at the store. Tile
 (programs walk GROUP_M tile-rows column by column, so a wave of programs shares A row-blocks and B
 column-blocks in L2). Edges are masked (loads with other=0, masked stores): no alignment assumption.
 The backward epilogue runs on two column halves of the tile (fewer live registers: no spills on sm_90).
-
-Numerics and the interpreter: bf16 arithmetic and bf16 tl.dot are wrong under TRITON_INTERPRET=1, so the
-launcher sets UPCAST there (tiles converted to fp32 right after loading) and RNE_BF16 (round-to-nearest-even
-by bit arithmetic before the bf16 store, because the interpreter's cast truncates while the GPU's rounds).
-fp32 inputs use tl.dot(input_precision="tf32x3") on the GPU, close to the fp32 eager peer (torch's default
-fp32 matmul does not use TF32). See kernels._common.precision_flags.
+The epilogues select rather than take maxima, so NaN and inf land where eager's do. Interpreter and fp32
+switches (UPCAST, RNE_BF16, TF32X3): kernels._common.precision_flags.
 
 Configs: CONFIGS is the autotune space on the GPU (pruned per dtype and problem size by prune_configs;
 `config=` on the launchers forces one); under the interpreter one pinned small tile runs (autotune with

@@ -4,6 +4,7 @@ import torch
 import triton
 
 from bench.cases import jit_case
+from kernels import _flce_kernels as K
 from kernels import fused_linear_cross_entropy as flce
 from kernels._common import TRITON_DTYPE, precision_flags
 
@@ -52,7 +53,7 @@ def codegen_cases() -> list:
                         UPCAST=flags["UPCAST"], TF32X3=flags["TF32X3"])
             cases.append(jit_case(
                 "flce_logits", f"{label} {lg.block_m}x{lg.block_n}x{lg.block_k}" + (" softcap" if softcap else ""),
-                flce._flce_logits_kernel, args, num_warps=lg.warps, num_stages=lg.stages, flops=2 * M * V * H,
+                K.flce_logits_kernel, args, num_warps=lg.warps, num_stages=lg.stages, flops=2 * M * V * H,
                 bytes=size * (M * H + V * H) + 4 * M * V))
 
         args = dict(z_ptr=torch.float32, pmax_ptr=torch.float32, psum_ptr=torch.float32, tgt_ptr=torch.int64,
@@ -60,14 +61,14 @@ def codegen_cases() -> list:
                     ignore_index=-100, softcap=15.0, inv_softcap=1 / 15.0, z_loss=0.0, BLOCK_V=cfg.loss.block_v,
                     BLOCK_T=cfg.loss.block_t, HAS_SOFTCAP=True, COMPUTE_GRAD=True)
         cases.append(jit_case(
-            "flce_loss_grad", f"{label} {cfg.loss.block_v}/{cfg.loss.block_t} softcap", flce._flce_loss_grad_kernel,
+            "flce_loss_grad", f"{label} {cfg.loss.block_v}/{cfg.loss.block_t} softcap", K.flce_loss_grad_kernel,
             args, num_warps=cfg.loss.warps, num_stages=1, bytes=8 * M * V, expect_hgmma=False))
 
         gh = cfg.grad_hidden
         args = dict(dz_ptr=torch.float32, b_ptr=dtype, acc_ptr=dtype, c_ptr=dtype, M=M, N=H, K=V, stride_zm=V,
                     stride_bk=H, stride_am=H, stride_cm=H, **gh.meta(), DZ_T=False, ACCUMULATE=False, **flags)
         cases.append(jit_case(
-            "flce_grad_hidden", f"{label} {gh.block_m}x{gh.block_n}x{gh.block_k}", flce._flce_grad_kernel, args,
+            "flce_grad_hidden", f"{label} {gh.block_m}x{gh.block_n}x{gh.block_k}", K.flce_grad_kernel, args,
             num_warps=gh.warps, num_stages=gh.stages, flops=2 * M * V * H, bytes=4 * M * V + size * (V * H + M * H)))
 
         gw = cfg.grad_weight
@@ -78,7 +79,7 @@ def codegen_cases() -> list:
                         stride_zm=V, stride_bk=H, stride_am=H, stride_cm=H, **gw.meta(), DZ_T=True,
                         ACCUMULATE=accumulate, **flags)
             cases.append(jit_case(
-                "flce_grad_weight", f"{label} {gw.block_m}x{gw.block_n}x{gw.block_k} {form}", flce._flce_grad_kernel,
+                "flce_grad_weight", f"{label} {gw.block_m}x{gw.block_n}x{gw.block_k} {form}", K.flce_grad_kernel,
                 args, num_warps=gw.warps, num_stages=gw.stages, flops=2 * M * V * H,
                 bytes=4 * M * V + size * M * H + (4 * V * H if accumulate else 0) + out_dtype.itemsize * V * H))
     return cases

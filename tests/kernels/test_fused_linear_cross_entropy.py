@@ -12,7 +12,7 @@ import torch
 from bench.cases import fused_linear_cross_entropy as cases
 from kernels import fused_linear_cross_entropy as flce
 from kernels import registry
-from kernels._common import TRITON_DTYPE
+from kernels._common import TRITON_DTYPE, is_interpreter
 from kernels.reference import linear_cross_entropy as eager_lce
 from tests.parity import NAN_WARNINGS, assert_close, check_nonfinite, check_parity, poisoned, run
 
@@ -262,7 +262,7 @@ def _peaks(N, H, V, chunk_rows, dtype=torch.float32):
     return step(eager_lce), step(flce.fused_linear_cross_entropy, chunk_rows=chunk_rows, config=config)
 
 
-@pytest.mark.skipif(not flce.is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
+@pytest.mark.skipif(not is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
 def test_peak_memory_is_bounded_by_the_chunk(capsys):
     N, H, V, C = 64, 32, 4096, 16  # 4 chunks; eager holds several (N, V) fp32 tensors at once
     eager_peak, fused_peak = _peaks(N, H, V, C)
@@ -280,7 +280,7 @@ def test_peak_memory_is_bounded_by_the_chunk(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not flce.is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
+@pytest.mark.skipif(not is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
 def test_peak_memory_speedrun_vocab(capsys):
     """The real vocab (50304) and the 124M run's tokens/width ratio (8192/768 ≈ 11; here 1024/64 = 16), bf16,
     4 chunks of 256 rows (a few minutes under the interpreter). The ratio matters: the fused path holds
