@@ -68,7 +68,7 @@ def check_tensor(t, name: str, *, ndim=None, dtypes=None, contiguous: bool = Fal
         if t.ndim not in allowed:
             raise ValueError(f"{name} must have {' or '.join(map(str, allowed))} dims, got shape {tuple(t.shape)}")
     if dtypes is not None and t.dtype not in dtypes:
-        names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+        names = ", ".join(dtype_name(d) for d in dtypes)
         raise TypeError(f"{name} has dtype {t.dtype}; supported: {names}")
     if nonempty and t.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(t.shape)})")

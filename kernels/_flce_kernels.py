@@ -18,7 +18,8 @@ from kernels._common import store_tile, tile_matmul
 def tanh_f32(x, FAST: tl.constexpr):
     """tanh of an fp32 tile. FAST: MUFU tanh.approx.f32 (GPU only, rel. error ~2⁻¹¹). Otherwise a few-ulp
     form: sign·(1 - e)/(1 + e) with e = exp(-2|x|), and an odd Taylor polynomial (to x¹¹, truncation < 2e-9
-    relative) for |x| < 0.3, where 1 - e would cancel."""
+    relative) for |x| < 0.3, where 1 - e would cancel. Both give ±1 for ±inf and NaN for NaN, as torch.tanh
+    (the tests check the second form; PTX documents the first)."""
     if FAST:
         y = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
                                       pack=1)
@@ -82,7 +83,8 @@ def flce_logits_kernel(
     z_ptrs = z_ptr + rm.to(tl.int64)[:, None] * stride_zm + rv[None, :]  # M·V can pass 2³¹
     tl.store(z_ptrs, acc, mask=in_m[:, None] & in_v[None, :])
 
-    # Partials of the online log-sum-exp over vocab tiles; every tile has >= 1 valid column, so max is finite.
+    # Partials of the online log-sum-exp over vocab tiles; every tile has >= 1 valid column, so the max is never
+    # the -inf of the padding.
     masked = tl.where(in_v[None, :], acc, float("-inf"))
     row_max = tl.max(masked, axis=1)  # (BLOCK_M,)
     row_sum = tl.sum(tl.exp(masked - row_max[:, None]), axis=1)  # (BLOCK_M,)

@@ -11,7 +11,7 @@ Op (same semantics as kernels.reference.linear_cross_entropy, the test oracle an
 Gradient, with g = grad_output · (1/#non-ignored for mean, 1 for sum) and g = 0 on ignored rows:
 
     dc_ij = g · (softmax(c_i)_j · (1 + 2·z_loss·lse_i) - [j == t(i)])
-    dz_ij = dc_ij · (1 - (c_ij / softcap)²)                      (the tanh derivative, from the stored c)
+    dz_ij = dc_ij · (1 - (c_ij / softcap)²)     (the tanh derivative from the stored c; exactly 0 where |c| = softcap)
     grad_hidden = dz @ weight        (N, H)        grad_weight = dzᵀ @ hidden        (V, H)
 
 Shapes: hidden (N, H), weight (V, H), one dtype (bf16, fp16 or fp32; the model casts); targets (N,) int64
