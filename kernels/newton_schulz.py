@@ -319,10 +319,11 @@ def ns_workspace(shape, dtype: torch.dtype, device) -> NSWorkspace:
     return NSWorkspace(**{name: torch.empty(s, dtype=dtype, device=device) for name, s in shapes.items()})
 
 
-def newton_schulz(G: torch.Tensor, *, steps: int = 5, coefficients: str = "quintic", eps: float = 1e-7,
+def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: str = "quintic", eps: float = 1e-7,
                   out: torch.Tensor | None = None, workspace: NSWorkspace | None = None,
                   config: str | None = None) -> torch.Tensor:
-    """Orthogonalise G (M, N) or (B, M, N), bf16 or fp32, with `steps` Newton-Schulz iterations.
+    """Orthogonalise G (M, N) or (B, M, N), bf16 or fp32, with `steps` Newton-Schulz iterations (default: the
+    coefficient set's own, kernels.reference.NS_DEFAULT_STEPS).
 
     Same semantics as kernels.reference.newton_schulz (returns G's shape and dtype). G may be any strided
     layout (it is read once, by the normalisation). `out` (G's shape/dtype, any strides) receives the
