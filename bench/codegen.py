@@ -129,11 +129,11 @@ def reports_in_subprocess(modules=KERNEL_MODULES, timeout: float = 600) -> list[
 
 
 def format_table(reports) -> str:
-    header = f"{'kernel':<34} {'config':<34} {'warps':>5} {'stg':>3} {'regs':>4} {'spill':>5} " \
+    header = f"{'kernel':<34} {'config':<38} {'warps':>5} {'stg':>3} {'regs':>4} {'spill':>5} " \
              f"{'smem KB':>7} {'HGMMA':>5} {'GFLOP':>7} {'MB':>7} {'floor us':>8}"
     lines = [header, "-" * len(header)]
     for r in reports:
-        lines.append(f"{r.kernel:<34} {r.config:<34} {r.num_warps:>5} {r.num_stages:>3} {r.registers:>4} "
+        lines.append(f"{r.kernel:<34} {r.config:<38} {r.num_warps:>5} {r.num_stages:>3} {r.registers:>4} "
                      f"{r.spill_bytes:>5} {r.shared_bytes / 1024:>7.1f} {r.hgmma:>5} {r.flops / 1e9:>7.1f} "
                      f"{r.bytes / 1e6:>7.1f} {r.floor_us:>8.1f}")
     return "\n".join(lines)

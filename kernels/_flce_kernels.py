@@ -1,6 +1,6 @@
 """The Triton kernels of the fused linear cross-entropy, one per step of a chunk of tokens:
 
-    flce_logits_kernel      c = softcap(h @ Wᵀ) tiles, stored fp32, and their per-row log-sum-exp partials
+    flce_logits_kernel      c = softcap(h @ Wᵀ + b) tiles, stored fp32, and their per-row log-sum-exp partials
     flce_loss_grad_kernel   per row: lse from the partials, the loss, then dz over c in place
     flce_grad_kernel        grad_hidden = dz @ W, or grad_weight (+)= dzᵀ @ h with fp32 accumulation across chunks
 
@@ -12,6 +12,12 @@ import triton
 import triton.language as tl
 
 from kernels._common import store_tile, tile_matmul
+
+# The SOFTCAP constexpr of the logits and loss kernels: which function bounds the logits (fused_linear_cross_entropy
+# maps the op's softcap / softcap_kind arguments to these).
+SOFTCAP_NONE = 0  # c = z
+SOFTCAP_TANH = 1  # c = s·tanh(z/s)                      dc/dz = 1 - (c/s)²
+SOFTCAP_ALGEBRAIC = 2  # c = s·z·rsqrt(z² + s²)         dc/dz = s³/(z² + s²)^1.5 = (1 - (c/s)²)^1.5
 
 
 @triton.jit
@@ -40,25 +46,26 @@ def tanh_f32(x, FAST: tl.constexpr):
 
 @triton.jit
 def flce_logits_kernel(
-    # pointers: H (M, K) row-major chunk of hidden, W (V, K) row-major, Z (M, V) fp32 capped logits,
-    # PMAX / PSUM (M, cdiv(V, BLOCK_N)) fp32 per-tile row max and Σexp(c - max)
-    h_ptr, w_ptr, z_ptr, pmax_ptr, psum_ptr,
+    # pointers: H (M, K) row-major chunk of hidden, W (V, K) row-major, B (V,) head bias (read with HAS_BIAS only),
+    # Z (M, V) fp32 capped logits, PMAX / PSUM (M, cdiv(V, BLOCK_N)) fp32 per-tile row max and Σexp(c - max)
+    h_ptr, w_ptr, b_ptr, z_ptr, pmax_ptr, psum_ptr,
     # sizes: M tokens in this chunk, V vocab, K hidden
     M, V, K,
     # strides, in elements (innermost strides are 1)
     stride_hm, stride_wv, stride_zm, stride_pm,
-    # softcap s and 1/s (unused without HAS_SOFTCAP)
+    # softcap s and 1/s (unused with SOFTCAP_NONE)
     softcap, inv_softcap,
     # meta-parameters
     BLOCK_M: tl.constexpr,  # token rows per tile
     BLOCK_N: tl.constexpr,  # vocab columns per tile (= the width of one log-sum-exp partial)
     BLOCK_K: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr,  # c = s·tanh(z/s) in the epilogue
+    HAS_BIAS: tl.constexpr,  # z = h·Wᵀ + b: the bias is added in fp32 in the epilogue
+    SOFTCAP: tl.constexpr,  # SOFTCAP_NONE / _TANH / _ALGEBRAIC: the function c = cap(z) applied in the epilogue
     FAST_TANH: tl.constexpr,  # MUFU tanh (GPU, 16-bit inputs)
     UPCAST: tl.constexpr,  # see kernels._common.precision_flags
     TF32X3: tl.constexpr,
 ):
-    """One (BLOCK_M, BLOCK_N) tile of c = softcap(H·Wᵀ), stored, plus its per-row log-sum-exp partials.
+    """One (BLOCK_M, BLOCK_N) tile of c = cap(H·Wᵀ + B), stored, plus its per-row log-sum-exp partials.
 
     Grid: cdiv(M, BLOCK_M)·cdiv(V, BLOCK_N), row tiles fastest, so consecutive programs share one W tile
     (W is read once from HBM; the chunk of H stays in L2).
@@ -78,8 +85,12 @@ def flce_logits_kernel(
     acc = tile_matmul(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), h_ptrs, w_ptrs, in_m, in_v, K, BLOCK_K,
                       BLOCK_K, BLOCK_K=BLOCK_K, A_T=False, B_T=True, ROUND_A=False, UPCAST=UPCAST, TF32X3=TF32X3)
 
-    if HAS_SOFTCAP:
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rv, mask=in_v, other=0.0).to(tl.float32)[None, :]
+    if SOFTCAP == 1:  # SOFTCAP_TANH
         acc = softcap * tanh_f32(acc * inv_softcap, FAST_TANH)
+    elif SOFTCAP == 2:  # SOFTCAP_ALGEBRAIC, in the eager order (s·z)·rsqrt(z² + s²); NaN for z = ±inf, as eager's
+        acc = softcap * acc * tl.math.rsqrt(acc * acc + softcap * softcap)
     z_ptrs = z_ptr + rm.to(tl.int64)[:, None] * stride_zm + rv[None, :]  # M·V can pass 2³¹
     tl.store(z_ptrs, acc, mask=in_m[:, None] & in_v[None, :])
 
@@ -102,12 +113,12 @@ def flce_loss_grad_kernel(
     V, T,
     # strides, in elements
     stride_zm, stride_pm,
-    # scalars (softcap s and 1/s unused without HAS_SOFTCAP)
+    # scalars (softcap s and 1/s unused with SOFTCAP_NONE)
     ignore_index, softcap, inv_softcap, z_loss,
     # meta-parameters
     BLOCK_V: tl.constexpr,  # vocab columns per step of the row loop
     BLOCK_T: tl.constexpr,  # partials per step of the log-sum-exp combine
-    HAS_SOFTCAP: tl.constexpr,  # multiply dz by the tanh derivative 1 - (c/s)²
+    SOFTCAP: tl.constexpr,  # multiply dz by the cap's derivative, from c: SOFTCAP_NONE / _TANH / _ALGEBRAIC
     COMPUTE_GRAD: tl.constexpr,  # write dz over Z (False: loss only)
 ):
     """Row i: lse from the partials, loss_i, then dz_i over the row of Z in place. Grid: (M,).
@@ -155,12 +166,20 @@ def flce_loss_grad_kernel(
             in_v = cols < V
             c = tl.load(z_row + cols, mask=in_v, other=0.0)
             dz = tl.exp((c - m) - log_s) * coef - tl.where(cols == target, g, 0.0)
-            if HAS_SOFTCAP:
+            if SOFTCAP == 1:  # SOFTCAP_TANH
                 # d(s·tanh(z/s))/dz = 1 - tanh² = 1 - (c/s)²: exactly 0 where the logit saturated at c = ±s, as
                 # eager's 1 - tanh² is (c·fl(1/s) need not round to 1), so an infinite z gives 0·inf = NaN in
                 # grad_weight as in eager, not ±inf; NaN for a NaN c.
                 r = c * inv_softcap
                 dz = dz * tl.where(tl.abs(c) >= softcap, 0.0, 1.0 - r * r)
+            elif SOFTCAP == 2:  # SOFTCAP_ALGEBRAIC
+                # d(s·z·(z² + s²)^-½)/dz = s³/(z² + s²)^1.5 = t^1.5 with t = 1 - (c/s)² = s²/(z² + s²). t is clamped
+                # at 0: for |z| > ~4096·s, z² + s² rounds to z² and |c| can round a little above s (the true value
+                # is below s³/|z|³ ~ 1e-11); a NaN t (NaN c) stays NaN.
+                r = c * inv_softcap
+                t = 1.0 - r * r
+                t = tl.where(t < 0.0, 0.0, t)
+                dz = dz * (t * tl.sqrt_rn(t))
             tl.store(z_row + cols, dz, mask=in_v)  # same elements this program just read
 
 

@@ -1,9 +1,11 @@
-"""Fused LM head + softcap + cross-entropy: loss, grad_hidden and grad_weight in one chunked forward pass.
+"""Fused LM head + softcap + cross-entropy: loss and every gradient in one chunked forward pass.
 
 Op (same semantics as kernels.reference.linear_cross_entropy, the test oracle and peer):
 
-    z     = hidden @ weightᵀ                                   (N, V) raw logits, fp32 accumulation
-    c     = softcap · tanh(z / softcap)   (or c = z without softcap)
+    z     = hidden @ weightᵀ + bias                            (N, V) raw logits, fp32 accumulation; bias optional
+    c     = softcap · tanh(z / softcap)                        softcap_kind="tanh" (the speedrun's)
+          = softcap · z · rsqrt(z² + softcap²)                 softcap_kind="algebraic" (track 3's)
+          = z                                                  softcap=None
     lse_i = log Σ_j exp(c_ij)
     loss_i = lse_i - c_i,t(i) + z_loss · lse_i²                 0 for rows with t(i) == ignore_index
     loss  = Σ_i loss_i / #non-ignored  (mean) | Σ_i loss_i (sum) | loss_i (none, no gradient: see below)
@@ -11,63 +13,84 @@ Op (same semantics as kernels.reference.linear_cross_entropy, the test oracle an
 Gradient, with g = grad_output · (1/#non-ignored for mean, 1 for sum) and g = 0 on ignored rows:
 
     dc_ij = g · (softmax(c_i)_j · (1 + 2·z_loss·lse_i) - [j == t(i)])
-    dz_ij = dc_ij · (1 - (c_ij / softcap)²)     (the tanh derivative from the stored c; exactly 0 where |c| = softcap)
-    grad_hidden = dz @ weight        (N, H)        grad_weight = dzᵀ @ hidden        (V, H)
+    dz_ij = dc_ij · cap'(z_ij), from the stored c with r = c / softcap:
+            tanh:      1 - r²          (exactly 0 where |c| = softcap)
+            algebraic: (1 - r²)^1.5    (= softcap³ / (z² + softcap²)^1.5)
+    grad_hidden = dz @ weight  (N, H)     grad_weight = dzᵀ @ hidden  (V, H)     grad_bias = Σ_i dz_i  (V,)
 
-Shapes: hidden (N, H), weight (V, H), one dtype (bf16, fp16 or fp32; the model casts); targets (N,) int64
-(or int32). All contiguous.
+Shapes: hidden (N, H), weight (V, H), bias (V,), one dtype (bf16, fp16 or fp32; under torch.autocast the entry
+point casts them to the autocast dtype); targets (N,) int64 (or int32). All contiguous.
 
 Design: the N tokens are processed in chunks of C rows (C·V·4 bytes <= LOGITS_BUDGET_BYTES = 1 GiB: N = 8192,
 V = 50304 gives two chunks of 4096), so no N×V tensor ever exists. Per chunk, four launches on one (C, V) fp32
 buffer (the kernels are in kernels/_flce_kernels.py):
 
-    1. flce_logits_kernel       c = softcap(h @ Wᵀ) for a (BLOCK_M, BLOCK_N) tile, stored fp32, plus the tile's
-                                per-row max and Σexp(c - max) (the online log-sum-exp partials, (C, V/BLOCK_N))
+    1. flce_logits_kernel       c = cap(h @ Wᵀ + b) for a (BLOCK_M, BLOCK_N) tile (the bias added in fp32 in the
+                                epilogue), stored fp32, plus the tile's per-row max and Σexp(c - max) (the online
+                                log-sum-exp partials, (C, V/BLOCK_N))
     2. flce_loss_grad_kernel    one program per row: lse from the partials, loss_i, then dz overwrites c in
                                 place (fp32, same element, same program)
     3. flce_grad_kernel         grad_hidden[chunk] = dz @ W, one rounding to the input dtype
     4. flce_grad_kernel         grad_weight (+)= dzᵀ @ h[chunk]; fp32 accumulation across chunks: the first chunk
        (DZ_T)                   writes, later ones read-add-write their own tile (a (V, H) fp32 buffer for
                                 16-bit inputs when there are >= 2 chunks), the last one stores the input dtype
+    (bias) torch.sum            grad_bias: the chunk's dz column sums added to a (V,) fp32 running sum (one more
+                                read of the chunk buffer, C·V·4 bytes; not yet measured on a GPU: `pytest
+                                bench/kernels/bench_fused_linear_cross_entropy.py` or bench.gpu_report's track-3
+                                rows on one would measure the cost)
 
 Memory: the chunk buffer, grad_hidden, grad_weight and (16-bit, >= 2 chunks) the (V, H) fp32 running sum, i.e.
 ~1.15 GB at the 124M shape against several N×V fp32 tensors for eager. The (V, H) buffers do not shrink with N:
 with fewer tokens than the width (N < H) eager's N×V tensors are the smaller ones. The default budget keeps a
 single chunk (no running sum) until N·V·4 > 1 GiB, where N×V dwarfs V×H anyway.
 
-So the gradients are finished during forward (Liger's FLCE scheme); backward only multiplies the two saved
-gradients by grad_output. Every output element is written by exactly one program with a fixed reduction order
-(no atomics): results are deterministic. dz is rounded to the operand dtype when a matmul tile is loaded (as
-eager autograd rounds the logits' gradient to bf16 before its bf16 matmuls).
+So the gradients are finished during forward (Liger's FLCE scheme); backward only multiplies the saved gradients
+by grad_output, out of place (a second backward with retain_graph=True stays right; this costs one more copy of
+each gradient during backward). Every output element is written by exactly one program with a fixed reduction
+order (no atomics): results are deterministic. dz is rounded to the operand dtype when a matmul tile is loaded
+(as eager autograd rounds the logits' gradient to bf16 before its bf16 matmuls); grad_bias sums the fp32 dz.
 
 Numerics: bf16/fp16 tensor-core operands with fp32 accumulation; logits, lse, loss and dz in fp32. fp32 inputs
 use tl.dot(input_precision="tf32x3") on the GPU (~fp32 accuracy on tensor cores). tanh: MUFU `tanh.approx.f32`
 (inline PTX, max rel. error ~2⁻¹¹) for 16-bit inputs on the GPU, whose bf16-rounded logits are far coarser; an
 exp-based tanh with a Taylor branch near 0 (a few ulp) for fp32 inputs and under the interpreter (which has no
-tanh). The interpreter's bf16 arithmetic and fp32→bf16 casts are wrong, so there (UPCAST) tiles go to fp32
-right after loading and bf16 rounding is done by round_to_bf16_grid (kernels._common.precision_flags).
+tanh). The algebraic softcap uses rsqrt (rel. error ~2⁻²³ on sm_90). The interpreter's bf16 arithmetic and
+fp32→bf16 casts are wrong, so there (UPCAST) tiles go to fp32 right after loading and bf16 rounding is done by
+round_to_bf16_grid (kernels._common.precision_flags).
 
-Host syncs: none on the hot path (the mean's token count stays on the device). One remains, opt-out: the
-target range check (`validate_targets=True`) is a reduction over N targets plus one device->host sync (it
-stalls the CPU until the queued GPU work is done, ~tens of µs of lost overlap). With it off, a non-ignored
-target outside [0, V) gives a NaN loss (no one-hot term in its gradient) instead of an error.
+Custom op and host syncs: fused_linear_cross_entropy runs as torch.ops.speedrun.linear_cross_entropy (loss and
+the requested gradients; autograd saves the gradients and scales them in backward), so torch.compile keeps it
+whole in its graph. No host sync: the mean's token count stays on the device, and the target range check is
+off unless asked for (`validate_targets=True`: a reduction over N targets, one device->host sync that stalls the
+CPU until the queued GPU work is done, and a graph break under torch.compile). The training path relies on the
+data loader checking token ids against the vocab once per shard; with the check off, a non-ignored target
+outside [0, V) gives a NaN loss (no one-hot term in its gradient), never a silently wrong value.
 
 reduction="none" returns per-token losses only without autograd (no input needs grad): the precomputed
 grad_weight sums over tokens, so a per-token grad_output cannot be applied after the fact. With grad it raises.
 
 Provenance: the chunked, gradient-in-forward scheme follows Liger-Kernel's fused_linear_cross_entropy
 (linkedin/Liger-Kernel, after mgmalek/efficient_cross_entropy); the tanh softcap and z-loss follow the NanoGPT
-speedrun (KellerJordan/modded-nanogpt) and PaLM. This code is written from scratch.
+speedrun (KellerJordan/modded-nanogpt) and PaLM, the algebraic softcap and head bias that speedrun's track 3.
+This code is written from scratch.
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
 
 from kernels import _common, registry
 from kernels._common import Tile
-from kernels._flce_kernels import flce_grad_kernel, flce_logits_kernel, flce_loss_grad_kernel
+from kernels._flce_kernels import (
+    SOFTCAP_ALGEBRAIC,
+    SOFTCAP_NONE,
+    SOFTCAP_TANH,
+    flce_grad_kernel,
+    flce_logits_kernel,
+    flce_loss_grad_kernel,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # Constants
@@ -76,6 +99,8 @@ from kernels._flce_kernels import flce_grad_kernel, flce_logits_kernel, flce_los
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 TARGET_DTYPES = (torch.int64, torch.int32)
 REDUCTIONS = ("mean", "sum", "none")
+# softcap_kind -> the kernels' SOFTCAP constexpr (kernels/_flce_kernels.py has the formulas).
+SOFTCAP_KINDS = {"tanh": SOFTCAP_TANH, "algebraic": SOFTCAP_ALGEBRAIC}
 
 # Upper bound on the (C, V) fp32 logits buffer of one chunk. 1 GiB gives C = 4096 rows at V = 50304 (eager
 # holds several N×V fp32 tensors instead). Larger chunks mean fewer read-add-write passes over the fp32
@@ -196,7 +221,8 @@ def flce_workspace(N: int, V: int, H: int, dtype: torch.dtype, device, *, config
     return FLCEWorkspace(config=name, gw_acc=buffers.pop("gw_acc", None), **buffers)
 
 
-def check_inputs(hidden, weight, targets, *, softcap, ignore_index, reduction, z_loss):
+def check_inputs(hidden, weight, targets, *, bias=None, softcap, softcap_kind="tanh", ignore_index, reduction,
+                 z_loss):
     """Validate shapes, dtypes, devices, contiguity and hyper-parameters; returns (N, H, V)."""
     _common.check_tensor(hidden, "hidden", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
     _common.check_tensor(weight, "weight", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
@@ -209,11 +235,21 @@ def check_inputs(hidden, weight, targets, *, softcap, ignore_index, reduction, z
         raise ValueError(f"targets has {targets.shape[0]} entries but hidden has N={N} rows")
     if weight.dtype != hidden.dtype:
         raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must share one dtype; cast first")
-    _common.check_triton_device((hidden, "hidden"), (weight, "weight"), (targets, "targets"))
+    tensors = [(hidden, "hidden"), (weight, "weight"), (targets, "targets")]
+    if bias is not None:
+        _common.check_tensor(bias, "bias", ndim=1, dtypes=SUPPORTED_DTYPES, contiguous=True)
+        if bias.shape[0] != V:
+            raise ValueError(f"bias has {bias.shape[0]} entries but weight (V={V}, H={H}) has V={V} rows")
+        if bias.dtype != hidden.dtype:
+            raise TypeError(f"hidden ({hidden.dtype}) and bias ({bias.dtype}) must share one dtype; cast first")
+        tensors.append((bias, "bias"))
+    _common.check_triton_device(*tensors)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if softcap is not None and not (float(softcap) > 0 and float(softcap) != float("inf")):
         raise ValueError(f"softcap must be a positive finite float or None, got {softcap!r}")
+    if softcap_kind not in SOFTCAP_KINDS:
+        raise ValueError(f"softcap_kind must be one of {tuple(SOFTCAP_KINDS)}, got {softcap_kind!r}")
     if not float(z_loss) == float(z_loss) or abs(float(z_loss)) == float("inf"):
         raise ValueError(f"z_loss must be finite, got {z_loss!r}")
     if not isinstance(ignore_index, int):
@@ -222,8 +258,9 @@ def check_inputs(hidden, weight, targets, *, softcap, ignore_index, reduction, z
 
 
 def validate_target_range(targets: torch.Tensor, V: int, ignore_index: int):
-    """Raise if a target outside [0, V) is not ignore_index. Costs one pass over N targets and one
-    device->host sync (the bool()); skip it with validate_targets=False on the hot path."""
+    """Raise if a target outside [0, V) is not ignore_index. Costs one pass over N targets and one device->host
+    sync (the bool()), and under torch.compile a graph break: an opt-in (validate_targets=True) for direct callers,
+    off on the training path, where the data loader checks the token ids once per shard."""
     bad = ((targets < 0) | (targets >= V)) & (targets != ignore_index)
     if bool(bad.any()):
         first = int(bad.nonzero()[0, 0])
@@ -242,26 +279,30 @@ def _launch_grad(dz, b, acc, out, tile: Tile, *, dz_t: bool, accumulate: bool, f
     )
 
 
-def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ignore_index=-100, reduction="mean",
-                                   z_loss=0.0, compute_grad_hidden=True, compute_grad_weight=True,
-                                   grad_hidden=None, grad_weight=None, loss_rows=None, workspace=None,
-                                   config=None, chunk_rows=None, validate_targets=True):
-    """Loss and, during the same pass, the gradients for grad_output = 1: returns (loss, grad_hidden, grad_weight).
+def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softcap=None, softcap_kind="tanh",
+                                   ignore_index=-100, reduction="mean", z_loss=0.0, compute_grad_hidden=True,
+                                   compute_grad_weight=True, compute_grad_bias=True, grad_hidden=None,
+                                   grad_weight=None, grad_bias=None, loss_rows=None, workspace=None, config=None,
+                                   chunk_rows=None, validate_targets=False):
+    """Loss and, during the same pass, the gradients for grad_output = 1: returns
+    (loss, grad_hidden, grad_weight, grad_bias).
 
-    loss: 0-dim fp32 (mean/sum) or (N,) fp32 (none). grad_hidden (N, H) / grad_weight (V, H) in the input dtype,
-    None when not requested (reduction="none" computes no gradient). `grad_hidden`, `grad_weight`, `loss_rows`
-    ((N,) fp32 per-token losses) are optional output buffers, every element of which is written; `workspace`
-    (flce_workspace) avoids allocating the chunk buffers and fixes the tile family and chunk height (then
-    `config` and `chunk_rows` are not used); otherwise `config` forces a tile family of CONFIGS and `chunk_rows`
-    the chunk height. No autograd (see FusedLinearCrossEntropyFunction).
+    loss: 0-dim fp32 (mean/sum) or (N,) fp32 (none). grad_hidden (N, H) / grad_weight (V, H) / grad_bias (V,) in
+    the input dtype, None when not requested (grad_bias: also without a bias; reduction="none" computes no
+    gradient). `grad_hidden`, `grad_weight`, `grad_bias`, `loss_rows` ((N,) fp32 per-token losses) are optional
+    output buffers, every element of which is written; `workspace` (flce_workspace) avoids allocating the chunk
+    buffers and fixes the tile family and chunk height (then `config` and `chunk_rows` are not used); otherwise
+    `config` forces a tile family of CONFIGS and `chunk_rows` the chunk height. validate_targets: see
+    validate_target_range (off by default). No autograd (see fused_linear_cross_entropy).
     """
     # 1. check
-    N, H, V = check_inputs(hidden, weight, targets, softcap=softcap, ignore_index=ignore_index,
-                           reduction=reduction, z_loss=z_loss)
+    N, H, V = check_inputs(hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind,
+                           ignore_index=ignore_index, reduction=reduction, z_loss=z_loss)
     device, dtype = hidden.device, hidden.dtype
+    compute_grad_bias = compute_grad_bias and bias is not None
     if reduction == "none":
-        compute_grad_hidden = compute_grad_weight = False
-    compute_grad = compute_grad_hidden or compute_grad_weight
+        compute_grad_hidden = compute_grad_weight = compute_grad_bias = False
+    compute_grad = compute_grad_hidden or compute_grad_weight or compute_grad_bias
     if validate_targets:
         validate_target_range(targets, V, ignore_index)
 
@@ -273,13 +314,17 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
     _, cfg = _resolve_config(ws.config, N, V, dtype)
     C = max(1, ws.logits.shape[0]) if ws.logits.ndim == 2 else 1
     _common.check_workspace(ws, _workspace_shapes(C, N, V, H, dtype, cfg, compute_grad_weight), dtype=torch.float32,
-                    device=device, builder="flce_workspace")
+                            device=device, builder="flce_workspace")
     T = ws.pmax.shape[1]
     loss_rows = _common.check_out(loss_rows, "loss_rows", (N,), dtype=torch.float32, device=device)
     grad_hidden = (_common.check_out(grad_hidden, "grad_hidden", (N, H), dtype=dtype, device=device)
                    if compute_grad_hidden else None)
     grad_weight = (_common.check_out(grad_weight, "grad_weight", (V, H), dtype=dtype, device=device)
                    if compute_grad_weight else None)
+    grad_bias = (_common.check_out(grad_bias, "grad_bias", (V,), dtype=dtype, device=device)
+                 if compute_grad_bias else None)
+    # grad_bias sums dz over every token: a (V,) fp32 running sum across chunks (small: 4·V bytes).
+    bias_sum = torch.zeros(V, dtype=torch.float32, device=device) if compute_grad_bias else None
 
     # The mean's denominator stays on the device (no sync): scale = 1 / max(#non-ignored, 1).
     valid = (targets != ignore_index).sum()
@@ -291,8 +336,8 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
 
     interp = _common.is_interpreter()
     flags = _common.precision_flags(dtype, interpreter=interp)
-    has_softcap = softcap is not None
-    s = float(softcap) if has_softcap else 1.0
+    cap = SOFTCAP_NONE if softcap is None else SOFTCAP_KINDS[softcap_kind]
+    s = 1.0 if softcap is None else float(softcap)
 
     # 3. launch, chunk by chunk
     chunks = list(range(0, N, C))
@@ -302,11 +347,12 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
         h, z = hidden[r0:r1], ws.logits[:M]
         lg = cfg.logits
         flce_logits_kernel[(triton.cdiv(M, lg.block_m) * triton.cdiv(V, lg.block_n),)](
-            h_ptr=h, w_ptr=weight, z_ptr=z, pmax_ptr=ws.pmax, psum_ptr=ws.psum,
+            h_ptr=h, w_ptr=weight, b_ptr=weight if bias is None else bias, z_ptr=z, pmax_ptr=ws.pmax,
+            psum_ptr=ws.psum,
             M=M, V=V, K=H,
             stride_hm=h.stride(0), stride_wv=weight.stride(0), stride_zm=z.stride(0), stride_pm=ws.pmax.stride(0),
             softcap=s, inv_softcap=1.0 / s,
-            **lg.meta(), HAS_SOFTCAP=has_softcap, FAST_TANH=(dtype != torch.float32 and not interp),
+            **lg.meta(), HAS_BIAS=bias is not None, SOFTCAP=cap, FAST_TANH=(dtype != torch.float32 and not interp),
             UPCAST=flags["UPCAST"], TF32X3=flags["TF32X3"], **lg.launch(),
         )
         flce_loss_grad_kernel[(M,)](
@@ -315,7 +361,7 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
             V=V, T=T,
             stride_zm=z.stride(0), stride_pm=ws.pmax.stride(0),
             ignore_index=ignore_index, softcap=s, inv_softcap=1.0 / s, z_loss=float(z_loss),
-            BLOCK_V=cfg.loss.block_v, BLOCK_T=cfg.loss.block_t, HAS_SOFTCAP=has_softcap, COMPUTE_GRAD=compute_grad,
+            BLOCK_V=cfg.loss.block_v, BLOCK_T=cfg.loss.block_t, SOFTCAP=cap, COMPUTE_GRAD=compute_grad,
             num_warps=cfg.loss.warps,
         )
         if compute_grad_hidden:
@@ -326,77 +372,113 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
             running = grad_weight if ws.gw_acc is None else ws.gw_acc
             out = grad_weight if index == len(chunks) - 1 else running
             _launch_grad(z, h, running, out, cfg.grad_weight, dz_t=True, accumulate=index > 0, flags=flags)
+        if compute_grad_bias:
+            bias_sum += z.sum(dim=0)  # column sums of the chunk's dz, fp32 (one more read of the chunk buffer)
 
     # 4. reduce the per-token losses (no sync)
+    if compute_grad_bias:
+        grad_bias.copy_(bias_sum)
     if reduction == "none":
         loss = loss_rows
     elif reduction == "sum":
         loss = loss_rows.sum()
     else:
         loss = loss_rows.sum() / valid.clamp(min=1)
-    return loss, grad_hidden, grad_weight
+    return loss, grad_hidden, grad_weight, grad_bias
 
 
 # ---------------------------------------------------------------------------------------------------
-# Autograd and the public API
+# Custom op (torch.ops.speedrun.linear_cross_entropy), autograd and the public API
 # ---------------------------------------------------------------------------------------------------
 
 
-class FusedLinearCrossEntropyFunction(torch.autograd.Function):
-    """Forward runs the whole computation (loss and both gradients, chunk by chunk) and saves only the two
-    gradients; backward multiplies them by grad_output."""
+@torch.library.custom_op(_common.op_name("linear_cross_entropy"), mutates_args=())
+def _flce_op(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: Optional[torch.Tensor],
+             softcap: Optional[float], softcap_kind: str, ignore_index: int, reduction: str, z_loss: float,
+             grad_hidden: bool, grad_weight: bool, grad_bias: bool, config: Optional[str],
+             chunk_rows: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, grad_hidden, grad_weight, grad_bias) of fused_linear_cross_entropy_fwd for grad_output = 1; each
+    gradient not requested is an empty tensor (kernels._common.absent)."""
+    with _common.no_autocast(hidden.device):
+        outs = fused_linear_cross_entropy_fwd(
+            hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind,
+            ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, compute_grad_hidden=grad_hidden,
+            compute_grad_weight=grad_weight, compute_grad_bias=grad_bias, config=config, chunk_rows=chunk_rows)
+    return tuple(_common.absent(hidden) if t is None else t for t in outs)
 
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, softcap, ignore_index, reduction, z_loss, options):
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        loss, grad_hidden, grad_weight = fused_linear_cross_entropy_fwd(
-            hidden, weight, targets, softcap=softcap, ignore_index=ignore_index, reduction=reduction,
-            z_loss=z_loss, compute_grad_hidden=need_h, compute_grad_weight=need_w, **options)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return loss
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        # Out of place, so a second backward (retain_graph=True) scales the saved gradients again correctly.
-        g = grad_output.to(torch.float32)
-        return (
-            None if grad_hidden is None else (grad_hidden * g).to(grad_hidden.dtype),  # hidden
-            None if grad_weight is None else (grad_weight * g).to(grad_weight.dtype),  # weight
-            None,  # targets: integer, no gradient
-            None,  # softcap: hyper-parameter
-            None,  # ignore_index: hyper-parameter
-            None,  # reduction: hyper-parameter
-            None,  # z_loss: hyper-parameter (not differentiated)
-            None,  # options: launcher settings (validate_targets, config, chunk_rows)
-        )
+@_flce_op.register_fake
+def _(hidden, weight, targets, bias, softcap, softcap_kind, ignore_index, reduction, z_loss, grad_hidden,
+      grad_weight, grad_bias, config, chunk_rows):
+    (N, H), V = hidden.shape, weight.shape[0]
+    grads = reduction != "none"
+    loss = hidden.new_empty((N,) if reduction == "none" else (), dtype=torch.float32)
+    return (loss,
+            hidden.new_empty(N, H) if grads and grad_hidden else _common.absent(hidden),
+            hidden.new_empty(V, H) if grads and grad_weight else _common.absent(hidden),
+            hidden.new_empty(V) if grads and grad_bias and bias is not None else _common.absent(hidden))
+
+
+def _setup_context(ctx, inputs, output):
+    """Save the gradients computed in forward (the only thing the backward needs); they are not differentiable."""
+    _, grad_hidden, grad_weight, grad_bias = output
+    ctx.mark_non_differentiable(grad_hidden, grad_weight, grad_bias)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the outputs that have none (memory)
+    ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+    ctx.needs = inputs[9:12]  # the op's grad_hidden, grad_weight, grad_bias flags
+
+
+def _backward(ctx, grad_output, *_):
+    # Out of place, so a second backward (retain_graph=True) scales the saved gradients again correctly.
+    needs = ctx.needs if grad_output is not None else (False,) * 3  # None: the loss did not reach the output
+    g = None if grad_output is None else grad_output.to(torch.float32)
+    grad_hidden, grad_weight, grad_bias = ((t * g).to(t.dtype) if need else None
+                                           for t, need in zip(ctx.saved_tensors, needs))
+    return (
+        grad_hidden,  # hidden
+        grad_weight,  # weight
+        None,  # targets: integer, no gradient
+        grad_bias,  # bias
+        None, None, None, None, None,  # softcap, softcap_kind, ignore_index, reduction, z_loss: hyper-parameters
+        None, None, None,  # grad_hidden, grad_weight, grad_bias: flags
+        None, None,  # config, chunk_rows: launcher settings
+    )
+
+
+_flce_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                               softcap: float | None = None, ignore_index: int = -100, reduction: str = "mean",
-                               z_loss: float = 0.0, validate_targets: bool = True, config: str | None = None,
+                               bias: torch.Tensor | None = None, softcap: float | None = None,
+                               softcap_kind: str = "tanh", ignore_index: int = -100, reduction: str = "mean",
+                               z_loss: float = 0.0, validate_targets: bool = False, config: str | None = None,
                                chunk_rows: int | None = None) -> torch.Tensor:
-    """Cross-entropy of softcap(hidden @ weightᵀ) against targets without materialising the (N, V) logits.
+    """Cross-entropy of cap(hidden @ weightᵀ + bias) against targets without materialising the (N, V) logits.
 
-    Same contract as kernels.reference.linear_cross_entropy (hidden (N, H), weight (V, H), targets (N,)),
-    differentiable in hidden and weight. reduction="none" works only without autograd (see the module doc).
-    validate_targets=False drops the range check and its device->host sync (bad targets then give NaN).
-    config / chunk_rows override pick_config / pick_chunk_rows (tile family; rows per chunk).
+    Same contract as kernels.reference.linear_cross_entropy (hidden (N, H), weight (V, H), bias (V,) or None,
+    targets (N,); softcap_kind "tanh" or "algebraic"), differentiable in hidden, weight and bias. Under
+    torch.autocast, hidden, weight and bias are cast to the autocast dtype here (as F.linear would); the loss is
+    fp32. reduction="none" works only without autograd (see the module doc). No host sync: validate_targets=True
+    adds the target range check and its device->host sync (off: a bad target gives a NaN loss). config /
+    chunk_rows override pick_config / pick_chunk_rows (tile family; rows per chunk). Runs as the custom op
+    torch.ops.speedrun.linear_cross_entropy: torch.compile keeps it whole in its graph.
     """
-    options = dict(validate_targets=validate_targets, config=config, chunk_rows=chunk_rows)
-    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    if reduction == "none" and needs_grad:
+    hidden, weight, bias = _common.autocast_inputs(hidden, weight, bias)
+    _, _, V = check_inputs(hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind,
+                           ignore_index=ignore_index, reduction=reduction, z_loss=z_loss)
+    if validate_targets:
+        validate_target_range(targets, V, ignore_index)
+    grad = torch.is_grad_enabled()
+    needs = (grad and hidden.requires_grad, grad and weight.requires_grad,
+             grad and bias is not None and bias.requires_grad)
+    if reduction == "none" and any(needs):
         raise NotImplementedError(
             "fused_linear_cross_entropy computes gradients during forward, summed over tokens, so it cannot apply "
             "a per-token grad_output: reduction='none' is supported only without autograd (torch.no_grad() or "
             "inputs that do not require grad). Use reduction='sum'/'mean', or impl 'eager'.")
-    if not needs_grad:
-        loss, _, _ = fused_linear_cross_entropy_fwd(
-            hidden, weight, targets, softcap=softcap, ignore_index=ignore_index, reduction=reduction,
-            z_loss=z_loss, compute_grad_hidden=False, compute_grad_weight=False, **options)
-        return loss
-    return FusedLinearCrossEntropyFunction.apply(hidden, weight, targets, softcap, ignore_index, reduction, z_loss,
-                                                 options)
+    return torch.ops.speedrun.linear_cross_entropy(
+        hidden, weight, targets, bias, None if softcap is None else float(softcap), softcap_kind, ignore_index,
+        reduction, float(z_loss), *needs, config, chunk_rows)[0]
 
 
 registry.register("linear_cross_entropy", "triton", fused_linear_cross_entropy)

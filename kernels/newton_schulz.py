@@ -11,7 +11,9 @@ matrices, with the same semantics as kernels.reference.newton_schulz (which is t
 
 Shapes: the kernels always work on the wide orientation M <= N (a tall G is processed as Gᵀ, the last
 update stores straight into the tall output through its strides), so A and B are the small M×M Gram
-matrices. No autograd: the optimizer is the only user.
+matrices. No autograd: the optimizer is the only user. newton_schulz runs as the custom op
+torch.ops.speedrun.newton_schulz (torch.compile keeps it whole in its graph; its fake implementation gives the
+shape), and takes the autocast dtype under torch.autocast.
 
 Symmetry: A = XXᵀ and A·A are symmetric, so the two SYRK launches compute only the lower triangle of
 BLOCK×BLOCK tiles (i >= j; the grid is the T(T+1)/2 triangle, decoded from the program id) and write
@@ -37,6 +39,7 @@ symmetric-matmul kernels (XXT, ba_plus_cAA) by @byronxu99 in KellerJordan/modded
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
@@ -46,11 +49,14 @@ from kernels import registry
 from kernels._common import (
     NUM_SMS_HINT,
     Tile,
+    autocast_inputs,
     check_out,
     check_tensor,
     check_triton_device,
     check_workspace,
     lookup_config,
+    no_autocast,
+    op_name,
     precision_flags,
     round_to_bf16_grid,
     store_tile,
@@ -319,17 +325,11 @@ def ns_workspace(shape, dtype: torch.dtype, device) -> NSWorkspace:
     return NSWorkspace(**{name: torch.empty(s, dtype=dtype, device=device) for name, s in shapes.items()})
 
 
-def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: str = "quintic", eps: float = 1e-7,
-                  out: torch.Tensor | None = None, workspace: NSWorkspace | None = None,
-                  config: str | None = None) -> torch.Tensor:
-    """Orthogonalise G (M, N) or (B, M, N), bf16 or fp32, with `steps` Newton-Schulz iterations (default: the
-    coefficient set's own, kernels.reference.NS_DEFAULT_STEPS).
-
-    Same semantics as kernels.reference.newton_schulz (returns G's shape and dtype). G may be any strided
-    layout (it is read once, by the normalisation). `out` (G's shape/dtype, any strides) receives the
-    result; `workspace` (from ns_workspace) avoids allocating the four work buffers; `config` forces a
-    tile family from CONFIGS ("b128", "b64") instead of pick_config's choice.
-    """
+def newton_schulz_launch(G: torch.Tensor, *, steps: int | None = None, coefficients: str = "quintic",
+                         eps: float = 1e-7, out: torch.Tensor | None = None, workspace: NSWorkspace | None = None,
+                         config: str | None = None) -> torch.Tensor:
+    """The launcher: newton_schulz's computation, in G's dtype, with optional output and work buffers (see
+    newton_schulz); no autocast handling and no custom op (tests and benches call it with buffers)."""
     # 1. check
     check_tensor(G, "G", ndim=(2, 3), dtypes=SUPPORTED_DTYPES)
     device = check_triton_device((G, "G"))
@@ -364,6 +364,49 @@ def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: st
         ns_update(x_cur, ws.poly, alpha=a, out=target, config=config_name)
         x_cur, x_next = x_next, x_cur
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Custom op (torch.ops.speedrun.newton_schulz) and the public API
+# ---------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op(op_name("newton_schulz"), mutates_args=())
+def _newton_schulz_op(G: torch.Tensor, steps: int, coefficients: str, eps: float,
+                      config: Optional[str]) -> torch.Tensor:
+    with no_autocast(G.device):
+        return newton_schulz_launch(G, steps=steps, coefficients=coefficients, eps=eps, config=config)
+
+
+@_newton_schulz_op.register_fake
+def _(G, steps, coefficients, eps, config):
+    return G.new_empty(G.shape)  # contiguous, whatever G's strides, as the launcher's fresh output
+
+
+def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: str = "quintic", eps: float = 1e-7,
+                  out: torch.Tensor | None = None, workspace: NSWorkspace | None = None,
+                  config: str | None = None) -> torch.Tensor:
+    """Orthogonalise G (M, N) or (B, M, N), bf16 or fp32, with `steps` Newton-Schulz iterations (default: the
+    coefficient set's own, kernels.reference.NS_DEFAULT_STEPS).
+
+    Same semantics as kernels.reference.newton_schulz (returns G's shape and dtype). G may be any strided
+    layout (it is read once, by the normalisation). Under torch.autocast the iteration runs in the autocast dtype
+    (the eager reference's matmuls do too) and the result is cast back to G's dtype. `out` (G's shape/dtype, any
+    strides) receives the result; `workspace` (from ns_workspace) avoids allocating the four work buffers;
+    `config` forces a tile family from CONFIGS ("b128", "b64") instead of pick_config's choice.
+
+    Without `out` and `workspace` it runs as the custom op torch.ops.speedrun.newton_schulz (torch.compile keeps it
+    whole in its graph); with either, the launcher runs directly (buffers are an eager-mode feature).
+    """
+    (X,) = autocast_inputs(G)
+    if out is not None or workspace is not None:
+        if X.dtype != G.dtype:
+            raise ValueError("out= and workspace= are for calls outside autocast (the buffers have G's dtype)")
+        return newton_schulz_launch(G, steps=steps, coefficients=coefficients, eps=eps, out=out,
+                                    workspace=workspace, config=config)
+    check_tensor(X, "G", ndim=(2, 3), dtypes=SUPPORTED_DTYPES)
+    steps = len(ns_coefficients(coefficients, steps))  # the set's default when None; validates both
+    return torch.ops.speedrun.newton_schulz(X, steps, coefficients, float(eps), config).to(G.dtype)
 
 
 registry.register("newton_schulz", "triton", newton_schulz)

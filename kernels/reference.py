@@ -108,29 +108,40 @@ def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: st
 # ---------------------------------------------------------------------------------------------------
 
 
-def softcap_logits(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    """softcap · tanh(logits / softcap): bounds logits to (-softcap, softcap) smoothly."""
+SOFTCAP_KINDS = ("tanh", "algebraic")
+
+
+def softcap_logits(logits: torch.Tensor, softcap: float | None, kind: str = "tanh") -> torch.Tensor:
+    """Bound logits to (-softcap, softcap) smoothly: "tanh" softcap·tanh(logits/softcap) (the speedrun's), or
+    "algebraic" softcap·z·rsqrt(z² + softcap²) (modded-nanogpt's track 3; derivative softcap³/(z² + softcap²)^1.5,
+    which decays like 1/|z|³ instead of exponentially). None: unchanged."""
+    if kind not in SOFTCAP_KINDS:
+        raise ValueError(f"softcap_kind must be one of {SOFTCAP_KINDS}, got {kind!r}")
     if softcap is None:
         return logits
+    if kind == "algebraic":
+        return softcap * logits * (logits.square() + softcap**2).rsqrt()
     return softcap * torch.tanh(logits / softcap)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                         softcap: float | None = None, ignore_index: int = -100, reduction: str = "mean",
-                         z_loss: float = 0.0, upcast: bool = False) -> torch.Tensor:
-    """Cross-entropy of softcap(hidden @ weightᵀ) against targets; hidden (N, H), weight (V, H), targets (N,).
+                         bias: torch.Tensor | None = None, softcap: float | None = None, softcap_kind: str = "tanh",
+                         ignore_index: int = -100, reduction: str = "mean", z_loss: float = 0.0,
+                         upcast: bool = False) -> torch.Tensor:
+    """Cross-entropy of softcap(hidden @ weightᵀ + bias) against targets; hidden (N, H), weight (V, H), bias (V,)
+    or None, targets (N,). softcap_kind: "tanh" or "algebraic" (softcap_logits).
 
-    Logits are computed in fp32 from the input dtype (as a bf16-autocast model does), float64 if `upcast`.
+    Logits are computed in the input dtype and taken to fp32 (as a bf16-autocast model does), float64 if `upcast`.
     `z_loss` adds z_loss · logsumexp² per token (PaLM's auxiliary loss). Mean is over non-ignored tokens.
     """
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     acc = torch.float64 if upcast else torch.float32
     if upcast:
-        logits = hidden.double() @ weight.double().T
+        logits = F.linear(hidden.double(), weight.double(), None if bias is None else bias.double())
     else:
-        logits = (hidden @ weight.T).to(acc)
-    logits = softcap_logits(logits, softcap)
+        logits = F.linear(hidden, weight, bias).to(acc)
+    logits = softcap_logits(logits, softcap, softcap_kind)
     loss = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")
     if z_loss:
         lse = torch.logsumexp(logits, dim=-1)
@@ -147,12 +158,16 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 # ---------------------------------------------------------------------------------------------------
 
 
-def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, *, upcast: bool = False) -> torch.Tensor:
-    """proj(relu(fc(x))²): x (N, H), w_fc (F, H), w_proj (H, F) -> (N, H). float64 if `upcast`."""
+def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, b_fc: torch.Tensor | None = None,
+              b_proj: torch.Tensor | None = None, *, upcast: bool = False) -> torch.Tensor:
+    """proj(relu(fc(x))²) = relu(x w_fcᵀ + b_fc)² w_projᵀ + b_proj: x (N, H), w_fc (F, H), w_proj (H, F), optional
+    biases b_fc (F,) and b_proj (H,) -> (N, H). float64 if `upcast`."""
     if upcast:
         x, w_fc, w_proj = x.double(), w_fc.double(), w_proj.double()
-    h = F.linear(x, w_fc)  # (N, F)
-    return F.linear(F.relu(h).square(), w_proj)  # (N, H)
+        b_fc = None if b_fc is None else b_fc.double()
+        b_proj = None if b_proj is None else b_proj.double()
+    h = F.linear(x, w_fc, b_fc)  # (N, F)
+    return F.linear(F.relu(h).square(), w_proj, b_proj)  # (N, H)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,19 +1,28 @@
 """ReLU² MLP: a Triton matmul whose epilogue applies relu(·)² (forward) or its derivative (backward).
 
-Op (the speedrun's MLP; kernels.reference.relu2_mlp is the test oracle and the eager peer):
+Op (the speedrun's MLP; kernels.reference.relu2_mlp is the test oracle and the eager peer). The biases are
+optional (the track-3 MLP has both):
 
-    h = x w_fcᵀ              (N, F)   pre-activation, never stored
-    a = relu(h)²             (N, F)   _relu2_mm_kernel, EPILOGUE_RELU2: written once, saved for backward
-    y = a w_projᵀ            (N, H)   torch.matmul (cuBLAS)
+    h = x w_fcᵀ + b_fc       (N, F)   pre-activation, never stored
+    a = relu(h)²             (N, F)   _relu2_mm_kernel, EPILOGUE_RELU2 (+ b_fc in fp32 in the same epilogue):
+                                      written once, saved for backward
+    y = a w_projᵀ + b_proj   (N, H)   torch.matmul / torch.addmm (cuBLAS)
 
     dA = dy w_proj           (N, F)
     dH = dA · 2·relu(h)      (N, F)   _relu2_mm_kernel, EPILOGUE_DRELU2, with relu(h) = sqrt(a) (see below)
     dx = dH w_fc             (N, H)   torch.matmul
     dW_fc = dHᵀ x            (F, H)   torch.matmul
     dW_proj = dyᵀ a          (H, F)   torch.matmul
+    db_fc = Σ_rows dH        (F,)     torch.sum (column sums; one more read of dH)
+    db_proj = Σ_rows dy      (H,)     torch.sum
 
-Shapes: x (N, H), w_fc (F, H), w_proj (H, F), all one dtype (bf16, fp16 or fp32; the model casts), all
-contiguous; y (N, H). At the 124M shape H = 768, F = 3072, N = tokens of one micro-batch.
+Shapes: x (N, H), w_fc (F, H), w_proj (H, F), b_fc (F,), b_proj (H,), all one dtype (bf16, fp16 or fp32; under
+torch.autocast the entry point casts them to the autocast dtype), all contiguous; y (N, H). At the 124M shape
+H = 768, F = 3072, N = tokens of one micro-batch.
+
+Custom ops: relu2_mlp runs as torch.ops.speedrun.relu2_mlp ((y, a) = relu2_mlp_fwd) with an autograd formula
+that calls torch.ops.speedrun.relu2_mlp_backward (relu2_mlp_bwd): torch.compile keeps both whole in its graph
+(no graph break; Dynamo never traces the launches), their fake implementations give the shapes.
 
 What is saved for backward, and why: only `a` (plus the inputs, which are alive anyway; each is saved only
 when a requested gradient needs it). The backward needs a for dW_proj = dyᵀ a whatever else is saved, and
@@ -55,6 +64,7 @@ described in Triton's tutorial 03-matrix-multiplication. This code is written fr
 """
 
 import functools
+from typing import Optional
 
 import torch
 import triton
@@ -64,10 +74,14 @@ from kernels import registry
 from kernels._common import (
     SM90_SHARED_BYTES,
     Tile,
+    absent,
+    autocast_inputs,
     check_out,
     check_tensor,
     check_triton_device,
     is_interpreter,
+    no_autocast,
+    op_name,
     precision_flags,
     same_dtype,
     store_tile,
@@ -163,14 +177,16 @@ def prune_configs(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _epilogue(acc, rm, rn, M, N, aux_ptr, c_ptr, stride_xm, stride_xn, stride_cm, stride_cn,
-              EPILOGUE: tl.constexpr, RNE_BF16: tl.constexpr):
+def _epilogue(acc, rm, rn, M, N, aux_ptr, bias_ptr, c_ptr, stride_xm, stride_xn, stride_cm, stride_cn,
+              EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, RNE_BF16: tl.constexpr):
     """Store epilogue(acc) at rows rm, columns rn of C (masked); acc is fp32 (len(rm), len(rn))."""
     tile_mask = (rm < M)[:, None] & (rn < N)[None, :]
     rm64 = rm.to(tl.int64)
     rn64 = rn.to(tl.int64)
     # NaN and inf go where eager's go: selects on the finite condition, not tl.maximum (which drops a NaN).
-    if EPILOGUE == 1:  # EPILOGUE_RELU2: a = relu(h)², NaN for a NaN h
+    if EPILOGUE == 1:  # EPILOGUE_RELU2: a = relu(h)², h = acc (+ bias[n]); NaN for a NaN h
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
         r = tl.where(acc < 0.0, 0.0, acc)
         out = r * r
     else:  # EPILOGUE_DRELU2: dH = dA · 2·relu(h), relu(h) = sqrt(a); exactly 0 where a = 0 (h <= 0), whatever dA
@@ -183,14 +199,16 @@ def _epilogue(acc, rm, rn, M, N, aux_ptr, c_ptr, stride_xm, stride_xn, stride_cm
 
 @triton.jit
 def _relu2_mm_kernel(
-    # pointers: A (M, K); B addressed as B[k, n]; AUX (M, N) (read by EPILOGUE_DRELU2 only); C (M, N)
-    a_ptr, b_ptr, aux_ptr, c_ptr,
+    # pointers: A (M, K); B addressed as B[k, n]; AUX (M, N) (read by EPILOGUE_DRELU2 only); BIAS (N,) (read by
+    # EPILOGUE_RELU2 with HAS_BIAS only); C (M, N)
+    a_ptr, b_ptr, aux_ptr, bias_ptr, c_ptr,
     # sizes
     M, N, K,
     # strides, in elements
     stride_am, stride_ak, stride_bk, stride_bn, stride_xm, stride_xn, stride_cm, stride_cn,
     # meta-parameters
     EPILOGUE: tl.constexpr,  # EPILOGUE_RELU2 (forward) or EPILOGUE_DRELU2 (backward)
+    HAS_BIAS: tl.constexpr,  # forward: h = A·B + BIAS (the up projection's bias), before relu²
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -199,7 +217,7 @@ def _relu2_mm_kernel(
     TF32X3: tl.constexpr,
     RNE_BF16: tl.constexpr,
 ):
-    """C = relu(A·B)² (EPILOGUE_RELU2) or C = (A·B) · 2·sqrt(AUX) (EPILOGUE_DRELU2); one tile per program.
+    """C = relu(A·B [+ BIAS])² (EPILOGUE_RELU2) or C = (A·B) · 2·sqrt(AUX) (EPILOGUE_DRELU2); one tile per program.
 
     Grid: (cdiv(M, BLOCK_M) · cdiv(N, BLOCK_N),), ordered in GROUP_M-row groups.
     """
@@ -236,11 +254,13 @@ def _relu2_mm_kernel(
         halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))  # (BLOCK_M, BLOCK_N/2, 2)
         acc0, acc1 = tl.split(halves)  # columns [0, BLOCK_N/2) and [BLOCK_N/2, BLOCK_N)
         rn0 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
-        _epilogue(acc0, rm, rn0, M, N, aux_ptr, c_ptr, stride_xm, stride_xn, stride_cm, stride_cn, EPILOGUE, RNE_BF16)
-        _epilogue(acc1, rm, rn0 + BLOCK_N // 2, M, N, aux_ptr, c_ptr, stride_xm, stride_xn, stride_cm, stride_cn,
-                  EPILOGUE, RNE_BF16)
+        _epilogue(acc0, rm, rn0, M, N, aux_ptr, bias_ptr, c_ptr, stride_xm, stride_xn, stride_cm, stride_cn, EPILOGUE,
+                  False, RNE_BF16)
+        _epilogue(acc1, rm, rn0 + BLOCK_N // 2, M, N, aux_ptr, bias_ptr, c_ptr, stride_xm, stride_xn, stride_cm,
+                  stride_cn, EPILOGUE, False, RNE_BF16)
     else:
-        _epilogue(acc, rm, rn, M, N, aux_ptr, c_ptr, stride_xm, stride_xn, stride_cm, stride_cn, EPILOGUE, RNE_BF16)
+        _epilogue(acc, rm, rn, M, N, aux_ptr, bias_ptr, c_ptr, stride_xm, stride_xn, stride_cm, stride_cn, EPILOGUE,
+                  HAS_BIAS, RNE_BF16)
 
 
 @functools.cache
@@ -251,7 +271,7 @@ def _autotuned_kernel(do_bench=None):
     replaces Triton's CUDA timer (the tests pass a CPU one to run this path under the interpreter)."""
     extra = {} if do_bench is None else {"do_bench": do_bench}
     configs = [triton.Config(c.meta(), **c.launch()) for c in CONFIGS]
-    return triton.autotune(configs=configs, key=["M", "N", "K", "EPILOGUE"],
+    return triton.autotune(configs=configs, key=["M", "N", "K", "EPILOGUE", "HAS_BIAS"],
                            prune_configs_by={"early_config_prune": prune_configs}, **extra)(_relu2_mm_kernel)
 
 
@@ -268,17 +288,18 @@ def _find_config(name: str) -> Tile:
                      f"(interpreter: {INTERPRETER_CONFIG.name!r})")
 
 
-def _launch(A, B_kn, aux, C, *, epilogue: int, config: str | None):
-    """C = epilogue(A·B); B_kn is a (K, N) view (any strides). Picks the config, builds the grid, launches."""
+def _launch(A, B_kn, aux, C, *, epilogue: int, config: str | None, bias=None):
+    """C = epilogue(A·B [+ bias]); B_kn is a (K, N) view (any strides). Picks the config, builds the grid,
+    launches."""
     M, K = A.shape
     N = B_kn.shape[1]
     interp = is_interpreter()
     args = dict(
-        a_ptr=A, b_ptr=B_kn, aux_ptr=aux, c_ptr=C,
+        a_ptr=A, b_ptr=B_kn, aux_ptr=aux, bias_ptr=C if bias is None else bias, c_ptr=C,  # unused pointers: any
         M=M, N=N, K=K,
         stride_am=A.stride(0), stride_ak=A.stride(1), stride_bk=B_kn.stride(0), stride_bn=B_kn.stride(1),
         stride_xm=aux.stride(0), stride_xn=aux.stride(1), stride_cm=C.stride(0), stride_cn=C.stride(1),
-        EPILOGUE=epilogue, **precision_flags(A.dtype, interpreter=interp),
+        EPILOGUE=epilogue, HAS_BIAS=bias is not None, **precision_flags(A.dtype, interpreter=interp),
     )
     if config is None and not interp:
         def grid(meta):
@@ -297,7 +318,14 @@ def _launch(A, B_kn, aux, C, *, epilogue: int, config: str | None):
     return C
 
 
-def _check_inputs(x, w_fc, w_proj):
+def _check_vector(b, name: str, size: int, like: torch.Tensor, what: str):
+    check_tensor(b, name, ndim=1, dtypes=(like.dtype,), contiguous=True)
+    check_triton_device((like, "x"), (b, name))
+    if b.shape[0] != size:
+        raise ValueError(f"{name} must have {size} entries ({what}), got {b.shape[0]}")
+
+
+def _check_inputs(x, w_fc, w_proj, b_fc=None, b_proj=None):
     """(N, H, F) after checking dims, dtypes, one dtype, one device, contiguity and matching dims."""
     check_tensor(x, "x", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
     check_tensor(w_fc, "w_fc", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
@@ -312,6 +340,10 @@ def _check_inputs(x, w_fc, w_proj):
     if w_proj is not None and tuple(w_proj.shape) != (H, F):
         raise ValueError(f"w_proj must be (H, F) = ({H}, {F}) from x (N, H) = {tuple(x.shape)} and w_fc (F, H) = "
                          f"{tuple(w_fc.shape)}, got {tuple(w_proj.shape)}")
+    if b_fc is not None:
+        _check_vector(b_fc, "b_fc", F, x, "F, the rows of w_fc")
+    if b_proj is not None:
+        _check_vector(b_proj, "b_proj", H, x, "H, the rows of w_proj")
     return N, H, F
 
 
@@ -319,24 +351,25 @@ def _out(out, name, shape, like):
     return check_out(out, name, shape, dtype=like.dtype, device=like.device)
 
 
-def relu2_fc_fwd(x: torch.Tensor, w_fc: torch.Tensor, *, out: torch.Tensor | None = None,
-                 config: str | None = None) -> torch.Tensor:
-    """a = relu(x w_fcᵀ)²: x (N, H), w_fc (F, H) -> (N, F), one Triton launch. Returns `out` when given.
+def relu2_fc_fwd(x: torch.Tensor, w_fc: torch.Tensor, b_fc: torch.Tensor | None = None, *,
+                 out: torch.Tensor | None = None, config: str | None = None) -> torch.Tensor:
+    """a = relu(x w_fcᵀ + b_fc)²: x (N, H), w_fc (F, H), b_fc (F,) or None -> (N, F), one Triton launch (the bias
+    is added in the epilogue, in fp32, before relu²). Returns `out` when given.
 
     `config` forces one Tile of CONFIGS by name (bypasses autotuning; default: autotune on the GPU, the pinned
     INTERPRETER_CONFIG under the interpreter).
     """
-    N, H, F = _check_inputs(x, w_fc, None)
+    N, H, F = _check_inputs(x, w_fc, None, b_fc)
     out = _out(out, "out", (N, F), x)
-    return _launch(x, w_fc.t(), out, out, epilogue=EPILOGUE_RELU2, config=config)  # aux unused: any tensor
+    return _launch(x, w_fc.t(), out, out, epilogue=EPILOGUE_RELU2, config=config, bias=b_fc)  # aux unused: any
 
 
 def relu2_fc_bwd(dy: torch.Tensor, w_proj: torch.Tensor, a: torch.Tensor, *, out: torch.Tensor | None = None,
                  config: str | None = None) -> torch.Tensor:
     """dH = (dy w_proj) · 2·sqrt(a): dy (N, H), w_proj (H, F), a (N, F) = relu(h)² -> (N, F), one Triton launch.
 
-    This is dL/dh for h the pre-activation of a = relu(h)². `out` must not overlap dy, w_proj or a (the
-    autotuner runs the kernel several times on the same buffers).
+    This is dL/dh for h the pre-activation of a = relu(h)² (with or without the bias: a includes it). `out`
+    must not overlap dy, w_proj or a (the autotuner runs the kernel several times on the same buffers).
     """
     check_tensor(dy, "dy", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
     check_tensor(w_proj, "w_proj", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
@@ -353,98 +386,156 @@ def relu2_fc_bwd(dy: torch.Tensor, w_proj: torch.Tensor, a: torch.Tensor, *, out
     return _launch(dy, w_proj, a, out, epilogue=EPILOGUE_DRELU2, config=config)
 
 
-def relu2_mlp_fwd(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, *, out: torch.Tensor | None = None,
+def relu2_mlp_fwd(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, b_fc: torch.Tensor | None = None,
+                  b_proj: torch.Tensor | None = None, *, out: torch.Tensor | None = None,
                   act_out: torch.Tensor | None = None, config: str | None = None):
-    """(y, a): a = relu(x w_fcᵀ)² (N, F) by the Triton kernel, y = a w_projᵀ (N, H) by torch.matmul.
+    """(y, a): a = relu(x w_fcᵀ + b_fc)² (N, F) by the Triton kernel, y = a w_projᵀ + b_proj (N, H) by
+    torch.matmul / torch.addmm (the biases are optional).
 
     `out` / `act_out` receive y / a when given. `a` is what the backward needs (relu2_mlp_bwd).
     """
-    N, H, F = _check_inputs(x, w_fc, w_proj)
+    N, H, F = _check_inputs(x, w_fc, w_proj, b_fc, b_proj)
     out = _out(out, "out", (N, H), x)
-    a = relu2_fc_fwd(x, w_fc, out=act_out, config=config)  # (N, F)
-    torch.matmul(a, w_proj.t(), out=out)  # (N, H)
+    a = relu2_fc_fwd(x, w_fc, b_fc, out=act_out, config=config)  # (N, F)
+    if b_proj is None:
+        torch.matmul(a, w_proj.t(), out=out)  # (N, H)
+    else:
+        torch.addmm(b_proj, a, w_proj.t(), out=out)  # (N, H)
     return out, a
 
 
 def relu2_mlp_bwd(dy: torch.Tensor, x: torch.Tensor | None, w_fc: torch.Tensor | None, w_proj: torch.Tensor | None,
-                  a: torch.Tensor, *, need_dx: bool = True, need_dw_fc: bool = True, need_dw_proj: bool = True,
-                  dx: torch.Tensor | None = None, dw_fc: torch.Tensor | None = None,
-                  dw_proj: torch.Tensor | None = None, dh: torch.Tensor | None = None,
-                  config: str | None = None):
-    """(dx, dW_fc, dW_proj), each None unless needed. dH (the Triton launch) is computed when dx or dW_fc is.
+                  a: torch.Tensor | None, *, need_dx: bool = True, need_dw_fc: bool = True, need_dw_proj: bool = True,
+                  need_db_fc: bool = False, need_db_proj: bool = False, dx: torch.Tensor | None = None,
+                  dw_fc: torch.Tensor | None = None, dw_proj: torch.Tensor | None = None,
+                  db_fc: torch.Tensor | None = None, db_proj: torch.Tensor | None = None,
+                  dh: torch.Tensor | None = None, config: str | None = None):
+    """(dx, dW_fc, dW_proj, db_fc, db_proj), each None unless needed. dH (the Triton launch) is computed when dx,
+    dW_fc or db_fc is.
 
-    dy (N, H); x (N, H) is needed for dW_fc only, w_fc (F, H) for dx only, w_proj (H, F) for either of
-    them (pass None otherwise); a (N, F) from relu2_mlp_fwd. dx / dw_fc / dw_proj / dh are optional output
-    buffers (dh: the (N, F) work buffer of dL/dh).
+    dy (N, H); x (N, H) is needed for dW_fc only, w_fc (F, H) for dx only, w_proj (H, F) for any of dx, dW_fc,
+    db_fc (pass None otherwise); a (N, F) from relu2_mlp_fwd (None when only db_proj is needed). db_fc = Σ_rows dH
+    and db_proj = Σ_rows dy (torch column sums, fp32 accumulation). dx / dw_fc / dw_proj / db_fc / db_proj / dh are
+    optional output buffers (dh: the (N, F) work buffer of dL/dh).
     """
     check_tensor(dy, "dy", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
     N, H = dy.shape
-    F = a.shape[1]
+    if a is None and (need_dx or need_dw_fc or need_dw_proj or need_db_fc):
+        raise ValueError("a (the forward's relu(h)²) is needed for every gradient but db_proj")
+    F = None if a is None else a.shape[1]
     for t, name in ((x, "x"), (w_fc, "w_fc")):
         if t is not None:
             check_tensor(t, name, ndim=2, dtypes=(dy.dtype,), contiguous=True)
             check_triton_device((dy, "dy"), (t, name))
     if x is not None and tuple(x.shape) != (N, H):
         raise ValueError(f"x must be (N, H) = ({N}, {H}) as dy, got {tuple(x.shape)}")
-    if w_fc is not None and tuple(w_fc.shape) != (F, H):
+    if w_fc is not None and a is not None and tuple(w_fc.shape) != (F, H):
         raise ValueError(f"w_fc must be (F, H) = ({F}, {H}) from a (N, F) and dy (N, H), got {tuple(w_fc.shape)}")
     if need_dx and w_fc is None:
         raise ValueError("need_dx needs w_fc")
     if need_dw_fc and x is None:
         raise ValueError("need_dw_fc needs x")
-    grad_x = grad_fc = grad_proj = None
-    if need_dx or need_dw_fc:
+    grad_x = grad_fc = grad_proj = grad_bfc = grad_bproj = None
+    if need_dx or need_dw_fc or need_db_fc:
         dh = relu2_fc_bwd(dy, w_proj, a, out=dh, config=config)  # (N, F), checks w_proj and a
         if need_dx:
             grad_x = torch.matmul(dh, w_fc, out=_out(dx, "dx", (N, H), dy))  # (N, H)
         if need_dw_fc:
             grad_fc = torch.matmul(dh.t(), x, out=_out(dw_fc, "dw_fc", (F, H), dy))  # (F, H)
+        if need_db_fc:
+            grad_bfc = torch.sum(dh, dim=0, out=_out(db_fc, "db_fc", (F,), dy))  # (F,)
     if need_dw_proj:
         check_tensor(a, "a", ndim=2, dtypes=(dy.dtype,), contiguous=True)
         if tuple(a.shape) != (N, F):
             raise ValueError(f"a must be (N, F) with N = {N} as dy, got {tuple(a.shape)}")
         grad_proj = torch.matmul(dy.t(), a, out=_out(dw_proj, "dw_proj", (H, F), dy))  # (H, F)
-    return grad_x, grad_fc, grad_proj
+    if need_db_proj:
+        grad_bproj = torch.sum(dy, dim=0, out=_out(db_proj, "db_proj", (H,), dy))  # (H,)
+    return grad_x, grad_fc, grad_proj, grad_bfc, grad_bproj
 
 
 # ---------------------------------------------------------------------------------------------------
-# Autograd and the functional API
+# Custom ops (torch.ops.speedrun.relu2_mlp / relu2_mlp_backward), autograd and the functional API
 # ---------------------------------------------------------------------------------------------------
 
 
-class Relu2MLPFunction(torch.autograd.Function):
-    """y = relu(x w_fcᵀ)² w_projᵀ; saves a = relu(x w_fcᵀ)² and, only where a gradient needs them, the inputs."""
-
-    @staticmethod
-    def forward(ctx, x, w_fc, w_proj):
-        y, a = relu2_mlp_fwd(x, w_fc, w_proj)
-        need_x, need_fc, need_proj = ctx.needs_input_grad
-        need_dh = need_x or need_fc
-        ctx.save_for_backward(
-            x if need_fc else None,  # dW_fc = dHᵀ x
-            w_fc if need_x else None,  # dx = dH w_fc
-            w_proj if need_dh else None,  # dA = dy w_proj
-            a if (need_dh or need_proj) else None,  # dH = dA·2·sqrt(a), dW_proj = dyᵀ a
-        )
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, w_fc, w_proj, a = ctx.saved_tensors
-        need_x, need_fc, need_proj = ctx.needs_input_grad
-        dx, dw_fc, dw_proj = relu2_mlp_bwd(dy.contiguous(), x, w_fc, w_proj, a, need_dx=need_x, need_dw_fc=need_fc,
-                                           need_dw_proj=need_proj)
-        return dx, dw_fc, dw_proj  # one per input (x, w_fc, w_proj); None where not needed
+@torch.library.custom_op(op_name("relu2_mlp"), mutates_args=())
+def _relu2_mlp_op(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, b_fc: Optional[torch.Tensor],
+                  b_proj: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, a) of relu2_mlp_fwd; `a` is returned for the backward only."""
+    with no_autocast(x.device):
+        return relu2_mlp_fwd(x, w_fc, w_proj, b_fc, b_proj)
 
 
-def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> torch.Tensor:
-    """relu(x w_fcᵀ)² w_projᵀ: x (N, H), w_fc (F, H), w_proj (H, F) -> (N, H), differentiable.
+@_relu2_mlp_op.register_fake
+def _(x, w_fc, w_proj, b_fc, b_proj):
+    N, F = x.shape[0], w_fc.shape[0]
+    return x.new_empty(N, w_proj.shape[0]), x.new_empty(N, F)  # y (N, H), a (N, F), contiguous
 
-    Same semantics as kernels.reference.relu2_mlp; one dtype (bf16, fp16, fp32), contiguous, CUDA (or CPU
-    under TRITON_INTERPRET=1). Inputs are checked here, so errors name the argument.
+
+@torch.library.custom_op(op_name("relu2_mlp_backward"), mutates_args=())
+def _relu2_mlp_backward_op(dy: torch.Tensor, x: Optional[torch.Tensor], w_fc: Optional[torch.Tensor],
+                           w_proj: Optional[torch.Tensor], a: Optional[torch.Tensor], need_dx: bool, need_dw_fc: bool,
+                           need_dw_proj: bool, need_db_fc: bool,
+                           need_db_proj: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                        torch.Tensor]:
+    """(dx, dW_fc, dW_proj, db_fc, db_proj) of relu2_mlp_bwd, an empty tensor (kernels._common.absent) for each
+    one not needed."""
+    with no_autocast(dy.device):
+        grads = relu2_mlp_bwd(dy, x, w_fc, w_proj, a, need_dx=need_dx, need_dw_fc=need_dw_fc,
+                              need_dw_proj=need_dw_proj, need_db_fc=need_db_fc, need_db_proj=need_db_proj)
+    return tuple(absent(dy) if g is None else g for g in grads)
+
+
+@_relu2_mlp_backward_op.register_fake
+def _(dy, x, w_fc, w_proj, a, need_dx, need_dw_fc, need_dw_proj, need_db_fc, need_db_proj):
+    (N, H), F = dy.shape, 0 if a is None else a.shape[1]
+    shapes = ((N, H), (F, H), (H, F), (F,), (H,))
+    needs = (need_dx, need_dw_fc, need_dw_proj, need_db_fc, need_db_proj)
+    return tuple(dy.new_empty(shape) if need else absent(dy) for shape, need in zip(shapes, needs))
+
+
+def _setup_context(ctx, inputs, output):
+    """Save `a` and, only where a requested gradient needs them, the inputs (which are alive anyway)."""
+    x, w_fc, w_proj, _, _ = inputs
+    _, a = output
+    need_x, need_fc, need_proj, need_bfc, _ = ctx.needs_input_grad[:5]  # (torch appends an entry of its own)
+    need_dh = need_x or need_fc or need_bfc
+    ctx.mark_non_differentiable(a)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the outputs that have none (memory)
+    ctx.save_for_backward(
+        x if need_fc else None,  # dW_fc = dHᵀ x
+        w_fc if need_x else None,  # dx = dH w_fc
+        w_proj if need_dh else None,  # dA = dy w_proj
+        a if (need_dh or need_proj) else None,  # dH = dA·2·sqrt(a), dW_proj = dyᵀ a
+    )
+
+
+def _backward(ctx, dy, _da):
+    needs = ctx.needs_input_grad[:5]
+    if dy is None:  # y did not reach the loss (gradients are not materialised as zeros)
+        return (None,) * 5
+    x, w_fc, w_proj, a = ctx.saved_tensors
+    grads = torch.ops.speedrun.relu2_mlp_backward(dy.contiguous(), x, w_fc, w_proj, a, *needs)
+    return tuple(g if need else None for g, need in zip(grads, needs))  # one per input; None where not needed
+
+
+_relu2_mlp_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, b_fc: torch.Tensor | None = None,
+              b_proj: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(x w_fcᵀ + b_fc)² w_projᵀ + b_proj: x (N, H), w_fc (F, H), w_proj (H, F), b_fc (F,), b_proj (H,) (the
+    biases optional) -> (N, H), differentiable in every tensor.
+
+    Same semantics as kernels.reference.relu2_mlp; one dtype (bf16, fp16, fp32), contiguous, CUDA (or CPU under
+    TRITON_INTERPRET=1). Under torch.autocast the inputs are cast to the autocast dtype here (and y has that
+    dtype), as F.linear would. Inputs are checked here, so errors name the argument. Runs as the custom op
+    torch.ops.speedrun.relu2_mlp: torch.compile keeps it whole in its graph.
     """
-    _check_inputs(x, w_fc, w_proj)
-    return Relu2MLPFunction.apply(x, w_fc, w_proj)
+    x, w_fc, w_proj, b_fc, b_proj = autocast_inputs(x, w_fc, w_proj, b_fc, b_proj)
+    _check_inputs(x, w_fc, w_proj, b_fc, b_proj)
+    return torch.ops.speedrun.relu2_mlp(x, w_fc, w_proj, b_fc, b_proj)[0]
 
 
 registry.register("relu2_mlp", "triton", relu2_mlp)

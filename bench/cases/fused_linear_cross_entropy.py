@@ -30,12 +30,18 @@ def flce_bytes(N: int, H: int, V: int, itemsize: int, chunk_rows: int) -> float:
     return float(io + logits + acc)
 
 
+# The logits-kernel variants compiled per config: (softcap kind, head bias). 16-bit: the speedrun's tanh head, no
+# softcap, and track 3's algebraic softcap with a bias; fp32 (the accuracy path) runs the two capped forms.
+LOGITS_VARIANTS = {False: (("tanh", False), ("none", False), ("algebraic", True)),
+                   True: (("tanh", False), ("algebraic", True))}
+SOFTCAP_CODES = {"none": K.SOFTCAP_NONE, "tanh": K.SOFTCAP_TANH, "algebraic": K.SOFTCAP_ALGEBRAIC}
+
+
 def codegen_cases() -> list:
     """Every (config, kernel specialisation) the launcher can run on a GPU, at the 124M shape: per config and
-    dtype, logits (with the speedrun's softcap, and without: fp32 runs the softcap form only), loss/grad,
-    grad_hidden, and grad_weight in its three forms (first chunk to the fp32 sum; a middle chunk
-    read-add-write; the last chunk storing the input dtype; fp32 has no last form). FLOPs and bytes are one
-    launch on a 4096-row chunk."""
+    dtype, logits (LOGITS_VARIANTS), loss/grad with each softcap's derivative, grad_hidden, and grad_weight in
+    its three forms (first chunk to the fp32 sum; a middle chunk read-add-write; the last chunk storing the input
+    dtype; fp32 has no last form). FLOPs and bytes are one launch on a 4096-row chunk."""
     N, H, V = SPEEDRUN_N, SPEEDRUN_H, SPEEDRUN_V
     cases = []
     for (name, dtype), cfg in flce.CONFIGS.items():
@@ -46,23 +52,24 @@ def codegen_cases() -> list:
         M = flce.pick_chunk_rows(N, V, cfg.logits.block_m)
         lg, T = cfg.logits, triton.cdiv(V, cfg.logits.block_n)
 
-        for softcap in (True,) if fp32 else (True, False):
-            args = dict(h_ptr=dtype, w_ptr=dtype, z_ptr=torch.float32, pmax_ptr=torch.float32,
+        for kind, bias in LOGITS_VARIANTS[fp32]:
+            args = dict(h_ptr=dtype, w_ptr=dtype, b_ptr=dtype, z_ptr=torch.float32, pmax_ptr=torch.float32,
                         psum_ptr=torch.float32, M=M, V=V, K=H, stride_hm=H, stride_wv=H, stride_zm=V, stride_pm=T,
-                        softcap=15.0, inv_softcap=1 / 15.0, **lg.meta(), HAS_SOFTCAP=softcap, FAST_TANH=not fp32,
-                        UPCAST=flags["UPCAST"], TF32X3=flags["TF32X3"])
+                        softcap=15.0, inv_softcap=1 / 15.0, **lg.meta(), HAS_BIAS=bias, SOFTCAP=SOFTCAP_CODES[kind],
+                        FAST_TANH=not fp32, UPCAST=flags["UPCAST"], TF32X3=flags["TF32X3"])
             cases.append(jit_case(
-                "flce_logits", f"{label} {lg.block_m}x{lg.block_n}x{lg.block_k}" + (" softcap" if softcap else ""),
+                "flce_logits", f"{label} {lg.block_m}x{lg.block_n}x{lg.block_k} {kind}" + (" bias" if bias else ""),
                 K.flce_logits_kernel, args, num_warps=lg.warps, num_stages=lg.stages, flops=2 * M * V * H,
                 bytes=size * (M * H + V * H) + 4 * M * V))
 
-        args = dict(z_ptr=torch.float32, pmax_ptr=torch.float32, psum_ptr=torch.float32, tgt_ptr=torch.int64,
-                    scale_ptr=torch.float32, loss_ptr=torch.float32, V=V, T=T, stride_zm=V, stride_pm=T,
-                    ignore_index=-100, softcap=15.0, inv_softcap=1 / 15.0, z_loss=0.0, BLOCK_V=cfg.loss.block_v,
-                    BLOCK_T=cfg.loss.block_t, HAS_SOFTCAP=True, COMPUTE_GRAD=True)
-        cases.append(jit_case(
-            "flce_loss_grad", f"{label} {cfg.loss.block_v}/{cfg.loss.block_t} softcap", K.flce_loss_grad_kernel,
-            args, num_warps=cfg.loss.warps, num_stages=1, bytes=8 * M * V, expect_hgmma=False))
+        for kind in ("tanh", "algebraic"):
+            args = dict(z_ptr=torch.float32, pmax_ptr=torch.float32, psum_ptr=torch.float32, tgt_ptr=torch.int64,
+                        scale_ptr=torch.float32, loss_ptr=torch.float32, V=V, T=T, stride_zm=V, stride_pm=T,
+                        ignore_index=-100, softcap=15.0, inv_softcap=1 / 15.0, z_loss=0.0, BLOCK_V=cfg.loss.block_v,
+                        BLOCK_T=cfg.loss.block_t, SOFTCAP=SOFTCAP_CODES[kind], COMPUTE_GRAD=True)
+            cases.append(jit_case(
+                "flce_loss_grad", f"{label} {cfg.loss.block_v}/{cfg.loss.block_t} {kind}", K.flce_loss_grad_kernel,
+                args, num_warps=cfg.loss.warps, num_stages=1, bytes=8 * M * V, expect_hgmma=False))
 
         gh = cfg.grad_hidden
         args = dict(dz_ptr=torch.float32, b_ptr=dtype, acc_ptr=dtype, c_ptr=dtype, M=M, N=H, K=V, stride_zm=V,

@@ -27,24 +27,24 @@ def mlp_bytes(N: int, H: int, F: int, mode: str, itemsize: int) -> float:
 
 
 def codegen_cases() -> list:
-    """Every (config, dtype, epilogue) the GPU launch can pick, at the 124M shape. Forward: A = x (N, H),
-    B = w_fcᵀ (stride_bk = 1), C = a (N, F). Backward: A = dy (N, H), B = w_proj (stride_bn = 1), AUX = a,
-    C = dH. FLOPs and bytes are one launch."""
+    """Every (config, dtype, epilogue) the GPU launch can pick, at the 124M shape; the forward with and without
+    the up projection's bias (track 3 has one). Forward: A = x (N, H), B = w_fcᵀ (stride_bk = 1), C = a (N, F).
+    Backward: A = dy (N, H), B = w_proj (stride_bn = 1), AUX = a, C = dH. FLOPs and bytes are one launch."""
     N, H, F = CODEGEN_SHAPE
     cases = []
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         ty, size = TRITON_DTYPE[dtype], dtype.itemsize
-        for epilogue in (r2.EPILOGUE_RELU2, r2.EPILOGUE_DRELU2):
+        for epilogue, bias in ((r2.EPILOGUE_RELU2, False), (r2.EPILOGUE_RELU2, True), (r2.EPILOGUE_DRELU2, False)):
             backward = epilogue == r2.EPILOGUE_DRELU2
             stride_bk, stride_bn = (F, 1) if backward else (1, H)
             for tile in r2.usable_configs(dtype):
-                args = dict(a_ptr=dtype, b_ptr=dtype, aux_ptr=dtype, c_ptr=dtype, M=N, N=F, K=H,
+                args = dict(a_ptr=dtype, b_ptr=dtype, aux_ptr=dtype, bias_ptr=dtype, c_ptr=dtype, M=N, N=F, K=H,
                             stride_am=H, stride_ak=1, stride_bk=stride_bk, stride_bn=stride_bn, stride_xm=F,
-                            stride_xn=1, stride_cm=F, stride_cn=1, EPILOGUE=epilogue, **tile.meta(),
+                            stride_xn=1, stride_cm=F, stride_cn=1, EPILOGUE=epilogue, HAS_BIAS=bias, **tile.meta(),
                             GROUP_M=r2.GROUP_M, **precision_flags(dtype, interpreter=False))
                 cases.append(jit_case(
-                    f"relu2_mm_{'bwd' if backward else 'fwd'}", f"{ty} {tile.name}", r2._relu2_mm_kernel, args,
-                    num_warps=tile.warps, num_stages=tile.stages, flops=2 * N * H * F,
-                    bytes=size * (N * H + H * F + (2 if backward else 1) * N * F),
-                    extra={"epilogue": "bwd drelu2" if backward else "fwd relu2"}))
+                    f"relu2_mm_{'bwd' if backward else 'fwd'}", f"{ty} {tile.name}" + (" bias" if bias else ""),
+                    r2._relu2_mm_kernel, args, num_warps=tile.warps, num_stages=tile.stages, flops=2 * N * H * F,
+                    bytes=size * (N * H + H * F + (2 if backward else 1) * N * F + (F if bias else 0)),
+                    extra={"epilogue": "bwd drelu2" if backward else "fwd relu2" + (" + bias" if bias else "")}))
     return cases

@@ -59,8 +59,6 @@ def setup(case: str, provider: str, device):
         loss_fn = functools.partial(liger, softcap=softcap)
     else:
         loss_fn = functools.partial(provider_fn("linear_cross_entropy", provider), softcap=softcap)
-        if provider == "triton":
-            loss_fn = functools.partial(loss_fn, validate_targets=False)  # no device->host sync on the hot path
 
     def step():
         loss = loss_fn(hidden, weight, targets)

@@ -1,5 +1,6 @@
-"""kernels.fused_linear_cross_entropy: parity (loss and both gradients), Liger peer, poisoned buffers, memory,
-codegen, input checks; 124M shape and determinism on a GPU.
+"""kernels.fused_linear_cross_entropy: parity (loss and every gradient; tanh and algebraic softcaps, head bias, mean
+and sum), Liger and torch.compile peers (parity and peak memory), poisoned buffers, codegen, input checks; 124M
+shape and determinism on a GPU.
 
 On the CPU the kernels run under the Triton interpreter (tests/conftest.py), so shapes stay tiny. Parity through
 tests.parity.check_parity: oracle kernels.reference.linear_cross_entropy(upcast=True) in float64, peer the same
@@ -30,7 +31,22 @@ def make_inputs(N, H, V, dtype, device, *, ignore_rows=(), weight_scale=1.0):
     return hidden, weight, targets
 
 
+def make_bias(V, dtype, device, scale=2.0):
+    """A head bias of the logits' order (track 3 learns one; zero at init would test nothing)."""
+    return (torch.randn(V, device=device) * scale).to(dtype)
+
+
 NAMES = ("loss", "grad_hidden", "grad_weight")
+NAMES_BIAS = NAMES + ("grad_bias",)
+
+
+def kernel_fn(h, w, t, b=None, **kw):
+    """The Triton op with the bias as a positional input, so that check_parity compares its gradient."""
+    return flce.fused_linear_cross_entropy(h, w, t, bias=b, **kw)
+
+
+def eager_fn(h, w, t, b=None, upcast=False, **kw):
+    return eager_lce(h, w, t, bias=b, upcast=upcast, **kw)
 
 
 def fp32_noise(oracle):
@@ -41,19 +57,23 @@ def fp32_noise(oracle):
     return 8 * torch.finfo(torch.float32).eps * oracle.abs().max().item()
 
 
-def parity(hidden, weight, targets, *, softcap=None, z_loss=0.0, reduction="mean", k=None, **kernel_kw):
-    """Kernel vs float64 oracle within k·(peer error) + noise for loss, grad_hidden, grad_weight; plus the fixed
-    per-dtype table against the oracle. Returns the kernel's (loss, grad_hidden, grad_weight)."""
-    kw = dict(softcap=softcap, z_loss=z_loss, reduction=reduction, ignore_index=IGNORE)
+def parity(hidden, weight, targets, bias=None, *, softcap=None, softcap_kind="tanh", z_loss=0.0, reduction="mean",
+           k=None, **kernel_kw):
+    """Kernel vs float64 oracle within k·(peer error) + noise for loss, grad_hidden, grad_weight (and grad_bias with
+    a bias); plus the fixed per-dtype table against the oracle. Returns the kernel's [loss, *grads]."""
+    kw = dict(softcap=softcap, softcap_kind=softcap_kind, z_loss=z_loss, reduction=reduction, ignore_index=IGNORE)
     g = torch.rand((), device=hidden.device) + 0.5  # one random grad_output for all three paths
 
-    def kernel(h, w, t, **kw):
-        return flce.fused_linear_cross_entropy(h, w, t, **kw, **kernel_kw)
+    def kernel(*args, **kw):
+        return kernel_fn(*args, **kw, **kernel_kw)
 
-    where = f"{tuple(hidden.shape)}x{weight.shape[0]} {hidden.dtype} softcap={softcap} z_loss={z_loss}"
-    out, _, _ = check_parity(kernel, eager_lce, [hidden, weight, targets], names=NAMES, grad_output=g, kwargs=kw,
+    names = NAMES if bias is None else NAMES_BIAS
+    inputs = [hidden, weight, targets] + ([] if bias is None else [bias])
+    where = (f"{tuple(hidden.shape)}x{weight.shape[0]} {hidden.dtype} softcap={softcap} ({softcap_kind}) "
+             f"bias={bias is not None} {reduction} z_loss={z_loss}")
+    out, _, _ = check_parity(kernel, eager_fn, inputs, names=names, grad_output=g, kwargs=kw,
                              k=k if k is not None else (3.0 if softcap else 2.0),  # FA's k: 2, 3 with softcap
-                             noise=fp32_noise if hidden.dtype == torch.float32 else None, table=NAMES, where=where)
+                             noise=fp32_noise if hidden.dtype == torch.float32 else None, table=names, where=where)
     for r in (targets == IGNORE).nonzero().flatten().tolist():
         assert torch.equal(out[1][r], torch.zeros_like(out[1][r])), f"ignored row {r} has a nonzero grad_hidden"
     return out
@@ -99,6 +119,42 @@ def test_many_tiles_and_chunks(dtype, device):
     parity(*inputs, softcap=15.0, z_loss=1e-3, config=config, chunk_rows=16)
 
 
+# Track 3's head: z = h Wᵀ + b, algebraic softcap 15·z·rsqrt(z² + 225), reduction "sum" (and the mean).
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_track3_head_bias_algebraic_softcap(shape, dtype, reduction, device):
+    N, H, V = shape
+    hidden, weight, targets = make_inputs(N, H, V, dtype, device, ignore_rows=(2,) if N > 2 else (), weight_scale=8.0)
+    parity(hidden, weight, targets, make_bias(V, dtype, device), softcap=15.0, softcap_kind="algebraic",
+           reduction=reduction)
+
+
+@pytest.mark.parametrize("softcap, kind, bias",
+                         [(None, "tanh", True), (15.0, "tanh", True), (30.0, "algebraic", False)],
+                         ids=["bias-nocap", "bias-tanh", "algebraic-nobias"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_bias_and_softcap_kinds_separately(dtype, softcap, kind, bias, device):
+    """Each track-3 feature on its own, with z-loss, over three chunks (the bias's fp32 running sum across chunks)."""
+    inputs = make_inputs(37, 40, 131, dtype, device, ignore_rows=(1, 20), weight_scale=8.0)
+    b = make_bias(131, dtype, device) if bias else None
+    parity(*inputs, b, softcap=softcap, softcap_kind=kind, z_loss=1e-3, chunk_rows=16,
+           config="f64" if dtype == torch.float32 else "b64")
+
+
+def test_fp16_track3_head(device):
+    inputs = make_inputs(37, 40, 131, torch.float16, device, ignore_rows=(3,), weight_scale=4.0)
+    parity(*inputs, make_bias(131, torch.float16, device), softcap=15.0, softcap_kind="algebraic", reduction="sum")
+
+
+def test_algebraic_softcap_far_from_zero_and_saturated(device):
+    """Logits up to ~±2e5 (|z|/s ~ 1e4, where z² + s² rounds to z² in fp32 and c may round a hair past ±s): the
+    derivative's clamp keeps grad finite and within the peer's error of the float64 oracle."""
+    hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, device, weight_scale=1.0)
+    weight = weight * torch.logspace(0, 5, 97, device=device)[:, None]  # rows from ~1 to ~2e5 in logit scale
+    parity(hidden, weight, targets, softcap=15.0, softcap_kind="algebraic", reduction="sum")
+
+
 def test_reduction_none_without_grad(device):
     hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, device, ignore_rows=(4,), weight_scale=4.0)
     with torch.no_grad():
@@ -122,29 +178,39 @@ def test_no_grad_path_matches_and_skips_gradients(device):
     hidden, weight, targets = make_inputs(7, 24, 97, torch.bfloat16, device)
     with torch.no_grad():
         loss = flce.fused_linear_cross_entropy(hidden, weight, targets, softcap=15.0)
-    loss2, gh, gw = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0)
-    assert torch.equal(loss, loss2)
-    _, gh_none, gw_none = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, compute_grad_hidden=False,
-                                                               compute_grad_weight=False)
+    loss2, gh, gw, gb = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0)
+    assert torch.equal(loss, loss2) and gb is None  # no bias: no bias gradient
+    _, gh_none, gw_none, _ = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, compute_grad_hidden=False,
+                                                                  compute_grad_weight=False)
     assert gh_none is None and gw_none is None
 
 
-def test_only_weight_needs_grad(device):
+@pytest.mark.parametrize("needs", [(False, True, False), (False, False, True), (True, False, True)],
+                         ids=["weight", "bias", "hidden+bias"])
+def test_only_requested_gradients(needs, device):
+    """Gradients only for the inputs that require grad; the others stay None, the computed ones match eager."""
     hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, device)
-    w = weight.clone().requires_grad_()
-    flce.fused_linear_cross_entropy(hidden, w, targets, softcap=15.0).backward()
-    w_ref = weight.clone().requires_grad_()
-    eager_lce(hidden, w_ref, targets, softcap=15.0).backward()
-    assert_close(w.grad, w_ref.grad, atol=1e-6, rtol=1e-4, name="grad_weight")
+    bias = make_bias(97, torch.float32, device)
+    ours = [t.clone().requires_grad_(n) for t, n in zip((hidden, weight, bias), needs)]
+    flce.fused_linear_cross_entropy(*ours[:2], targets, bias=ours[2], softcap=15.0).backward()
+    ref = [t.clone().requires_grad_(n) for t, n in zip((hidden, weight, bias), needs)]
+    eager_lce(*ref[:2], targets, bias=ref[2], softcap=15.0).backward()
+    for name, a, b, n in zip(NAMES_BIAS[1:], ours, ref, needs):
+        if n:
+            assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4, name=name)
+        else:
+            assert a.grad is None, name
 
 
 def test_all_targets_ignored_gives_zero(device):
     hidden, weight, targets = make_inputs(5, 24, 97, torch.float32, device, ignore_rows=range(5))
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    loss = flce.fused_linear_cross_entropy(h, w, targets, softcap=15.0)
+    b = make_bias(97, torch.float32, device).requires_grad_()
+    loss = flce.fused_linear_cross_entropy(h, w, targets, bias=b, softcap=15.0, softcap_kind="algebraic")
     loss.backward()
     assert loss.item() == 0.0  # 0 / max(0, 1), as the eager reference
-    assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(w.grad, torch.zeros_like(w))
+    for t in (h, w, b):
+        assert torch.equal(t.grad, torch.zeros_like(t))
 
 
 def test_retain_graph_second_backward(device):
@@ -162,24 +228,32 @@ def test_retain_graph_second_backward(device):
 # 41.0: s·fl(1/s) is not 1 in fp32, so a saturated logit's tanh derivative is exactly 0, as eager's 1 - tanh² is,
 # only when it is computed from |c| = s.
 @NAN_WARNINGS
-@pytest.mark.parametrize("softcap", [None, 15.0, 41.0])
+@pytest.mark.parametrize("softcap", [None, 15.0, 41.0, "algebraic"])
 @pytest.mark.parametrize("kind", ["nan", "inf"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_nan_and_inf_propagate_as_in_eager(dtype, kind, softcap, device):
-    """Non-finite hidden rows: loss and both gradients are non-finite exactly where eager's are, of the same kind.
+    """Non-finite hidden rows: loss and every gradient are non-finite exactly where eager's are, of the same kind.
     nan: NaN in two rows, one of them ignored (its loss is 0 but its gradient NaN, as eager's). inf: +inf and
-    -inf in two rows; without softcap their logits make the loss NaN; with softcap the logits saturate at ±s
-    (finite loss and grad_hidden, zero tanh derivative), so grad_weight is NaN (0·inf) only in the inf columns."""
+    -inf in two rows; without softcap their logits make the loss NaN; with the tanh softcap the logits saturate at
+    ±s (finite loss and grad_hidden, zero tanh derivative), so grad_weight is NaN (0·inf) only in the inf columns;
+    the algebraic softcap (15, with a head bias) of an infinite logit is inf·0 = NaN, as eager's, so the loss is
+    NaN."""
     hidden, weight, targets = make_inputs(37, 40, 131, dtype, device, ignore_rows=(5,), weight_scale=4.0)
     if kind == "nan":
         hidden[3, 7], hidden[5, 1] = float("nan"), float("nan")
     else:
         hidden[11, 0], hidden[30, 9] = float("inf"), -float("inf")
     g = torch.rand((), device=device) + 0.5
-    (loss, gh, gw), _ = check_nonfinite(flce.fused_linear_cross_entropy, eager_lce, [hidden, weight, targets],
-                                        names=NAMES, grad_output=g, kwargs=dict(softcap=softcap, ignore_index=IGNORE))
-    if kind == "inf" and softcap:
+    algebraic = softcap == "algebraic"
+    kwargs = dict(softcap=15.0 if algebraic else softcap, softcap_kind="algebraic" if algebraic else "tanh",
+                  ignore_index=IGNORE)
+    inputs = [hidden, weight, targets] + ([make_bias(131, dtype, device)] if algebraic else [])
+    (loss, gh, gw, *_), _ = check_nonfinite(kernel_fn, eager_fn, inputs, names=NAMES_BIAS if algebraic else NAMES,
+                                            grad_output=g, kwargs=kwargs)
+    if kind == "inf" and softcap and not algebraic:
         assert torch.isfinite(loss) and torch.isfinite(gh).all() and torch.isnan(gw[:, [0, 9]]).all()
+    if kind == "inf" and algebraic:
+        assert torch.isnan(loss)
 
 
 def test_registered_as_triton():
@@ -191,16 +265,28 @@ def test_registered_as_triton():
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("bias, reduction", [(False, "mean"), (True, "sum")], ids=["nobias-mean", "bias-sum"])
 @pytest.mark.parametrize("z_loss", [0.0, 1e-2])
-def test_matches_liger(z_loss, device):
+def test_matches_liger(z_loss, bias, reduction, device):
+    """Same loss and gradients as Liger's fused linear cross-entropy (fp32, no softcap), and both as close to the
+    float64 oracle as the eager peer is (tests.parity.check_parity holds each to k·(peer error) + noise)."""
     liger = pytest.importorskip("liger_kernel.transformers.functional",
                                 reason="liger-kernel not importable (it is not on the GPU image)")
     hidden, weight, targets = make_inputs(37, 40, 131, torch.float32, device, ignore_rows=(3, 9), weight_scale=4.0)
+    inputs = [hidden, weight, targets] + ([make_bias(131, torch.float32, device)] if bias else [])
+    names = NAMES_BIAS if bias else NAMES
     g = torch.tensor(0.7, device=device)
-    ours = run(flce.fused_linear_cross_entropy, [hidden, weight, targets], g, z_loss=z_loss)
-    theirs = run(liger.liger_fused_linear_cross_entropy, [hidden, weight, targets], g, lse_square_scale=z_loss)
-    for name, a, b in zip(NAMES, ours, theirs):
+    kw = dict(z_loss=z_loss, reduction=reduction, ignore_index=IGNORE)
+
+    def liger_fn(h, w, t, b=None, z_loss=0.0, **kw):
+        return liger.liger_fused_linear_cross_entropy(h, w, t, bias=b, lse_square_scale=z_loss, **kw)
+
+    ours = run(kernel_fn, inputs, g, **kw)
+    theirs = run(liger_fn, inputs, g, **kw)
+    for name, a, b in zip(names, ours, theirs):
         assert_close(a, b, atol=1e-6, rtol=1e-5, name=f"{name} vs Liger")
+    for fn, who in ((kernel_fn, "ours"), (liger_fn, "Liger")):
+        check_parity(fn, eager_fn, inputs, names=names, grad_output=g, kwargs=kw, noise=fp32_noise, where=who)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -208,22 +294,27 @@ def test_matches_liger(z_loss, device):
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("head", ["tanh", "algebraic+bias"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_nan_outputs_and_workspace_are_fully_overwritten(dtype, device):
+def test_nan_outputs_and_workspace_are_fully_overwritten(dtype, head, device):
     config = "f64" if dtype == torch.float32 else "b64"
     hidden, weight, targets = make_inputs(37, 40, 131, dtype, device, ignore_rows=(2,), weight_scale=4.0)
-    kw = dict(softcap=15.0, z_loss=1e-3, config=config, chunk_rows=16)
+    track3 = head == "algebraic+bias"
+    head_kw = dict(softcap=15.0, softcap_kind="algebraic" if track3 else "tanh",
+                   bias=make_bias(131, dtype, device) if track3 else None)
+    kw = dict(z_loss=1e-3, config=config, chunk_rows=16, **head_kw)
     clean = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, **kw)
 
     ws = poisoned(flce.flce_workspace(37, 131, 40, dtype, device, config=config, chunk_rows=16))
     assert (ws.gw_acc is not None) == (dtype != torch.float32)  # 3 chunks: 16-bit needs the fp32 running sum
     out = dict(grad_hidden=poisoned(hidden), grad_weight=poisoned(weight),
-               loss_rows=poisoned((37,), dtype=torch.float32, device=device))
-    loss, gh, gw = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0, z_loss=1e-3,
-                                                       workspace=ws, **out)
-    assert gh is out["grad_hidden"] and gw is out["grad_weight"]
+               loss_rows=poisoned((37,), dtype=torch.float32, device=device),
+               grad_bias=poisoned((131,), dtype=dtype, device=device) if track3 else None)
+    loss, gh, gw, gb = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, z_loss=1e-3, workspace=ws,
+                                                           **out, **head_kw)
+    assert gh is out["grad_hidden"] and gw is out["grad_weight"] and gb is out["grad_bias"]
     for name, a, b in (("loss", loss, clean[0]), ("grad_hidden", gh, clean[1]), ("grad_weight", gw, clean[2]),
-                       ("loss_rows", out["loss_rows"], None)):
+                       ("loss_rows", out["loss_rows"], None)) + ((("grad_bias", gb, clean[3]),) if track3 else ()):
         assert torch.isfinite(a).all(), f"{name}: {int((~torch.isfinite(a)).sum())} elements left unwritten"
         if b is not None:
             assert torch.equal(a, b), f"{name} differs from the run with fresh buffers"
@@ -232,8 +323,9 @@ def test_nan_outputs_and_workspace_are_fully_overwritten(dtype, device):
 def test_workspace_is_reusable(device):
     hidden, weight, targets = make_inputs(37, 40, 131, torch.bfloat16, device)
     ws = flce.flce_workspace(37, 131, 40, torch.bfloat16, device, config="b64", chunk_rows=16)
-    first = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, workspace=ws)
-    second = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, workspace=ws)
+    bias = make_bias(131, torch.bfloat16, device)
+    first = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, bias=bias, workspace=ws)
+    second = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, bias=bias, workspace=ws)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -243,7 +335,8 @@ def test_workspace_is_reusable(device):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _peaks(N, H, V, chunk_rows, dtype=torch.float32):
+def _peaks(N, H, V, chunk_rows, dtype=torch.float32, providers=("eager", "fused"), softcap=15.0):
+    """{provider: peak bytes of one forward + backward above the inputs}, process RSS (bench.harness)."""
     from bench.harness import peak_memory_bytes
 
     hidden, weight, targets = make_inputs(N, H, V, dtype, "cpu", weight_scale=4.0)
@@ -252,20 +345,45 @@ def _peaks(N, H, V, chunk_rows, dtype=torch.float32):
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
 
         def go():  # repeatable; the gradients are dropped after the peak, not before it
-            fn(h, w, targets, softcap=15.0, **kw).backward()
+            fn(h, w, targets, **kw).backward()
             h.grad = w.grad = None
 
-        # "rss": the profiler misreads frees of tensors passed to interpreted kernels (see its docstring)
+        # "rss": the profiler misreads frees of tensors passed to interpreted kernels (see its docstring); the
+        # first call (compilation, first-launch work) is outside the measurement
         return peak_memory_bytes(go, "cpu", method="rss")[1]
 
     config = "b128" if dtype != torch.float32 else "f64"
-    return step(eager_lce), step(flce.fused_linear_cross_entropy, chunk_rows=chunk_rows, config=config)
+    fns = {"eager": (eager_lce, dict(softcap=softcap)),
+           "compile": (lambda: _compiled_eager(), dict(softcap=softcap)),
+           "liger": (lambda: _liger(), {}),
+           "fused": (flce.fused_linear_cross_entropy, dict(softcap=softcap, chunk_rows=chunk_rows, config=config))}
+    peaks = {}
+    for name in providers:
+        fn, kw = fns[name]
+        peaks[name] = step(fn() if name in ("compile", "liger") else fn, **kw)
+    return peaks
+
+
+def _liger():
+    return pytest.importorskip("liger_kernel.transformers.functional",
+                               reason="liger-kernel not importable").liger_fused_linear_cross_entropy
+
+
+_COMPILED = {}
+
+
+def _compiled_eager():
+    """torch.compile (inductor) of the eager reference: torch's own fusion of the same loss, compiled once."""
+    if "lce" not in _COMPILED:
+        _COMPILED["lce"] = torch.compile(eager_lce)
+    return _COMPILED["lce"]
 
 
 @pytest.mark.skipif(not is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
 def test_peak_memory_is_bounded_by_the_chunk(capsys):
     N, H, V, C = 64, 32, 4096, 16  # 4 chunks; eager holds several (N, V) fp32 tensors at once
-    eager_peak, fused_peak = _peaks(N, H, V, C)
+    peaks = _peaks(N, H, V, C)
+    eager_peak, fused_peak = peaks["eager"], peaks["fused"]
     logits, chunk = N * V * 4, C * V * 4
     # Fused: the chunk buffer + the two gradients and their grad_output-scaled copies in backward + per-row
     # buffers + 1 MiB for the interpreter's numpy tiles (RSS counts them).
@@ -279,6 +397,35 @@ def test_peak_memory_is_bounded_by_the_chunk(capsys):
     assert fused_peak < eager_peak / 3
 
 
+@pytest.mark.skipif(not is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
+def test_peers_liger_and_compiled_eager_parity_and_peak_memory(capsys):
+    """The fused op beside Liger's fused linear cross-entropy and torch.compile's fusion of the eager loss (no
+    softcap: Liger's softcap does not run under the interpreter), fp32, N = 256 tokens (8 chunks of 32), H = 32,
+    V = 4096. Parity: each peer's loss and gradients within k·(eager peer error) + noise of the float64 oracle.
+    Memory (process RSS, one forward + backward): the fused op below eager's and torch.compile's, whose (N, V)
+    tensors grow with the tokens; its own floor is the (V, H) gradient and, in backward, its grad_output-scaled
+    copy (out of place, so that retain_graph works; Liger returns its saved gradient itself when grad_output is
+    1, after a host sync on that test, and picks 4-row chunks here: it can sit below)."""
+    from bench.harness import machine_line
+
+    N, H, V, C = 256, 32, 4096, 32
+    hidden, weight, targets = make_inputs(N, H, V, torch.float32, "cpu", ignore_rows=(7, 200), weight_scale=4.0)
+    g = torch.tensor(0.8)
+    for name, fn in (("compile", _compiled_eager()), ("liger", _liger())):
+        check_parity(fn, eager_lce, [hidden, weight, targets], names=NAMES, grad_output=g, noise=fp32_noise,
+                     kwargs=dict(ignore_index=IGNORE), where=name)
+    peaks = _peaks(N, H, V, C, providers=("eager", "compile", "liger", "fused"), softcap=None)
+    logits = N * V * 4
+    with capsys.disabled():
+        print(f"\n[peak memory, CPU, fp32, no softcap, N={N} H={H} V={V} chunk={C}; {machine_line()}] " +
+              ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in peaks.items()) +
+              f" (N×V fp32 logits {logits / 2**20:.2f} MiB, V×H fp32 {V * H * 4 / 2**20:.2f} MiB)")
+    assert peaks["fused"] < peaks["eager"] / 2
+    assert peaks["fused"] < peaks["compile"]
+    bound = C * V * 4 + 2 * 4 * (N * H + V * H) + 4 * (C * 2 * (V // 64 + 1) + 4 * N) + 2**20
+    assert peaks["fused"] <= bound, f"fused peak {peaks['fused']} B > bound {bound} B"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
 def test_peak_memory_speedrun_vocab(capsys):
@@ -287,7 +434,8 @@ def test_peak_memory_speedrun_vocab(capsys):
     (V, H)-sized buffers (grad_weight, its fp32 running sum when chunked) where eager holds (N, V) ones, so with
     fewer tokens than the width (N < H) eager is the smaller one."""
     N, H, V, C = 1024, 64, 50304, 256
-    eager_peak, fused_peak = _peaks(N, H, V, C, dtype=torch.bfloat16)
+    peaks = _peaks(N, H, V, C, dtype=torch.bfloat16)
+    eager_peak, fused_peak = peaks["eager"], peaks["fused"]
     chunk, weight_fp32 = C * V * 4, V * H * 4
     with capsys.disabled():
         print(f"\n[peak memory, CPU, bf16, N={N} H={H} V={V} chunk={C}] eager {eager_peak / 2**20:.1f} MiB, "
@@ -371,6 +519,16 @@ def test_rejects_bad_arguments():
         flce.fused_linear_cross_entropy(h, w, t, reduction="avg")
     with pytest.raises(ValueError, match="softcap must be a positive finite float"):
         flce.fused_linear_cross_entropy(h, w, t, softcap=0.0)
+    with pytest.raises(ValueError, match="softcap_kind must be one of"):
+        flce.fused_linear_cross_entropy(h, w, t, softcap=15.0, softcap_kind="cubic")
+    with pytest.raises(ValueError, match="softcap_kind must be one of"):
+        eager_lce(h, w, t, softcap=15.0, softcap_kind="cubic")
+    with pytest.raises(ValueError, match=r"bias has 15 entries but weight \(V=16, H=8\)"):
+        flce.fused_linear_cross_entropy(h, w, t, bias=torch.zeros(15))
+    with pytest.raises(TypeError, match="hidden .* and bias .* must share one dtype"):
+        flce.fused_linear_cross_entropy(h, w, t, bias=torch.zeros(16, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="bias must have 1 dims"):
+        flce.fused_linear_cross_entropy(h, w, t, bias=torch.zeros(16, 1))
     with pytest.raises(ValueError, match="z_loss must be finite"):
         flce.fused_linear_cross_entropy(h, w, t, z_loss=float("nan"))
     with pytest.raises(ValueError, match="no fused-linear-cross-entropy config 'b128' for torch.float32"):
@@ -382,16 +540,20 @@ def test_rejects_bad_arguments():
         flce.fused_linear_cross_entropy_fwd(h, w, t, workspace=ws)
 
 
-def test_target_range_is_checked_and_costs_nothing_when_off():
+def test_target_range_check_is_opt_in():
+    """No check (and no host sync) by default: a bad target's loss is NaN (loud), not a silently wrong value, and
+    a mean or sum over it is NaN. validate_targets=True raises naming the target."""
     h, w = torch.randn(4, 8), torch.randn(16, 8)
     for bad in (16, -1):
         t = torch.tensor([0, 3, bad, IGNORE])
         with pytest.raises(ValueError, match=rf"targets\[2\] = {bad} is outside \[0, V=16\)"):
-            flce.fused_linear_cross_entropy(h, w, t)
-        # Unchecked: the bad row's loss is NaN (loud) instead of a silently wrong value.
+            flce.fused_linear_cross_entropy(h, w, t, validate_targets=True)
+        with pytest.raises(ValueError, match=rf"targets\[2\] = {bad} is outside"):
+            flce.fused_linear_cross_entropy_fwd(h, w, t, validate_targets=True)
         with torch.no_grad():
-            rows = flce.fused_linear_cross_entropy(h, w, t, reduction="none", validate_targets=False)
+            rows = flce.fused_linear_cross_entropy(h, w, t, reduction="none")
         assert torch.isnan(rows[2]) and torch.isfinite(rows[[0, 1, 3]]).all()
+        assert torch.isnan(flce.fused_linear_cross_entropy(h.requires_grad_(), w, t))
 
 
 def test_cpu_tensor_without_interpreter_is_refused(monkeypatch):
@@ -406,11 +568,16 @@ def test_cpu_tensor_without_interpreter_is_refused(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("softcap", [None, 15.0])
-def test_speedrun_shape_bf16(softcap):
-    """8192 tokens × 768 → 50304 (two 4096-row chunks), vs eager in bf16 and the float64 oracle (~13 GB)."""
+@pytest.mark.parametrize("head", ["nocap", "tanh", "track3"])
+def test_speedrun_shape_bf16(head):
+    """8192 tokens × 768 → 50304 (two 4096-row chunks), vs eager in bf16 and the float64 oracle (~13 GB); track3:
+    head bias, algebraic softcap, reduction "sum"."""
     hidden, weight, targets = make_inputs(8192, 768, 50304, torch.bfloat16, "cuda", ignore_rows=range(0, 8192, 97))
-    parity(hidden, weight, targets, softcap=softcap, z_loss=1e-4)
+    if head == "track3":
+        parity(hidden, weight, targets, make_bias(50304, torch.bfloat16, "cuda"), softcap=15.0,
+               softcap_kind="algebraic", reduction="sum")
+    else:
+        parity(hidden, weight, targets, softcap=None if head == "nocap" else 15.0, z_loss=1e-4)
 
 
 @pytest.mark.gpu
@@ -436,8 +603,9 @@ def test_speedrun_shape_peak_memory():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_deterministic(dtype):
     hidden, weight, targets = make_inputs(8192, 768, 50304, dtype, "cuda", ignore_rows=range(0, 8192, 97))
-    first = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0, z_loss=1e-4)
+    kw = dict(bias=make_bias(50304, dtype, "cuda"), softcap=15.0, softcap_kind="algebraic", z_loss=1e-4)
+    first = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, **kw)
     for _ in range(10):
-        again = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0, z_loss=1e-4)
+        again = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, **kw)
         for a, b in zip(first, again):
             assert torch.equal(a, b)

@@ -35,7 +35,7 @@ def _rel(x, ref):
     return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def parity(G, *, steps=5, coefficients="quintic", k=2.0, **kernel_kw):
+def parity(G, *, steps=None, coefficients="quintic", k=2.0, **kernel_kw):
     """check_parity vs the float64 oracle (peer = eager in G's dtype), then the relative-error band."""
     def kernel(G, **kw):
         return ns.newton_schulz(G, **kw, **kernel_kw)
@@ -55,10 +55,11 @@ def parity(G, *, steps=5, coefficients="quintic", k=2.0, **kernel_kw):
 # ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("coefficients", ["quintic", "polar_express"])
+@pytest.mark.parametrize("coefficients", ["quintic", "polar_express", "cubic"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", INTERPRETER_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_parity_with_eager(shape, dtype, coefficients, device):
+    # Each set with its own step count (5, 5; cubic: track 3's 12 steps of (2, -1.5, 0.5)).
     G = torch.randn(shape, device=device).to(dtype)
     # One row has one singular value: the error is a single rounding path amplified by the composed
     # polynomial's slope, not an average, and the peer's error is as much luck as the kernel's (worst
@@ -71,6 +72,16 @@ def test_step_counts(steps, device):
     # steps=1 leaves the first step's output in place (no ping-pong); 7 repeats the last Polar Express row.
     G = torch.randn(24, 40, device=device).to(torch.bfloat16)
     parity(G, steps=steps, coefficients="polar_express")
+
+
+def test_cubic_takes_its_twelve_steps_by_default(device):
+    """The launcher's default step count is the set's (kernels.reference.NS_DEFAULT_STEPS): cubic runs 12; and 12
+    cubic steps take every singular value to 1 (the fp32 result is orthogonal to fp32 accuracy)."""
+    G = torch.randn(24, 40, device=device)
+    y = ns.newton_schulz(G, coefficients="cubic")
+    assert torch.equal(y, ns.newton_schulz(G, coefficients="cubic", steps=12))
+    assert not torch.equal(y, ns.newton_schulz(G, coefficients="cubic", steps=11))
+    assert_close(y @ y.T, torch.eye(24, device=device), atol=1e-4, rtol=0, name="Y·Yᵀ after 12 cubic steps")
 
 
 @pytest.mark.parametrize("config", ["b128", "b64"])
@@ -107,13 +118,15 @@ def test_zero_matrix_gives_zero(device):
 
 @NAN_WARNINGS
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_nan_and_inf_propagate_as_in_eager(dtype, device):
+@pytest.mark.parametrize("coefficients", ["quintic", "cubic"])
+def test_nan_and_inf_propagate_as_in_eager(dtype, coefficients, device):
     """A NaN in one matrix of the batch and an inf in another: those matrices come out NaN exactly as eager's do
     (the norm is NaN / inf), and the finite matrix of the same launch is untouched."""
     G = torch.randn(3, 20, 36, device=device).to(dtype)
     G[1, 2, 5], G[2, 0, 0] = float("nan"), float("inf")
-    (y,), _ = check_nonfinite(ns.newton_schulz, eager_newton_schulz, [G], names=("newton_schulz",))
-    assert torch.isfinite(y[0]).all() and torch.equal(y[0], ns.newton_schulz(G[0]))
+    (y,), _ = check_nonfinite(ns.newton_schulz, eager_newton_schulz, [G], names=("newton_schulz",),
+                              kwargs=dict(coefficients=coefficients))
+    assert torch.isfinite(y[0]).all() and torch.equal(y[0], ns.newton_schulz(G[0], coefficients=coefficients))
 
 
 def test_registered_as_triton():
@@ -126,13 +139,15 @@ def test_registered_as_triton():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("shape", [(130, 150), (2, 150, 130)], ids=["wide", "tall-batched"])
-def test_nan_workspace_and_out_are_fully_overwritten(shape, dtype, device):
+@pytest.mark.parametrize("shape, coefficients", [((130, 150), "quintic"), ((2, 150, 130), "quintic"),
+                                                 ((130, 150), "cubic")], ids=["wide", "tall-batched", "wide-cubic"])
+def test_nan_workspace_and_out_are_fully_overwritten(shape, coefficients, dtype, device):
     # The A·A kernel reads whole rows of A = XXᵀ (both triangles) and the update kernel whole rows of B:
     # one element the triangle kernels failed to write (or mirror) would carry NaN into the result.
     G = torch.randn(shape, device=device).to(dtype)
-    clean = ns.newton_schulz(G)
-    y = ns.newton_schulz(G, out=poisoned(G), workspace=poisoned(ns.ns_workspace(shape, dtype, device)))
+    clean = ns.newton_schulz(G, coefficients=coefficients)
+    y = ns.newton_schulz(G, coefficients=coefficients, out=poisoned(G),
+                         workspace=poisoned(ns.ns_workspace(shape, dtype, device)))
     assert torch.isfinite(y).all()
     assert torch.equal(y, clean)
 
@@ -261,7 +276,7 @@ SPEEDRUN_SHAPES = [(768, 768), (768, 3072), (3072, 768), (12, 768, 768)]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("coefficients", ["quintic", "polar_express"])
+@pytest.mark.parametrize("coefficients", ["quintic", "polar_express", "cubic"])
 @pytest.mark.parametrize("shape", SPEEDRUN_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_speedrun_shapes_bf16(shape, coefficients):
     parity(torch.randn(shape, device="cuda").bfloat16(), coefficients=coefficients)

@@ -1,4 +1,5 @@
-"""kernels.relu2_mlp: forward/backward parity, poisoned buffers, dead-unit gradients, configs, codegen, input checks.
+"""kernels.relu2_mlp: forward/backward parity (with and without the biases), poisoned buffers, dead-unit gradients,
+configs, codegen, input checks.
 
 On the CPU the Triton kernel runs under the interpreter (tests/conftest.py) with the pinned 16×32×16 config,
 so the odd shapes below span several tiles, ragged edges and a short last GROUP_M group; the 124M shape is
@@ -23,21 +24,26 @@ from tests.parity import NAN_WARNINGS, assert_close, assert_same_nonfinite, chec
 # H and F not multiples of BLOCK_K=16 / BLOCK_N=32 (K-loop and column edges masked).
 SHAPES = [(1, 24, 72), (7, 40, 100), (37, 24, 100), (37, 40, 72)]
 NAMES = ("y", "dx", "dw_fc", "dw_proj")
+NAMES_BIAS = NAMES + ("db_fc", "db_proj")
 
 
-def _inputs(N, H, F, dtype, device):
-    """x, w_fc, w_proj at the scale of a trained layer (unit-variance h and y), plus a grad_output dy."""
+def _inputs(N, H, F, dtype, device, *, biases=False):
+    """x, w_fc, w_proj (and b_fc, b_proj) at the scale of a trained layer (unit-variance h and y), plus a
+    grad_output dy. The biases shift h by ~±0.5 (so they move units across the relu) and y by ~±1."""
     x = torch.randn(N, H, device=device)
     w_fc = torch.randn(F, H, device=device) / math.sqrt(H)
     w_proj = torch.randn(H, F, device=device) / math.sqrt(F)
     dy = torch.randn(N, H, device=device)
-    return [t.to(dtype) for t in (x, w_fc, w_proj)], dy.to(dtype)
+    tensors = [x, w_fc, w_proj] + ([0.5 * torch.randn(F, device=device), torch.randn(H, device=device)] if biases
+                                   else [])
+    return [t.to(dtype) for t in tensors], dy.to(dtype)
 
 
 def parity(inputs, dy, *, k=2.0):
-    """Kernel vs eager peer (same dtype) and float64 oracle: output and every gradient."""
-    where = f"{tuple(inputs[0].shape)}x{inputs[1].shape[0]} {inputs[0].dtype}"
-    return check_parity(r2.relu2_mlp, eager_relu2_mlp, inputs, names=NAMES, grad_output=dy, k=k, where=where)[0]
+    """Kernel vs eager peer (same dtype) and float64 oracle: output and every gradient (the biases' too)."""
+    where = f"{tuple(inputs[0].shape)}x{inputs[1].shape[0]} {inputs[0].dtype} biases={len(inputs) == 5}"
+    names = NAMES_BIAS if len(inputs) == 5 else NAMES
+    return check_parity(r2.relu2_mlp, eager_relu2_mlp, inputs, names=names, grad_output=dy, k=k, where=where)[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -55,20 +61,33 @@ def test_parity_forward_backward(shape, dtype, device):
     parity(inputs, dy, k=6.0 if shape[0] == 1 else 2.0)
 
 
-def test_parity_fp16(device):
-    inputs, dy = _inputs(37, 40, 100, torch.float16, device)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_parity_with_biases(shape, dtype, device):
+    """The track-3 MLP: relu(x w_fcᵀ + b_fc)² w_projᵀ + b_proj, b_fc fused into the forward epilogue; db_fc and
+    db_proj compared like every other gradient."""
+    inputs, dy = _inputs(*shape, dtype, device, biases=True)
+    parity(inputs, dy, k=6.0 if shape[0] == 1 else 2.0)  # one row: see test_parity_forward_backward
+
+
+@pytest.mark.parametrize("biases", [False, True])
+def test_parity_fp16(biases, device):
+    inputs, dy = _inputs(37, 40, 100, torch.float16, device, biases=biases)
     parity(inputs, dy)
 
 
-@pytest.mark.parametrize("need", [(True, False, False), (False, True, False), (False, False, True),
-                                  (True, False, True)], ids=["x", "w_fc", "w_proj", "x+w_proj"])
+@pytest.mark.parametrize("need", [(True, False, False, False, False), (False, True, False, False, False),
+                                  (False, False, True, False, False), (True, False, True, False, False),
+                                  (False, False, False, True, False), (False, False, False, False, True),
+                                  (False, True, False, True, True)],
+                         ids=["x", "w_fc", "w_proj", "x+w_proj", "b_fc", "b_proj", "w_fc+biases"])
 def test_only_requested_gradients(need, device):
     """Backward returns None for inputs that need no gradient and the same values for those that do."""
-    inputs, dy = _inputs(7, 24, 72, torch.bfloat16, device)
+    inputs, dy = _inputs(7, 24, 72, torch.bfloat16, device, biases=True)
     _, *full = run(r2.relu2_mlp, inputs, dy)
     leaves = [t.detach().clone().requires_grad_(n) for t, n in zip(inputs, need)]
     r2.relu2_mlp(*leaves).backward(dy)
-    for name, leaf, n, g in zip(NAMES[1:], leaves, need, full):
+    for name, leaf, n, g in zip(NAMES_BIAS[1:], leaves, need, full):
         if n:
             assert torch.equal(leaf.grad, g), name
         else:
@@ -84,12 +103,14 @@ def test_registered_as_triton():
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("biases", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_epilogues_match_their_formulas(dtype, device):
-    """a = relu(x w_fcᵀ)² and dH = (dy w_proj)·2·sqrt(a), each one rounding of the fp64 value."""
-    (x, w_fc, w_proj), dy = _inputs(37, 40, 100, dtype, device)
-    a = r2.relu2_fc_fwd(x, w_fc)
-    h64 = x.double() @ w_fc.double().T
+def test_epilogues_match_their_formulas(dtype, biases, device):
+    """a = relu(x w_fcᵀ [+ b_fc])² and dH = (dy w_proj)·2·sqrt(a), each one rounding of the fp64 value."""
+    (x, w_fc, w_proj, *b), dy = _inputs(37, 40, 100, dtype, device, biases=biases)
+    b_fc = b[0] if b else None
+    a = r2.relu2_fc_fwd(x, w_fc, b_fc)
+    h64 = x.double() @ w_fc.double().T + (0 if b_fc is None else b_fc.double())
     expected_a = h64.clamp_min(0).square()
     dh = r2.relu2_fc_bwd(dy, w_proj, a)
     expected_dh = (dy.double() @ w_proj.double()) * 2 * a.double().sqrt()
@@ -101,21 +122,23 @@ def test_epilogues_match_their_formulas(dtype, device):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_poisoned_outputs_and_grad_buffers_are_fully_written(dtype, device):
-    """Every launcher output starts as NaN: any element a kernel (or matmul) skips stays NaN and fails."""
+    """Every launcher output starts as NaN: any element a kernel (or matmul, or column sum) skips stays NaN and
+    fails. With both biases, so that their epilogue and gradients are covered too."""
     N, H, F = 37, 40, 100
-    (x, w_fc, w_proj), dy = _inputs(N, H, F, dtype, device)
-    y_ref, *g_ref = run(r2.relu2_mlp, [x, w_fc, w_proj], dy)
+    (x, w_fc, w_proj, b_fc, b_proj), dy = _inputs(N, H, F, dtype, device, biases=True)
+    y_ref, *g_ref = run(r2.relu2_mlp, [x, w_fc, w_proj, b_fc, b_proj], dy)
 
     out, act = poisoned((N, H), dtype=dtype, device=device), poisoned((N, F), dtype=dtype, device=device)
-    y, a = r2.relu2_mlp_fwd(x, w_fc, w_proj, out=out, act_out=act)
+    y, a = r2.relu2_mlp_fwd(x, w_fc, w_proj, b_fc, b_proj, out=out, act_out=act)
     assert y is out and a is act
     assert torch.isfinite(a).all() and torch.equal(y, y_ref)
 
-    dx, dw_fc, dw_proj, dh = poisoned(x), poisoned(w_fc), poisoned(w_proj), poisoned(a)
-    grads = r2.relu2_mlp_bwd(dy, x, w_fc, w_proj, a, dx=dx, dw_fc=dw_fc, dw_proj=dw_proj, dh=dh)
-    assert grads[0] is dx and grads[1] is dw_fc and grads[2] is dw_proj
-    assert torch.isfinite(dh).all()
-    for name, got, ref in zip(NAMES[1:], grads, g_ref):
+    bufs = dict(dx=poisoned(x), dw_fc=poisoned(w_fc), dw_proj=poisoned(w_proj), db_fc=poisoned(b_fc),
+                db_proj=poisoned(b_proj), dh=poisoned(a))
+    grads = r2.relu2_mlp_bwd(dy, x, w_fc, w_proj, a, need_db_fc=True, need_db_proj=True, **bufs)
+    assert all(g is bufs[name] for g, name in zip(grads, ("dx", "dw_fc", "dw_proj", "db_fc", "db_proj")))
+    assert torch.isfinite(bufs["dh"]).all()
+    for name, got, ref in zip(NAMES_BIAS[1:], grads, g_ref):
         assert torch.isfinite(got).all(), name
         assert torch.equal(got, ref), name
 
@@ -160,12 +183,17 @@ def _nonfinite_inputs(dtype, device):
 
 
 @NAN_WARNINGS
-def test_nan_and_inf_propagate_as_in_eager(device):
+@pytest.mark.parametrize("biases", [False, True])
+def test_nan_and_inf_propagate_as_in_eager(biases, device):
     """The output and every gradient are non-finite exactly where eager's are, of the same kind. fp32: in bf16 the
     CPU's own GEMM smears a NaN into a neighbouring row (tests.parity.check_nonfinite), which the module's
     torch.matmul calls inherit; the bf16 Triton launches are checked on their own below."""
     inputs, dy = _nonfinite_inputs(torch.float32, device)
-    y, dx, dw_fc, dw_proj = check_nonfinite(r2.relu2_mlp, eager_relu2_mlp, inputs, names=NAMES, grad_output=dy)[0]
+    names = NAMES
+    if biases:
+        inputs += [0.5 * torch.randn(100, device=device), torch.randn(40, device=device)]
+        names = NAMES_BIAS
+    y, *_ = check_nonfinite(r2.relu2_mlp, eager_relu2_mlp, inputs, names=names, grad_output=dy)[0]
     assert torch.isnan(y[1]).all() and torch.isfinite(y[[0, 2, 3]]).all()
 
 
@@ -271,9 +299,10 @@ def test_codegen_cases_cover_every_usable_config():
     all_cases = cases.codegen_cases()
     for dtype in r2.SUPPORTED_DTYPES:
         ty = TRITON_DTYPE[dtype]
-        for kernel in ("relu2_mm_fwd", "relu2_mm_bwd"):
+        for kernel, suffixes in (("relu2_mm_fwd", ("", " bias")), ("relu2_mm_bwd", ("",))):
             have = {c.config for c in all_cases if c.kernel == kernel and c.config.startswith(ty + " ")}
-            assert have == {f"{ty} {c.name}" for c in r2.usable_configs(dtype)}
+            assert have == {f"{ty} {c.name}{suffix}" for c in r2.usable_configs(dtype) for suffix in suffixes}
+    assert all(c.constexprs["HAS_BIAS"] == c.config.endswith(" bias") for c in all_cases)
     for case in all_cases:
         assert case.constexprs["UPCAST"] is False and case.constexprs["RNE_BF16"] is False
         assert case.flops == 2 * 8192 * 768 * 3072
@@ -318,6 +347,14 @@ def test_rejects_shape_mismatches_naming_the_dims():
         r2.relu2_fc_bwd(dy, w_proj, torch.zeros(5, 70))
     with pytest.raises(ValueError, match=r"w_proj \(H, F\) = \(20, 72\) must have H = 24 rows"):
         r2.relu2_fc_bwd(dy, torch.randn(20, 72), torch.zeros(5, 72))
+    with pytest.raises(ValueError, match=r"b_fc must have 72 entries \(F, the rows of w_fc\), got 24"):
+        r2.relu2_mlp(x, w_fc, w_proj, torch.zeros(24))
+    with pytest.raises(ValueError, match=r"b_proj must have 24 entries \(H, the rows of w_proj\), got 72"):
+        r2.relu2_mlp(x, w_fc, w_proj, None, torch.zeros(72))
+    with pytest.raises(TypeError, match="b_fc has dtype torch.bfloat16"):
+        r2.relu2_mlp(x, w_fc, w_proj, torch.zeros(72, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="b_proj must have 1 dims"):
+        r2.relu2_mlp(x, w_fc, w_proj, None, torch.zeros(24, 1))
 
 
 def test_rejects_layout_empty_and_bad_out():
@@ -358,8 +395,9 @@ SPEEDRUN_SHAPE = (8192, 768, 3072)  # tokens × n_embd → 4·n_embd
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_speedrun_shape(dtype):
-    inputs, dy = _inputs(*SPEEDRUN_SHAPE, dtype, "cuda")
+@pytest.mark.parametrize("biases", [False, True])
+def test_speedrun_shape(dtype, biases):
+    inputs, dy = _inputs(*SPEEDRUN_SHAPE, dtype, "cuda", biases=biases)
     # fp32 runs tl.dot(input_precision="tf32x3"): about fp32 accuracy, not bit-for-bit fp32 FMA sums; k=4
     # allows for that (not yet measured on a GPU: this test on one measures it).
     parity(inputs, dy, k=2.0 if dtype == torch.bfloat16 else 4.0)
@@ -379,7 +417,7 @@ def test_speedrun_shape_every_bf16_config(cfg):
 
 @pytest.mark.gpu
 def test_deterministic():
-    inputs, dy = _inputs(*SPEEDRUN_SHAPE, torch.bfloat16, "cuda")
+    inputs, dy = _inputs(*SPEEDRUN_SHAPE, torch.bfloat16, "cuda", biases=True)
     first = run(r2.relu2_mlp, inputs, dy)
     for _ in range(10):
         assert all(torch.equal(a, b) for a, b in zip(run(r2.relu2_mlp, inputs, dy), first))
