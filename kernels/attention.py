@@ -33,19 +33,26 @@ Copies: FlashAttention reads (B, T, H, D) as is; document masking flattens (B, T
 for the varlen kernels. sdpa and flex want (B, H, T, D): they get transposed views and return a transposed view,
 so the model's reshape(B, T, H·D) copies the output once (as for eager).
 
+torch.compile: eager, sdpa and flex are torch code. FlashAttention 2/3/4 run as the custom op
+torch.ops.speedrun.flash_attention (with torch.ops.speedrun.flash_attention_backward), which Dynamo keeps whole
+in its graph whatever the installed FlashAttention does inside; see _flash_attention for its backward (one more
+attention forward) and autocast. Masks built on the host stay outside the graph (torch.compiler.disable): the
+dense sdpa mask of a window or documents, and the varlen offsets of documents (host syncs).
+
 Nothing from FlashAttention is imported, and nothing is compiled or launched, at import time.
 """
 
 import logging
 import weakref
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 from kernels import attention_select as selection
 from kernels import registry
+from kernels._common import autocast_inputs, op_name
 from kernels.attention_select import BACKENDS, AttentionBackendUnavailable, select_backend
 from kernels.reference import attention as reference_attention
 from kernels.reference import attention_keep, attention_mask
@@ -289,13 +296,17 @@ def _require(name: str, q: torch.Tensor):
     return _fa_checked[key]
 
 
-def _flash_attention(name: str, q, k, v, *, causal, window, doc_ids, scale, unbounded):
-    _check_inputs(q, k, v, window, doc_ids)
+# FlashAttention's window_size value for "no limit" in each backend's API.
+_UNBOUNDED = {"fa2": -1, "fa3": -1, "fa4": None}
+
+
+def _flash_call(name: str, q, k, v, cu_seqlens, max_seqlen: int, causal: bool, window: int | None, scale):
+    """One call of backend `name`'s FlashAttention function on (B, T, H, D) q, k, v (varlen when cu_seqlens is
+    given); raises if the backend cannot run on q (checked once per backend, device, dtype, head dim)."""
     fa = _require(name, q)
-    window_size = _fa_window(causal, window, unbounded=unbounded)
-    if doc_ids is None:
+    window_size = _fa_window(causal, window, unbounded=_UNBOUNDED[name])
+    if cu_seqlens is None:
         return _first(fa.flash_attn_func(q, k, v, softmax_scale=scale, causal=causal, window_size=window_size))
-    cu_seqlens, max_seqlen = doc_cu_seqlens(doc_ids)
     out = fa.flash_attn_varlen_func(
         _flatten_tokens(q), _flatten_tokens(k), _flatten_tokens(v),  # (B·T, H, D) views
         cu_seqlens_q=cu_seqlens, cu_seqlens_k=cu_seqlens, max_seqlen_q=max_seqlen, max_seqlen_k=max_seqlen,
@@ -303,23 +314,89 @@ def _flash_attention(name: str, q, k, v, *, causal, window, doc_ids, scale, unbo
     return _first(out).view(q.shape)  # (B, T, H, D)
 
 
+@torch.library.custom_op(op_name("flash_attention"), mutates_args=())
+def _flash_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: Optional[torch.Tensor],
+                        max_seqlen: int, backend: str, causal: bool, window: Optional[int],
+                        scale: Optional[float]) -> torch.Tensor:
+    """FlashAttention's output (B, T, H, D), contiguous; the backend's own autograd is not recorded (the backward op
+    recomputes it)."""
+    with torch.no_grad():
+        return _flash_call(backend, q, k, v, cu_seqlens, max_seqlen, causal, window, scale).contiguous()
+
+
+@_flash_attention_op.register_fake
+def _(q, k, v, cu_seqlens, max_seqlen, backend, causal, window, scale):
+    return q.new_empty(q.shape)
+
+
+@torch.library.custom_op(op_name("flash_attention_backward"), mutates_args=())
+def _flash_attention_backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 cu_seqlens: Optional[torch.Tensor], max_seqlen: int, backend: str, causal: bool,
+                                 window: Optional[int],
+                                 scale: Optional[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv): the backend's forward again, with its autograd, then its backward kernel on dout."""
+    # A custom op's body runs below autograd (its dispatch key is excluded there): put autograd back for this
+    # nested forward and backward through the backend's own autograd.Function (torch.func.vjp would not do:
+    # FlashAttention's Functions use the old forward(ctx, ...) form, which functorch transforms refuse).
+    autograd_on = torch._C._SetExcludeDispatchKeyGuard(torch._C.DispatchKey.AutogradFunctionality, False)
+    with autograd_on, torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+        out = _flash_call(backend, *leaves, cu_seqlens, max_seqlen, causal, window, scale)
+        grads = torch.autograd.grad(out, leaves, dout)
+    return tuple(g.contiguous() for g in grads)
+
+
+@_flash_attention_backward_op.register_fake
+def _(dout, q, k, v, cu_seqlens, max_seqlen, backend, causal, window, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _flash_setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens, *settings = inputs
+    ctx.save_for_backward(q, k, v, cu_seqlens)
+    ctx.settings = settings  # max_seqlen, backend, causal, window, scale
+
+
+def _flash_backward(ctx, dout):
+    q, k, v, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv = torch.ops.speedrun.flash_attention_backward(dout.contiguous(), q, k, v, cu_seqlens, *ctx.settings)
+    return dq, dk, dv, None, None, None, None, None, None  # q, k, v; cu_seqlens and the settings: no gradient
+
+
+_flash_attention_op.register_autograd(_flash_backward, setup_context=_flash_setup_context)
+
+
+def _flash_attention(name: str, q, k, v, *, causal, window, doc_ids, scale):
+    """Backend `name` as the custom op torch.ops.speedrun.flash_attention (torch.compile keeps it whole in its
+    graph, whatever the FlashAttention build does inside). Under torch.autocast q, k, v are cast to the autocast
+    dtype here. Its backward runs the backend's forward once more and then its backward kernel, on the saved
+    q, k, v: one extra attention forward per training step (~1/3.5 more attention FLOPs; not yet measured on a
+    GPU: bench/kernels/bench_attention.py on one would measure it), for a compile-safe wrapper that uses only
+    the public flash_attn_func / flash_attn_varlen_func of every FlashAttention version, and saves q, k, v
+    only (not out and the log-sum-exp). Document masking computes the varlen offsets first (doc_cu_seqlens:
+    host syncs, outside the graph)."""
+    q, k, v = autocast_inputs(q, k, v)
+    _check_inputs(q, k, v, window, doc_ids)
+    cu_seqlens, max_seqlen = (None, 0) if doc_ids is None else doc_cu_seqlens(doc_ids)
+    return torch.ops.speedrun.flash_attention(q, k, v, cu_seqlens, max_seqlen, name, causal, window, scale)
+
+
 def attention_fa3(q, k, v, *, causal: bool = True, window: int | None = None, doc_ids: torch.Tensor | None = None,
                   scale: float | None = None) -> torch.Tensor:
     """FlashAttention-3 (sm_90): flash_attn_func, or flash_attn_varlen_func with document masking."""
-    return _flash_attention("fa3", q, k, v, causal=causal, window=window, doc_ids=doc_ids, scale=scale, unbounded=-1)
+    return _flash_attention("fa3", q, k, v, causal=causal, window=window, doc_ids=doc_ids, scale=scale)
 
 
 def attention_fa2(q, k, v, *, causal: bool = True, window: int | None = None, doc_ids: torch.Tensor | None = None,
                   scale: float | None = None) -> torch.Tensor:
     """FlashAttention-2 (sm_80+): flash_attn_func, or flash_attn_varlen_func with document masking."""
-    return _flash_attention("fa2", q, k, v, causal=causal, window=window, doc_ids=doc_ids, scale=scale, unbounded=-1)
+    return _flash_attention("fa2", q, k, v, causal=causal, window=window, doc_ids=doc_ids, scale=scale)
 
 
 def attention_fa4(q, k, v, *, causal: bool = True, window: int | None = None, doc_ids: torch.Tensor | None = None,
                   scale: float | None = None) -> torch.Tensor:
     """FlashAttention-4 (flash_attn.cute, sm_90+); its window_size says "no limit" with None, not -1."""
-    return _flash_attention("fa4", q, k, v, causal=causal, window=window, doc_ids=doc_ids, scale=scale,
-                            unbounded=None)
+    return _flash_attention("fa4", q, k, v, causal=causal, window=window, doc_ids=doc_ids, scale=scale)
 
 
 # ---------------------------------------------------------------------------------------------------

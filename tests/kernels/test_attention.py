@@ -305,6 +305,64 @@ def test_flash_call_path_matches_reference(fake_machine, backend, module, unboun
     assert causal == kwargs["causal"] and q_seen.data_ptr() == q.data_ptr()  # no copy of q on the way in
 
 
+@pytest.mark.parametrize("backend, module, unbounded", [("fa3", "flash_attn_interface", -1),
+                                                        ("fa2", "flash_attn", -1),
+                                                        ("fa4", "flash_attn.cute", None)])
+@pytest.mark.parametrize("mask", ["causal", "window", "documents"])
+def test_flash_custom_op_backward_matches_reference(fake_machine, backend, module, unbounded, mask):
+    """torch.ops.speedrun.flash_attention's autograd: the backward op runs the backend's forward again (with its
+    autograd) and its backward on the saved q, k, v; forward and every gradient as the reference's, in bf16."""
+    fa = fake_flash_module(unbounded=unbounded, returns_lse=backend == "fa3")
+    fake_machine({module: fa}, capability=(9, 0))
+    q, k, v, kwargs = make_inputs(2, 23, 3, 16, torch.bfloat16, mask)
+    dout = torch.randn_like(q)
+    ours = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = registry.get("attention", backend)(*ours, **kwargs)
+    out.backward(dout)
+    ref = [t.clone().requires_grad_() for t in (q, k, v)]
+    out_ref = reference(*ref, **kwargs)
+    out_ref.backward(dout)
+    assert_close(out, out_ref, atol=1e-2, rtol=1e-2, name=f"{backend}/{mask} out")
+    for name, a, b in zip(("dq", "dk", "dv"), ours, ref):
+        assert_close(a.grad, b.grad, atol=2e-2, rtol=2e-2, name=f"{backend}/{mask} {name}")
+    assert len(fa.calls) == 2  # the forward, and its recomputation in backward
+
+
+def test_flash_custom_op_traces_whole(fake_machine):
+    """torch.compile of an fa3 call: no graph break (Dynamo does not trace into FlashAttention), and through
+    AOTAutograd (fake implementations, the backward op) the same output and gradients as eager."""
+    fake_machine({"flash_attn_interface": fake_flash_module()}, capability=(9, 0))
+    q, k, v, kwargs = make_inputs(2, 16, 2, 16, torch.bfloat16, "window")
+    fn = registry.get("attention", "fa3")
+
+    def attend(q, k, v):
+        return fn(q, k, v, **kwargs)
+
+    explained = torch._dynamo.explain(attend)(q, k, v)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    torch._dynamo.reset()
+    results = []
+    for f in (attend, torch.compile(attend, backend="aot_eager", fullgraph=True)):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = f(*leaves)
+        out.backward(torch.ones_like(out))
+        results.append([out.detach()] + [t.grad for t in leaves])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    torch.library.opcheck(torch.ops.speedrun.flash_attention.default,
+                          ([t.clone().requires_grad_() for t in (q, k, v)] + [None, 0, "fa3", True, 5, None]))
+
+
+def test_flash_under_autocast_takes_the_autocast_dtype(fake_machine):
+    """fp32 q, k, v under bf16 autocast reach FlashAttention in bf16 (outside autocast fp32 is refused, below)."""
+    fa = fake_flash_module()
+    fake_machine({"flash_attn_interface": fa}, capability=(9, 0))
+    q = torch.randn(1, 8, 2, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = registry.get("attention", "fa3")(q, q, q)
+    assert out.dtype == torch.bfloat16 and fa.calls[0][3].dtype == torch.bfloat16
+
+
 def test_auto_dispatches_to_the_chosen_backend(fake_machine):
     fa = fake_flash_module()
     fake_machine({"flash_attn_interface": fa, "flash_attn": fake_flash_module()}, capability=(9, 0))
