@@ -17,6 +17,10 @@ boolean (1 or B, 1, T, T) mask, which on CUDA rules out SDPA's flash kernel. fle
 (torch has no CPU backward), so inputs that require grad are refused there with grad enabled. FlashAttention:
 head dim <= 256 (a multiple of 8 for fa3/fa4); fp32 is refused, never cast silently.
 
+Autocast: under torch.autocast, sdpa, flex, FlashAttention and auto cast q, k, v to the autocast dtype at their
+entry (a model passes its projections as they come, e.g. fp32 q, k after an fp32 RMSNorm and a bf16 v); eager
+computes in fp32 whatever it gets and returns q's dtype.
+
 Every backend implements the masks of kernels.reference.attention_keep (sdpa and flex call it): causal keeps
 j <= i; window w keeps i - w < j (the query and the w-1 keys before it; FlashAttention window_size=(w-1, 0));
 doc_ids (B, T), non-decreasing along T (the model's cumsum of <|endoftext|> flags), keeps keys of the same
@@ -213,6 +217,7 @@ def _dense_mask(T: int, causal: bool, window: int | None, doc_ids: torch.Tensor 
 def attention_sdpa(q, k, v, *, causal: bool = True, window: int | None = None, doc_ids: torch.Tensor | None = None,
                    scale: float | None = None) -> torch.Tensor:
     """F.scaled_dot_product_attention on (B, T, H, D); returns a (B, T, H, D) view of SDPA's (B, H, T, D) output."""
+    q, k, v = autocast_inputs(q, k, v)
     _check_inputs(q, k, v, window, doc_ids)
     qh, kh, vh = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D) views; SDPA copies only if its kernel must
     if window is None and doc_ids is None:
@@ -260,6 +265,7 @@ def attention_flex(q, k, v, *, causal: bool = True, window: int | None = None, d
     flex, why = selection.flex_module()
     if flex is None:
         raise AttentionBackendUnavailable(f"attention backend 'flex' {why}; use --attention auto|sdpa")
+    q, k, v = autocast_inputs(q, k, v)
     _check_inputs(q, k, v, window, doc_ids)
     if q.device.type == "cpu" and any(t.requires_grad for t in (q, k, v)):
         if torch.is_grad_enabled():
@@ -411,6 +417,7 @@ def attention_auto(q, k, v, *, causal: bool = True, window: int | None = None, d
                    scale: float | None = None) -> torch.Tensor:
     """The best backend available for q's device, dtype and head dim (fa3 > fa2 > sdpa); chosen once per
     combination, and logged then with the reasons the better ones were skipped."""
+    q, k, v = autocast_inputs(q, k, v)  # the dtype the backend will see decides
     key = (q.device, q.dtype, q.shape[-1])
     name = _auto_cache.get(key)
     if name is None:

@@ -363,6 +363,18 @@ def test_flash_under_autocast_takes_the_autocast_dtype(fake_machine):
     assert out.dtype == torch.bfloat16 and fa.calls[0][3].dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "auto"])
+def test_autocast_inputs_of_mixed_dtypes(backend):
+    """Under bf16 autocast a model hands over fp32 q, k (an fp32 RMSNorm's output) and a bf16 v: the backend casts
+    all three itself and gives what bf16 inputs give outside autocast."""
+    q, k, v, kwargs = make_inputs(2, 17, 2, 16, torch.float32, "window")
+    fn = registry.get("attention", backend)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fn(q, k, v.bfloat16(), **kwargs)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, fn(q.bfloat16(), k.bfloat16(), v.bfloat16(), **kwargs))
+
+
 def test_auto_dispatches_to_the_chosen_backend(fake_machine):
     fa = fake_flash_module()
     fake_machine({"flash_attn_interface": fa, "flash_attn": fake_flash_module()}, capability=(9, 0))
