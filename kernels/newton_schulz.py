@@ -404,7 +404,7 @@ def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: st
             raise ValueError("out= and workspace= are for calls outside autocast (the buffers have G's dtype)")
         return newton_schulz_launch(G, steps=steps, coefficients=coefficients, eps=eps, out=out,
                                     workspace=workspace, config=config)
-    check_tensor(X, "G", ndim=(2, 3), dtypes=SUPPORTED_DTYPES)
+    check_tensor(X, "G" if X.dtype == G.dtype else "G (cast by autocast)", ndim=(2, 3), dtypes=SUPPORTED_DTYPES)
     steps = len(ns_coefficients(coefficients, steps))  # the set's default when None; validates both
     return torch.ops.speedrun.newton_schulz(X, steps, coefficients, float(eps), config).to(G.dtype)
 

@@ -260,6 +260,12 @@ def test_rejects_bad_arguments():
         ns.newton_schulz(G, out=torch.empty(8, 16, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="workspace.x0 must be"):
         ns.newton_schulz(G, workspace=ns.ns_workspace((8, 32), torch.float32, G.device))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(ValueError, match="out= and workspace= are for calls outside autocast"):
+            ns.newton_schulz(G, out=torch.empty_like(G))
+    with torch.autocast("cpu", dtype=torch.float16):
+        with pytest.raises(TypeError, match=r"G \(cast by autocast\) has dtype torch.float16"):
+            ns.newton_schulz(G)
 
 
 def test_cpu_tensor_without_interpreter_is_refused(monkeypatch):
