@@ -150,20 +150,10 @@ def autocast_inputs(*tensors):
                  for t in tensors)
 
 
-def no_autocast(device: torch.device):
-    """A context in which autocast is off on `device`. The bodies of the custom ops run in it: autocast stays
-    enabled inside an eager call, and must not recast the torch matmuls a launcher runs between its kernels."""
-    return torch.autocast(device.type, enabled=False)
-
-
 def absent(like: torch.Tensor) -> torch.Tensor:
     """The stand-in for an output an op did not compute (a gradient no input needs): an empty tensor, since a
-    custom op's schema has no optional returns. present() turns it back into None."""
+    custom op's schema has no optional returns."""
     return like.new_empty(0)
-
-
-def present(t: torch.Tensor) -> torch.Tensor | None:
-    return None if t.numel() == 0 else t
 
 
 def check_out(out, name: str, shape, *, dtype: torch.dtype, device, contiguous: bool = True) -> torch.Tensor:

@@ -399,11 +399,10 @@ def _flce_op(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
              chunk_rows: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, grad_hidden, grad_weight, grad_bias) of fused_linear_cross_entropy_fwd for grad_output = 1; each
     gradient not requested is an empty tensor (kernels._common.absent)."""
-    with _common.no_autocast(hidden.device):
-        outs = fused_linear_cross_entropy_fwd(
-            hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind,
-            ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, compute_grad_hidden=grad_hidden,
-            compute_grad_weight=grad_weight, compute_grad_bias=grad_bias, config=config, chunk_rows=chunk_rows)
+    outs = fused_linear_cross_entropy_fwd(
+        hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind, ignore_index=ignore_index,
+        reduction=reduction, z_loss=z_loss, compute_grad_hidden=grad_hidden, compute_grad_weight=grad_weight,
+        compute_grad_bias=grad_bias, config=config, chunk_rows=chunk_rows)
     return tuple(_common.absent(hidden) if t is None else t for t in outs)
 
 

@@ -55,7 +55,6 @@ from kernels._common import (
     check_triton_device,
     check_workspace,
     lookup_config,
-    no_autocast,
     op_name,
     precision_flags,
     round_to_bf16_grid,
@@ -374,8 +373,7 @@ def newton_schulz_launch(G: torch.Tensor, *, steps: int | None = None, coefficie
 @torch.library.custom_op(op_name("newton_schulz"), mutates_args=())
 def _newton_schulz_op(G: torch.Tensor, steps: int, coefficients: str, eps: float,
                       config: Optional[str]) -> torch.Tensor:
-    with no_autocast(G.device):
-        return newton_schulz_launch(G, steps=steps, coefficients=coefficients, eps=eps, config=config)
+    return newton_schulz_launch(G, steps=steps, coefficients=coefficients, eps=eps, config=config)
 
 
 @_newton_schulz_op.register_fake

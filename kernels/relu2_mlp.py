@@ -80,7 +80,6 @@ from kernels._common import (
     check_tensor,
     check_triton_device,
     is_interpreter,
-    no_autocast,
     op_name,
     precision_flags,
     same_dtype,
@@ -463,8 +462,7 @@ def relu2_mlp_bwd(dy: torch.Tensor, x: torch.Tensor | None, w_fc: torch.Tensor |
 def _relu2_mlp_op(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, b_fc: Optional[torch.Tensor],
                   b_proj: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, a) of relu2_mlp_fwd; `a` is returned for the backward only."""
-    with no_autocast(x.device):
-        return relu2_mlp_fwd(x, w_fc, w_proj, b_fc, b_proj)
+    return relu2_mlp_fwd(x, w_fc, w_proj, b_fc, b_proj)
 
 
 @_relu2_mlp_op.register_fake
@@ -481,9 +479,8 @@ def _relu2_mlp_backward_op(dy: torch.Tensor, x: Optional[torch.Tensor], w_fc: Op
                                                         torch.Tensor]:
     """(dx, dW_fc, dW_proj, db_fc, db_proj) of relu2_mlp_bwd, an empty tensor (kernels._common.absent) for each
     one not needed."""
-    with no_autocast(dy.device):
-        grads = relu2_mlp_bwd(dy, x, w_fc, w_proj, a, need_dx=need_dx, need_dw_fc=need_dw_fc,
-                              need_dw_proj=need_dw_proj, need_db_fc=need_db_fc, need_db_proj=need_db_proj)
+    grads = relu2_mlp_bwd(dy, x, w_fc, w_proj, a, need_dx=need_dx, need_dw_fc=need_dw_fc, need_dw_proj=need_dw_proj,
+                          need_db_fc=need_db_fc, need_db_proj=need_db_proj)
     return tuple(absent(dy) if g is None else g for g in grads)
 
 
