@@ -17,17 +17,21 @@ seconds: 2 layers, d=256 (2 heads of 128), 2 rows of 64 tokens, vocab 50304, one
   - One process in a gloo group: the reference's Muon.step calls dist.get_world_size()/all_gather.
   - Init: the RNG is seeded right before a loop that applies the reference's per-parameter rule (its Setup
     section's init) over model.named_parameters(), in that order.
-  - Batches: step k reads 2·64+1 tokens drawn from the first 64 token ids by a generator seeded with 1000+k
-    (inputs, targets shifted): a unigram the 5 steps learn, so the loss moves (10.83 to 7.71 nats a token).
+  - Data: a train stream of 1024 tokens among the first 64 ids (generator seed 1000: a unigram the 5 steps
+    learn, so the loss moves) read as the reference's loader reads a shard: step k takes the window
+    [128k, 128k + 129) as 2 rows of inputs and targets shifted by one; a val stream of 513 tokens (seed 2000)
+    whose first 256 tokens (+1) are 2 micro-batches of 2 rows, validated like its training loop does (the
+    summed losses / 256) before the first step and after the last. A test writes both streams as shards.
   - Optimizers: as its Setup section builds them, with the baseline's hyperparameters (AdamW: embed .7, head
     weight .004, every <2-D parameter .015, betas (.8, .95), eps 1e-10, wd .001, fused; Muon lr .025, wd .05),
     and its stable-then-decay schedule (cooldown_frac .7) over a horizon of 5 steps, so that the 5 steps
     cover both the stable phase (steps 0, 1) and the decay (steps 2..4).
 
 Printed (JSON): the init of every parameter (norm, sum and the first and last two entries), the loss and each
-gradient's norm and a seeded probe <grad, r> at a perturbed state (init + seeded noise, for a model-only check
-where every gradient is non-zero), and for each of the 5 steps the loss before the update and every parameter's
-norm after it. Norms, sums and probes are float64 reductions of the fp32 tensors.
+gradient's norm and a seeded probe <grad, r> at a perturbed state (init + seeded noise, on step 0's batch: a
+model-only check where every gradient is non-zero), for each of the 5 steps the summed loss before the update
+and every parameter's norm after it, and the val loss before and after the 5 steps. Norms, sums and probes are
+float64 reductions of the fp32 tensors.
 """
 
 import argparse
@@ -44,7 +48,7 @@ N_LAYER, DIM, VOCAB, ROWS, SEQ = 2, 256, 50304, 2, 64
 INIT_SEED = 1234
 STEPS, HORIZON, COOLDOWN_FRAC = 5, 5, 0.7
 PERTURB_STD = 0.05
-DATA_VOCAB = 64  # batches use the first 64 token ids: a unigram the 5 steps learn, so the loss moves
+DATA_VOCAB, TRAIN_SEED, TRAIN_TOKENS, VAL_SEED, VAL_TOKENS = 64, 1000, 1024, 2000, 256
 
 
 def load_reference(path: str) -> dict:
@@ -84,10 +88,22 @@ def init_like_reference(model: torch.nn.Module):
                 raise SystemExit(f"no init rule for {name}")
 
 
-def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1000 + step)
-    tokens = torch.randint(0, DATA_VOCAB, (ROWS * SEQ + 1,), generator=g)
-    return tokens[:-1].view(ROWS, SEQ), tokens[1:].view(ROWS, SEQ)
+def streams() -> tuple[torch.Tensor, torch.Tensor]:
+    """The train stream (1024 tokens) and the val stream (2·VAL_TOKENS + 1 tokens), int64."""
+    train = torch.randint(0, DATA_VOCAB, (TRAIN_TOKENS,), generator=torch.Generator().manual_seed(TRAIN_SEED))
+    val = torch.randint(0, DATA_VOCAB, (2 * VAL_TOKENS + 1,), generator=torch.Generator().manual_seed(VAL_SEED))
+    return train, val
+
+
+def batch(stream: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    buf = stream[step * ROWS * SEQ :][: ROWS * SEQ + 1]
+    return buf[:-1].view(ROWS, SEQ), buf[1:].view(ROWS, SEQ)
+
+
+def val_loss(model, val: torch.Tensor) -> float:
+    with torch.no_grad():
+        total = sum(model(*batch(val, i)) for i in range(VAL_TOKENS // (ROWS * SEQ)))
+    return (total / VAL_TOKENS).item()
 
 
 def lr_factor(step: int) -> float:
@@ -125,7 +141,8 @@ def main():
     with torch.no_grad():
         for i, p in enumerate(model.parameters()):
             p.add_(PERTURB_STD * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
-    x, y = batch(0)
+    train, val = streams()
+    x, y = batch(train, 0)
     loss = model(x, y)
     loss.backward()
     out["perturbed"] = {"loss": loss.item(), "grads": {
@@ -146,9 +163,9 @@ def main():
     for opt in optimizers:
         for group in opt.param_groups:
             group["initial_lr"] = group["lr"]
-    out["steps"] = []
+    out["val_loss_before"], out["steps"] = val_loss(model, val), []
     for step in range(STEPS):
-        x, y = batch(step)
+        x, y = batch(train, step)
         loss = model(x, y)
         loss.backward()
         factor = lr_factor(step)
@@ -159,6 +176,7 @@ def main():
         model.zero_grad(set_to_none=True)
         out["steps"].append({"lr_factor": factor, "loss": loss.item(), "norms": {
             name: p.detach().double().norm().item() for name, p in model.named_parameters()}})
+    out["val_loss_after"] = val_loss(model, val)
 
     source = open(args.reference, "rb").read()
     out["meta"] = {
@@ -168,7 +186,8 @@ def main():
         "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "machine": platform.machine(), "python": platform.python_version(),
         "shape": dict(n_layer=N_LAYER, dim=DIM, vocab=VOCAB, rows=ROWS, seq=SEQ), "init_seed": INIT_SEED,
-        "horizon": HORIZON, "perturb_std": PERTURB_STD,
+        "horizon": HORIZON, "perturb_std": PERTURB_STD, "data_vocab": DATA_VOCAB, "train_seed": TRAIN_SEED,
+        "train_tokens": TRAIN_TOKENS, "val_seed": VAL_SEED, "val_tokens": VAL_TOKENS,
     }
     dist.destroy_process_group()
     json.dump(out, sys.stdout, indent=1)

@@ -10,7 +10,8 @@ run with torch 2.13.0+cpu and Python 3.11.7 on one thread of an x86_64 CPU with 
 AVX512; an Intel Xeon). scripts/track3_golden.py runs the reference's own model and optimizer definitions at
 2 layers, d=256 (2 heads of 128), 2 rows of 64 tokens, vocab 50304, fp32 (its bf16 embedding converted to fp32),
 eagerly (torch.compile replaced by the identity), and records: every parameter's init after seeding the RNG
-with 1234, the loss and every gradient at a perturbed state (init + seeded noise), and 5 optimizer steps.
+with 1234, the loss and every gradient at a perturbed state (init + seeded noise), and 5 optimizer steps on
+seeded token streams (losses, every parameter's norm after each step, val loss before and after).
 
 Here our "track3" model at that size, in fp32, must reproduce those figures: the same init from the same seed
 (our track3 init draws in the reference's parameter order), and the loss and gradients within 1e-5 relative.
@@ -54,12 +55,18 @@ def tiny_track3() -> GPT:
     return model
 
 
-def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The golden script's batch of step `step`: 2·64+1 tokens among the first 64 ids, seeded with 1000+step."""
-    shape = META["shape"]
-    g = torch.Generator().manual_seed(1000 + step)
-    tokens = torch.randint(0, 64, (shape["rows"] * shape["seq"] + 1,), generator=g)
-    return tokens[:-1].view(shape["rows"], shape["seq"]), tokens[1:].view(shape["rows"], shape["seq"])
+def streams() -> tuple[torch.Tensor, torch.Tensor]:
+    """The golden script's train and val token streams."""
+    g = torch.Generator()
+    train = torch.randint(0, META["data_vocab"], (META["train_tokens"],), generator=g.manual_seed(META["train_seed"]))
+    val = torch.randint(0, META["data_vocab"], (2 * META["val_tokens"] + 1,), generator=g.manual_seed(META["val_seed"]))
+    return train, val
+
+
+def first_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    rows, seq = META["shape"]["rows"], META["shape"]["seq"]
+    buf = streams()[0][: rows * seq + 1]
+    return buf[:-1].view(rows, seq), buf[1:].view(rows, seq)
 
 
 def test_parameters_correspond_one_to_one():
@@ -86,7 +93,7 @@ def test_loss_and_every_gradient_match_the_reference():
         for i, ref in enumerate(GOLDEN["init"]):
             p = params[our_name(ref)]
             p.add_(META["perturb_std"] * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
-    x, y = batch(0)
+    x, y = first_batch()
     loss = model(x, y)
     loss.backward()
     want = GOLDEN["perturbed"]
@@ -101,7 +108,7 @@ def test_loss_and_every_gradient_match_the_reference():
 def test_the_reference_loss_is_a_sum_at_uniform_init():
     """At init the head is zero: every logit is 0 and the summed loss is rows·seq·ln(V), here and there."""
     model = tiny_track3()
-    x, y = batch(0)
+    x, y = first_batch()
     expected = x.numel() * torch.log(torch.tensor(float(META["shape"]["vocab"]), dtype=torch.float64)).item()
     assert model(x, y).item() == pytest.approx(expected, rel=1e-6)
     assert GOLDEN["steps"][0]["loss"] == pytest.approx(expected, rel=1e-6)
