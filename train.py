@@ -47,6 +47,7 @@ makes the others fail after --dist_timeout_s seconds (default 300) with an error
 """
 
 import copy
+import ctypes
 import dataclasses
 import json
 import math
@@ -93,6 +94,26 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
 
 
+def keep_freed_memory():
+    """Make glibc's malloc keep freed memory in the process instead of returning it to the OS.
+
+    By default glibc serves every block over 32 MB with a fresh mmap and returns it with munmap when freed, so
+    each step's logits-sized tensors (tokens × 50304 × 4 bytes) are page-faulted and zeroed anew: ~940k page
+    faults a step at the track3-cpu size, 2.2 s a step against 1.2 s with this (1 thread, AVX2 emulation,
+    fwd+bwd+AdamW). Serving every block from the heap (M_MMAP_MAX=0) and never trimming it (M_TRIM_THRESHOLD=-1)
+    keeps those pages mapped. The cost is memory: the heap keeps its peak and fragments (torch's aligned
+    allocations), ~4 GB resident for a track3-cpu run against ~0.7 GB. Nothing changes numerically.
+    A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, -1)
+
+
 def train_loader(cfg: TrainConfig, files, *, rank: int, world_size: int) -> TokenLoader:
     """One step's rows per rank (accum micro-batches of batch_size rows): every world size reads the same global
     windows, and rank r's micro-batch m is the (r*accum + m)-th block of batch_size rows of the step's window."""
@@ -125,6 +146,8 @@ class Trainer:
             init_process_group(self.device, cfg.dist_timeout_s)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.master = self.rank == 0
         self.run_dir = os.path.join(cfg.out_dir, cfg.run_name or f"{cfg.preset}-{cfg.optim.name}-s{cfg.seed}")
 
