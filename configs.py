@@ -16,18 +16,33 @@ from model.config import GPTConfig, model_preset
 
 @dataclass(frozen=True)
 class OptimConfig:
+    """Optimizer hyper-parameters; optim.role_table() turns them into one row per parameter role.
+
+    Roles (optim.param_groups): hidden = the 2-D matrices under blocks.; embed; head (the LM head weight);
+    scalar = every tensor with fewer than 2 dims (gains, every bias including the head's).
+    """
+
     name: str = "adamw"  # registry name in optim.registry: adamw | sgd | muon | normuon
-    lr: float = 3e-3  # AdamW/SGD: every parameter; Muon/NorMuon: the hidden weight matrices (see DEFAULT_LR)
-    adam_lr: float = 3e-3  # Muon/NorMuon: the Adam side (embeddings, head, gains and scalars)
-    weight_decay: float = 0.0
-    betas: tuple = (0.9, 0.95)
+    lr: float = 3e-3  # hidden matrices; AdamW/SGD: also every other role without its own lr (see DEFAULT_LR)
+    adam_lr: float = 3e-3  # Muon/NorMuon: the Adam side's lr (embed, head, scalar) for roles without their own
+    embed_lr: float = 0.0  # per-role lr of the embeddings; 0 = the default above (adam_lr or lr)
+    head_lr: float = 0.0  # per-role lr of the LM head weight; 0 = the default
+    scalar_lr: float = 0.0  # per-role lr of gains and biases; 0 = the default
+    weight_decay: float = 0.0  # hidden matrices (decoupled for AdamW/Muon/NorMuon, added to the gradient for SGD)
+    adam_weight_decay: float = 0.0  # embed, head and scalar roles (same rule)
+    betas: tuple = (0.9, 0.95)  # AdamW: the hidden matrices, and the other roles unless adam_betas is set
+    adam_betas: tuple = ()  # embed, head and scalar roles; () = betas
     eps: float = 1e-8
     momentum: float = 0.95  # SGD and Muon momentum
     nesterov: bool = True
     ns_impl: str = "eager"  # kernels.registry impl of "newton_schulz": eager | triton
-    ns_coefficients: str = "quintic"  # quintic | polar_express
-    ns_steps: int = 5
-    normuon_beta2: float = 0.95  # NorMuon: EMA of the per-row second moment
+    ns_coefficients: str = "quintic"  # quintic | polar_express | cubic
+    ns_steps: int = 0  # 0 = the coefficient set's own (kernels.reference.NS_DEFAULT_STEPS: 5, 5, 12)
+    # Newton-Schulz precision: auto = bf16 where the device multiplies bf16 natively (kernels._common.native_bf16),
+    # else fp32; bf16 on a CPU without it runs each matmul as an fp32 matmul of the bf16 operands, rounded
+    ns_dtype: str = "auto"  # auto | bf16 | fp32
+    normuon_beta2: float = 0.95  # NorMuon: EMA of the per-row (per-column) second moment
+    normuon_axis: str = "row"  # NorMuon: row (the NorMuon authors') | longer (modded-nanogpt's; see optim/normuon.py)
     muon_lr_scaling: str = "original"  # original: sqrt(max(1, rows/cols)); match_rms_adamw: 0.2·sqrt(max(rows, cols))
 
 

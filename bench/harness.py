@@ -13,16 +13,41 @@ import subprocess
 
 import torch
 
+from kernels._common import cpu_capability, native_bf16
+
 # Dense bf16 tensor-core peak and HBM bandwidth (vendor datasheets, SXM parts).
 ROOFLINES = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
 QUANTILES = [0.5, 0.2, 0.8]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def device_name(device: torch.device | str = "cuda") -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    return f"CPU: {cpu_model()} ({os.cpu_count()} cores)"
+
+
+def machine_line() -> str:
+    """One line naming the kind of machine a result came from: CPU model, the SIMD level torch runs at, whether
+    bf16 matmuls are native, threads and load; the GPU when there is one."""
+    line = (f"{cpu_model()}, {os.cpu_count()} cores, torch CPU capability {cpu_capability()}, "
+            f"native bf16 {'yes' if native_bf16('cpu') else 'no'}, {torch.get_num_threads()} threads, "
+            f"load {os.getloadavg()[0]:.2f}")
+    if torch.cuda.is_available():
+        line += f"; GPU {torch.cuda.get_device_name()}"
+    return line
 
 
 def roofline(name: str):
@@ -49,6 +74,9 @@ def environment(device: torch.device | str) -> dict:
         triton_version = None
     return {
         "device": device_name(device),
+        "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "native_bf16_cpu": native_bf16("cpu"),
         "torch": torch.__version__,
         "triton": triton_version,
         "threads": torch.get_num_threads(),

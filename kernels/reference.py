@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import registry
+from kernels._common import native_bf16
 
 # ---------------------------------------------------------------------------------------------------
 # Newton-Schulz orthogonalization (Muon / NorMuon)
@@ -30,43 +31,73 @@ POLAR_EXPRESS = (
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
 
+# The baseline iteration of modded-nanogpt's optimization benchmark (track 3), 12 steps: x <- 2x - 1.5x³ + 0.5x⁵
+# has slope 2 at 0 and f(1) = 1 with f'(1) = 0, so it converges to 1 (quadratically near it; the largest value
+# on [0, 1] is 1.0018) instead of settling in a band; 12 steps take every x in [1e-2, 1] to 1 within 1e-12.
+CUBIC = (2.0, -1.5, 0.5)
 
-def ns_coefficients(name: str, steps: int) -> list[tuple[float, float, float]]:
-    """The (a, b, c) of each of `steps` iterations for a named coefficient set."""
+NS_COEFFICIENT_SETS = ("quintic", "polar_express", "cubic")
+# Iterations used when the caller gives none: what each set was designed or tuned for.
+NS_DEFAULT_STEPS = {"quintic": 5, "polar_express": 5, "cubic": 12}
+# Polar Express divides by ||X||_F·(1 + 2e-2) so the spectral norm is safely below 1 (its safety factor).
+NS_NORM_SCALE = {"quintic": 1.0, "polar_express": 1.02, "cubic": 1.0}
+
+
+def ns_coefficients(name: str, steps: int | None = None) -> list[tuple[float, float, float]]:
+    """The (a, b, c) of each of `steps` iterations (default NS_DEFAULT_STEPS[name]) for a named set."""
+    if name not in NS_COEFFICIENT_SETS:
+        raise ValueError(f"unknown Newton-Schulz coefficients {name!r}; choose from {NS_COEFFICIENT_SETS}")
+    steps = NS_DEFAULT_STEPS[name] if steps is None else steps
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    if name == "quintic":
-        return [QUINTIC] * steps
     if name == "polar_express":
         # Past the tabulated iterations, the last polynomial is repeated (it is a fixed point map near 1).
         return [POLAR_EXPRESS[min(i, len(POLAR_EXPRESS) - 1)] for i in range(steps)]
-    raise ValueError(f"unknown Newton-Schulz coefficients {name!r}; choose 'quintic' or 'polar_express'")
+    return [QUINTIC if name == "quintic" else CUBIC] * steps
 
 
-# Polar Express divides by ||X||_F·(1 + 2e-2) so the spectral norm is safely below 1 (its safety factor).
-NS_NORM_SCALE = {"quintic": 1.0, "polar_express": 1.02}
+def emulated_bf16_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for bf16 a, b as an fp32 matmul rounded to bf16.
+
+    The products of two bf16 numbers are exact in fp32 and a bf16 GEMM accumulates in fp32, so this gives a
+    native bf16 GEMM's values up to the order of summation (tests/optim/test_newton_schulz.py measures how
+    often that changes the rounded result). It exists for CPUs without a bf16 matmul unit, where torch's
+    bf16 matmul is ~100-300x slower than fp32 and this costs an fp32 matmul plus two casts.
+    """
+    return torch.matmul(a.float(), b.float()).bfloat16()
 
 
-def newton_schulz(G: torch.Tensor, *, steps: int = 5, coefficients: str = "quintic", eps: float = 1e-7,
-                  upcast: bool = False) -> torch.Tensor:
+def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: str = "quintic", eps: float = 1e-7,
+                  upcast: bool = False, emulate_bf16: bool | None = None) -> torch.Tensor:
     """Approximate the orthogonal polar factor UVᵀ of G = USVᵀ, for one matrix (M, N) or a batch (B, M, N).
 
-    Computes in G's dtype (bf16 in the optimizer), or float64 when `upcast`. Tall matrices are transposed
-    so the Gram matrix A = XXᵀ is the small one. Returns a tensor of G's shape and dtype.
+    Computes in G's dtype (bf16 in the optimizer), or float64 when `upcast`, with `steps` iterations of
+    `coefficients` (default: NS_DEFAULT_STEPS). Tall matrices are transposed so the Gram matrix A = XXᵀ is the
+    small one. bf16 matmuls are emulated (emulated_bf16_matmul; elementwise ops stay bf16) when
+    `emulate_bf16`, which defaults to "G is a bf16 tensor on a CPU without native bf16"
+    (kernels._common.native_bf16). Returns a tensor of G's shape and dtype.
+
+    B = b·A + c·(A·A) is formed as written; the speedrun scripts write `b * A + c * A @ A`, which Python
+    evaluates as (c·A)·A: the same values when c is a power of two (the cubic set's 0.5), not in general.
     """
     if G.ndim not in (2, 3):
         raise ValueError(f"newton_schulz expects a (M, N) or (B, M, N) tensor, got shape {tuple(G.shape)}")
     coeffs = ns_coefficients(coefficients, steps)
     X = G.double() if upcast else G
+    if emulate_bf16 is None:
+        emulate_bf16 = X.dtype == torch.bfloat16 and X.device.type == "cpu" and not native_bf16(X.device)
+    if emulate_bf16 and X.dtype != torch.bfloat16:
+        raise ValueError(f"emulate_bf16 applies to bf16 inputs, got {X.dtype}")
+    matmul = emulated_bf16_matmul if emulate_bf16 else torch.matmul
     tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT
     norm = X.norm(dim=(-2, -1), keepdim=True)
     X = X / (norm * NS_NORM_SCALE[coefficients] + eps)
     for a, b, c in coeffs:
-        A = X @ X.mT
-        B = b * A + c * (A @ A)
-        X = a * X + B @ X
+        A = matmul(X, X.mT)
+        B = b * A + c * matmul(A, A)
+        X = a * X + matmul(B, X)
     if tall:
         X = X.mT
     return X.to(G.dtype).contiguous()

@@ -14,7 +14,7 @@ model. Per step, after the last micro-batch's backward:
     Muon matrices       sharded, after modded-nanogpt's Muon: the hidden matrices of one shape are taken
         world_size at a time; the ranks reduce-scatter their gradients so that each rank receives the
         averaged gradient of the matrix it owns (launched from the hooks too), orthogonalizes its share
-        (each matrix exactly once across the ranks, batched per shape by Muon._muon_update), and all-gathers
+        (each matrix exactly once across the ranks, batched per shape by Muon.muon_update), and all-gathers
         the updated weights (asynchronous: one shape's gather overlaps the next shape's Newton-Schulz and
         the Adam update). Momentum and NorMuon's second moments exist only on the owner.
 
@@ -29,9 +29,9 @@ number of ranks continues bit for bit).
 Failures: a collective that fails because a peer died or hung raises PeerError naming this rank and the cause.
 
 Limits: every parameter must receive a gradient every step on every rank (one without, on the last
-micro-batch, is reduced as zeros); the Muon shards need the optimizer to expose _muon_update(group, params)
-(any subset of a Muon group's matrices) and _adam_update(group), as optim.muon.Muon does; any other
-optimizer has all its parameters replicated. world_size == 1 takes none of these paths.
+micro-batch, is reduced as zeros); the Muon shards need an optim.muon.Muon (or subclass: NorMuon), whose
+muon_update(group, params) updates any subset of a Muon group's matrices and adam_update() the Adam groups;
+any other optimizer has all its parameters replicated. world_size == 1 takes none of these paths.
 """
 
 from collections import defaultdict
@@ -40,6 +40,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from optim.muon import Muon
 
 
 def init_process_group(device: torch.device, timeout_s: float):
@@ -117,19 +119,20 @@ def all_reduce_mean(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
 class _Bucket:
     """Replicated parameters whose gradients are all-reduced together (flattened unless there is one)."""
 
-    def __init__(self, params):
+    def __init__(self, params, world_size: int):
         self.params, self.pending = params, len(params)  # pending: gradients still to come this step
+        self.world_size = world_size
         self.work = self.flat = None
 
-    def launch(self, world_size: int, rank: int):
+    def launch(self):
         grads = [_grad_or_zeros(p) for p in self.params]
         self.flat = grads[0] if len(grads) == 1 else torch.cat([g.reshape(-1) for g in grads])
         with peer_errors("the gradient all-reduce"):
             self.work = dist.all_reduce(self.flat, op=dist.ReduceOp.SUM, async_op=True)
 
-    def finish(self, world_size: int, rank: int):
+    def finish(self):
         _wait(self.work, "the gradient all-reduce")
-        self.flat.div_(world_size)
+        self.flat.div_(self.world_size)
         if len(self.params) > 1:
             offset = 0
             for p in self.params:
@@ -141,16 +144,17 @@ class _Bucket:
 class _MuonChunk:
     """Up to world_size same-shape Muon matrices, at most one owned by each rank (`owners[i]` owns params[i])."""
 
-    def __init__(self, params, owners):
+    def __init__(self, params, owners, world_size: int, rank: int):
         self.params, self.pending = params, len(params)  # pending: gradients still to come this step
         self.by_rank = dict(zip(owners, params))
+        self.world_size, self.rank = world_size, rank
         self.work = self.out = self.inputs = None
 
-    def launch(self, world_size: int, rank: int):
+    def launch(self):
         like = self.params[0]
         zeros = None
         self.inputs = []  # inputs[r]: the gradient rank r receives the sum of
-        for r in range(world_size):
+        for r in range(self.world_size):
             if r in self.by_rank:
                 self.inputs.append(_grad_or_zeros(self.by_rank[r]))
             else:
@@ -160,26 +164,18 @@ class _MuonChunk:
         with peer_errors("the Muon gradient reduce-scatter"):
             self.work = dist.reduce_scatter(self.out, self.inputs, op=dist.ReduceOp.SUM, async_op=True)
 
-    def finish(self, world_size: int, rank: int):
+    def finish(self):
         _wait(self.work, "the Muon gradient reduce-scatter")
         for r, p in self.by_rank.items():
-            p.grad = self.out.div_(world_size) if r == rank else None  # only the owner keeps a gradient
+            p.grad = self.out.div_(self.world_size) if r == self.rank else None  # only the owner keeps a gradient
         self.work = self.out = self.inputs = None
 
-    def gather(self, world_size: int, rank: int):
+    def gather(self):
         """Launch the all-gather of the updated weights from their owners; returns the async work handle."""
         slots = [self.by_rank[r].data if r in self.by_rank else torch.empty_like(self.params[0])
-                 for r in range(world_size)]
+                 for r in range(self.world_size)]
         with peer_errors("the Muon weight all-gather"):
-            return dist.all_gather(slots, slots[rank], async_op=True)
-
-
-def _sharding_hooks(optimizer):
-    """(update of a subset of a Muon group's matrices, Adam update of a group) of a Muon-style optimizer
-    (optim.muon.Muon and NorMuon); (None, None) for any other, whose parameters are then all replicated."""
-    if hasattr(optimizer, "_muon_update") and hasattr(optimizer, "_adam_update"):
-        return optimizer._muon_update, optimizer._adam_update
-    return None, None
+            return dist.all_gather(slots, slots[self.rank], async_op=True)
 
 
 def _is_muon(group: dict) -> bool:
@@ -205,8 +201,8 @@ class DataParallel:
         self.model, self.optimizer = model, optimizer
         self.world_size, self.rank = world_size, rank
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self._muon_update, self._adam_update = _sharding_hooks(optimizer)
-        muon_groups = [i for i, g in enumerate(optimizer.param_groups) if self._muon_update and _is_muon(g)]
+        sharded = isinstance(optimizer, Muon)  # any other optimizer: every parameter replicated
+        muon_groups = [i for i, g in enumerate(optimizer.param_groups) if sharded and _is_muon(g)]
         muon_ids = {id(p) for i in muon_groups for p in optimizer.param_groups[i]["params"]}
         self.units, self._unit_of, self._last = [], {}, False
         self.owned: set[int] = set()  # id() of the Muon matrices this rank updates
@@ -225,12 +221,12 @@ class DataParallel:
             if id(p) in muon_ids:
                 continue
             if bucket and (bucket_bytes + p.numel() * p.element_size() > cap or p.dtype != bucket[0].dtype):
-                keyed.append((max(position[id(q)] for q in bucket), _Bucket(bucket)))
+                keyed.append((max(position[id(q)] for q in bucket), _Bucket(bucket, world_size)))
                 bucket, bucket_bytes = [], 0
             bucket.append(p)
             bucket_bytes += p.numel() * p.element_size()
         if bucket:
-            keyed.append((max(position[id(q)] for q in bucket), _Bucket(bucket)))
+            keyed.append((max(position[id(q)] for q in bucket), _Bucket(bucket, world_size)))
 
         counter = 0  # round-robin owners over all matrices, so the ranks' shares differ by at most one
         for group_index in muon_groups:
@@ -244,7 +240,7 @@ class DataParallel:
                     params = same[start : start + world_size]
                     owners = [(counter + i) % world_size for i in range(len(params))]
                     counter += len(params)
-                    chunks.append(_MuonChunk(params, owners))
+                    chunks.append(_MuonChunk(params, owners, world_size, rank))
                     keyed.append((max(position[id(q)] for q in params), chunks[-1]))
                     self.owned.update(id(q) for q, r in zip(params, owners) if r == rank)
                 shapes.append((shape, chunks))
@@ -271,7 +267,7 @@ class DataParallel:
         unit = self._unit_of[id(p)]
         unit.pending -= 1
         while self._next < len(self.units) and self.units[self._next].pending == 0:
-            self.units[self._next].launch(self.world_size, self.rank)
+            self.units[self._next].launch()
             self._next += 1
 
     def reduce(self, loss: torch.Tensor) -> torch.Tensor:
@@ -279,11 +275,11 @@ class DataParallel:
         if self.world_size == 1:
             return loss
         for unit in self.units[self._next :]:
-            unit.launch(self.world_size, self.rank)
+            unit.launch()
         with peer_errors("the loss all-reduce"):
             loss_work = dist.all_reduce(loss, op=dist.ReduceOp.SUM, async_op=True)
         for unit in self.units:
-            unit.finish(self.world_size, self.rank)
+            unit.finish()
             unit.pending = len(unit.params)
         self._next, self._last = 0, False
         _wait(loss_work, "the loss all-reduce")
@@ -319,11 +315,9 @@ class DataParallel:
             for _, chunks in shapes:
                 mine = [c.by_rank[self.rank] for c in chunks if self.rank in c.by_rank]
                 if mine:
-                    self._muon_update(group, mine)  # one batched orthogonalization per shape of this rank's share
-                gathers += [c.gather(self.world_size, self.rank) for c in chunks]
-        for group in self.optimizer.param_groups:
-            if not _is_muon(group):
-                self._adam_update(group)
+                    self.optimizer.muon_update(group, mine)  # one batched orthogonalization per shape of this share
+                gathers += [c.gather() for c in chunks]
+        self.optimizer.adam_update()
         for work in gathers:
             _wait(work, "the Muon weight all-gather")
 

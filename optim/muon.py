@@ -1,31 +1,44 @@
-"""Muon (momentum orthogonalized by Newton-Schulz) for the hidden matrices, Adam for everything else.
+"""Muon (momentum orthogonalized by Newton-Schulz) for the hidden matrices, AdamW for everything else.
 
 Per hidden matrix W (rows × cols) with gradient G, following Keller Jordan's Muon as used in the speedrun
 (and torch.optim.Muon, which computes the same thing one matrix at a time):
 
     B ← β·B + (1-β)·G                       momentum buffer (lerp form)
     U ← (1-β)·G + β·B  (Nesterov) or B
-    O ← NewtonSchulz(U in bf16)             ≈ the orthogonal polar factor of U
+    O ← NewtonSchulz(U in ns_dtype)         ≈ the orthogonal polar factor of U
     W ← W·(1 - lr·wd) - lr·s·O              s = sqrt(max(1, rows/cols))  ("original", Keller)
                                             s = 0.2·sqrt(max(rows, cols)) ("match_rms_adamw", Moonshot)
 
-Same-shape matrices are stacked and orthogonalized in one batched call (the Triton kernel's batch axis).
-Embeddings, the head and the gains use Adam (torch.optim.Adam's arithmetic, no weight decay by default)
-in the same Optimizer, so one state_dict holds everything.
+s multiplies the fp32 step (alpha = -lr·s). The optimization benchmark's reference multiplies the bf16 O by s
+in place instead; for s a power of two (every matrix whose rows/cols is 1 or 4^k, as all of the 124M model's)
+the two are the same numbers bit for bit (tests/optim/test_muon.py checks both cases).
 
-Param groups: every group has `role` (hidden | embed | head | scalar) and `use_muon` (True only for
-hidden). `_muon_update(group, params)` updates any subset of a Muon group's matrices, so the distributed
-optimizer can give each rank its share and all-gather the results.
+Same-shape matrices are stacked and orthogonalized in one batched call (the Triton kernel's batch axis); the
+momentum, decay and update are foreach ops over them. ns_dtype "auto" is bf16 where the device multiplies bf16
+natively (kernels._common.native_bf16) and fp32 elsewhere; the choice is `optimizer.ns_dtype`.
+
+The embeddings, the head and the gains take AdamW (torch's functional AdamW: the fused kernel on CPU and CUDA,
+foreach elsewhere) in the same Optimizer, so one state_dict holds everything; each Adam group carries its
+own lr, betas and decoupled weight decay (optim.role_table).
+
+Param groups: every group has `role` (hidden | embed | head | scalar) and `use_muon` (True only for hidden).
+muon_update(group, params) updates any subset of a Muon group's matrices and adam_update() every Adam group:
+optim/distributed.py gives each rank its share of the matrices and all-gathers the results.
 """
 
 from collections import defaultdict
 
 import torch
+from torch.optim.adamw import adamw
 
 from kernels import reference, registry
+from kernels._common import native_bf16
+from optim.adamw import fused_adamw_available
 from optim.registry import register_optimizer
+from optim.roles import role_table, torch_groups
 
 LR_SCALINGS = ("original", "match_rms_adamw")
+NS_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def lr_scale(shape, scaling: str) -> float:
@@ -38,27 +51,53 @@ def lr_scale(shape, scaling: str) -> float:
     raise ValueError(f"unknown Muon lr scaling {scaling!r}; choose from {LR_SCALINGS}")
 
 
-class Muon(torch.optim.Optimizer):
-    """Muon on `hidden` (2-D matrices) and Adam on `other` (a list, or a dict role -> list: one group per role)."""
+def resolve_ns_dtype(ns_dtype: str, device) -> str:
+    """'auto' -> 'bf16' where `device` multiplies bf16 natively, else 'fp32'; 'bf16' and 'fp32' stay."""
+    if ns_dtype == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if ns_dtype not in NS_DTYPES:
+        raise ValueError(f"unknown ns_dtype {ns_dtype!r}; choose from auto, {', '.join(NS_DTYPES)}")
+    return ns_dtype
 
-    def __init__(self, hidden, other=(), *, lr: float, adam_lr: float, momentum: float = 0.95,
-                 nesterov: bool = True, weight_decay: float = 0.0, betas=(0.9, 0.95), eps: float = 1e-8,
-                 ns_impl: str = "eager", ns_coefficients: str = "quintic", ns_steps: int = 5,
-                 lr_scaling: str = "original"):
+
+class Muon(torch.optim.Optimizer):
+    """Muon on `hidden` (2-D matrices) and AdamW on `adam_groups`.
+
+    adam_groups: parameters (one group) or torch param-group dicts; a dict's missing lr, betas and
+    weight_decay default to adam_lr, betas and adam_weight_decay, its missing role to "other".
+    """
+
+    def __init__(self, hidden, adam_groups=(), *, lr: float, momentum: float = 0.95, nesterov: bool = True,
+                 weight_decay: float = 0.0, adam_lr: float | None = None, betas=(0.9, 0.95), eps: float = 1e-8,
+                 adam_weight_decay: float = 0.0, ns_impl: str = "eager", ns_coefficients: str = "quintic",
+                 ns_steps: int | None = None, ns_dtype: str = "auto", lr_scaling: str = "original"):
         hidden = list(hidden)
         if any(p.ndim != 2 for p in hidden):
             raise ValueError(f"Muon orthogonalizes 2-D matrices; got shapes {[tuple(p.shape) for p in hidden]}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Muon momentum must be in [0, 1), got {momentum}")
         lr_scale((1, 1), lr_scaling)  # validate the names now, not at the first step
-        reference.ns_coefficients(ns_coefficients, ns_steps)
+        ns_steps = len(reference.ns_coefficients(ns_coefficients, ns_steps or None))  # 0/None: the set's default
         self.orthogonalize = registry.get("newton_schulz", ns_impl)  # KeyError listing the registered impls
-        other = dict(other) if isinstance(other, dict) else {"other": list(other)}
+        adam_groups = list(adam_groups)
+        if adam_groups and not isinstance(adam_groups[0], dict):
+            adam_groups = [{"params": adam_groups}]
         groups = [dict(params=hidden, role="hidden", use_muon=True, lr=lr, momentum=momentum, nesterov=nesterov,
                        weight_decay=weight_decay, ns_coefficients=ns_coefficients, ns_steps=ns_steps,
                        lr_scaling=lr_scaling)]
-        groups += [dict(params=list(params), role=role, use_muon=False, lr=adam_lr, betas=tuple(betas), eps=eps,
-                        weight_decay=0.0) for role, params in other.items()]
+        for g in adam_groups:
+            g = {"role": "other", "betas": tuple(betas), "weight_decay": adam_weight_decay, **g,
+                 "params": list(g["params"]), "use_muon": False, "eps": eps}
+            g.setdefault("lr", adam_lr)
+            if g["lr"] is None:
+                raise ValueError(f"Adam group {g['role']!r} has no lr: give it one or set adam_lr")
+            groups.append(g)
+        params = [p for g in groups for p in g["params"]]
+        device = params[0].device if params else torch.device("cpu")
+        self.ns_dtype = resolve_ns_dtype(ns_dtype, device)  # what the run uses; the trainer prints it
+        fused = fused_adamw_available(params)
+        for g in groups[1:]:
+            g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
         super().__init__([g for g in groups if g["params"]], {})
 
     @torch.no_grad()
@@ -69,88 +108,86 @@ class Muon(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             if group["use_muon"]:
-                self._muon_update(group)
-            else:
-                self._adam_update(group)
+                self.muon_update(group)
+        self.adam_update()
         return loss
 
     # --- Muon side ---------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def _muon_update(self, group: dict, params=None):
-        """Momentum, one batched orthogonalization per shape, and the update, for `params` (default: all)
-        of a Muon group. Parameters without a gradient are skipped."""
+    def muon_update(self, group: dict, params=None):
+        """Momentum, one batched orthogonalization per shape, and the update, for `params` (default: all) of
+        a Muon group. Parameters without a gradient are skipped (their momentum is not advanced)."""
         by_shape = defaultdict(list)
         for p in group["params"] if params is None else params:
             if p.grad is not None:
                 by_shape[tuple(p.shape)].append(p)
-        for same_shape in by_shape.values():
-            directions = self._orthogonalized_momentum(group, same_shape)  # (B, rows, cols) bf16
-            for p, direction in zip(same_shape, directions):
-                self._apply_update(group, p, direction)
+        for shape, same_shape in by_shape.items():
+            directions = self._orthogonalized_momentum(group, same_shape)  # (B, rows, cols), ns_dtype
+            directions = self._normalize(group, same_shape, directions)
+            lr = group["lr"]
+            if group["weight_decay"]:
+                torch._foreach_mul_(same_shape, 1 - lr * group["weight_decay"])  # decoupled, by the unscaled lr
+            steps = directions.to(same_shape[0].dtype).unbind(0)
+            torch._foreach_add_(same_shape, steps, alpha=-lr * lr_scale(shape, group["lr_scaling"]))
 
     def _orthogonalized_momentum(self, group: dict, params) -> torch.Tensor:
-        """Update the momentum buffers of same-shape `params`; return NS(U) stacked, (B, rows, cols) bf16."""
+        """Update the momentum buffers of same-shape `params`; return NS(U) stacked, (B, rows, cols)."""
         beta = group["momentum"]
-        updates = []
+        buffers = []
         for p in params:
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buf = state["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - beta)
-            updates.append(p.grad.lerp(buf, beta) if group["nesterov"] else buf)
-        stacked = torch.stack([u.bfloat16() for u in updates])  # (B, rows, cols)
+            buffers.append(state["momentum_buffer"])
+        grads = [p.grad for p in params]
+        torch._foreach_lerp_(buffers, grads, 1 - beta)
+        updates = torch._foreach_lerp(grads, buffers, beta) if group["nesterov"] else buffers
+        stacked = torch.stack(updates).to(NS_DTYPES[self.ns_dtype])  # (B, rows, cols)
         return self.orthogonalize(stacked, steps=group["ns_steps"], coefficients=group["ns_coefficients"])
 
-    def _normalize(self, group: dict, p: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    def _normalize(self, group: dict, params, directions: torch.Tensor) -> torch.Tensor:
         """Hook between orthogonalization and the update: identity for Muon; NorMuon overrides it."""
-        return direction
-
-    def _apply_update(self, group: dict, p: torch.Tensor, direction: torch.Tensor):
-        direction = self._normalize(group, p, direction)
-        lr = group["lr"]
-        if group["weight_decay"]:
-            p.mul_(1 - lr * group["weight_decay"])  # decoupled, by the unscaled lr (as torch.optim.Muon)
-        p.add_(direction.to(p.dtype), alpha=-lr * lr_scale(p.shape, group["lr_scaling"]))
+        return directions
 
     # --- Adam side (embeddings, head, gains) -------------------------------------------------------
 
     @torch.no_grad()
-    def _adam_update(self, group: dict):
-        """Adam with decoupled weight decay, in torch.optim.Adam's order of operations (foreach=False)."""
-        beta1, beta2 = group["betas"]
-        lr = group["lr"]
-        for p in group["params"]:
-            if p.grad is None:
+    def adam_update(self):
+        """AdamW on every Adam group (torch's functional AdamW: fused on CPU/CUDA, foreach elsewhere)."""
+        for group in self.param_groups:
+            if group["use_muon"]:
                 continue
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-            if group["weight_decay"]:
-                p.mul_(1 - lr * group["weight_decay"])
-            state["exp_avg"].lerp_(p.grad, 1 - beta1)
-            state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-            bias1 = 1 - beta1 ** state["step"]
-            bias2_sqrt = (1 - beta2 ** state["step"]) ** 0.5
-            denom = (state["exp_avg_sq"].sqrt() / bias2_sqrt).add_(group["eps"])
-            p.addcdiv_(state["exp_avg"], denom, value=-lr / bias1)
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                state = self.state[p]
+                if not state:  # torch.optim.AdamW's state: fp32 step count, moments like p
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if group["fused"] else "cpu")
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            states = [self.state[p] for p in params]
+            beta1, beta2 = group["betas"]
+            adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                  [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
+                  foreach=not group["fused"], fused=group["fused"] or None, amsgrad=False, beta1=beta1,
+                  beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                  maximize=False)
 
 
-def adam_roles(groups: dict) -> dict:
-    """The Adam side of param_groups(model): {embed, head, scalar} -> params."""
-    return {role: groups[role] for role in ("embed", "head", "scalar")}
+ADAM_ROLES = ("embed", "head", "scalar")
 
 
-def muon_kwargs(cfg) -> dict:
-    return dict(lr=cfg.lr, adam_lr=cfg.adam_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                weight_decay=cfg.weight_decay, betas=cfg.betas, eps=cfg.eps, ns_impl=cfg.ns_impl,
-                ns_coefficients=cfg.ns_coefficients, ns_steps=cfg.ns_steps, lr_scaling=cfg.muon_lr_scaling)
+def muon_kwargs(cfg, groups: dict) -> dict:
+    """Muon/NorMuon constructor arguments from an OptimConfig and param_groups(model)."""
+    table = role_table(cfg, cfg.adam_lr)
+    return dict(hidden=groups["hidden"], adam_groups=torch_groups(groups, table, ADAM_ROLES), lr=table["hidden"].lr,
+                momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=table["hidden"].weight_decay,
+                eps=cfg.eps, ns_impl=cfg.ns_impl, ns_coefficients=cfg.ns_coefficients, ns_steps=cfg.ns_steps,
+                ns_dtype=cfg.ns_dtype, lr_scaling=cfg.muon_lr_scaling)
 
 
 @register_optimizer("muon")
 def build(cfg, groups):
-    return Muon(groups["hidden"], adam_roles(groups), **muon_kwargs(cfg))
+    return Muon(**muon_kwargs(cfg, groups))

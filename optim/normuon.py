@@ -1,48 +1,81 @@
-"""NorMuon: Muon followed by neuron-wise (per-row) second-moment normalization.
+"""NorMuon: Muon followed by neuron-wise second-moment normalization.
 
 Li, Liu, Liang, Chen, Zhao 2025, "NorMuon: Making Muon more efficient and scalable", arXiv:2510.05491.
 For each hidden matrix W (rows = output neurons, cols = inputs), after Muon's orthogonalized direction O:
 
-    v ← β₂·v + (1-β₂)·mean_j(O_ij²)          one second moment per row (neuron), fp32, no bias correction
-    Ô ← O / (sqrt(v) + eps)                   equalizes the update scale across neurons
-    Ô ← Ô · ‖O‖_F / ‖Ô‖_F                     norm-preserving: the step size stays Muon's
+    v ← β₂·v + (1-β₂)·mean(O²) along the axis  one second moment per row (or column), fp32, no bias correction
+    Ô ← O · v^(-1/2)                             equalizes the update scale across rows (columns)
+    Ô ← Ô · ‖O‖_F / ‖Ô‖_F                        norm-preserving: the step size stays Muon's
 
-then Muon's update W ← W·(1 - lr·wd) - lr·s·Ô with Muon's shape scale s (`lr_scaling`).
+then Muon's update W ← W·(1 - lr·wd) - lr·s·Ô with Muon's shape scale s (`lr_scaling`). No bias correction
+is needed: a uniform scale of v cancels in the rescale.
 
-This is the form of the authors' reference code (github.com/zichongli5/NorMuon, normuon.py: norm-preserving
-rescale, then Keller's sqrt(max(1, rows/cols))). The paper's Algorithm 1 instead sets the step to
-η̂ = 0.2·η·sqrt(rows·cols)/‖Ô‖_F (update RMS 0.2·η, as AdamW); with --optim.muon_lr_scaling=match_rms_adamw
-this rule gives the same step up to the factor ‖O‖_F / sqrt(min(rows, cols)), which is 1 for an exactly
-orthogonal O (measured 0.85-0.89 for Gaussian gradients after 5 quintic Newton-Schulz steps in bf16).
-No bias correction is needed: a uniform scale of v cancels in the rescale.
+`axis` picks one of two published forms:
+
+    "row"     one moment per output row: the NorMuon authors' code (github.com/zichongli5/NorMuon, normuon.py),
+              computed here in fp32 with Ô = O / (sqrt(v) + eps) and ‖Ô‖_F + eps.
+    "longer"  one moment per row if rows >= cols, else per column (the longer side keeps its own scales):
+              modded-nanogpt's NorMuon (optimization benchmark, result #10), computed as it does in the
+              update's dtype (bf16) with an fp32 v, Ô = O · rsqrt(max(v, eps)) rounded to that dtype, and
+              ‖Ô‖_F clamped to eps. The reference multiplies O by s before normalizing; with s a power of two
+              (1 or 2 at the 124M shapes) that gives the numbers of scaling the step afterwards, as here.
+
+The paper's Algorithm 1 instead sets the step to η̂ = 0.2·η·sqrt(rows·cols)/‖Ô‖_F (update RMS 0.2·η, as
+AdamW); with --optim.muon_lr_scaling=match_rms_adamw this rule gives the same step up to the factor
+‖O‖_F / sqrt(min(rows, cols)), which is 1 for an exactly orthogonal O (measured 0.85-0.89 for Gaussian
+gradients after 5 quintic Newton-Schulz steps in bf16).
 """
 
 import torch
 
-from optim.muon import Muon, adam_roles, muon_kwargs
+from optim.muon import Muon, muon_kwargs
 from optim.registry import register_optimizer
+
+AXES = ("row", "longer")
 
 
 class NorMuon(Muon):
-    def __init__(self, hidden, other=(), *, beta2: float = 0.95, norm_eps: float = 1e-10, **kwargs):
+    def __init__(self, hidden, adam_groups=(), *, beta2: float = 0.95, norm_eps: float = 1e-10, axis: str = "row",
+                 **kwargs):
         if not 0.0 <= beta2 < 1.0:
             raise ValueError(f"NorMuon beta2 must be in [0, 1), got {beta2}")
-        super().__init__(hidden, other, **kwargs)
+        if axis not in AXES:
+            raise ValueError(f"unknown NorMuon axis {axis!r}; choose from {AXES}")
+        super().__init__(hidden, adam_groups, **kwargs)
         for group in self.param_groups:
             if group["use_muon"]:
-                group.update(beta2=beta2, norm_eps=norm_eps)
+                group.update(beta2=beta2, norm_eps=norm_eps, axis=axis)
 
-    def _normalize(self, group, p, direction):
-        state = self.state[p]
-        ortho = direction.float()  # (rows, cols)
-        if "row_second_moment" not in state:
-            state["row_second_moment"] = torch.zeros(ortho.size(0), device=ortho.device, dtype=torch.float32)
-        v = state["row_second_moment"]  # (rows,)
-        v.lerp_(ortho.square().mean(dim=1), 1 - group["beta2"])
-        normalized = ortho / (v.sqrt() + group["norm_eps"]).unsqueeze(1)  # (rows, cols)
-        return normalized * (ortho.norm() / (normalized.norm() + group["norm_eps"]))
+    def _normalize(self, group, params, directions):
+        """directions (B, rows, cols) of same-shape `params` -> normalized directions (fp32 for "row",
+        directions' dtype for "longer"); advances each parameter's second moment."""
+        rows, cols = directions.shape[-2:]
+        row_moments = group["axis"] == "row" or rows >= cols
+        reduce_dim = -1 if row_moments else -2
+        moments = []
+        for p in params:
+            state = self.state[p]
+            if "second_moment" not in state:  # (rows, 1) or (1, cols): broadcasts against the matrix
+                shape = (rows, 1) if row_moments else (1, cols)
+                state["second_moment"] = torch.zeros(shape, device=directions.device, dtype=torch.float32)
+            moments.append(state["second_moment"])
+        v = torch.stack(moments)  # (B, rows, 1) or (B, 1, cols)
+        eps, weight = group["norm_eps"], 1 - group["beta2"]
+        if group["axis"] == "row":
+            ortho = directions.float()
+            v.lerp_(ortho.square().mean(dim=reduce_dim, keepdim=True), weight)
+            normalized = ortho / (v.sqrt() + eps)
+            norms = ortho.norm(dim=(-2, -1), keepdim=True)
+            out = normalized * (norms / (normalized.norm(dim=(-2, -1), keepdim=True) + eps))
+        else:
+            norms = directions.norm(dim=(-2, -1), keepdim=True)  # (B, 1, 1), directions' dtype
+            v.lerp_((directions * directions).mean(dim=reduce_dim, keepdim=True).float(), weight)
+            normalized = directions * v.clamp_min(eps).rsqrt().to(directions.dtype)
+            out = normalized * (norms / normalized.norm(dim=(-2, -1), keepdim=True).clamp_min(eps))
+        torch._foreach_copy_(moments, list(v.unbind(0)))
+        return out
 
 
 @register_optimizer("normuon")
 def build(cfg, groups):
-    return NorMuon(groups["hidden"], adam_roles(groups), beta2=cfg.normuon_beta2, **muon_kwargs(cfg))
+    return NorMuon(**muon_kwargs(cfg, groups), beta2=cfg.normuon_beta2, axis=cfg.normuon_axis)

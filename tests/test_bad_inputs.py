@@ -39,7 +39,7 @@ KERNEL_CASES = [
     ("ns: 1-D", lambda: ns(torch.randn(5)), ValueError, "2 or 3 dims"),
     ("ns: integer dtype", lambda: ns(torch.ones(4, 4, dtype=torch.int32)), TypeError, "dtype torch.int32"),
     ("ns: empty", lambda: ns(torch.randn(0, 4)), ValueError, "empty"),
-    ("ns: unknown coefficients", lambda: ns(torch.randn(4, 4), coefficients="cubic"), ValueError, "cubic"),
+    ("ns: unknown coefficients", lambda: ns(torch.randn(4, 4), coefficients="quartic"), ValueError, "quartic"),
     ("ce: hidden dim", lambda: ce(h, torch.randn(11, 7), t), ValueError, "hidden dim H"),
     ("ce: mixed dtypes", lambda: ce(h.half(), w, t), TypeError, "share one dtype"),
     ("ce: target out of range", lambda: ce(h, w, torch.tensor([0, 1, 2, 3, 11])), ValueError,

@@ -234,7 +234,7 @@ def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="steps must be >= 1"):
         ns.newton_schulz(G, steps=0)
     with pytest.raises(ValueError, match="unknown Newton-Schulz coefficients"):
-        ns.newton_schulz(G, coefficients="cubic")
+        ns.newton_schulz(G, coefficients="quartic")
     with pytest.raises(ValueError, match="no Newton-Schulz config 'b128' for torch.float32"):
         ns.newton_schulz(G, config="b128")
     with pytest.raises(ValueError, match="out must have G's shape"):

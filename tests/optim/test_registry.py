@@ -1,4 +1,4 @@
-"""optim: parameter grouping, the registry, and behaviour shared by every registered optimizer."""
+"""optim: the registry, and behaviour shared by every registered optimizer."""
 
 import copy
 
@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from configs import DEFAULT_LR, OptimConfig
 from model import GPT, model_preset
-from optim import OPTIMIZERS, ROLES, build_optimizer, param_groups, register_optimizer
+from optim import OPTIMIZERS, ROLES, build_optimizer, register_optimizer
 from optim import registry as optim_registry
 
 ALL = ["adamw", "sgd", "muon", "normuon"]
@@ -39,47 +39,6 @@ class LeastSquares(nn.Module):
 
     def forward(self):
         return (self.gain * self.blocks[0].mlp.c_fc(self.X) + self.bias - self.Y).square().mean()
-
-
-# --- grouping ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("overrides", [{}, {"tied_head": True, "rotary": False, "rmsnorm": False}],
-                         ids=["speedrun", "vanilla-like"])
-def test_every_parameter_in_exactly_one_group(overrides):
-    model = tiny_model(**overrides)
-    groups = param_groups(model)
-    assert tuple(groups) == ROLES
-    ids = [id(p) for ps in groups.values() for p in ps]
-    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
-    role_of = {id(p): role for role, ps in groups.items() for p in ps}
-    for name, p in model.named_parameters():
-        expected = ("hidden" if name.startswith("blocks.") and p.ndim == 2 else
-                    "embed" if name.split(".")[0] in ("wte", "wpe", "value_embeds") else
-                    "head" if name.startswith("lm_head.") else "scalar")
-        assert role_of[id(p)] == expected, name
-    assert len(groups["hidden"]) == 6 * model.cfg.n_layer  # q, k, v, o, fc, proj
-    assert all(p.ndim < 2 for p in groups["scalar"])
-    assert (len(groups["head"]) == 0) == overrides.get("tied_head", False)
-
-
-def test_frozen_parameters_are_left_out():
-    model = tiny_model()
-    model.wte.weight.requires_grad_(False)
-    assert all(p is not model.wte.weight for ps in param_groups(model).values() for p in ps)
-
-
-@pytest.mark.parametrize("stray", ["extra_matrix", "cube_in_block"])
-def test_a_parameter_outside_the_contract_is_refused(stray):
-    model = tiny_model()
-    if stray == "extra_matrix":
-        model.extra = nn.Linear(4, 4)
-        name = "extra.weight"
-    else:
-        model.blocks[0].cube = nn.Parameter(torch.zeros(2, 2, 2))
-        name = "blocks.0.cube"
-    with pytest.raises(ValueError, match=f"{name} .* fits no optimizer group"):
-        param_groups(model)
 
 
 # --- registry ----------------------------------------------------------------------------------------
