@@ -8,7 +8,6 @@ One config object per run; train.py prints `asdict(cfg)` at start and writes it 
 
 import ast
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
 
 from model.config import GPTConfig, model_preset
@@ -212,13 +211,9 @@ def _apply(obj, overrides: dict, prefix: str = ""):
 
 def recipes() -> dict:
     """Named optimizer recipes: optim.recipes.RECIPES, name -> function returning dotted TrainConfig overrides."""
-    try:
-        module = importlib.import_module("optim.recipes")
-    except ModuleNotFoundError as e:  # optim/recipes.py not written yet: no recipes
-        if e.name != "optim.recipes":
-            raise
-        return {}
-    return module.RECIPES
+    from optim.recipes import RECIPES  # here: the optim package imports the kernels
+
+    return RECIPES
 
 
 # Recipes state their step counts (max_steps, schedule_steps, warmup_steps) for track 3's 3250-step baseline;
@@ -231,7 +226,7 @@ def recipe_overrides(name: str, preset: str) -> dict:
     """The recipe's dotted overrides {key: value}, step counts scaled to the preset's budget."""
     available = recipes()
     if name not in available:
-        raise ValueError(f"unknown optimizer recipe {name!r}; optim/recipes.py has: {sorted(available) or 'none'}")
+        raise ValueError(f"unknown optimizer recipe {name!r}; optim/recipes.py has: {', '.join(sorted(available))}")
     overrides = dict(available[name]())
     scale = PRESETS[preset].get("max_steps", TrainConfig.max_steps) / RECIPE_REFERENCE_STEPS
     for key in RECIPE_STEP_KEYS:

@@ -30,7 +30,10 @@ seconds: 2 layers, d=256 (2 heads of 128), 2 rows of 64 tokens, vocab 50304, one
 Printed (JSON): the init of every parameter (norm, sum and the first and last two entries), the loss and each
 gradient's norm and a seeded probe <grad, r> at a perturbed state (init + seeded noise, on step 0's batch: a
 model-only check where every gradient is non-zero), for each of the 5 steps the summed loss before the update
-and every parameter's norm after it, and the val loss before and after the 5 steps. Norms, sums and probes are
+and every parameter's norm after it, and the val loss before and after the 5 steps; then the same 5 steps
+again with the Newton-Schulz's bf16 matmuls emulated (fp32 GEMM of the bf16 operands, rounded to bf16: a bf16
+GEMM in another summation order), a peer that says how far two legitimate bf16 evaluations of the reference
+drift apart. Norms, sums and probes are
 float64 reductions of the fp32 tensors.
 """
 
@@ -43,6 +46,7 @@ import sys
 
 import torch
 import torch.distributed as dist
+from torch.overrides import TorchFunctionMode
 
 N_LAYER, DIM, VOCAB, ROWS, SEQ = 2, 256, 50304, 2, 64
 INIT_SEED = 1234
@@ -116,6 +120,52 @@ def probe(i: int, t: torch.Tensor) -> float:
     return (t.double() * r).sum().item()
 
 
+class EmulatedBf16Matmul(TorchFunctionMode):
+    """bf16 @ bf16 as an fp32 matmul of the (exactly representable) operands rounded to bf16: a bf16 GEMM with
+    fp32 accumulation in another summation order. Run around the reference's Muon step it gives the peer
+    trajectory: the reference itself, as a CPU without native bf16 matmuls computes it."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        matmuls = (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.bmm)
+        if func in matmuls and all(isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in args[:2]):
+            return torch.matmul(args[0].float(), args[1].float()).bfloat16()
+        return func(*args, **kwargs)
+
+
+def train_steps(ref, model, train, val, emulate: bool) -> tuple[list, float]:
+    """STEPS steps of the baseline optimizers from the model's current state, as the reference's Setup section
+    builds and drives them; returns the per-step records and the val loss after the last step."""
+    adam = torch.optim.AdamW([dict(params=[model.embed.weight], lr=0.7),
+                              dict(params=[model.proj.weight], lr=0.004),
+                              dict(params=[p for p in model.parameters() if p.ndim < 2], lr=0.015)],
+                             betas=(0.8, 0.95), eps=1e-10, weight_decay=0.001, fused=True)
+    muon = ref["Muon"]([p for p in model.blocks.parameters() if p.ndim >= 2], lr=0.025, weight_decay=0.05)
+    optimizers = [adam, muon]
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["initial_lr"] = group["lr"]
+    steps = []
+    for step in range(STEPS):
+        x, y = batch(train, step)
+        loss = model(x, y)
+        loss.backward()
+        factor = lr_factor(step)
+        for opt in optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+        adam.step()
+        if emulate:
+            with EmulatedBf16Matmul():
+                muon.step()
+        else:
+            muon.step()
+        model.zero_grad(set_to_none=True)
+        steps.append({"lr_factor": factor, "loss": loss.item(), "norms": {
+            name: p.detach().double().norm().item() for name, p in model.named_parameters()}})
+    return steps, val_loss(model, val)
+
+
 def fingerprint(t: torch.Tensor) -> dict:
     flat = t.detach().double().flatten()
     return {"norm": flat.norm().item(), "sum": flat.sum().item(), "first": flat[:2].tolist(),
@@ -132,7 +182,7 @@ def main():
 
     model = ref["GPT"](vocab_size=VOCAB, num_layers=N_LAYER, model_dim=DIM)
     model.embed.float()
-    torch.manual_seed(INIT_SEED)
+    torch.manual_seed(INIT_SEED)  # after construction, which draws from the generator too
     init_like_reference(model)
     initial = {name: p.detach().clone() for name, p in model.named_parameters()}
     out = {"init": {name: fingerprint(p) for name, p in model.named_parameters()}}
@@ -148,35 +198,15 @@ def main():
     out["perturbed"] = {"loss": loss.item(), "grads": {
         name: {"norm": p.grad.double().norm().item(), "probe": probe(i, p.grad)}
         for i, (name, p) in enumerate(model.named_parameters())}}
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(initial[name])
-    model.zero_grad(set_to_none=True)
-
-    # 5 steps of the baseline optimizers from the init, as the reference's Setup section builds them
-    adam = torch.optim.AdamW([dict(params=[model.embed.weight], lr=0.7),
-                              dict(params=[model.proj.weight], lr=0.004),
-                              dict(params=[p for p in model.parameters() if p.ndim < 2], lr=0.015)],
-                             betas=(0.8, 0.95), eps=1e-10, weight_decay=0.001, fused=True)
-    muon = ref["Muon"]([p for p in model.blocks.parameters() if p.ndim >= 2], lr=0.025, weight_decay=0.05)
-    optimizers = [adam, muon]
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["initial_lr"] = group["lr"]
-    out["val_loss_before"], out["steps"] = val_loss(model, val), []
-    for step in range(STEPS):
-        x, y = batch(train, step)
-        loss = model(x, y)
-        loss.backward()
-        factor = lr_factor(step)
-        for opt in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-            opt.step()
+    # 5 steps of the baseline optimizers from the init: as the reference runs here, then with its bf16 matmuls
+    # emulated (the peer: what the same code gives when bf16 GEMMs accumulate in another order)
+    for key in ("", "_emulated_bf16"):
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(initial[name])
         model.zero_grad(set_to_none=True)
-        out["steps"].append({"lr_factor": factor, "loss": loss.item(), "norms": {
-            name: p.detach().double().norm().item() for name, p in model.named_parameters()}})
-    out["val_loss_after"] = val_loss(model, val)
+        out["val_loss_before"] = val_loss(model, val)
+        out["steps" + key], out["val_loss_after" + key] = train_steps(ref, model, train, val, emulate=bool(key))
 
     source = open(args.reference, "rb").read()
     out["meta"] = {

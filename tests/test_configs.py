@@ -3,12 +3,7 @@
 import pytest
 
 from configs import PRESETS, resolve
-from tests.recipes import register_recipe, stand_in_track3_recipes
-
-
-@pytest.fixture(autouse=True)
-def track3_recipes(monkeypatch):
-    stand_in_track3_recipes(monkeypatch)
+from tests.recipes import register_recipe
 
 
 def test_presets_resolve():

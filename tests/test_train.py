@@ -16,7 +16,6 @@ from data.shards import write_shard
 from kernels._common import native_bf16
 from model.config import model_preset
 from model.gpt import GPT
-from tests.recipes import stand_in_track3_recipes
 
 
 @pytest.fixture
@@ -79,12 +78,7 @@ def test_unavailable_attention_backend_is_refused_before_training(shards, tmp_pa
 # --- track 3 -------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def track3_recipes(monkeypatch):
-    stand_in_track3_recipes(monkeypatch)
-
-
-def test_track3_schedule_and_validation_cadence(track3_recipes):
+def test_track3_schedule_and_validation_cadence():
     """Track 3 (train_steps 3250): lr 1 while step/3250 < 0.3, then (1 - step/3250)/0.7; validation at step 0,
     every 125 steps while step/3250 < 0.9, every 25 after, and at the last step."""
     cfg = train.resolve(["--preset=track3"])
@@ -99,7 +93,7 @@ def test_track3_schedule_and_validation_cadence(track3_recipes):
     assert sum(train.is_val_step(s, cfg) for s in range(3251)) == len(range(0, 2925, 125)) + len(range(2925, 3251, 25))
 
 
-def test_normuon_schedule_ends_50_steps_early(track3_recipes):
+def test_normuon_schedule_ends_50_steps_early():
     """NorMuon (#10): the schedule's horizon is 3300 steps, the run stops and is scored at step 3250."""
     cfg = train.resolve(["--preset=track3", "--optimizer=track3-normuon"])
     assert (cfg.max_steps, cfg.horizon) == (3250, 3300)
@@ -123,7 +117,7 @@ def _reference_loader(shards, batch: int, seq: int, rank: int, world: int):
 
 
 @pytest.mark.parametrize("world", [1, 2, 4, 8])
-def test_track3_data_windows_on_any_number_of_ranks(track3_recipes, tmp_path, world):
+def test_track3_data_windows_on_any_number_of_ranks(tmp_path, world):
     """Each rank's micro-batches are the reference loader's for that rank, step by step across shard switches
     (shard 0 holds 3 steps + 1 token: the `>=` rule leaves the third window unread), and the ranks' micro-batches
     together are the one-rank step's."""
@@ -152,7 +146,7 @@ def test_track3_data_windows_on_any_number_of_ranks(track3_recipes, tmp_path, wo
         single.next_batch()
 
 
-def test_track3_runs_at_tiny_size_with_a_summed_loss(track3_recipes, shards, tmp_path, capsys):
+def test_track3_runs_at_tiny_size_with_a_summed_loss(shards, tmp_path, capsys):
     summary = run(shards, tmp_path, "--preset=track3", "--model.n_layer=1", "--model.n_embd=128",
                   "--model.n_head=1", "--batch_size=1", "--seq_len=32", "--max_steps=2", "--val_tokens=512",
                   "--compile=False", "--dtype=fp32", "--train_pattern=*_train_*.bin", "--val_pattern=*_val_*.bin")
