@@ -6,17 +6,22 @@ The figures in tests/golden/track3_train_gpt_simple.json are the unedited output
     git -C modded-nanogpt show f411b3d:records/track_3_optimization/train_gpt_simple.py > train_gpt_simple.py
     python scripts/track3_golden.py --reference train_gpt_simple.py > tests/golden/track3_train_gpt_simple.json
 
-run with torch 2.13.0+cpu and Python 3.11.7 on one thread of an x86_64 CPU with AVX-512 (torch capability
-AVX512; an Intel Xeon). scripts/track3_golden.py runs the reference's own model and optimizer definitions at
-2 layers, d=256 (2 heads of 128), 2 rows of 64 tokens, vocab 50304, fp32 (its bf16 embedding converted to fp32),
-eagerly (torch.compile replaced by the identity), and records: every parameter's init after seeding the RNG
-with 1234, the loss and every gradient at a perturbed state (init + seeded noise), and 5 optimizer steps on
-seeded token streams (losses, every parameter's norm after each step, val loss before and after).
+run with torch 2.13.0+cpu and Python 3.11.7 on one thread of an x86_64 CPU with AVX-512 and AMX bf16 (torch
+capability AVX512; an Intel Xeon). scripts/track3_golden.py runs the reference's own model and optimizer
+definitions at 2 layers, d=256 (2 heads of 128), 2 rows of 64 tokens, vocab 50304, fp32 (its bf16 embedding
+converted to fp32; its Newton-Schulz stays bf16), eagerly (torch.compile replaced by the identity), and records:
+every parameter's init after seeding the RNG with 1234, the loss and every gradient at a perturbed state (init +
+seeded noise), and 5 steps of its Muon + AdamW with the baseline's hyperparameters on seeded token streams
+(losses, every parameter's norm after each step, val loss before and after), once as written and once with its
+bf16 GEMMs summed in another order (the peer).
 
 Here our "track3" model at that size, in fp32, must reproduce those figures: the same init from the same seed
-(our track3 init draws in the reference's parameter order), and the loss and gradients within 1e-5 relative.
+(our track3 init draws in the reference's parameter order); the loss and every gradient within 1e-5 relative.
 A gradient is compared by its norm and by a probe <g, r> with the same seeded r: |Δ<g, r>| <= 1e-5·|g|·|r| is
 what "g within 1e-5 relative" implies (Cauchy-Schwarz), and a permuted or sign-flipped gradient fails it.
+Then the trainer with the baseline recipe runs the 5 steps: within 1e-5 up to the first Newton-Schulz of a
+non-zero momentum, and within the measured arithmetic drift after it (see DRIFT_RTOL); on the recording machine
+with one thread every figure is bitwise equal to the reference's.
 """
 
 import json
