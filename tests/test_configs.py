@@ -1,5 +1,7 @@
 """configs.resolve: presets, --key=value and dotted overrides, type checks and clear errors."""
 
+import dataclasses
+
 import pytest
 
 from configs import PRESETS, resolve
@@ -104,3 +106,16 @@ def test_a_plain_optimizer_keeps_its_meaning_and_replaces_the_presets_recipe():
     cfg = resolve(["--preset=track3", "--optimizer=adamw"])
     assert cfg.recipe == "" and cfg.optim.name == "adamw" and cfg.optim.lr == 3e-3
     assert resolve(["--optimizer=muon"]).recipe == ""
+
+
+def test_track3_cpu_is_track3_scaled_down():
+    cpu, gpu = resolve(["--preset=track3-cpu"]), resolve(["--preset=track3"])
+    sizes = ("n_layer", "n_head", "n_embd", "max_seq_len")
+    assert dataclasses.replace(cpu.model, **{k: getattr(gpu.model, k) for k in sizes}) == gpu.model
+    assert cpu.model.head_dim == 128 and cpu.dtype == "fp32" and cpu.recipe == "track3-muon"
+    assert cpu.optim == gpu.optim  # the baseline recipe, as is
+    assert (cpu.max_steps, cpu.horizon, cpu.warmup_steps) == (160, 160, 0)
+    normuon = resolve(["--preset=track3-cpu", "--optimizer=track3-normuon"])
+    assert (normuon.max_steps, normuon.horizon) == (160, round(3300 * 160 / 3250))  # still ends early
+    adam = resolve(["--preset=track3-cpu", "--optimizer=track3-adam"])
+    assert (adam.max_steps, adam.warmup_steps) == (round(5625 * 160 / 3250), round(250 * 160 / 3250))
