@@ -5,6 +5,8 @@ import math
 import os
 import platform
 import resource
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ from data.shards import write_shard
 from kernels._common import native_bf16
 from model.config import model_preset
 from model.gpt import GPT
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
@@ -212,3 +216,29 @@ def test_freed_memory_is_reused_without_page_faults():
         model(idx, idx).backward()
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     assert sum(faults[2:]) < faults[0], faults
+
+
+def test_summed_loss_on_two_ranks_matches_one_rank(shards, tmp_path):
+    """Track 3's summed loss under data parallelism (gloo, 2 processes, sharded Muon): the same losses and
+    weights as one process accumulating the same 2 micro-batches. Each rank backpropagates 2 × its sum and
+    DataParallel halves the sum of the ranks' gradients, both exact, so the figures agree to rounding."""
+    common = ["--preset=track3", f"--data_dir={shards}", "--train_pattern=*_train_*.bin", "--val_pattern=*_val_*.bin",
+              "--model.n_layer=1", "--model.n_embd=128", "--model.n_head=1", "--model.vocab_size=50304",
+              "--batch_size=1", "--seq_len=32", "--reference_world_size=2", "--max_steps=3", "--val_tokens=256",
+              "--val_every=3", "--compile=False", "--dtype=fp32", "--threads=1", "--run_name=r"]
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "train.py", *common,
+                           f"--out_dir={tmp_path / 'two'}"], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    one = train.main([*common, f"--out_dir={tmp_path / 'one'}"])
+    logs = [[json.loads(line) for line in open(tmp_path / d / "r" / "log.jsonl")] for d in ("one", "two")]
+    for a, b in zip(*logs):
+        assert a["step"] == b["step"] and a.keys() == b.keys()
+        for key in ("train_loss", "val_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-6), (a, b)
+    weights = [torch.load(tmp_path / d / "r" / "checkpoint.pt", weights_only=False)["model"] for d in ("one", "two")]
+    for name, w in weights[0].items():
+        torch.testing.assert_close(weights[1][name], w, rtol=1e-6, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+    assert one["steps"] == 3
