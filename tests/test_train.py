@@ -5,6 +5,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 
@@ -202,20 +203,22 @@ def test_summed_loss_gradient_is_tokens_times_the_mean_gradient(shards, tmp_path
 
 def test_freed_memory_is_reused_without_page_faults():
     """After keep_freed_memory (every CPU Trainer calls it), training steps whose logits exceed glibc's 32 MB mmap
-    threshold stop page-faulting: 256 tokens × 50304 fp32 logits are 51 MB, and by default each step maps and
-    zeroes those blocks again (as many faults every step as in the first); with it, six later steps together
-    fault less than the first one."""
+    threshold stop page-faulting: 256 tokens × 50304 fp32 logits are 51 MB (12,576 pages), and by default every
+    step maps and zeroes such blocks anew (faulting several times that). With it, the typical (median) step after
+    two warm-up steps faults less than a quarter of one logits tensor's pages; the heap may still grow now and
+    then, which the median ignores."""
     if platform.libc_ver()[0] != "glibc":
         pytest.skip(f"keep_freed_memory tunes glibc's malloc; this C library is {platform.libc_ver()[0] or 'unknown'}")
     train.keep_freed_memory()
     model = GPT(model_preset("tiny", max_seq_len=256))
     idx = torch.randint(0, 50304, (1, 256))
+    logits_pages = 256 * 50304 * 4 // 4096
     faults = []
     for _ in range(8):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         model(idx, idx).backward()
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    assert sum(faults[2:]) < faults[0], faults
+    assert statistics.median(faults[2:]) < logits_pages // 4, faults
 
 
 def test_summed_loss_on_two_ranks_matches_one_rank(shards, tmp_path):
