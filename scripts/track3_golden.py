@@ -11,9 +11,10 @@ seconds: 2 layers, d=256 (2 heads of 128), 2 rows of 64 tokens, vocab 50304, one
   - fp32: the reference's bf16 token embedding is converted to fp32 before the init, so every activation is
     fp32 (its Linears and norms cast their weights to the activation dtype). Muon's Newton-Schulz stays bf16,
     as the reference writes it.
-  - torch.compile is replaced by the identity while the source executes. Compiling only fuses elementwise ops
-    (in muon_update: the momentum lerps and the aspect-ratio scale around the Newton-Schulz), which changes
-    the bf16 rounding of those fused ops but no arithmetic; eager is the well-defined version to match.
+  - torch.compile is replaced by the identity while the source executes. Compiling muon_update only fuses its
+    elementwise ops (the momentum lerps, the scalings and sums inside the Newton-Schulz, the aspect-ratio
+    scale), which moves where their bf16 results are rounded (a fused chain is computed in fp32 and rounded
+    once); eager, one rounding per op, is the well-defined version to match, and the one our Muon runs.
   - One process in a gloo group: the reference's Muon.step calls dist.get_world_size()/all_gather.
   - Init: the RNG is seeded right before a loop that applies the reference's per-parameter rule (its Setup
     section's init) over model.named_parameters(), in that order.
@@ -33,8 +34,7 @@ model-only check where every gradient is non-zero), for each of the 5 steps the 
 and every parameter's norm after it, and the val loss before and after the 5 steps; then the same 5 steps
 again with the Newton-Schulz's bf16 matmuls emulated (fp32 GEMM of the bf16 operands, rounded to bf16: a bf16
 GEMM in another summation order), a peer that says how far two legitimate bf16 evaluations of the reference
-drift apart. Norms, sums and probes are
-float64 reductions of the fp32 tensors.
+drift apart. Norms, sums and probes are float64 reductions of the fp32 tensors.
 """
 
 import argparse
