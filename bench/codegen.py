@@ -5,7 +5,7 @@
 For each kernel×config it prints registers per thread, local-memory spills, the dynamic shared memory a
 launch needs, HGMMA (Hopper warpgroup tensor-core) instruction count, and the roofline floor time of one
 launch at the 124M shape (max of FLOPs / 989 TFLOP/s and bytes / 3.35 TB/s, H100 SXM dense bf16).
-Kernel modules list their configurations as `codegen_cases() -> list[kernels._common.CodegenCase]`.
+The cases come from bench/cases/<op>.py: `codegen_cases() -> list[bench.cases.CodegenCase]`.
 """
 
 import argparse
@@ -17,8 +17,8 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 
-# Modules whose codegen_cases() are compiled; a kernel issue adds its module here.
-KERNEL_MODULES = ["kernels.newton_schulz", "kernels.fused_linear_cross_entropy", "kernels.relu2_mlp"]
+# Modules whose codegen_cases() are compiled; a new Triton op adds its bench/cases module here.
+KERNEL_MODULES = ["bench.cases.newton_schulz", "bench.cases.fused_linear_cross_entropy", "bench.cases.relu2_mlp"]
 
 H100_PEAK_BF16_FLOPS = 989e12
 H100_HBM_BYTES_PER_S = 3.35e12

@@ -3,6 +3,7 @@
 Run:  pytest bench/ --benchmark-json=out/bench.json   (then: python -m bench.summary out/bench.json)
 """
 
+import importlib
 import os
 
 import pytest
@@ -13,6 +14,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench import harness  # noqa: E402
+from kernels import registry  # noqa: E402
 
 
 def pytest_report_header(config):
@@ -38,3 +40,23 @@ def require_gpu(provider: str):
     """Skip, with the reason, a provider that is only meaningful on a CUDA GPU."""
     if not torch.cuda.is_available():
         pytest.skip(f"{provider}: needs a CUDA GPU (none on this machine; the interpreter is for parity, not timing)")
+
+
+def provider_fn(op: str, provider: str):
+    """The function a provider times for registry op `op`: "eager" (kernels.reference, the tests' peer),
+    "compile" (torch.compile of eager), or a registered implementation such as "triton" (GPU only)."""
+    eager = registry.get(op, "eager")
+    if provider == "eager":
+        return eager
+    if provider == "compile":
+        return torch.compile(eager)
+    require_gpu(provider)
+    return registry.get(op, provider)
+
+
+def optional(module: str, name: str, provider: str):
+    """`module.name` for an external provider, or a skip naming what is missing."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        pytest.skip(f"{provider}: {module}.{name} is not available here ({e})")

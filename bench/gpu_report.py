@@ -130,10 +130,10 @@ def _flop_models():
     """The FLOP models of each op (today in the kernel files)."""
     from types import SimpleNamespace
 
-    from kernels.attention import attention_flops
-    from kernels.fused_linear_cross_entropy import flce_flops
-    from kernels.newton_schulz import ns_flops
-    from kernels.relu2_mlp import mlp_flops
+    from bench.cases.attention import attention_flops
+    from bench.cases.fused_linear_cross_entropy import flce_flops
+    from bench.cases.newton_schulz import ns_flops
+    from bench.cases.relu2_mlp import mlp_flops
 
     return SimpleNamespace(ns=ns_flops, flce=flce_flops, mlp=mlp_flops, attention=attention_flops)
 
@@ -874,7 +874,7 @@ def stage_environment(ctx: StageContext):
             cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version() if ctx.device == "cuda" else None,
             numpy=numpy.__version__, triton_interpret=os.environ.get("TRITON_INTERPRET"))
 
-    from kernels.attention import backend_unavailable_reason
+    from kernels.attention_select import backend_unavailable_reason
 
     for backend, module in IMPORT_PROBES.items():
         why = _probe_import(module)
@@ -1384,7 +1384,7 @@ def window_pairs(T: int, w: int) -> int:
 def _attention_rows(case: Case, ctx) -> list[Row]:
     import torch
 
-    from kernels import attention as A
+    from kernels import attention_select as A
     from kernels import registry
 
     B, T, H, D = case.batch, case.seq, case.n_head, case.head_dim

@@ -7,6 +7,7 @@ printed or launched at import. Look implementations up with kernels.registry.get
 # reference registers the "eager" implementations; each kernel module registers its own.
 from kernels import (  # noqa: F401
     attention,
+    attention_select,
     fused_linear_cross_entropy,
     newton_schulz,
     reference,

@@ -17,15 +17,17 @@ boolean (1 or B, 1, T, T) mask, which on CUDA rules out SDPA's flash kernel. fle
 (torch has no CPU backward), so inputs that require grad are refused there with grad enabled. FlashAttention:
 head dim <= 256 (a multiple of 8 for fa3/fa4); fp32 is refused, never cast silently.
 
-Every backend implements kernels.reference.attention_mask: causal keeps j <= i; window w keeps i - w < j (the
-query and the w-1 keys before it; FlashAttention window_size=(w-1, 0)); doc_ids (B, T), non-decreasing along T
-(the model's cumsum of <|endoftext|> flags), keeps keys of the same document.
+Every backend implements the masks of kernels.reference.attention_keep (sdpa and flex call it): causal keeps
+j <= i; window w keeps i - w < j (the query and the w-1 keys before it; FlashAttention window_size=(w-1, 0));
+doc_ids (B, T), non-decreasing along T (the model's cumsum of <|endoftext|> flags), keeps keys of the same
+document.
 
 An explicit request for a backend that cannot run here (module missing, wrong GPU, CPU tensors) raises
 AttentionBackendUnavailable naming what is missing, on the first call; an unsupported input (fp32 into
 FlashAttention, a head dim it has no kernel for) raises TypeError/ValueError. Nothing falls back silently:
-only "auto" chooses, and it logs its choice once per (device, dtype, head dim). available_backends(device) and
-select_backend(requested, device, dtype) expose the same decisions to the trainer (for its log) and the tests.
+only "auto" chooses, and it logs its choice once per (device, dtype, head dim). Those decisions live in
+kernels.attention_select (available_backends(device), select_backend(requested, device, dtype), ...), which
+the trainer (for its log), the benches and the tests ask; select_backend is importable from here too.
 
 Copies: FlashAttention reads (B, T, H, D) as is; document masking flattens (B, T) into one token axis as a view
 for the varlen kernels. sdpa and flex want (B, H, T, D): they get transposed views and return a transposed view,
@@ -34,7 +36,6 @@ so the model's reshape(B, T, H·D) copies the output once (as for eager).
 Nothing from FlashAttention is imported, and nothing is compiled or launched, at import time.
 """
 
-import importlib
 import logging
 import weakref
 from collections import OrderedDict
@@ -43,172 +44,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from kernels import attention_select as selection
 from kernels import registry
+from kernels.attention_select import BACKENDS, AttentionBackendUnavailable, select_backend
+from kernels.reference import attention as reference_attention
+from kernels.reference import attention_keep, attention_mask
 
 logger = logging.getLogger(__name__)
-
-# Every backend name, in the order available_backends reports them; "auto" resolves to one of these.
-BACKENDS = ("eager", "sdpa", "flex", "fa3", "fa2", "fa4")
-# What "auto" tries, best first. sdpa runs everywhere, so auto always finds something.
-AUTO_ORDER = ("fa3", "fa2", "sdpa")
-FA_BACKENDS = ("fa3", "fa2", "fa4")
-FA_DTYPES = (torch.bfloat16, torch.float16)
-FA_MAX_HEAD_DIM = 256
-
-
-class AttentionBackendUnavailable(RuntimeError):
-    """An explicitly requested attention backend cannot run here (module missing, wrong device or GPU)."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Availability probes (the tests monkeypatch _import_module and _cuda_capability to simulate machines)
-# ---------------------------------------------------------------------------------------------------
-
-# backend -> (module to import, functions it must have, what it is and how to get it)
-_FA_MODULES = {
-    "fa3": ("flash_attn_interface", ("flash_attn_func", "flash_attn_varlen_func"),
-            "FlashAttention-3, the hopper/ build of Dao-AILab/flash-attention, not on PyPI: "
-            "`cd flash-attention/hopper && python setup.py install`"),
-    "fa2": ("flash_attn", ("flash_attn_func", "flash_attn_varlen_func"),
-            "FlashAttention-2: `pip install flash-attn --no-build-isolation`"),
-    "fa4": ("flash_attn.cute", ("flash_attn_func", "flash_attn_varlen_func"),
-            "FlashAttention-4 (CuTe DSL): `pip install flash-attn-4`"),
-}
-
-_import_cache: dict[str, tuple[object | None, str | None]] = {}
-
-
-def _import_module(name: str, needs: tuple[str, ...] = ()) -> tuple[object | None, str | None]:
-    """(module, None) when `name` imports and has every attribute in `needs`, else (None, why not). Cached."""
-    if name not in _import_cache:
-        try:
-            module = importlib.import_module(name)
-        except Exception as exc:  # ImportError, or e.g. an ABI mismatch raised from a C extension
-            _import_cache[name] = (None, f"`import {name}` failed ({type(exc).__name__}: {exc})")
-        else:
-            # e.g. a `flash_attn` namespace holding only flash_attn.cute (FA4) has no flash_attn_func
-            missing = [fn for fn in needs if not hasattr(module, fn)]
-            _import_cache[name] = (None, f"module {name} has no {', '.join(missing)}") if missing else (module, None)
-    return _import_cache[name]
-
-
-def _cuda_capability(device: torch.device) -> tuple[int, int] | None:
-    """Compute capability of a CUDA device; None for any other device."""
-    if device.type != "cuda":
-        return None
-    return tuple(torch.cuda.get_device_capability(device))
-
-
-def _flex_module():
-    """(torch.nn.attention.flex_attention, None), or (None, why not)."""
-    try:
-        from torch.nn.attention import flex_attention
-    except ImportError as exc:  # torch older than 2.5
-        return None, f"needs torch.nn.attention.flex_attention, missing from torch {torch.__version__} ({exc})"
-    return flex_attention, None
-
-
-def _capability_reason(name: str, device: torch.device) -> str | None:
-    cap = _cuda_capability(device)
-    if cap is None:
-        return f"needs a CUDA device, the tensors are on {device.type}"
-    if name == "fa3" and cap[0] != 9:
-        return f"needs a Hopper GPU (sm_90), this one is sm_{cap[0]}{cap[1]}"
-    if name == "fa2" and cap < (8, 0):
-        return f"needs an Ampere or newer GPU (sm_80+), this one is sm_{cap[0]}{cap[1]}"
-    if name == "fa4" and cap[0] < 9:
-        return f"needs a Hopper or newer GPU (sm_90+), this one is sm_{cap[0]}{cap[1]}"
-    return None
-
-
-def backend_unavailable_reason(name: str, device: torch.device | str) -> str | None:
-    """None when backend `name` can run on `device`; otherwise every reason it cannot, in one sentence."""
-    device = torch.device(device)
-    if name in ("eager", "sdpa"):
-        return None
-    if name == "flex":
-        return _flex_module()[1]
-    if name not in FA_BACKENDS:
-        raise KeyError(f"unknown attention backend {name!r}; choose from {', '.join(BACKENDS)} or auto")
-    reasons = []
-    module, needs, how = _FA_MODULES[name]
-    found, why = _import_module(module, needs)
-    if found is None:
-        reasons.append(f"needs the {module} module ({how}), which is not usable here: {why}")
-    cap_reason = _capability_reason(name, device)
-    if cap_reason:
-        reasons.append(cap_reason)
-    return "; ".join(reasons) or None
-
-
-def available_backends(device: torch.device | str) -> dict[str, str | None]:
-    """{backend: None if it can run on `device`, else the reason it cannot}, for every explicit backend.
-
-    flex on the CPU is reported available: it runs forward (evaluation) there, and refuses inputs that
-    require grad with grad enabled, on the call.
-    """
-    return {name: backend_unavailable_reason(name, device) for name in BACKENDS}
-
-
-def dtype_unsupported_reason(name: str, dtype: torch.dtype) -> str | None:
-    """None when backend `name` accepts inputs of `dtype`; else why not."""
-    if name in FA_BACKENDS and dtype not in FA_DTYPES:
-        return (f"supports bfloat16 and float16 inputs only, got {str(dtype).removeprefix('torch.')} "
-                "(run the model under bf16 autocast, or use sdpa for fp32)")
-    if not dtype.is_floating_point:
-        return f"needs floating-point inputs, got {dtype}"
-    return None
-
-
-def head_dim_unsupported_reason(name: str, head_dim: int | None) -> str | None:
-    """None when backend `name` has a kernel for `head_dim` (None: not checked); else why not."""
-    if name not in FA_BACKENDS or head_dim is None:
-        return None
-    if head_dim > FA_MAX_HEAD_DIM:
-        return f"supports head dims up to {FA_MAX_HEAD_DIM}, got {head_dim}"
-    if name in ("fa3", "fa4") and head_dim % 8:
-        return f"needs a head dim that is a multiple of 8, got {head_dim}"
-    return None
-
-
-def _auto_choice(device: torch.device, dtype: torch.dtype, head_dim: int | None) -> tuple[str, list[str]]:
-    """(the first backend of AUTO_ORDER that can run, why each better one was skipped)."""
-    skipped = []
-    for name in AUTO_ORDER:
-        why = (backend_unavailable_reason(name, device) or dtype_unsupported_reason(name, dtype)
-               or head_dim_unsupported_reason(name, head_dim))
-        if why is None:
-            return name, skipped
-        skipped.append(f"{name} {why}")
-    raise AssertionError("unreachable: sdpa runs on every device and float dtype")
-
-
-def select_backend(requested: str, device: torch.device | str, dtype: torch.dtype,
-                   head_dim: int | None = None) -> str:
-    """The backend that runs for `requested` ("auto" or a name) on `device` with `dtype` inputs.
-
-    "auto" returns the best backend that can run (fa3 > fa2 > sdpa). An explicit name is returned unchanged
-    when it can run, and raises otherwise: AttentionBackendUnavailable for a missing module or an unsuitable
-    device, TypeError for an unsupported dtype, ValueError for an unsupported head dim, KeyError for a typo.
-    """
-    device = torch.device(device)
-    if requested == "auto":
-        return _auto_choice(device, dtype, head_dim)[0]
-    if requested not in BACKENDS:
-        raise KeyError(f"unknown attention backend {requested!r}; choose from {', '.join(BACKENDS)} or auto")
-    why = backend_unavailable_reason(requested, device)
-    if why:
-        raise AttentionBackendUnavailable(
-            f"attention backend {requested!r} is not available: it {why}. Install what is missing, or use "
-            "--attention auto|sdpa (auto picks the best available backend and logs its choice)")
-    why = dtype_unsupported_reason(requested, dtype)
-    if why:
-        raise TypeError(f"attention backend {requested!r} {why}")
-    why = head_dim_unsupported_reason(requested, head_dim)
-    if why:
-        raise ValueError(f"attention backend {requested!r} {why}")
-    return requested
-
 
 # ---------------------------------------------------------------------------------------------------
 # Input checks, masks and varlen metadata shared by the backends
@@ -238,16 +80,6 @@ def _check_inputs(q, k, v, window, doc_ids):
             raise TypeError(f"doc_ids must be an integer tensor, got {doc_ids.dtype}")
         if doc_ids.device != q.device:
             raise ValueError(f"doc_ids is on {doc_ids.device}, q on {q.device}")
-
-
-def _keep(q_idx, kv_idx, *, causal: bool, window: int | None):
-    """True where query position q_idx may see key position kv_idx (index tensors that broadcast)."""
-    keep = (q_idx >= 0) & (kv_idx >= 0)  # all True, in the broadcast shape
-    if causal:
-        keep = keep & (kv_idx <= q_idx)
-    if window is not None:
-        keep = keep & (q_idx - kv_idx < window)
-    return keep
 
 
 class _PerTensorCache:
@@ -318,7 +150,7 @@ def doc_cu_seqlens(doc_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     wherever the id changes. cu_seqlens[s] is the first token of segment s and cu_seqlens[S] = B·T. doc_ids
     must be non-decreasing along T (a cumsum of <|endoftext|> flags is). Costs two host syncs (segment count,
     max length); cached per doc_ids tensor, so a forward pass pays them once, not once per layer. A loader
-    that knows the boundaries can compute the same thing on the host instead (see the report of issue 7).
+    that knows the document boundaries could compute the same thing on the host instead, without the syncs.
     """
     return _doc_cache.get(doc_ids, "varlen", lambda: _doc_cu_seqlens(doc_ids))
 
@@ -363,20 +195,12 @@ def _first(out):
 
 @torch.compiler.disable
 def _dense_mask(T: int, causal: bool, window: int | None, doc_ids: torch.Tensor | None, device) -> torch.Tensor:
-    """Boolean (1 or B, 1, T, T) mask for SDPA, True where attention is allowed; cached."""
-
-    def static():
-        i = torch.arange(T, device=device)
-        return _keep(i[:, None], i[None, :], causal=causal, window=window)[None, None]  # (1, 1, T, T)
-
-    mask = _static_masks.get_or_build((T, causal, window, str(device)), static)
+    """kernels.reference.attention_mask for SDPA: (1 or B, 1, T, T), True where attention is allowed; cached."""
     if doc_ids is None:
-        return mask
-
-    def with_docs():
-        return mask & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])  # (B, 1, T, T)
-
-    return _doc_cache.get(doc_ids, ("sdpa", causal, window), with_docs)
+        return _static_masks.get_or_build((T, causal, window, str(device)),
+                                          lambda: attention_mask(T, causal=causal, window=window, device=device))
+    return _doc_cache.get(doc_ids, ("sdpa", causal, window),
+                          lambda: attention_mask(T, causal=causal, window=window, doc_ids=doc_ids, device=device))
 
 
 def attention_sdpa(q, k, v, *, causal: bool = True, window: int | None = None, doc_ids: torch.Tensor | None = None,
@@ -406,33 +230,27 @@ def flex_block_mask(T: int, *, causal: bool = True, window: int | None = None, d
     (T, causal, window, device), and per doc_ids tensor (identity and version) with document masking."""
     if not causal and window is None and doc_ids is None:
         return None
-    create_block_mask = _flex_module()[0].create_block_mask
+    create_block_mask = selection.flex_module()[0].create_block_mask
     device = torch.device(device)
     compile_mask = device.type == "cuda"  # builds the mask without materialising B·T·T booleans at once
 
+    def mask_mod(b, h, q_idx, kv_idx):
+        return attention_keep(b, q_idx, kv_idx, causal=causal, window=window, doc_ids=doc_ids)
+
     if doc_ids is None:
-        def static():
-            def mask_mod(b, h, q_idx, kv_idx):
-                return _keep(q_idx, kv_idx, causal=causal, window=window)
-
-            return create_block_mask(mask_mod, None, None, T, T, device=device, _compile=compile_mask)
-
-        return _static_block_masks.get_or_build((T, causal, window, str(device)), static)
-
-    def with_docs():
-        def mask_mod(b, h, q_idx, kv_idx):
-            return (doc_ids[b, q_idx] == doc_ids[b, kv_idx]) & _keep(q_idx, kv_idx, causal=causal, window=window)
-
-        return create_block_mask(mask_mod, doc_ids.shape[0], None, T, T, device=device, _compile=compile_mask)
-
-    return _doc_cache.get(doc_ids, ("flex", causal, window), with_docs)
+        return _static_block_masks.get_or_build(
+            (T, causal, window, str(device)),
+            lambda: create_block_mask(mask_mod, None, None, T, T, device=device, _compile=compile_mask))
+    return _doc_cache.get(
+        doc_ids, ("flex", causal, window),
+        lambda: create_block_mask(mask_mod, doc_ids.shape[0], None, T, T, device=device, _compile=compile_mask))
 
 
 def attention_flex(q, k, v, *, causal: bool = True, window: int | None = None, doc_ids: torch.Tensor | None = None,
                    scale: float | None = None) -> torch.Tensor:
     """flex_attention with a cached BlockMask; torch.compile'd on CUDA, eager and forward-only on the CPU."""
     global _compiled_flex
-    flex, why = _flex_module()
+    flex, why = selection.flex_module()
     if flex is None:
         raise AttentionBackendUnavailable(f"attention backend 'flex' {why}; use --attention auto|sdpa")
     _check_inputs(q, k, v, window, doc_ids)
@@ -466,8 +284,8 @@ def _require(name: str, q: torch.Tensor):
     key = (name, q.device, q.dtype, q.shape[-1])
     if key not in _fa_checked:
         select_backend(name, q.device, q.dtype, q.shape[-1])
-        module, needs, _ = _FA_MODULES[name]
-        _fa_checked[key] = _import_module(module, needs)[0]
+        module, needs, _ = selection.FA_MODULES[name]
+        _fa_checked[key] = selection.probe_import(module, needs)[0]
     return _fa_checked[key]
 
 
@@ -519,7 +337,7 @@ def attention_auto(q, k, v, *, causal: bool = True, window: int | None = None, d
     key = (q.device, q.dtype, q.shape[-1])
     name = _auto_cache.get(key)
     if name is None:
-        name, skipped = _auto_choice(q.device, q.dtype, q.shape[-1])
+        name, skipped = selection.auto_choice(q.device, q.dtype, q.shape[-1])
         _auto_cache[key] = name
         logger.info("attention auto: using %s for %s %s head_dim=%d%s", name, q.device,
                     str(q.dtype).removeprefix("torch."), q.shape[-1],
@@ -529,7 +347,7 @@ def attention_auto(q, k, v, *, causal: bool = True, window: int | None = None, d
 
 def reset_caches():
     """Forget probed imports, checks, auto choices and masks (tests that simulate other machines call this)."""
-    _import_cache.clear()
+    selection.reset()
     _fa_checked.clear()
     _auto_cache.clear()
     _doc_cache.clear()
@@ -537,18 +355,9 @@ def reset_caches():
     _static_block_masks.clear()
 
 
-def attention_flops(B: int, T: int, H: int, D: int, *, causal: bool = True, backward: bool = False) -> float:
-    """Matmul FLOPs of attention: 4·B·H·T²·D forward (QKᵀ and PV), halved when causal; the backward is 2.5×
-    the forward (five matmuls instead of two, as FlashAttention's and Triton's benchmarks count)."""
-    flops = 4.0 * B * H * T * T * D / (2 if causal else 1)
-    return flops * 2.5 if backward else flops
-
-
 def _register():
-    from kernels.reference import attention as eager
-
-    IMPLS.update(eager=eager, sdpa=attention_sdpa, flex=attention_flex, fa3=attention_fa3, fa2=attention_fa2,
-                 fa4=attention_fa4)
+    IMPLS.update(eager=reference_attention, sdpa=attention_sdpa, flex=attention_flex, fa3=attention_fa3,
+                 fa2=attention_fa2, fa4=attention_fa4)
     for name in BACKENDS[1:]:  # "eager" is registered by kernels.reference
         registry.register("attention", name, IMPLS[name])
     registry.register("attention", "auto", attention_auto)

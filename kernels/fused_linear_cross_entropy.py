@@ -11,7 +11,7 @@ Op (same semantics as kernels.reference.linear_cross_entropy, the test oracle an
 Gradient, with g = grad_output · (1/#non-ignored for mean, 1 for sum) and g = 0 on ignored rows:
 
     dc_ij = g · (softmax(c_i)_j · (1 + 2·z_loss·lse_i) - [j == t(i)])
-    dz_ij = dc_ij · (1 - (c_ij / softcap)²)                      (the tanh derivative, from the stored c)
+    dz_ij = dc_ij · (1 - (c_ij / softcap)²)     (the tanh derivative from the stored c; exactly 0 where |c| = softcap)
     grad_hidden = dz @ weight        (N, H)        grad_weight = dzᵀ @ hidden        (V, H)
 
 Shapes: hidden (N, H), weight (V, H), one dtype (bf16, fp16 or fp32; the model casts); targets (N,) int64
@@ -19,15 +19,15 @@ Shapes: hidden (N, H), weight (V, H), one dtype (bf16, fp16 or fp32; the model c
 
 Design: the N tokens are processed in chunks of C rows (C·V·4 bytes <= LOGITS_BUDGET_BYTES = 1 GiB: N = 8192,
 V = 50304 gives two chunks of 4096), so no N×V tensor ever exists. Per chunk, four launches on one (C, V) fp32
-buffer:
+buffer (the kernels are in kernels/_flce_kernels.py):
 
-    1. _flce_logits_kernel      c = softcap(h @ Wᵀ) for a (BLOCK_M, BLOCK_V) tile, stored fp32, plus the tile's
-                                per-row max and Σexp(c - max) (the online log-sum-exp partials, (C, V/BLOCK_V))
-    2. _flce_loss_grad_kernel   one program per row: lse from the partials, loss_i, then dz overwrites c in
+    1. flce_logits_kernel       c = softcap(h @ Wᵀ) for a (BLOCK_M, BLOCK_N) tile, stored fp32, plus the tile's
+                                per-row max and Σexp(c - max) (the online log-sum-exp partials, (C, V/BLOCK_N))
+    2. flce_loss_grad_kernel    one program per row: lse from the partials, loss_i, then dz overwrites c in
                                 place (fp32, same element, same program)
-    3. _flce_grad_hidden_kernel grad_hidden[chunk] = dz @ W, one rounding to the input dtype
-    4. _flce_grad_weight_kernel grad_weight (+)= dzᵀ @ h[chunk]; fp32 accumulation across chunks: the first chunk
-                                writes, later ones read-add-write their own tile (a (V, H) fp32 buffer for
+    3. flce_grad_kernel         grad_hidden[chunk] = dz @ W, one rounding to the input dtype
+    4. flce_grad_kernel         grad_weight (+)= dzᵀ @ h[chunk]; fp32 accumulation across chunks: the first chunk
+       (DZ_T)                   writes, later ones read-add-write their own tile (a (V, H) fp32 buffer for
                                 16-bit inputs when there are >= 2 chunks), the last one stores the input dtype
 
 Memory: the chunk buffer, grad_hidden, grad_weight and (16-bit, >= 2 chunks) the (V, H) fp32 running sum, i.e.
@@ -44,8 +44,8 @@ Numerics: bf16/fp16 tensor-core operands with fp32 accumulation; logits, lse, lo
 use tl.dot(input_precision="tf32x3") on the GPU (~fp32 accuracy on tensor cores). tanh: MUFU `tanh.approx.f32`
 (inline PTX, max rel. error ~2⁻¹¹) for 16-bit inputs on the GPU, whose bf16-rounded logits are far coarser; an
 exp-based tanh with a Taylor branch near 0 (a few ulp) for fp32 inputs and under the interpreter (which has no
-tanh, shared/PLATFORM.md). The interpreter's bf16 arithmetic and fp32→bf16 casts are wrong, so there
-(UPCAST) tiles go to fp32 right after loading and bf16 rounding is done by round_to_bf16_grid (nearest even).
+tanh). The interpreter's bf16 arithmetic and fp32→bf16 casts are wrong, so there (UPCAST) tiles go to fp32
+right after loading and bf16 rounding is done by round_to_bf16_grid (kernels._common.precision_flags).
 
 Host syncs: none on the hot path (the mean's token count stays on the device). One remains, opt-out: the
 target range check (`validate_targets=True`) is a reduction over N targets plus one device->host sync (it
@@ -57,17 +57,17 @@ grad_weight sums over tokens, so a per-token grad_output cannot be applied after
 
 Provenance: the chunked, gradient-in-forward scheme follows Liger-Kernel's fused_linear_cross_entropy
 (linkedin/Liger-Kernel, after mgmalek/efficient_cross_entropy); the tanh softcap and z-loss follow the NanoGPT
-speedrun (KellerJordan/modded-nanogpt) and PaLM. Read for facts only; this code is written from scratch.
+speedrun (KellerJordan/modded-nanogpt) and PaLM. This code is written from scratch.
 """
 
 from dataclasses import dataclass
 
 import torch
 import triton
-import triton.language as tl
 
-from kernels import registry
-from kernels._common import CodegenCase, check_tensor, check_triton_device, is_interpreter, round_to_bf16_grid
+from kernels import _common, registry
+from kernels._common import Tile
+from kernels._flce_kernels import flce_grad_kernel, flce_logits_kernel, flce_loss_grad_kernel
 
 # ---------------------------------------------------------------------------------------------------
 # Constants
@@ -82,16 +82,6 @@ REDUCTIONS = ("mean", "sum", "none")
 # grad_weight accumulator (154 MB each at 124M) and fuller grids for the grad_hidden matmul.
 LOGITS_BUDGET_BYTES = 1 << 30
 
-# Streaming multiprocessors of an H100 SXM: pick_config only needs "enough programs to fill the GPU", and a
-# fixed number keeps the choice device-independent (and possible on the CPU, in tests).
-_NUM_SMS_HINT = 132
-
-# How a matmul kernel turns a loaded fp32 dz tile into a tensor-core operand (constexpr OPERAND):
-OPERAND_KEEP = 0  # fp32 inputs: fp32 operand (tf32x3 on the GPU)
-OPERAND_CAST = 1  # GPU, 16-bit inputs: .to(bf16/fp16) (round to nearest even)
-OPERAND_BF16_GRID = 2  # interpreter, bf16: round to the bf16 grid, stay fp32 (bf16 math is wrong there)
-OPERAND_FP16_GRID = 3  # interpreter, fp16: round through fp16, stay fp32
-
 
 # ---------------------------------------------------------------------------------------------------
 # Configs
@@ -99,51 +89,57 @@ OPERAND_FP16_GRID = 3  # interpreter, fp16: round through fp16, stay fp32
 
 
 @dataclass(frozen=True)
+class RowBlocks:
+    """Blocks of the per-row loss/gradient kernel."""
+
+    block_v: int  # vocab columns per step of the row loop
+    block_t: int  # log-sum-exp partials per step when combining a row's
+    warps: int
+
+
+@dataclass(frozen=True)
 class FLCEConfig:
-    """Tiles and launch settings of the four kernels."""
+    """Tiles of the four kernels."""
 
-    lg_block_m: int  # logits: token rows per tile
-    lg_block_v: int  # logits: vocab columns per tile (= the width of one log-sum-exp partial)
-    lg_block_k: int  # logits: hidden-dim reduction chunk
-    lg_warps: int
-    lg_stages: int
-    ce_block_v: int  # loss/grad: vocab columns per step of the row loop
-    ce_block_t: int  # loss/grad: partials per step when combining the row's log-sum-exp
-    ce_warps: int
-    gh_block_m: int  # grad_hidden: token rows per tile
-    gh_block_n: int  # grad_hidden: hidden columns per tile
-    gh_block_k: int  # grad_hidden: vocab reduction chunk
-    gh_warps: int
-    gh_stages: int
-    gw_block_v: int  # grad_weight: vocab rows per tile
-    gw_block_n: int  # grad_weight: hidden columns per tile
-    gw_block_k: int  # grad_weight: token reduction chunk
-    gw_warps: int
-    gw_stages: int
+    logits: Tile  # rows = tokens, columns = vocab (block_n is the width of one log-sum-exp partial), K = hidden
+    loss: RowBlocks
+    grad_hidden: Tile  # rows = tokens, columns = hidden, K = vocab
+    grad_weight: Tile  # rows = vocab, columns = hidden, K = tokens
 
 
-# Chosen for the sm_90 budget (smem <= 227 KB, no spills, HGMMA: see codegen_cases / `python -m bench.codegen
-# --kernel fused_linear`), not tuned on a GPU: none was lent to this work (2026-11). "b128" is the 124M-shape
-# family (128-wide matmul tiles, 8 warps for the epilogue-heavy logits kernel; 64-row grad_hidden tiles so a
-# 4096-row chunk gives 64×6 = 384 programs at H = 768). "b64" halves the tiles for small problems (and gives
-# the interpreter tests several tiles in every dim); "f64" is the fp32 (accuracy, not speed) path, with
-# BLOCK_K 32 so fp32 stages fit in shared memory.
-CONFIGS = {
-    "b128": FLCEConfig(128, 128, 64, 8, 3, 2048, 512, 8, 64, 128, 64, 4, 4, 128, 128, 32, 8, 3),
-    "b64": FLCEConfig(64, 64, 64, 4, 3, 1024, 256, 4, 64, 64, 64, 4, 3, 64, 64, 32, 4, 3),
-    "f64": FLCEConfig(64, 64, 32, 4, 3, 1024, 256, 4, 64, 64, 32, 4, 3, 64, 64, 32, 4, 3),
+# Chosen for the sm_90 budget (smem <= 227 KB, no spills, HGMMA: `python -m bench.codegen --kernel
+# fused_linear`), not yet tuned on a GPU (`pytest bench/kernels/bench_fused_linear_cross_entropy.py` on one would
+# measure them). "b128" is the 124M-shape family (128-wide matmul tiles, 8 warps for the epilogue-heavy logits
+# kernel; 64-row grad_hidden tiles so a 4096-row chunk gives 64×6 = 384 programs at H = 768). "b64" halves the
+# tiles for small problems (and gives the interpreter tests several tiles in every dim); "f64" is the fp32
+# (accuracy, not speed) path, with BLOCK_K 32 so fp32 stages fit in shared memory.
+_FAMILIES = {
+    "b128": ((torch.bfloat16, torch.float16), FLCEConfig(
+        logits=Tile(block_m=128, block_n=128, block_k=64, warps=8, stages=3),
+        loss=RowBlocks(block_v=2048, block_t=512, warps=8),
+        grad_hidden=Tile(block_m=64, block_n=128, block_k=64, warps=4, stages=4),
+        grad_weight=Tile(block_m=128, block_n=128, block_k=32, warps=8, stages=3))),
+    "b64": ((torch.bfloat16, torch.float16), FLCEConfig(
+        logits=Tile(block_m=64, block_n=64, block_k=64, warps=4, stages=3),
+        loss=RowBlocks(block_v=1024, block_t=256, warps=4),
+        grad_hidden=Tile(block_m=64, block_n=64, block_k=64, warps=4, stages=3),
+        grad_weight=Tile(block_m=64, block_n=64, block_k=32, warps=4, stages=3))),
+    "f64": ((torch.float32,), FLCEConfig(
+        logits=Tile(block_m=64, block_n=64, block_k=32, warps=4, stages=3),
+        loss=RowBlocks(block_v=1024, block_t=256, warps=4),
+        grad_hidden=Tile(block_m=64, block_n=64, block_k=32, warps=4, stages=3),
+        grad_weight=Tile(block_m=64, block_n=64, block_k=32, warps=4, stages=3))),
 }
-CONFIG_DTYPES = {"b128": (torch.bfloat16, torch.float16), "b64": (torch.bfloat16, torch.float16),
-                 "f64": (torch.float32,)}
+CONFIGS = {(name, dtype): cfg for name, (dtypes, cfg) in _FAMILIES.items() for dtype in dtypes}
 
 
 def pick_config(N: int, V: int, dtype: torch.dtype) -> str:
     """Tile family: "f64" for fp32; for 16-bit, "b128" once its logits grid has a few programs per SM,
-    else "b64" (small N). A heuristic, unmeasured on a GPU."""
+    else "b64" (small N). A heuristic."""
     if dtype == torch.float32:
         return "f64"
     tiles = triton.cdiv(N, 128) * triton.cdiv(V, 128)
-    return "b128" if tiles >= 4 * _NUM_SMS_HINT else "b64"
+    return "b128" if tiles >= 4 * _common.NUM_SMS_HINT else "b64"
 
 
 def pick_chunk_rows(N: int, V: int, block_m: int, budget_bytes: int = LOGITS_BUDGET_BYTES) -> int:
@@ -156,294 +152,7 @@ def pick_chunk_rows(N: int, V: int, block_m: int, budget_bytes: int = LOGITS_BUD
 
 def _resolve_config(name, N, V, dtype) -> tuple[str, FLCEConfig]:
     name = pick_config(N, V, dtype) if name is None else name
-    if name not in CONFIGS or dtype not in CONFIG_DTYPES[name]:
-        have = ", ".join(f"{n} ({'/'.join(str(d).removeprefix('torch.') for d in CONFIG_DTYPES[n])})"
-                         for n in CONFIGS)
-        raise ValueError(f"no fused-linear-cross-entropy config {name!r} for {dtype}; configs: {have}")
-    return name, CONFIGS[name]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Kernels
-# ---------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _tanh(x, FAST: tl.constexpr):
-    """tanh of an fp32 tile. FAST: MUFU tanh.approx.f32 (GPU only, rel. error ~2⁻¹¹). Otherwise a few-ulp
-    form: sign·(1 - e)/(1 + e) with e = exp(-2|x|), and an odd Taylor polynomial (to x¹¹, truncation < 2e-9
-    relative) for |x| < 0.3, where 1 - e would cancel."""
-    if FAST:
-        y = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                      pack=1)
-    else:
-        ax = tl.abs(x)
-        e = tl.exp(-2.0 * ax)
-        big = (1.0 - e) / (1.0 + e)
-        x2 = x * x
-        p = -1382.0 / 155925.0
-        p = p * x2 + 62.0 / 2835.0
-        p = p * x2 - 17.0 / 315.0
-        p = p * x2 + 2.0 / 15.0
-        p = p * x2 - 1.0 / 3.0
-        p = p * x2 + 1.0
-        y = tl.where(ax < 0.3, x * p, tl.where(x < 0, -big, big))
-    return y
-
-
-@triton.jit
-def _dz_operand(x, DTYPE: tl.constexpr, OPERAND: tl.constexpr):
-    """A loaded fp32 dz tile as a tensor-core operand: the input dtype on the GPU, or fp32 values on the
-    input dtype's grid under the interpreter (see the OPERAND_* constants)."""
-    if OPERAND == 1:
-        y = x.to(DTYPE)
-    elif OPERAND == 2:
-        y = round_to_bf16_grid(x)
-    elif OPERAND == 3:
-        y = x.to(tl.float16).to(tl.float32)
-    else:
-        y = x
-    return y
-
-
-@triton.jit
-def _flce_logits_kernel(
-    # pointers: H (M, K) row-major chunk of hidden, W (V, K) row-major, Z (M, V) fp32 capped logits,
-    # PMAX / PSUM (M, cdiv(V, BLOCK_V)) fp32 per-tile row max and Σexp(c - max)
-    h_ptr, w_ptr, z_ptr, pmax_ptr, psum_ptr,
-    # sizes: M tokens in this chunk, V vocab, K hidden
-    M, V, K,
-    # strides, in elements (innermost strides are 1)
-    stride_hm, stride_wv, stride_zm, stride_pm,
-    # softcap s and 1/s (unused without HAS_SOFTCAP)
-    softcap, inv_softcap,
-    # meta-parameters
-    BLOCK_M: tl.constexpr,
-    BLOCK_V: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr,  # c = s·tanh(z/s) in the epilogue
-    FAST_TANH: tl.constexpr,  # MUFU tanh (GPU, 16-bit inputs)
-    UPCAST: tl.constexpr,  # convert loaded tiles to fp32 before tl.dot (the interpreter's bf16 is wrong)
-    TF32X3: tl.constexpr,  # fp32 operands on tensor cores at ~fp32 accuracy (GPU fp32 path)
-):
-    """One (BLOCK_M, BLOCK_V) tile of c = softcap(H·Wᵀ), stored, plus its per-row log-sum-exp partials.
-
-    Grid: cdiv(M, BLOCK_M)·cdiv(V, BLOCK_V), row tiles fastest, so consecutive programs share one W tile
-    (W is read once from HBM; the chunk of H stays in L2).
-    """
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    pid_m = pid % tiles_m
-    pid_v = pid // tiles_m
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) token rows
-    rv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)  # (BLOCK_V,) vocab columns
-    rk = tl.arange(0, BLOCK_K)
-    in_m = rm < M
-    in_v = rv < V
-    h_ptrs = h_ptr + rm[:, None] * stride_hm + rk[None, :]  # (BLOCK_M, BLOCK_K)
-    w_ptrs = w_ptr + rv[:, None] * stride_wv + rk[None, :]  # (BLOCK_V, BLOCK_K), both K-contiguous
-
-    acc = tl.zeros((BLOCK_M, BLOCK_V), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        in_k = (k0 + rk) < K
-        a = tl.load(h_ptrs, mask=in_m[:, None] & in_k[None, :], other=0.0)
-        b = tl.load(w_ptrs, mask=in_v[:, None] & in_k[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        if TF32X3:
-            acc = tl.dot(a, tl.trans(b), acc, input_precision="tf32x3")
-        else:
-            acc = tl.dot(a, tl.trans(b), acc)
-        h_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K
-
-    if HAS_SOFTCAP:
-        acc = softcap * _tanh(acc * inv_softcap, FAST_TANH)
-    z_ptrs = z_ptr + rm.to(tl.int64)[:, None] * stride_zm + rv[None, :]  # M·V can pass 2³¹
-    tl.store(z_ptrs, acc, mask=in_m[:, None] & in_v[None, :])
-
-    # Partials of the online log-sum-exp over vocab tiles; every tile has >= 1 valid column, so max is finite.
-    masked = tl.where(in_v[None, :], acc, float("-inf"))
-    row_max = tl.max(masked, axis=1)  # (BLOCK_M,)
-    row_sum = tl.sum(tl.exp(masked - row_max[:, None]), axis=1)  # (BLOCK_M,)
-    p_offs = rm * stride_pm + pid_v
-    tl.store(pmax_ptr + p_offs, row_max, mask=in_m)
-    tl.store(psum_ptr + p_offs, row_sum, mask=in_m)
-
-
-@triton.jit
-def _flce_loss_grad_kernel(
-    # pointers: Z (M, V) fp32 capped logits (overwritten by dz when COMPUTE_GRAD), PMAX / PSUM (M, T) partials,
-    # TGT (M,) targets, SCALE (1,) fp32 = 1/#non-ignored (mean) or 1 (sum), LOSS (M,) fp32 per-token loss
-    z_ptr, pmax_ptr, psum_ptr, tgt_ptr, scale_ptr, loss_ptr,
-    # sizes: V vocab, T = cdiv(V, logits BLOCK_V) partials per row
-    V, T,
-    # strides, in elements
-    stride_zm, stride_pm,
-    # scalars
-    ignore_index, inv_softcap, z_loss,
-    # meta-parameters
-    BLOCK_V: tl.constexpr,  # vocab columns per step of the row loop
-    BLOCK_T: tl.constexpr,  # partials per step of the log-sum-exp combine
-    HAS_SOFTCAP: tl.constexpr,  # multiply dz by the tanh derivative 1 - (c/s)²
-    COMPUTE_GRAD: tl.constexpr,  # write dz over Z (False: loss only)
-):
-    """Row i: lse from the partials, loss_i, then dz_i over the row of Z in place. Grid: (M,)."""
-    row = tl.program_id(0).to(tl.int64)
-    z_row = z_ptr + row * stride_zm
-    p_row = row * stride_pm
-    rt = tl.arange(0, BLOCK_T)
-
-    # log-sum-exp of the row: max over the tile maxima, then Σ partial_sum·exp(partial_max - max).
-    mx = tl.full((BLOCK_T,), float("-inf"), tl.float32)
-    for t0 in range(0, T, BLOCK_T):
-        mx = tl.maximum(mx, tl.load(pmax_ptr + p_row + t0 + rt, mask=(t0 + rt) < T, other=float("-inf")))
-    m = tl.max(mx, axis=0)
-    acc = tl.zeros((BLOCK_T,), tl.float32)
-    for t0 in range(0, T, BLOCK_T):
-        in_t = (t0 + rt) < T
-        pm = tl.load(pmax_ptr + p_row + t0 + rt, mask=in_t, other=float("-inf"))
-        ps = tl.load(psum_ptr + p_row + t0 + rt, mask=in_t, other=0.0)
-        acc += ps * tl.exp(pm - m)
-    log_s = tl.log(tl.sum(acc, axis=0))
-    lse = m + log_s
-
-    target = tl.load(tgt_ptr + row).to(tl.int64)
-    ignored = target == ignore_index
-    in_range = (target >= 0) & (target < V)
-    c_target = tl.load(z_row + target, mask=in_range & (target != ignore_index), other=0.0)
-    # (m - c_t) + log_s and below (c - m) - log_s, not c - lse: lse ~ 20 carries an fp32 rounding of ~1e-6 that
-    # would shift every probability (as torch's log_softmax, subtract the max first).
-    loss = (m - c_target) + log_s + z_loss * lse * lse
-    loss = tl.where(in_range, loss, float("nan"))  # unchecked out-of-range target: loud NaN, not a wrong loss
-    loss = tl.where(ignored, 0.0, loss)
-    tl.store(loss_ptr + row, loss)
-
-    if COMPUTE_GRAD:
-        g = tl.where(ignored, 0.0, tl.load(scale_ptr))  # ignored rows: dz = 0·p - 0 = exactly 0
-        coef = g * (1.0 + 2.0 * z_loss * lse)  # d(lse + z·lse²)/dc = softmax·(1 + 2z·lse)
-        rv = tl.arange(0, BLOCK_V)
-        for v0 in range(0, V, BLOCK_V):
-            cols = v0 + rv
-            in_v = cols < V
-            c = tl.load(z_row + cols, mask=in_v, other=0.0)
-            dz = tl.exp((c - m) - log_s) * coef - tl.where(cols == target, g, 0.0)
-            if HAS_SOFTCAP:
-                r = c * inv_softcap
-                dz = dz * (1.0 - r * r)  # d(s·tanh(z/s))/dz = 1 - tanh² = 1 - (c/s)²
-            tl.store(z_row + cols, dz, mask=in_v)  # same elements this program just read
-
-
-@triton.jit
-def _flce_grad_hidden_kernel(
-    # pointers: DZ (M, V) fp32, W (V, N) row-major, GH (M, N) output chunk of grad_hidden (input dtype)
-    dz_ptr, w_ptr, gh_ptr,
-    # sizes: M tokens, V vocab (the reduction), N hidden
-    M, V, N,
-    # strides, in elements (innermost strides are 1)
-    stride_zm, stride_wv, stride_gm,
-    # meta-parameters
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    OPERAND: tl.constexpr,  # how the fp32 dz tile becomes an operand (OPERAND_* constants)
-    UPCAST: tl.constexpr,  # convert loaded W tiles to fp32 (interpreter)
-    TF32X3: tl.constexpr,  # GPU fp32 path
-    ROUND_OUT: tl.constexpr,  # round to the bf16 grid before the store (interpreter: its cast truncates)
-):
-    """GH = DZ·W, one (BLOCK_M, BLOCK_N) tile per program. Grid: cdiv(M, BLOCK_M)·cdiv(N, BLOCK_N), hidden
-    tiles fastest (consecutive programs share a DZ row tile)."""
-    pid = tl.program_id(0)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    pid_m = pid // tiles_n
-    pid_n = pid % tiles_n
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    in_m = rm < M
-    in_n = rn < N
-    dz_ptrs = dz_ptr + rm.to(tl.int64)[:, None] * stride_zm + rk[None, :]  # (BLOCK_M, BLOCK_K)
-    w_ptrs = w_ptr + rk[:, None] * stride_wv + rn[None, :]  # (BLOCK_K, BLOCK_N)
-
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, V, BLOCK_K):
-        in_k = (k0 + rk) < V
-        a = tl.load(dz_ptrs, mask=in_m[:, None] & in_k[None, :], other=0.0)
-        a = _dz_operand(a, w_ptr.dtype.element_ty, OPERAND)
-        b = tl.load(w_ptrs, mask=in_k[:, None] & in_n[None, :], other=0.0)
-        if UPCAST:
-            b = b.to(tl.float32)
-        if TF32X3:
-            acc = tl.dot(a, b, acc, input_precision="tf32x3")
-        else:
-            acc = tl.dot(a, b, acc)
-        dz_ptrs += BLOCK_K
-        w_ptrs += BLOCK_K * stride_wv
-
-    if ROUND_OUT:
-        acc = round_to_bf16_grid(acc)
-    tl.store(gh_ptr + rm[:, None] * stride_gm + rn[None, :], acc.to(gh_ptr.dtype.element_ty),
-             mask=in_m[:, None] & in_n[None, :])
-
-
-@triton.jit
-def _flce_grad_weight_kernel(
-    # pointers: DZ (M, V) fp32, H (M, N) chunk of hidden, ACC (V, N) fp32 running sum of earlier chunks
-    # (read when ACCUMULATE; may be GW itself), GW (V, N) output: the fp32 running sum or the final gradient
-    dz_ptr, h_ptr, acc_ptr, gw_ptr,
-    # sizes: M tokens (the reduction), V vocab, N hidden
-    M, V, N,
-    # strides, in elements (innermost strides are 1)
-    stride_zm, stride_hm, stride_am, stride_gv,
-    # meta-parameters
-    BLOCK_V: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    OPERAND: tl.constexpr,  # how the fp32 dz tile becomes an operand (OPERAND_* constants)
-    UPCAST: tl.constexpr,  # convert loaded H tiles to fp32 (interpreter)
-    TF32X3: tl.constexpr,  # GPU fp32 path
-    ACCUMULATE: tl.constexpr,  # add the earlier chunks' fp32 sum from ACC (False on the first chunk)
-    ROUND_OUT: tl.constexpr,  # round to the bf16 grid before the store (interpreter, bf16 output)
-):
-    """GW = [ACC +] DZᵀ·H, one (BLOCK_V, BLOCK_N) tile per program; each tile is owned by one program (the
-    read-add-write needs no atomics). Grid: cdiv(V, BLOCK_V)·cdiv(N, BLOCK_N), hidden tiles fastest."""
-    pid = tl.program_id(0)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    pid_v = pid // tiles_n
-    pid_n = pid % tiles_n
-
-    rv = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
-    in_v = rv < V
-    in_n = rn < N
-    dz_ptrs = dz_ptr + rk.to(tl.int64)[:, None] * stride_zm + rv[None, :]  # (BLOCK_K, BLOCK_V), V-contiguous
-    h_ptrs = h_ptr + rk[:, None] * stride_hm + rn[None, :]  # (BLOCK_K, BLOCK_N)
-
-    acc = tl.zeros((BLOCK_V, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, M, BLOCK_K):
-        in_k = (k0 + rk) < M
-        a = tl.load(dz_ptrs, mask=in_k[:, None] & in_v[None, :], other=0.0)
-        a = _dz_operand(a, h_ptr.dtype.element_ty, OPERAND)
-        b = tl.load(h_ptrs, mask=in_k[:, None] & in_n[None, :], other=0.0)
-        if UPCAST:
-            b = b.to(tl.float32)
-        if TF32X3:
-            acc = tl.dot(tl.trans(a), b, acc, input_precision="tf32x3")
-        else:
-            acc = tl.dot(tl.trans(a), b, acc)
-        dz_ptrs += BLOCK_K * stride_zm
-        h_ptrs += BLOCK_K * stride_hm
-
-    tile_mask = in_v[:, None] & in_n[None, :]
-    if ACCUMULATE:
-        acc += tl.load(acc_ptr + rv[:, None] * stride_am + rn[None, :], mask=tile_mask, other=0.0)
-    if ROUND_OUT:
-        acc = round_to_bf16_grid(acc)
-    tl.store(gw_ptr + rv[:, None] * stride_gv + rn[None, :], acc.to(gw_ptr.dtype.element_ty), mask=tile_mask)
+    return name, _common.lookup_config(CONFIGS, name, dtype, "fused-linear-cross-entropy")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -454,7 +163,7 @@ def _flce_grad_weight_kernel(
 @dataclass
 class FLCEWorkspace:
     """Work buffers of one call, reusable across calls of the same shape (tests fill them with NaN):
-    logits (C, V) fp32 chunk buffer (capped logits, then dz); pmax / psum (C, cdiv(V, lg_block_v)) fp32
+    logits (C, V) fp32 chunk buffer (capped logits, then dz); pmax / psum (C, cdiv(V, logits.block_n)) fp32
     log-sum-exp partials; gw_acc (V, H) fp32 grad_weight running sum, or None when it is not needed
     (fp32 inputs accumulate in grad_weight itself; a single chunk stores the result directly)."""
 
@@ -465,51 +174,33 @@ class FLCEWorkspace:
     gw_acc: torch.Tensor | None
 
 
+def _workspace_shapes(C, N, V, H, dtype, cfg: FLCEConfig, grad_weight: bool) -> dict:
+    T = triton.cdiv(V, cfg.logits.block_n)
+    shapes = {"logits": (C, V), "pmax": (C, T), "psum": (C, T)}
+    if grad_weight and dtype != torch.float32 and C < N:
+        shapes["gw_acc"] = (V, H)
+    return shapes
+
+
 def flce_workspace(N: int, V: int, H: int, dtype: torch.dtype, device, *, config: str | None = None,
                    chunk_rows: int | None = None, grad_weight: bool = True) -> FLCEWorkspace:
     """Allocate the buffers for hidden (N, H), weight (V, H) of `dtype`; chunk_rows defaults to
     pick_chunk_rows (LOGITS_BUDGET_BYTES), config to pick_config."""
     name, cfg = _resolve_config(config, N, V, dtype)
     if chunk_rows is None:
-        chunk_rows = pick_chunk_rows(N, V, cfg.lg_block_m)
+        chunk_rows = pick_chunk_rows(N, V, cfg.logits.block_m)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    C = min(chunk_rows, N)
-    T = triton.cdiv(V, cfg.lg_block_v)
-    kw = dict(dtype=torch.float32, device=device)
-    needs_acc = grad_weight and dtype != torch.float32 and C < N
-    return FLCEWorkspace(config=name, logits=torch.empty(C, V, **kw), pmax=torch.empty(C, T, **kw),
-                         psum=torch.empty(C, T, **kw), gw_acc=torch.empty(V, H, **kw) if needs_acc else None)
-
-
-def _check_out(t, name, shape, dtype, device):
-    check_tensor(t, name, dtypes=(dtype,), contiguous=True)
-    if tuple(t.shape) != tuple(shape) or t.device != device:
-        raise ValueError(f"{name} must be a contiguous {tuple(shape)} {dtype} tensor on {device}, got "
-                         f"{tuple(t.shape)} on {t.device}")
-
-
-def _check_workspace(ws: FLCEWorkspace, N, V, H, dtype, device, grad_weight):
-    _, cfg = _resolve_config(ws.config, N, V, dtype)
-    C = ws.logits.shape[0] if ws.logits.ndim == 2 else 0
-    T = triton.cdiv(V, cfg.lg_block_v)
-    want = {"logits": (C, V), "pmax": (C, T), "psum": (C, T)}
-    if grad_weight and dtype != torch.float32 and C < N:
-        want["gw_acc"] = (V, H)
-    for name, shape in want.items():
-        t = getattr(ws, name)
-        if (t is None or tuple(t.shape) != shape or t.dtype != torch.float32 or t.device != device
-                or not t.is_contiguous() or C < 1):
-            got = "None" if t is None else f"{tuple(t.shape)} {t.dtype} on {t.device}"
-            raise ValueError(f"workspace.{name} must be a contiguous {shape} float32 tensor on {device}, got "
-                             f"{got}; build it with flce_workspace()")
+    shapes = _workspace_shapes(min(chunk_rows, N), N, V, H, dtype, cfg, grad_weight)
+    buffers = {k: torch.empty(shape, dtype=torch.float32, device=device) for k, shape in shapes.items()}
+    return FLCEWorkspace(config=name, gw_acc=buffers.pop("gw_acc", None), **buffers)
 
 
 def check_inputs(hidden, weight, targets, *, softcap, ignore_index, reduction, z_loss):
     """Validate shapes, dtypes, devices, contiguity and hyper-parameters; returns (N, H, V)."""
-    check_tensor(hidden, "hidden", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
-    check_tensor(weight, "weight", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
-    check_tensor(targets, "targets", ndim=1, dtypes=TARGET_DTYPES, contiguous=True)
+    _common.check_tensor(hidden, "hidden", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
+    _common.check_tensor(weight, "weight", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
+    _common.check_tensor(targets, "targets", ndim=1, dtypes=TARGET_DTYPES, contiguous=True)
     N, H = hidden.shape
     V, Hw = weight.shape
     if Hw != H:
@@ -518,7 +209,7 @@ def check_inputs(hidden, weight, targets, *, softcap, ignore_index, reduction, z
         raise ValueError(f"targets has {targets.shape[0]} entries but hidden has N={N} rows")
     if weight.dtype != hidden.dtype:
         raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must share one dtype; cast first")
-    check_triton_device((hidden, "hidden"), (weight, "weight"), (targets, "targets"))
+    _common.check_triton_device((hidden, "hidden"), (weight, "weight"), (targets, "targets"))
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if softcap is not None and not (float(softcap) > 0 and float(softcap) != float("inf")):
@@ -538,6 +229,17 @@ def validate_target_range(targets: torch.Tensor, V: int, ignore_index: int):
         first = int(bad.nonzero()[0, 0])
         raise ValueError(f"targets[{first}] = {int(targets[first])} is outside [0, V={V}) and is not "
                          f"ignore_index={ignore_index}")
+
+
+def _launch_grad(dz, b, acc, out, tile: Tile, *, dz_t: bool, accumulate: bool, flags: dict):
+    """out (+)= dz·b, or dzᵀ·b when dz_t (the grad_weight form); acc is the running sum read when accumulating."""
+    M, N = out.shape
+    flce_grad_kernel[(triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n),)](
+        dz_ptr=dz, b_ptr=b, acc_ptr=acc, c_ptr=out,
+        M=M, N=N, K=b.shape[0],
+        stride_zm=dz.stride(0), stride_bk=b.stride(0), stride_am=acc.stride(0), stride_cm=out.stride(0),
+        **tile.meta(), DZ_T=dz_t, ACCUMULATE=accumulate, **flags, **tile.launch(),
+    )
 
 
 def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ignore_index=-100, reduction="mean",
@@ -568,25 +270,16 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
     if ws is None:
         ws = flce_workspace(N, V, H, dtype, device, config=config, chunk_rows=chunk_rows,
                             grad_weight=compute_grad_weight)
-    _check_workspace(ws, N, V, H, dtype, device, compute_grad_weight)
-    cfg = CONFIGS[ws.config]
-    C = ws.logits.shape[0]
+    _, cfg = _resolve_config(ws.config, N, V, dtype)
+    C = max(1, ws.logits.shape[0]) if ws.logits.ndim == 2 else 1
+    _common.check_workspace(ws, _workspace_shapes(C, N, V, H, dtype, cfg, compute_grad_weight), dtype=torch.float32,
+                    device=device, builder="flce_workspace")
     T = ws.pmax.shape[1]
-    if loss_rows is None:
-        loss_rows = torch.empty(N, dtype=torch.float32, device=device)
-    _check_out(loss_rows, "loss_rows", (N,), torch.float32, device)
-    if compute_grad_hidden:
-        if grad_hidden is None:
-            grad_hidden = torch.empty_like(hidden)
-        _check_out(grad_hidden, "grad_hidden", (N, H), dtype, device)
-    else:
-        grad_hidden = None
-    if compute_grad_weight:
-        if grad_weight is None:
-            grad_weight = torch.empty_like(weight)
-        _check_out(grad_weight, "grad_weight", (V, H), dtype, device)
-    else:
-        grad_weight = None
+    loss_rows = _common.check_out(loss_rows, "loss_rows", (N,), dtype=torch.float32, device=device)
+    grad_hidden = (_common.check_out(grad_hidden, "grad_hidden", (N, H), dtype=dtype, device=device)
+                   if compute_grad_hidden else None)
+    grad_weight = (_common.check_out(grad_weight, "grad_weight", (V, H), dtype=dtype, device=device)
+                   if compute_grad_weight else None)
 
     # The mean's denominator stays on the device (no sync): scale = 1 / max(#non-ignored, 1).
     valid = (targets != ignore_index).sum()
@@ -596,18 +289,10 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
     else:
         scale = torch.ones(1, dtype=torch.float32, device=device)
 
-    interp = is_interpreter()
-    sixteen = dtype != torch.float32
+    interp = _common.is_interpreter()
+    flags = _common.precision_flags(dtype, interpreter=interp)
     has_softcap = softcap is not None
     s = float(softcap) if has_softcap else 1.0
-    if dtype == torch.float32:
-        operand = OPERAND_KEEP
-    elif not interp:
-        operand = OPERAND_CAST
-    else:
-        operand = OPERAND_BF16_GRID if dtype == torch.bfloat16 else OPERAND_FP16_GRID
-    common = dict(UPCAST=interp, TF32X3=(dtype == torch.float32 and not interp))
-    round_out = interp and dtype == torch.bfloat16
 
     # 3. launch, chunk by chunk
     chunks = list(range(0, N, C))
@@ -615,49 +300,32 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, softcap=None, ign
         r1 = min(r0 + C, N)
         M = r1 - r0
         h, z = hidden[r0:r1], ws.logits[:M]
-        _flce_logits_kernel[(triton.cdiv(M, cfg.lg_block_m) * triton.cdiv(V, cfg.lg_block_v),)](
+        lg = cfg.logits
+        flce_logits_kernel[(triton.cdiv(M, lg.block_m) * triton.cdiv(V, lg.block_n),)](
             h_ptr=h, w_ptr=weight, z_ptr=z, pmax_ptr=ws.pmax, psum_ptr=ws.psum,
             M=M, V=V, K=H,
             stride_hm=h.stride(0), stride_wv=weight.stride(0), stride_zm=z.stride(0), stride_pm=ws.pmax.stride(0),
             softcap=s, inv_softcap=1.0 / s,
-            BLOCK_M=cfg.lg_block_m, BLOCK_V=cfg.lg_block_v, BLOCK_K=cfg.lg_block_k,
-            HAS_SOFTCAP=has_softcap, FAST_TANH=(sixteen and not interp), **common,
-            num_warps=cfg.lg_warps, num_stages=cfg.lg_stages,
+            **lg.meta(), HAS_SOFTCAP=has_softcap, FAST_TANH=(dtype != torch.float32 and not interp),
+            UPCAST=flags["UPCAST"], TF32X3=flags["TF32X3"], **lg.launch(),
         )
-        _flce_loss_grad_kernel[(M,)](
+        flce_loss_grad_kernel[(M,)](
             z_ptr=z, pmax_ptr=ws.pmax, psum_ptr=ws.psum, tgt_ptr=targets[r0:r1], scale_ptr=scale,
             loss_ptr=loss_rows[r0:r1],
             V=V, T=T,
             stride_zm=z.stride(0), stride_pm=ws.pmax.stride(0),
-            ignore_index=ignore_index, inv_softcap=1.0 / s, z_loss=float(z_loss),
-            BLOCK_V=cfg.ce_block_v, BLOCK_T=cfg.ce_block_t, HAS_SOFTCAP=has_softcap, COMPUTE_GRAD=compute_grad,
-            num_warps=cfg.ce_warps,
+            ignore_index=ignore_index, softcap=s, inv_softcap=1.0 / s, z_loss=float(z_loss),
+            BLOCK_V=cfg.loss.block_v, BLOCK_T=cfg.loss.block_t, HAS_SOFTCAP=has_softcap, COMPUTE_GRAD=compute_grad,
+            num_warps=cfg.loss.warps,
         )
         if compute_grad_hidden:
             gh = grad_hidden[r0:r1]
-            _flce_grad_hidden_kernel[(triton.cdiv(M, cfg.gh_block_m) * triton.cdiv(H, cfg.gh_block_n),)](
-                dz_ptr=z, w_ptr=weight, gh_ptr=gh,
-                M=M, V=V, N=H,
-                stride_zm=z.stride(0), stride_wv=weight.stride(0), stride_gm=gh.stride(0),
-                BLOCK_M=cfg.gh_block_m, BLOCK_N=cfg.gh_block_n, BLOCK_K=cfg.gh_block_k,
-                OPERAND=operand, ROUND_OUT=round_out, **common,
-                num_warps=cfg.gh_warps, num_stages=cfg.gh_stages,
-            )
+            _launch_grad(z, weight, gh, gh, cfg.grad_hidden, dz_t=False, accumulate=False, flags=flags)
         if compute_grad_weight:
-            last = index == len(chunks) - 1
             # fp32: accumulate in grad_weight itself; 16-bit: in the fp32 buffer, the last chunk stores dtype.
             running = grad_weight if ws.gw_acc is None else ws.gw_acc
-            out = grad_weight if last else running
-            _flce_grad_weight_kernel[(triton.cdiv(V, cfg.gw_block_v) * triton.cdiv(H, cfg.gw_block_n),)](
-                dz_ptr=z, h_ptr=h, acc_ptr=running, gw_ptr=out,
-                M=M, V=V, N=H,
-                stride_zm=z.stride(0), stride_hm=h.stride(0), stride_am=running.stride(0),
-                stride_gv=out.stride(0),
-                BLOCK_V=cfg.gw_block_v, BLOCK_N=cfg.gw_block_n, BLOCK_K=cfg.gw_block_k,
-                OPERAND=operand, ACCUMULATE=index > 0, ROUND_OUT=(round_out and out.dtype == torch.bfloat16),
-                **common,
-                num_warps=cfg.gw_warps, num_stages=cfg.gw_stages,
-            )
+            out = grad_weight if index == len(chunks) - 1 else running
+            _launch_grad(z, h, running, out, cfg.grad_weight, dz_t=True, accumulate=index > 0, flags=flags)
 
     # 4. reduce the per-token losses (no sync)
     if reduction == "none":
@@ -729,122 +397,6 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
         return loss
     return FusedLinearCrossEntropyFunction.apply(hidden, weight, targets, softcap, ignore_index, reduction, z_loss,
                                                  options)
-
-
-# ---------------------------------------------------------------------------------------------------
-# FLOP / byte model and codegen cases
-# ---------------------------------------------------------------------------------------------------
-
-
-def flce_flops(N: int, H: int, V: int) -> float:
-    """Matmul FLOPs of loss + both gradients: logits, grad_hidden, grad_weight, 2·N·H·V each."""
-    return 6.0 * N * H * V
-
-
-def flce_bytes(N: int, H: int, V: int, itemsize: int, chunk_rows: int) -> float:
-    """Compulsory HBM traffic of one call: hidden and weight read by the two matmuls that use each, the
-    grads written once, the fp32 chunk buffer written (logits), read + written (dz), read twice (the grad
-    matmuls): 20 B per logit; plus the fp32 grad_weight running sum (written, read + written per middle
-    chunk, read by the last)."""
-    chunks = triton.cdiv(N, chunk_rows)
-    io = itemsize * (2 * N * H + 2 * V * H + N * H + V * H)
-    logits = 20.0 * N * V
-    acc = 4.0 * V * H * max(0, 2 * chunks - 2)  # fp32 inputs: the same traffic, in grad_weight itself
-    return float(io + logits + acc)
-
-
-_TRITON_DTYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-
-# The 124M shape the codegen rows are labelled with: 8192 tokens (chunks of 4096 at the default budget),
-# d = 768, GPT-2 vocab padded to 50304.
-SPEEDRUN_N, SPEEDRUN_H, SPEEDRUN_V = 8192, 768, 50304
-
-
-def codegen_cases() -> list[CodegenCase]:
-    """Every (config, kernel specialisation) the launcher can run on a GPU, at the 124M shape.
-
-    Per config and dtype: logits (with softcap: the speedrun's; and without), loss/grad, grad_hidden, and
-    grad_weight in its three forms (first chunk to the fp32 sum; a middle chunk read-add-write; the last chunk
-    storing the input dtype). `divisible` lists what the JIT marks 16-divisible there (pointers, sizes and
-    row strides that are multiples of 16; the partials' row stride cdiv(V, BLOCK_V) = 393 / 786 is not).
-    FLOPs and bytes are one launch on a 4096-row chunk.
-    """
-    N, H, V = SPEEDRUN_N, SPEEDRUN_H, SPEEDRUN_V
-    cases = []
-    variants = [("b128", torch.bfloat16), ("b128", torch.float16), ("b64", torch.bfloat16), ("f64", torch.float32)]
-    for name, dtype in variants:
-        cfg = CONFIGS[name]
-        ty, size = _TRITON_DTYPE[dtype], dtype.itemsize
-        fp32 = dtype == torch.float32
-        M = pick_chunk_rows(N, V, cfg.lg_block_m)
-        operand = OPERAND_KEEP if fp32 else OPERAND_CAST
-        label = f"{name} {ty}"
-
-        lg_sig = {"h_ptr": f"*{ty}", "w_ptr": f"*{ty}", "z_ptr": "*fp32", "pmax_ptr": "*fp32", "psum_ptr": "*fp32",
-                  "M": "i32", "V": "i32", "K": "i32", "stride_hm": "i32", "stride_wv": "i32", "stride_zm": "i32",
-                  "stride_pm": "i32", "softcap": "fp32", "inv_softcap": "fp32",
-                  "BLOCK_M": "constexpr", "BLOCK_V": "constexpr", "BLOCK_K": "constexpr",
-                  "HAS_SOFTCAP": "constexpr", "FAST_TANH": "constexpr", "UPCAST": "constexpr", "TF32X3": "constexpr"}
-        lg_div = ("h_ptr", "w_ptr", "z_ptr", "pmax_ptr", "psum_ptr", "M", "V", "K", "stride_hm", "stride_wv",
-                  "stride_zm")
-        tiles = f"{cfg.lg_block_m}x{cfg.lg_block_v}x{cfg.lg_block_k}"
-        for softcap in ((True, False) if not fp32 else (True,)):
-            cases.append(CodegenCase(
-                kernel="flce_logits", config=f"{label} {tiles}" + (" softcap" if softcap else ""),
-                fn=_flce_logits_kernel, signature=lg_sig,
-                constexprs={"BLOCK_M": cfg.lg_block_m, "BLOCK_V": cfg.lg_block_v, "BLOCK_K": cfg.lg_block_k,
-                            "HAS_SOFTCAP": softcap, "FAST_TANH": not fp32, "UPCAST": False, "TF32X3": fp32},
-                divisible=lg_div, num_warps=cfg.lg_warps, num_stages=cfg.lg_stages,
-                flops=2.0 * M * V * H, bytes=float(size * (M * H + V * H) + 4 * M * V)))
-
-        ce_sig = {"z_ptr": "*fp32", "pmax_ptr": "*fp32", "psum_ptr": "*fp32", "tgt_ptr": "*i64", "scale_ptr": "*fp32",
-                  "loss_ptr": "*fp32", "V": "i32", "T": "i32", "stride_zm": "i32", "stride_pm": "i32",
-                  "ignore_index": "i32", "inv_softcap": "fp32", "z_loss": "fp32",
-                  "BLOCK_V": "constexpr", "BLOCK_T": "constexpr", "HAS_SOFTCAP": "constexpr",
-                  "COMPUTE_GRAD": "constexpr"}
-        cases.append(CodegenCase(
-            kernel="flce_loss_grad", config=f"{label} {cfg.ce_block_v}/{cfg.ce_block_t} softcap",
-            fn=_flce_loss_grad_kernel, signature=ce_sig,
-            constexprs={"BLOCK_V": cfg.ce_block_v, "BLOCK_T": cfg.ce_block_t, "HAS_SOFTCAP": True,
-                        "COMPUTE_GRAD": True},
-            divisible=("z_ptr", "pmax_ptr", "psum_ptr", "tgt_ptr", "scale_ptr", "loss_ptr", "V", "stride_zm"),
-            num_warps=cfg.ce_warps, num_stages=1, flops=0.0, bytes=8.0 * M * V, expect_hgmma=False))
-
-        gh_sig = {"dz_ptr": "*fp32", "w_ptr": f"*{ty}", "gh_ptr": f"*{ty}", "M": "i32", "V": "i32", "N": "i32",
-                  "stride_zm": "i32", "stride_wv": "i32", "stride_gm": "i32",
-                  "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "OPERAND": "constexpr",
-                  "UPCAST": "constexpr", "TF32X3": "constexpr", "ROUND_OUT": "constexpr"}
-        cases.append(CodegenCase(
-            kernel="flce_grad_hidden", config=f"{label} {cfg.gh_block_m}x{cfg.gh_block_n}x{cfg.gh_block_k}",
-            fn=_flce_grad_hidden_kernel, signature=gh_sig,
-            constexprs={"BLOCK_M": cfg.gh_block_m, "BLOCK_N": cfg.gh_block_n, "BLOCK_K": cfg.gh_block_k,
-                        "OPERAND": operand, "UPCAST": False, "TF32X3": fp32, "ROUND_OUT": False},
-            divisible=("dz_ptr", "w_ptr", "gh_ptr", "M", "V", "N", "stride_zm", "stride_wv", "stride_gm"),
-            num_warps=cfg.gh_warps, num_stages=cfg.gh_stages,
-            flops=2.0 * M * V * H, bytes=float(4 * M * V + size * (V * H + M * H))))
-
-        tiles = f"{cfg.gw_block_v}x{cfg.gw_block_n}x{cfg.gw_block_k}"
-        forms = [("first", False, "fp32"), ("middle", True, "fp32")] + ([("last", True, ty)] if not fp32 else [])
-        for form, accumulate, out_ty in forms:
-            gw_sig = {"dz_ptr": "*fp32", "h_ptr": f"*{ty}", "acc_ptr": "*fp32", "gw_ptr": f"*{out_ty}",
-                      "M": "i32", "V": "i32", "N": "i32",
-                      "stride_zm": "i32", "stride_hm": "i32", "stride_am": "i32", "stride_gv": "i32",
-                      "BLOCK_V": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "OPERAND": "constexpr",
-                      "UPCAST": "constexpr", "TF32X3": "constexpr", "ACCUMULATE": "constexpr",
-                      "ROUND_OUT": "constexpr"}
-            out_size = 4 if out_ty == "fp32" else size
-            cases.append(CodegenCase(
-                kernel="flce_grad_weight", config=f"{label} {tiles} {form}",
-                fn=_flce_grad_weight_kernel, signature=gw_sig,
-                constexprs={"BLOCK_V": cfg.gw_block_v, "BLOCK_N": cfg.gw_block_n, "BLOCK_K": cfg.gw_block_k,
-                            "OPERAND": operand, "UPCAST": False, "TF32X3": fp32, "ACCUMULATE": accumulate,
-                            "ROUND_OUT": False},
-                divisible=("dz_ptr", "h_ptr", "acc_ptr", "gw_ptr", "M", "V", "N", "stride_zm", "stride_hm",
-                           "stride_am", "stride_gv"),
-                num_warps=cfg.gw_warps, num_stages=cfg.gw_stages,
-                flops=2.0 * M * V * H,
-                bytes=float(4 * M * V + size * M * H + (4 * V * H if accumulate else 0) + out_size * V * H)))
-    return cases
 
 
 registry.register("linear_cross_entropy", "triton", fused_linear_cross_entropy)

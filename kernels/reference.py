@@ -160,23 +160,32 @@ def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, *, upca
 # ---------------------------------------------------------------------------------------------------
 
 
+def attention_keep(b, q_idx, kv_idx, *, causal: bool = True, window: int | None = None,
+                   doc_ids: torch.Tensor | None = None):
+    """The one definition of the attention masks: True where query q_idx of batch row b may attend key kv_idx.
+
+    Index tensors that broadcast (flex_attention's mask_mod calls it with scalars; b is unused without doc_ids).
+    causal keeps kv <= q; window w keeps q - kv < w (the query and the w-1 keys before it, FlashAttention's
+    window_size=(w-1, 0)); doc_ids (B, T) keeps the keys of the query's document.
+    """
+    keep = (q_idx >= 0) & (kv_idx >= 0)  # all True, in the broadcast shape
+    if causal:
+        keep = keep & (kv_idx <= q_idx)
+    if window is not None:
+        keep = keep & (q_idx - kv_idx < window)
+    if doc_ids is not None:
+        keep = keep & (doc_ids[b, q_idx] == doc_ids[b, kv_idx])
+    return keep
+
+
 def attention_mask(T: int, *, causal: bool = True, window: int | None = None, doc_ids: torch.Tensor | None = None,
                    device=None) -> torch.Tensor:
-    """Boolean (B or 1, 1, T, T) mask, True where query i may attend key j.
-
-    causal: j <= i. window w: i - j < w (the query and the w-1 keys before it). doc_ids (B, T): same document.
-    """
-    i = torch.arange(T, device=device)[:, None]
-    j = torch.arange(T, device=device)[None, :]
-    mask = torch.ones(T, T, dtype=torch.bool, device=device)
-    if causal:
-        mask &= j <= i
-    if window is not None:
-        mask &= (i - j) < window
-    mask = mask[None, None]
-    if doc_ids is not None:
-        mask = mask & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
-    return mask
+    """attention_keep as a dense boolean mask: (1, 1, T, T), or (B, 1, T, T) with doc_ids (B, T)."""
+    i = torch.arange(T, device=device)
+    if doc_ids is None:
+        return attention_keep(None, i[:, None], i[None, :], causal=causal, window=window)[None, None]
+    b = torch.arange(doc_ids.shape[0], device=device)[:, None, None]
+    return attention_keep(b, i[None, :, None], i[None, None, :], causal=causal, window=window, doc_ids=doc_ids)[:, None]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True, window: int | None = None,

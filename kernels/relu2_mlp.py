@@ -31,9 +31,8 @@ precision on entries whose gradient is tiny in absolute terms.)
 
 Which matmuls are Triton: the two whose epilogue fuses an elementwise op (the up projection with relu²;
 dA with the 2·relu(h) factor), which saves writing and re-reading an (N, F) tensor each. The other four are
-plain GEMMs with nothing to fuse; cuBLAS (torch.matmul) is at least as fast as a Triton GEMM at these
-shapes on an H100 and needs no autotuning, so they stay in torch (torch.matmul(…, out=) keeps the
-launchers' `out=` contract).
+plain GEMMs with nothing to fuse, so they stay in torch (cuBLAS, no autotuning; torch.matmul(…, out=) keeps
+the launchers' `out=` contract).
 
 Kernel: C = epilogue(A·B) with A (M, K) and B addressed as B[k, n] through strides (forward: B = w_fcᵀ,
 K-contiguous; backward: B = w_proj, N-contiguous). One (BLOCK_M, BLOCK_N) tile per program, fp32
@@ -41,17 +40,13 @@ accumulation on the tensor cores, fp32 epilogue, one rounding at the store. Tile
 (programs walk GROUP_M tile-rows column by column, so a wave of programs shares A row-blocks and B
 column-blocks in L2). Edges are masked (loads with other=0, masked stores): no alignment assumption.
 The backward epilogue runs on two column halves of the tile (fewer live registers: no spills on sm_90).
-
-Numerics and the interpreter (shared/PLATFORM.md): bf16 arithmetic and bf16 tl.dot are wrong under
-TRITON_INTERPRET=1, so the launcher sets UPCAST there (tiles converted to fp32 right after loading) and
-RNE_BF16 (round-to-nearest-even by bit arithmetic before the bf16 store, because the interpreter's cast
-truncates while the GPU's rounds). fp32 inputs use tl.dot(input_precision="tf32x3") on the GPU, close to
-the fp32 eager peer (torch's default fp32 matmul does not use TF32).
+The epilogues select rather than take maxima, so NaN and inf land where eager's do. Interpreter and fp32
+switches (UPCAST, RNE_BF16, TF32X3): kernels._common.precision_flags.
 
 Configs: CONFIGS is the autotune space on the GPU (pruned per dtype and problem size by prune_configs;
-`config=` on the launchers forces one); under the interpreter one pinned small config runs (autotune with
-several configs fails there). codegen_cases() lists every (config, dtype, epilogue) the GPU launch can
-pick, for bench.codegen.
+`config=` on the launchers forces one); under the interpreter one pinned small tile runs (autotune with
+several configs fails there). bench/cases/relu2_mlp.py compiles every (config, dtype, epilogue) the GPU
+launch can pick for sm_90 (`python -m bench.codegen`).
 
 Provenance: the fused relu² forward epilogue / 2·relu backward epilogue split follows
 FusedLinearReLUSquareFunction in KellerJordan/modded-nanogpt (PR #197, @andrewbriand, @jrauvola; its H100
@@ -60,7 +55,6 @@ described in Triton's tutorial 03-matrix-multiplication. This code is written fr
 """
 
 import functools
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -68,12 +62,16 @@ import triton.language as tl
 
 from kernels import registry
 from kernels._common import (
-    CodegenCase,
+    SM90_SHARED_BYTES,
+    Tile,
+    check_out,
     check_tensor,
     check_triton_device,
     is_interpreter,
-    round_to_bf16_grid,
+    precision_flags,
     same_dtype,
+    store_tile,
+    tile_matmul,
 )
 
 # ---------------------------------------------------------------------------------------------------
@@ -86,84 +84,65 @@ SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 EPILOGUE_RELU2 = 1  # C = relu(acc)²
 EPILOGUE_DRELU2 = 2  # C = acc · 2·sqrt(AUX), AUX = relu(h)² saved by the forward
 
-# Shared memory an H100 block may use (227 KB); the prune filter keeps the pipelined operand tiles below
-# it with 8 KB to spare for what Triton adds (barriers, the epilogue's layout conversion).
-_SMEM_BUDGET = 227 * 1024 - 8 * 1024
+# The prune filter keeps the pipelined operand tiles 8 KB below the sm_90 shared-memory limit, for what
+# Triton adds (barriers, the epilogue's layout conversion).
+_SMEM_BUDGET = SM90_SHARED_BYTES - 8 * 1024
 
 # A K-chunk row of 128 bytes (64 bf16/fp16 or 32 fp32 elements) is the widest shared-memory swizzle the
 # Hopper wgmma operand layout uses; the prune filter keeps configs whose BLOCK_K matches it for the dtype.
 _K_ROW_BYTES = 128
+
+# Tile-rows per swizzle group on the GPU (L2 reuse; Triton tutorial 03's GROUP_SIZE_M).
+GROUP_M = 8
 
 
 # ---------------------------------------------------------------------------------------------------
 # Configs
 # ---------------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class MMConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    group_m: int
-    num_warps: int
-    num_stages: int
-
-    @property
-    def name(self) -> str:
-        return (f"{self.block_m}x{self.block_n}x{self.block_k} g{self.group_m} "
-                f"w{self.num_warps} s{self.num_stages}")
-
-    def smem_bytes(self, itemsize: int) -> int:
-        """Pipelined A and B tiles: what dominates the kernel's shared memory (bench.codegen has the real figure)."""
-        return self.num_stages * (self.block_m + self.block_n) * self.block_k * itemsize
-
-    def meta(self) -> dict:
-        return {"BLOCK_M": self.block_m, "BLOCK_N": self.block_n, "BLOCK_K": self.block_k, "GROUP_M": self.group_m}
-
-    def triton_config(self) -> "triton.Config":
-        return triton.Config(self.meta(), num_warps=self.num_warps, num_stages=self.num_stages)
-
-
-# The autotune space. Not tuned on a GPU (none was lent to this work, 2026-11); sizes follow the sm_90
-# budget: 128-byte K rows, 64-128-row tiles per warpgroup, 3-4 stages. The first two are modded-nanogpt's
-# H100 choice for this MLP (its forward / backward stage counts); 128×128 gives 2x the programs, 64×128
-# 4x, for smaller token counts. fp32 (the accuracy path, not the training one) has one config. Kept short
-# on purpose: every entry is autotuned on first use of a shape and compiled for every dtype and epilogue
-# by codegen_cases() (bench.codegen: registers, spills, shared memory, HGMMA). Trimmed to keep autotuning
-# and the codegen test short, though they compiled clean: 128×128×64 and 128×64×64 with 4 warps (240 and
-# 121 registers in the backward), and a 64×128×32 fp32 tile.
+# The autotune space. Not yet tuned on a GPU (`pytest bench/kernels/bench_relu2_mlp.py` on one would measure
+# it); sizes follow the sm_90 budget: 128-byte K rows, 64-128-row tiles per warpgroup, 3-4 stages. The first
+# two are modded-nanogpt's H100 choice for this MLP (its forward / backward stage counts); 128×128 gives 2x the
+# programs, 64×128 4x, for smaller token counts. fp32 (the accuracy path, not the training one) has one
+# config. Kept short on purpose: every entry is autotuned on first use of a shape and compiled for every dtype
+# and epilogue by `python -m bench.codegen`. Left out to keep autotuning and the codegen test short, though
+# they compiled clean: 128×128×64 and 128×64×64 with 4 warps (240 and 121 registers in the backward), and a
+# 64×128×32 fp32 tile.
 CONFIGS = [
     # bf16 / fp16 (BLOCK_K 64)
-    MMConfig(128, 256, 64, 8, 8, 4),
-    MMConfig(128, 256, 64, 8, 8, 3),
-    MMConfig(128, 128, 64, 8, 8, 4),
-    MMConfig(64, 128, 64, 8, 4, 4),
+    Tile(block_m=128, block_n=256, block_k=64, warps=8, stages=4),
+    Tile(block_m=128, block_n=256, block_k=64, warps=8, stages=3),
+    Tile(block_m=128, block_n=128, block_k=64, warps=8, stages=4),
+    Tile(block_m=64, block_n=128, block_k=64, warps=4, stages=4),
     # fp32 (BLOCK_K 32; tf32x3 tensor-core products)
-    MMConfig(128, 128, 32, 8, 8, 3),
+    Tile(block_m=128, block_n=128, block_k=32, warps=8, stages=3),
 ]
 
-# Under the interpreter: one small config, so that the odd test shapes span several tiles and GROUP_M
-# groups (a ragged last group included) and every program stays cheap on the CPU.
-INTERPRETER_CONFIG = MMConfig(16, 32, 16, 2, 4, 1)
+# Under the interpreter: one small tile and 2-row groups, so that the odd test shapes span several tiles and
+# GROUP_M groups (a ragged last group included) and every program stays cheap on the CPU.
+INTERPRETER_CONFIG = Tile(block_m=16, block_n=32, block_k=16, warps=4, stages=1)
+INTERPRETER_GROUP_M = 2
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def usable_configs(dtype: torch.dtype, epilogue: int, M: int = 1 << 30, N: int = 1 << 30) -> list[MMConfig]:
-    """CONFIGS a (dtype, epilogue, M×N output) launch may pick: K rows of 128 bytes, pipelined tiles within
-    the shared-memory budget, and tiles no larger than the problem (rounded up to a power of two, at least
-    64); when no tile is that small, the smallest tiles."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
+def usable_configs(dtype: torch.dtype, M: int = 1 << 30, N: int = 1 << 30) -> list[Tile]:
+    """CONFIGS a launch with `dtype` inputs and an M×N output may pick (both epilogues compile spill-free with
+    every one): K rows of 128 bytes, pipelined tiles within the shared-memory budget, and tiles no larger than
+    the problem (rounded up to a power of two, at least 64); when no tile is that small, the smallest tiles."""
+    itemsize = dtype.itemsize
     fits = [c for c in CONFIGS if c.block_k * itemsize == _K_ROW_BYTES and c.smem_bytes(itemsize) <= _SMEM_BUDGET]
-    del epilogue  # every config compiles spill-free for both epilogues (bench.codegen); kept for the API
     small = [c for c in fits if c.block_m <= max(64, _next_pow2(M)) and c.block_n <= max(64, _next_pow2(N))]
     if small:
         return small
     least = min(c.block_m * c.block_n for c in fits)
     return [c for c in fits if c.block_m * c.block_n == least]
+
+
+def _autotune_key(meta: dict, num_warps: int, num_stages: int) -> tuple:
+    return tuple(sorted(meta.items())), num_warps, num_stages
 
 
 def prune_configs(configs, named_args, **kwargs):
@@ -172,9 +151,9 @@ def prune_configs(configs, named_args, **kwargs):
     The launcher passes every argument by keyword, so they arrive in kwargs (named_args holds positionals).
     """
     args = {**named_args, **kwargs}
-    allowed = {(tuple(sorted(c.meta().items())), c.num_warps, c.num_stages)
-               for c in usable_configs(args["a_ptr"].dtype, args["EPILOGUE"], args["M"], args["N"])}
-    kept = [c for c in configs if (tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages) in allowed]
+    allowed = {_autotune_key(c.meta(), c.warps, c.stages)
+               for c in usable_configs(args["a_ptr"].dtype, args["M"], args["N"])}
+    kept = [c for c in configs if _autotune_key(c.kwargs, c.num_warps, c.num_stages) in allowed]
     return kept or list(configs)[:1]
 
 
@@ -190,16 +169,16 @@ def _epilogue(acc, rm, rn, M, N, aux_ptr, c_ptr, stride_xm, stride_xn, stride_cm
     tile_mask = (rm < M)[:, None] & (rn < N)[None, :]
     rm64 = rm.to(tl.int64)
     rn64 = rn.to(tl.int64)
-    if EPILOGUE == 1:  # EPILOGUE_RELU2: a = relu(h)²
-        r = tl.maximum(acc, 0.0)
+    # NaN and inf go where eager's go: selects on the finite condition, not tl.maximum (which drops a NaN).
+    if EPILOGUE == 1:  # EPILOGUE_RELU2: a = relu(h)², NaN for a NaN h
+        r = tl.where(acc < 0.0, 0.0, acc)
         out = r * r
-    else:  # EPILOGUE_DRELU2: dH = dA · 2·relu(h), relu(h) = sqrt(a) (exactly 0 where h <= 0)
+    else:  # EPILOGUE_DRELU2: dH = dA · 2·relu(h), relu(h) = sqrt(a); exactly 0 where a = 0 (h <= 0), whatever dA
+        # is (a NaN or inf dA too: eager's relu backward selects 0 there), NaN where a is NaN
         aux = tl.load(aux_ptr + rm64[:, None] * stride_xm + rn64[None, :] * stride_xn, mask=tile_mask, other=0.0)
-        out = acc * (2.0 * tl.sqrt_rn(aux.to(tl.float32)))
-    if RNE_BF16:
-        out = round_to_bf16_grid(out)
-    tl.store(c_ptr + rm64[:, None] * stride_cm + rn64[None, :] * stride_cn, out.to(c_ptr.dtype.element_ty),
-             mask=tile_mask)
+        two_r = 2.0 * tl.sqrt_rn(aux.to(tl.float32))  # 0 exactly where a = 0; NaN where a is NaN
+        out = tl.where(two_r == 0.0, 0.0, acc * two_r)
+    store_tile(c_ptr + rm64[:, None] * stride_cm + rn64[None, :] * stride_cn, out, tile_mask, RNE_BF16)
 
 
 @triton.jit
@@ -216,9 +195,9 @@ def _relu2_mm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,  # tile-rows per swizzle group (L2 reuse)
-    UPCAST: tl.constexpr,  # convert loaded tiles to fp32 before tl.dot (interpreter: bf16 math is wrong)
-    TF32X3: tl.constexpr,  # fp32 operands on tensor cores at about fp32 accuracy (GPU fp32 path)
-    RNE_BF16: tl.constexpr,  # round to nearest even before a bf16 store (interpreter: its cast truncates)
+    UPCAST: tl.constexpr,  # see kernels._common.precision_flags
+    TF32X3: tl.constexpr,
+    RNE_BF16: tl.constexpr,
 ):
     """C = relu(A·B)² (EPILOGUE_RELU2) or C = (A·B) · 2·sqrt(AUX) (EPILOGUE_DRELU2); one tile per program.
 
@@ -240,34 +219,19 @@ def _relu2_mm_kernel(
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
     rk = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-    in_m = rm < M
-    in_n = rn < N
     rm64 = rm.to(tl.int64)
     rn64 = rn.to(tl.int64)
     a_ptrs = a_ptr + rm64[:, None] * stride_am + rk[None, :] * stride_ak  # (BLOCK_M, BLOCK_K)
     b_ptrs = b_ptr + rk[:, None] * stride_bk + rn64[None, :] * stride_bn  # (BLOCK_K, BLOCK_N)
-
-    # --- main loop: acc = A[rows, :] · B[:, cols] in fp32
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        in_k = (k0 + rk) < K
-        a = tl.load(a_ptrs, mask=in_m[:, None] & in_k[None, :], other=0.0)
-        b = tl.load(b_ptrs, mask=in_k[:, None] & in_n[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        if TF32X3:
-            acc = tl.dot(a, b, acc, input_precision="tf32x3")
-        else:
-            acc = tl.dot(a, b, acc)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+    acc = tile_matmul(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), a_ptrs, b_ptrs, rm < M, rn < N, K,
+                      BLOCK_K * stride_ak, BLOCK_K * stride_bk, BLOCK_K=BLOCK_K, A_T=False, B_T=False,
+                      ROUND_A=False, UPCAST=UPCAST, TF32X3=TF32X3)
 
     # --- epilogue in fp32, one rounding at the store. The backward one runs on two column halves, so that
     # the AUX tile, its pointers and the converted output of only half the tile are live at once: on sm_90
     # that took 128x256 (8 warps) and 128x128 (4 warps) from 255 registers + 65-99 spill stores to 234-240
-    # registers and no spills, and the other backward tiles from ~160 to ~125 registers (bench.codegen,
-    # 2026-11). The forward epilogue reads no AUX; halving it changed nothing there (±14 registers).
+    # registers and no spills, and the other backward tiles from ~160 to ~125 registers (bench.codegen).
+    # The forward epilogue reads no AUX; halving it changed nothing there (±14 registers).
     if EPILOGUE == 2:
         halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))  # (BLOCK_M, BLOCK_N/2, 2)
         acc0, acc1 = tl.split(halves)  # columns [0, BLOCK_N/2) and [BLOCK_N/2, BLOCK_N)
@@ -286,7 +250,8 @@ def _autotuned_kernel(do_bench=None):
     The key has the problem size and the epilogue; Triton adds the tensors' dtypes itself. `do_bench`
     replaces Triton's CUDA timer (the tests pass a CPU one to run this path under the interpreter)."""
     extra = {} if do_bench is None else {"do_bench": do_bench}
-    return triton.autotune(configs=[c.triton_config() for c in CONFIGS], key=["M", "N", "K", "EPILOGUE"],
+    configs = [triton.Config(c.meta(), **c.launch()) for c in CONFIGS]
+    return triton.autotune(configs=configs, key=["M", "N", "K", "EPILOGUE"],
                            prune_configs_by={"early_config_prune": prune_configs}, **extra)(_relu2_mm_kernel)
 
 
@@ -295,17 +260,7 @@ def _autotuned_kernel(do_bench=None):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _check_out(out, name, shape, like):
-    if out is None:
-        return torch.empty(shape, dtype=like.dtype, device=like.device)
-    check_tensor(out, name, ndim=2, dtypes=(like.dtype,), contiguous=True)
-    if tuple(out.shape) != tuple(shape) or out.device != like.device:
-        raise ValueError(f"{name} must have shape {tuple(shape)} on {like.device}, got {tuple(out.shape)} "
-                         f"on {out.device}")
-    return out
-
-
-def _find_config(name: str) -> MMConfig:
+def _find_config(name: str) -> Tile:
     for c in CONFIGS + [INTERPRETER_CONFIG]:
         if c.name == name:
             return c
@@ -318,28 +273,27 @@ def _launch(A, B_kn, aux, C, *, epilogue: int, config: str | None):
     M, K = A.shape
     N = B_kn.shape[1]
     interp = is_interpreter()
-    flags = dict(UPCAST=interp, TF32X3=(A.dtype == torch.float32 and not interp),
-                 RNE_BF16=(A.dtype == torch.bfloat16 and interp))
     args = dict(
         a_ptr=A, b_ptr=B_kn, aux_ptr=aux, c_ptr=C,
         M=M, N=N, K=K,
         stride_am=A.stride(0), stride_ak=A.stride(1), stride_bk=B_kn.stride(0), stride_bn=B_kn.stride(1),
         stride_xm=aux.stride(0), stride_xn=aux.stride(1), stride_cm=C.stride(0), stride_cn=C.stride(1),
-        EPILOGUE=epilogue, **flags,
+        EPILOGUE=epilogue, **precision_flags(A.dtype, interpreter=interp),
     )
     if config is None and not interp:
         def grid(meta):
             return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
-        _autotuned_kernel()[grid](**args)
+        _autotuned_kernel()[grid](**args, GROUP_M=GROUP_M)
         return C
-    cfg = INTERPRETER_CONFIG if config is None else _find_config(config)
-    usable = usable_configs(A.dtype, epilogue)
-    if cfg != INTERPRETER_CONFIG and cfg not in usable:
-        raise ValueError(f"relu2_mlp config {cfg.name!r} is not for {A.dtype} (its K row is not 128 bytes or its "
+    tile = INTERPRETER_CONFIG if config is None else _find_config(config)
+    usable = usable_configs(A.dtype)
+    if tile != INTERPRETER_CONFIG and tile not in usable:
+        raise ValueError(f"relu2_mlp config {tile.name!r} is not for {A.dtype} (its K row is not 128 bytes or its "
                          f"tiles exceed shared memory); for {A.dtype}: {[c.name for c in usable]}")
-    grid = (triton.cdiv(M, cfg.block_m) * triton.cdiv(N, cfg.block_n),)
-    _relu2_mm_kernel[grid](**args, **cfg.meta(), num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    grid = (triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n),)
+    group_m = INTERPRETER_GROUP_M if tile == INTERPRETER_CONFIG else GROUP_M
+    _relu2_mm_kernel[grid](**args, **tile.meta(), GROUP_M=group_m, **tile.launch())
     return C
 
 
@@ -361,15 +315,19 @@ def _check_inputs(x, w_fc, w_proj):
     return N, H, F
 
 
+def _out(out, name, shape, like):
+    return check_out(out, name, shape, dtype=like.dtype, device=like.device)
+
+
 def relu2_fc_fwd(x: torch.Tensor, w_fc: torch.Tensor, *, out: torch.Tensor | None = None,
                  config: str | None = None) -> torch.Tensor:
     """a = relu(x w_fcᵀ)²: x (N, H), w_fc (F, H) -> (N, F), one Triton launch. Returns `out` when given.
 
-    `config` forces one MMConfig by name (bypasses autotuning; default: autotune on the GPU, the pinned
+    `config` forces one Tile of CONFIGS by name (bypasses autotuning; default: autotune on the GPU, the pinned
     INTERPRETER_CONFIG under the interpreter).
     """
     N, H, F = _check_inputs(x, w_fc, None)
-    out = _check_out(out, "out", (N, F), x)
+    out = _out(out, "out", (N, F), x)
     return _launch(x, w_fc.t(), out, out, epilogue=EPILOGUE_RELU2, config=config)  # aux unused: any tensor
 
 
@@ -391,7 +349,7 @@ def relu2_fc_bwd(dy: torch.Tensor, w_proj: torch.Tensor, a: torch.Tensor, *, out
                          f"{tuple(dy.shape)}")
     if tuple(a.shape) != (N, F):
         raise ValueError(f"a must be (N, F) = ({N}, {F}) from dy (N, H) and w_proj (H, F), got {tuple(a.shape)}")
-    out = _check_out(out, "out", (N, F), dy)
+    out = _out(out, "out", (N, F), dy)
     return _launch(dy, w_proj, a, out, epilogue=EPILOGUE_DRELU2, config=config)
 
 
@@ -402,7 +360,7 @@ def relu2_mlp_fwd(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, *, 
     `out` / `act_out` receive y / a when given. `a` is what the backward needs (relu2_mlp_bwd).
     """
     N, H, F = _check_inputs(x, w_fc, w_proj)
-    out = _check_out(out, "out", (N, H), x)
+    out = _out(out, "out", (N, H), x)
     a = relu2_fc_fwd(x, w_fc, out=act_out, config=config)  # (N, F)
     torch.matmul(a, w_proj.t(), out=out)  # (N, H)
     return out, a
@@ -438,14 +396,14 @@ def relu2_mlp_bwd(dy: torch.Tensor, x: torch.Tensor | None, w_fc: torch.Tensor |
     if need_dx or need_dw_fc:
         dh = relu2_fc_bwd(dy, w_proj, a, out=dh, config=config)  # (N, F), checks w_proj and a
         if need_dx:
-            grad_x = torch.matmul(dh, w_fc, out=_check_out(dx, "dx", (N, H), dy))  # (N, H)
+            grad_x = torch.matmul(dh, w_fc, out=_out(dx, "dx", (N, H), dy))  # (N, H)
         if need_dw_fc:
-            grad_fc = torch.matmul(dh.t(), x, out=_check_out(dw_fc, "dw_fc", (F, H), dy))  # (F, H)
+            grad_fc = torch.matmul(dh.t(), x, out=_out(dw_fc, "dw_fc", (F, H), dy))  # (F, H)
     if need_dw_proj:
         check_tensor(a, "a", ndim=2, dtypes=(dy.dtype,), contiguous=True)
         if tuple(a.shape) != (N, F):
             raise ValueError(f"a must be (N, F) with N = {N} as dy, got {tuple(a.shape)}")
-        grad_proj = torch.matmul(dy.t(), a, out=_check_out(dw_proj, "dw_proj", (H, F), dy))  # (H, F)
+        grad_proj = torch.matmul(dy.t(), a, out=_out(dw_proj, "dw_proj", (H, F), dy))  # (H, F)
     return grad_x, grad_fc, grad_proj
 
 
@@ -487,72 +445,6 @@ def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor) -> torc
     """
     _check_inputs(x, w_fc, w_proj)
     return Relu2MLPFunction.apply(x, w_fc, w_proj)
-
-
-# ---------------------------------------------------------------------------------------------------
-# FLOP / byte model and codegen cases
-# ---------------------------------------------------------------------------------------------------
-
-
-def mlp_flops(N: int, H: int, F: int, mode: str) -> float:
-    """Matmul FLOPs: forward 2 GEMMs (4NHF), backward 4 GEMMs (8NHF), full 12NHF."""
-    return float({"forward": 4, "backward": 8, "full": 12}[mode] * N * H * F)
-
-
-def mlp_bytes(N: int, H: int, F: int, mode: str, itemsize: int) -> float:
-    """Compulsory HBM traffic of this implementation, each launch reading its operands and writing its
-    result once. Forward: up+relu² reads x, w_fc, writes a; down reads a, w_proj, writes y. Backward:
-    dH reads dy, w_proj, a, writes dH; dx reads dH, w_fc, writes dx; dW_fc reads dH, x, writes dW_fc;
-    dW_proj reads dy, a, writes dW_proj."""
-    nh, hf, nf = N * H, H * F, N * F
-    fwd = (nh + hf + nf) + (nf + hf + nh)
-    bwd = (nh + hf + 2 * nf) + (nf + hf + nh) + (nf + nh + hf) + (nh + nf + hf)
-    return float(itemsize * {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode])
-
-
-_TRITON_DTYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
-
-# The 124M MLP at 8192 tokens (4 sequences of 2048).
-CODEGEN_SHAPE = (8192, 768, 3072)
-
-
-def codegen_cases() -> list[CodegenCase]:
-    """Every (config, dtype, epilogue) the GPU launch can pick, as the JIT specialises it at the 124M shape.
-
-    Forward: A = x (N, H), B = w_fcᵀ (stride_bk = 1), C = a (N, F). Backward: A = dy (N, H), B = w_proj
-    (stride_bn = 1), AUX = a, C = dH. Unit strides are constexpr 1 (as the JIT specialises them); pointers,
-    sizes and the other strides are marked 16-divisible (768, 3072 and 8192 are). FLOPs and bytes are one
-    launch at N = 8192.
-    """
-    N, H, F = CODEGEN_SHAPE
-    cases = []
-    for dtype, ty in _TRITON_DTYPE.items():
-        size = dtype.itemsize
-        for epilogue, label, unit_b in ((EPILOGUE_RELU2, "fwd relu2", "stride_bk"),
-                                        (EPILOGUE_DRELU2, "bwd drelu2", "stride_bn")):
-            for cfg in usable_configs(dtype, epilogue):
-                sig = {"a_ptr": f"*{ty}", "b_ptr": f"*{ty}", "aux_ptr": f"*{ty}", "c_ptr": f"*{ty}",
-                       "M": "i32", "N": "i32", "K": "i32",
-                       "stride_am": "i32", "stride_ak": "constexpr", "stride_bk": "i32", "stride_bn": "i32",
-                       "stride_xm": "i32", "stride_xn": "constexpr", "stride_cm": "i32", "stride_cn": "constexpr",
-                       "EPILOGUE": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-                       "BLOCK_K": "constexpr", "GROUP_M": "constexpr", "UPCAST": "constexpr", "TF32X3": "constexpr",
-                       "RNE_BF16": "constexpr"}
-                sig[unit_b] = "constexpr"
-                other_b = "stride_bn" if unit_b == "stride_bk" else "stride_bk"
-                constexprs = {"stride_ak": 1, "stride_xn": 1, "stride_cn": 1, unit_b: 1, "EPILOGUE": epilogue,
-                              **cfg.meta(), "UPCAST": False, "TF32X3": dtype == torch.float32, "RNE_BF16": False}
-                reads_aux = epilogue == EPILOGUE_DRELU2
-                cases.append(CodegenCase(
-                    kernel=f"relu2_mm_{'bwd' if reads_aux else 'fwd'}", config=f"{ty} {cfg.name}",
-                    fn=_relu2_mm_kernel, signature=sig, constexprs=constexprs,
-                    divisible=("a_ptr", "b_ptr", "aux_ptr", "c_ptr", "M", "N", "K", "stride_am", other_b,
-                               "stride_xm", "stride_cm"),
-                    num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                    flops=float(2 * N * H * F),
-                    bytes=float(size * (N * H + H * F + (2 if reads_aux else 1) * N * F)),
-                    extra={"epilogue": label}))
-    return cases
 
 
 registry.register("relu2_mlp", "triton", relu2_mlp)

@@ -16,9 +16,10 @@ FLOPs: causal 4·B·H·T²·D/2 forward, 2.5× that backward (FlashAttention's a
 import pytest
 import torch
 
+from bench.cases.attention import attention_flops
 from bench.conftest import require_gpu
 from configs import PRESETS
-from kernels import attention as A
+from kernels import attention_select as S
 from kernels import registry
 
 DTYPE = torch.bfloat16
@@ -59,8 +60,8 @@ def setup(case: str, provider: str, mode: str, device):
     if not case.startswith("cpu"):
         require_gpu(f"{provider} at {case}")
     if provider != "auto":
-        why = (A.backend_unavailable_reason(provider, device) or A.dtype_unsupported_reason(provider, DTYPE)
-               or A.head_dim_unsupported_reason(provider, D))
+        why = (S.backend_unavailable_reason(provider, device) or S.dtype_unsupported_reason(provider, DTYPE)
+               or S.head_dim_unsupported_reason(provider, D))
         if why:
             pytest.skip(f"{provider}: {why}")
     if provider == "flex" and device.type == "cpu" and mode == "bwd":
@@ -70,9 +71,9 @@ def setup(case: str, provider: str, mode: str, device):
     kwargs, lengths = {}, [T] * B
     if documents:
         kwargs["doc_ids"], lengths = _doc_ids(B, T, device)
-    flops = sum(A.attention_flops(1, L, H, D, causal=True, backward=mode == "bwd") for L in lengths)
+    flops = sum(attention_flops(1, L, H, D, causal=True, backward=mode == "bwd") for L in lengths)
     info = {"shape": [B, T, H, D], "documents": len(lengths) if documents else None, "flops": flops,
-            "backend": A.select_backend(provider, device, DTYPE, D)}
+            "backend": S.select_backend(provider, device, DTYPE, D)}
     if mode == "fwd":
         def fwd():
             with torch.no_grad():

@@ -11,9 +11,9 @@ orthogonaliser, 2-D only, quintic coefficients). Each row stores the useful (sym
 import pytest
 import torch
 
-from bench.conftest import require_gpu
-from kernels import newton_schulz as ns
-from kernels import registry
+from bench.cases.newton_schulz import ns_bytes, ns_flops
+from bench.conftest import optional, provider_fn
+from kernels.reference import QUINTIC
 from model.config import model_preset
 
 STEPS = 5
@@ -37,37 +37,17 @@ CASES = _cases()
 BIG = {name for name in CASES if not name.startswith("cpu")}
 
 
-def _torch_muon_orthogonaliser():
-    try:
-        from torch.optim._muon import _zeropower_via_newtonschulz
-    except ImportError:
-        return None
-    return _zeropower_via_newtonschulz
-
-
 def setup(case: str, provider: str, device):
     """(inputs, fn) for one case and provider; skips, with the reason, what cannot run here."""
     shape = CASES[case]
     G = torch.randn(shape, device=device).to(DTYPE)
-    eager = registry.get("newton_schulz", "eager")
-    if provider == "eager":
-        return G, lambda: eager(G, steps=STEPS, coefficients=COEFFICIENTS)
-    if provider == "compile":
-        compiled = torch.compile(eager)
-        return G, lambda: compiled(G, steps=STEPS, coefficients=COEFFICIENTS)
-    if provider == "triton":
-        require_gpu("triton")
-        return G, lambda: ns.newton_schulz(G, steps=STEPS, coefficients=COEFFICIENTS)
     if provider == "torch_muon":
-        zeropower = _torch_muon_orthogonaliser()
-        if zeropower is None:
-            pytest.skip(f"torch_muon: torch {torch.__version__} has no torch.optim._muon._zeropower_via_newtonschulz")
         if G.ndim != 2:
             pytest.skip("torch_muon: torch.optim.Muon orthogonalises 2-D matrices only (no batch)")
-        from kernels.reference import QUINTIC
-
+        zeropower = optional("torch.optim._muon", "_zeropower_via_newtonschulz", "torch_muon")
         return G, lambda: zeropower(G, QUINTIC, STEPS, 1e-7)
-    raise ValueError(f"unknown provider {provider!r}")
+    fn = provider_fn("newton_schulz", provider)
+    return G, lambda: fn(G, steps=STEPS, coefficients=COEFFICIENTS)
 
 
 @pytest.mark.parametrize("provider", ["eager", "compile", "triton", "torch_muon"])
@@ -76,11 +56,11 @@ def test_newton_schulz(benchmark, measure, device, case, provider):
     G, fn = setup(case, provider, device)
     *lead, rows, cols = G.shape
     batch = lead[0] if lead else 1
-    useful = ns.ns_flops(rows, cols, STEPS, symmetric=True, batch=batch)
-    naive = ns.ns_flops(rows, cols, STEPS, symmetric=False, batch=batch)
+    useful = ns_flops(rows, cols, STEPS, symmetric=True, batch=batch)
+    naive = ns_flops(rows, cols, STEPS, symmetric=False, batch=batch)
     fn()  # compile / first-launch work outside the timed rounds
     rounds = 3 if device.type == "cpu" and case in BIG else 5
-    measure(fn, flops=useful, bytes=ns.ns_bytes(rows, cols, STEPS, G.element_size(), batch=batch), rounds=rounds,
+    measure(fn, flops=useful, bytes=ns_bytes(rows, cols, STEPS, G.element_size(), batch=batch), rounds=rounds,
             case=case, provider=provider, shape=list(G.shape), dtype=str(G.dtype).removeprefix("torch."),
             steps=STEPS, coefficients=COEFFICIENTS, useful_flops=useful, naive_flops=naive,
             flop_ratio=naive / useful)

@@ -7,16 +7,15 @@ the same function), triton (kernels.relu2_mlp; GPU only: the interpreter is for 
 Modes: forward (the training forward, with autograd recording), backward (retain_graph, grads reset to
 None each call), full (forward + backward). FLOPs: forward 4·N·H·F, backward 8·N·H·F (mlp_flops); bytes:
 the compulsory traffic of the Triton path (mlp_bytes). On a GPU each row also records the peak memory one
-call allocates beyond its inputs (the saved activation is the difference between implementations).
+call allocates beyond its inputs (bench.harness.peak_memory_bytes; the saved activation is the difference
+between implementations).
 """
 
 import pytest
 import torch
 
-from bench import harness
-from bench.conftest import require_gpu
-from kernels import registry
-from kernels import relu2_mlp as r2
+from bench.cases.relu2_mlp import mlp_bytes, mlp_flops
+from bench.conftest import provider_fn
 from model.config import model_preset
 
 DTYPE = torch.bfloat16
@@ -53,16 +52,7 @@ def setup(case: str, provider: str, mode: str, device):
     N, H, F = CASES[case]
     if device.type == "cpu" and case in CPU_SKIP:
         pytest.skip(f"{case}: {N} tokens take minutes per round on the CPU; a GPU case")
-    eager = registry.get("relu2_mlp", "eager")
-    if provider == "eager":
-        fn = eager
-    elif provider == "compile":
-        fn = torch.compile(eager)
-    elif provider == "triton":
-        require_gpu("triton")
-        fn = registry.get("relu2_mlp", "triton")
-    else:
-        raise ValueError(f"unknown provider {provider!r}")
+    fn = provider_fn("relu2_mlp", provider)
 
     x = torch.randn(N, H, device=device).to(DTYPE).requires_grad_()
     w_fc = (torch.randn(F, H, device=device) / H**0.5).to(DTYPE).requires_grad_()
@@ -93,18 +83,6 @@ def setup(case: str, provider: str, mode: str, device):
     raise ValueError(f"unknown mode {mode!r}")
 
 
-def _peak_mb(fn, device) -> float | None:
-    """MB one call allocates at its peak beyond what was allocated before it (CUDA only)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
-
-
 @pytest.mark.parametrize("provider", ["eager", "compile", "triton"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", list(CASES))
@@ -124,11 +102,7 @@ def _run(benchmark, measure, device, case, mode, provider):
     leaves, fn = setup(case, provider, mode, device)
     N, H, F = CASES[case]
     fn()  # compile / autotune / first-launch work outside the timed rounds
-    peak = _peak_mb(fn, device)
     rounds = 3 if device.type == "cpu" and N * H * F > 10**9 else 5
-    flops = r2.mlp_flops(N, H, F, mode)
-    figures = measure(fn, flops=flops, bytes=r2.mlp_bytes(N, H, F, mode, DTYPE.itemsize), rounds=rounds,
-                      case=case, provider=provider, mode=mode, shape={"N": N, "H": H, "F": F},
-                      dtype=str(DTYPE).removeprefix("torch."), peak_mb=peak)
-    peaks = harness.roofline(figures["device"])
-    benchmark.extra_info["pct_peak_tflops"] = 100.0 * figures["tflops"] / (peaks[0] / 1e12) if peaks else None
+    measure(fn, flops=mlp_flops(N, H, F, mode), bytes=mlp_bytes(N, H, F, mode, DTYPE.itemsize), rounds=rounds,
+            peak_memory=device.type == "cuda", case=case, provider=provider, mode=mode,
+            shape={"N": N, "H": H, "F": F}, dtype=str(DTYPE).removeprefix("torch."))

@@ -41,18 +41,17 @@ MATMUL = textwrap.dedent('''
 # bench.codegen.compile_sm90, with the divisibility hints the JIT would infer at a 4096³ problem.
 DRIVER = textwrap.dedent('''
     import dataclasses, json, sys
+    import torch
     sys.path.insert(0, sys.argv[1])
     from bench import codegen
-    from kernels._common import CodegenCase
+    from bench.cases import jit_case
     from tiny_matmul import matmul_kernel
 
-    sig = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
-           "stride_am": "i32", "stride_bk": "i32", "stride_cm": "i32", "BLOCK_M": "constexpr",
-           "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
-    case = CodegenCase(kernel="matmul", config="128x128x64", fn=matmul_kernel, signature=sig,
-                       constexprs={"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64},
-                       divisible=("a_ptr", "b_ptr", "c_ptr", "M", "N", "K", "stride_am", "stride_bk", "stride_cm"),
-                       num_warps=8, num_stages=3, flops=2 * 4096**3, bytes=3 * 2 * 4096**2)
+    # The sizes and strides of a 4096³ problem: every one a multiple of 16, so all marked 16-divisible.
+    args = dict(a_ptr=torch.bfloat16, b_ptr=torch.bfloat16, c_ptr=torch.bfloat16, M=4096, N=4096, K=4096,
+                stride_am=4096, stride_bk=4096, stride_cm=4096, BLOCK_M=128, BLOCK_N=128, BLOCK_K=64)
+    case = jit_case("matmul", "128x128x64", matmul_kernel, args, num_warps=8, num_stages=3, flops=2 * 4096**3,
+                    bytes=3 * 2 * 4096**2)
     print(json.dumps(dataclasses.asdict(codegen.compile_sm90(case))))
 ''')
 
@@ -86,3 +85,37 @@ def test_violations_are_reported():
     problems = " ".join(bad.violations())
     assert "spills" in problems and "shared memory" in problems and "HGMMA" in problems
     assert dataclasses.replace(ok, hgmma=0).violations(expect_hgmma=False) == []
+
+
+def test_jit_case_specialises_like_the_jit():
+    """bench.cases.jit_case derives the signature from the kernel's own arguments by the JIT's rules; checked
+    here against Triton's launch specialisation (native_specialize_impl) for every kind of value."""
+    import torch
+
+    from bench.cases import jit_case
+    from kernels.newton_schulz import _ns_update_kernel
+
+    try:
+        from triton._C.libtriton import native_specialize_impl
+        from triton.backends.compiler import BaseBackend
+    except ImportError as e:
+        pytest.skip(f"this Triton has no native_specialize_impl to compare with: {e}")
+
+    x = torch.empty(4, 16, dtype=torch.bfloat16)  # a 16-byte aligned allocation
+    values = dict(x_ptr=x, b_ptr=x, out_ptr=x, M=768, N=393, stride_xb=2**31 + 16, stride_xm=1, stride_bb=0,
+                  stride_bm=48, stride_ob=7, stride_om=-16, stride_on=1, alpha=0.5)
+    meta = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, UPCAST=False, TF32X3=True, RNE_BF16=False)
+    args = {k: (v.dtype if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
+    case = jit_case("k", "c", _ns_update_kernel, {**args, **meta}, num_warps=4, num_stages=3)
+    for name, value in values.items():
+        kind, key = native_specialize_impl(BaseBackend, value, False, True, True)
+        if kind == "constexpr":
+            assert case.signature[name] == "constexpr" and case.constexprs[name] == key, name
+        else:
+            assert case.signature[name] == kind, (name, case.signature[name], kind)
+            assert (name in case.divisible) == (key == "D"), (name, key)
+    assert all(case.signature[k] == "constexpr" and case.constexprs[k] == v for k, v in meta.items())
+
+    with pytest.raises(ValueError, match=r"\['nope'\] are not parameters, \['alpha'\] are not given"):
+        jit_case("k", "c", _ns_update_kernel, {**{k: v for k, v in args.items() if k != "alpha"}, **meta, "nope": 1},
+                 num_warps=4, num_stages=3)

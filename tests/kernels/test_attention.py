@@ -7,16 +7,20 @@ GPU (marked gpu, and skipped with the missing module named when FlashAttention i
 fa4, flex and sdpa at T = 1023 and the 124M shape (H=6, D=128), forward and backward, plus determinism.
 """
 
+import itertools
 import logging
 import types
 
 import pytest
 import torch
 
+from bench.cases.attention import attention_flops
 from kernels import attention as A
+from kernels import attention_select as S
 from kernels import registry
 from kernels.reference import attention as reference
-from tests.parity import TOLERANCES, assert_close, assert_parity
+from kernels.reference import attention_mask
+from tests.parity import assert_close, check_parity, rounding_noise
 
 # Eager flex on the CPU warns once that it materialises the scores; that is what the CPU path is meant to do.
 pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile:UserWarning")
@@ -73,41 +77,18 @@ def accumulation_floor(q, k, v, grad_out, scale):
     return floor
 
 
-def check(actual, peer, oracle, name, *, floor, k=2.0, table=True):
-    """FA-style primary check (k times the eager peer's error, plus twice the rounding of the oracle into the
-    output dtype and the accumulation floor), then the fixed per-dtype table of tests/parity.py."""
-    assert actual.shape == oracle.shape and actual.dtype == peer.dtype, name
-    o = oracle.double()
-    rounding = 2 * (o.to(actual.dtype).double() - o).abs().max().item()
-    assert_parity(actual, peer, oracle, name=name, k=k, noise=rounding + floor)
-    if table:
-        atol, rtol = TOLERANCES[actual.dtype]
-        assert_close(actual, oracle, atol=atol, rtol=rtol, name=name)
-
-
-def run_backend(fn, q, k, v, kwargs, grad_out=None, upcast=False):
-    """fn on fresh leaves (float64 copies if upcast); returns [out, dq, dk, dv] (grads only with grad_out)."""
-    leaves = [(t.double() if upcast else t).detach().clone().requires_grad_(grad_out is not None) for t in (q, k, v)]
-    out = fn(*leaves, **kwargs)
-    if grad_out is None:
-        return [out]
-    out.backward(grad_out.double() if upcast else grad_out)
-    return [out] + [t.grad for t in leaves]
-
-
 def compare_with_reference(backend_fn, q, k, v, kwargs, *, backward: bool, tag: str):
+    """check_parity of a backend against the reference: the output with k=2 plus the fixed per-dtype table; the
+    gradients only peer-relative, with k=3 as FA's backward tests. An elementwise table does not hold for them in
+    bf16: dS = P∘(dP - rowsum(dO∘O)) cancels, so a small entry (0.0055 in dk at T=37) can be off by a bf16 ulp of
+    the large terms (0.006) while the worst error is still within k·peer. The noise of each is twice the rounding
+    of the oracle into the output dtype plus the accumulation floor."""
     grad_out = torch.randn_like(q) if backward else None
-    got = run_backend(backend_fn, q, k, v, kwargs, grad_out)
-    peer = run_backend(reference, q, k, v, kwargs, grad_out)
-    oracle = run_backend(lambda *t, **kw: reference(*t, upcast=True, **kw), q, k, v, kwargs, grad_out, upcast=True)
-    scale = kwargs.get("scale") or q.shape[-1] ** -0.5
-    floor = accumulation_floor(q, k, v, grad_out, scale)
-    check(got[0], peer[0], oracle[0], f"{tag} out", floor=floor["out"], k=2.0)
-    # Gradients: only the peer-relative check, with k=3 as FA's backward tests. An elementwise table does not
-    # hold for them in bf16: dS = P∘(dP - rowsum(dO∘O)) cancels, so a small entry (0.0055 in dk at T=37) can
-    # be off by a bf16 ulp of the large terms (0.006) while the worst error is still within k·peer.
-    for name, a, p, o in zip(("dq", "dk", "dv"), got[1:], peer[1:], oracle[1:]):
-        check(a, p, o, f"{tag} {name}", floor=floor[name], k=3.0, table=False)
+    floor = accumulation_floor(q, k, v, grad_out, kwargs.get("scale") or q.shape[-1] ** -0.5)
+    noise = {name: (lambda o, f=f: rounding_noise(o, q.dtype) + f) for name, f in floor.items()}
+    names = ("out", "dq", "dk", "dv")[:4 if backward else 1]
+    got, _, _ = check_parity(backend_fn, reference, [q, k, v], names=names, grad_output=grad_out, kwargs=kwargs,
+                             k={"out": 2.0, "dq": 3.0, "dk": 3.0, "dv": 3.0}, noise=noise, table=("out",), where=tag)
     return got
 
 
@@ -151,6 +132,19 @@ def test_non_causal_and_explicit_scale(backend, mask):
     kwargs["scale"] = 0.3
     compare_with_reference(registry.get("attention", backend), q, k, v, kwargs, backward=backend != "flex",
                            tag=f"{backend}/{mask}/scale")
+
+
+def test_the_one_mask_definition():
+    """kernels.reference.attention_mask (what sdpa and flex build their masks from) against its statement,
+    element by element: causal j <= i, window i - j < w, same document."""
+    doc_ids = torch.tensor([[0, 0, 1, 1, 1, 2], [5, 5, 5, 5, 6, 6]])
+    for causal, window in itertools.product((True, False), (None, 1, 3)):
+        dense = attention_mask(6, causal=causal, window=window, doc_ids=doc_ids)  # (B, 1, T, T)
+        static = attention_mask(6, causal=causal, window=window)  # (1, 1, T, T)
+        for b, i, j in itertools.product(range(2), range(6), range(6)):
+            keys = (not causal or j <= i) and (window is None or i - j < window)
+            assert static[0, 0, i, j] == keys
+            assert dense[b, 0, i, j] == (keys and doc_ids[b, i] == doc_ids[b, j]), (causal, window, b, i, j)
 
 
 @pytest.mark.parametrize("backend", ["sdpa", "flex"])
@@ -286,8 +280,8 @@ def fake_machine(monkeypatch):
                 return modules[name], None
             return None, f"`import {name}` failed (ModuleNotFoundError: No module named '{name}')"
 
-        monkeypatch.setattr(A, "_import_module", fake_import)
-        monkeypatch.setattr(A, "_cuda_capability", lambda device: capability)
+        monkeypatch.setattr(S, "probe_import", fake_import)
+        monkeypatch.setattr(S, "cuda_capability", lambda device: capability)
         A.reset_caches()
 
     return simulate
@@ -337,7 +331,7 @@ FA3, FA2 = "flash_attn_interface", "flash_attn"
     ((FA3, FA2), (8, 0), "cuda", torch.bfloat16, 128, "fa2"),  # A100: FA3 is Hopper-only
     ((FA3,), (8, 6), "cuda", torch.bfloat16, 128, "sdpa"),
     ((FA2,), (7, 5), "cuda", torch.bfloat16, 128, "sdpa"),  # Turing: too old for FA2
-    ((), (9, 0), "cuda", torch.bfloat16, 128, "sdpa"),  # H100, nothing installed (the lent GPU image)
+    ((), (9, 0), "cuda", torch.bfloat16, 128, "sdpa"),  # H100, nothing installed
     ((FA3, FA2), (9, 0), "cuda", torch.float32, 128, "sdpa"),  # fp32 is not for FlashAttention
     ((FA3, FA2), (9, 0), "cuda", torch.bfloat16, 512, "sdpa"),  # no kernel for that head dim
     ((FA3, FA2), (9, 0), "cuda", torch.bfloat16, 36, "fa2"),  # FA3 needs a multiple of 8, FA2 pads
@@ -347,31 +341,31 @@ FA3, FA2 = "flash_attn_interface", "flash_attn"
         "h100-fp32", "h100-hdim512", "h100-hdim36", "cpu-both-installed", "cpu-none"])
 def test_auto_picks_the_best_available(fake_machine, installed, capability, device, dtype, head_dim, expected):
     fake_machine({name: fake_flash_module() for name in installed}, capability)
-    assert A.select_backend("auto", device, dtype, head_dim) == expected
+    assert S.select_backend("auto", device, dtype, head_dim) == expected
 
 
 def test_explicit_missing_backend_is_an_error_naming_what_is_missing(fake_machine):
     fake_machine({}, capability=(9, 0))
-    with pytest.raises(A.AttentionBackendUnavailable, match=r"'fa3' is not available.*flash_attn_interface.*auto"):
-        A.select_backend("fa3", "cuda", torch.bfloat16)
-    with pytest.raises(A.AttentionBackendUnavailable, match=r"'fa2' is not available.*pip install flash-attn"):
-        A.select_backend("fa2", "cuda", torch.bfloat16)
+    with pytest.raises(S.AttentionBackendUnavailable, match=r"'fa3' is not available.*flash_attn_interface.*auto"):
+        S.select_backend("fa3", "cuda", torch.bfloat16)
+    with pytest.raises(S.AttentionBackendUnavailable, match=r"'fa2' is not available.*pip install flash-attn"):
+        S.select_backend("fa2", "cuda", torch.bfloat16)
     fake_machine({FA3: fake_flash_module()}, capability=(8, 0))
-    with pytest.raises(A.AttentionBackendUnavailable, match=r"'fa3'.*sm_90.*sm_80"):
-        A.select_backend("fa3", "cuda", torch.bfloat16)
+    with pytest.raises(S.AttentionBackendUnavailable, match=r"'fa3'.*sm_90.*sm_80"):
+        S.select_backend("fa3", "cuda", torch.bfloat16)
     fake_machine({FA3: fake_flash_module()}, capability=None)
-    with pytest.raises(A.AttentionBackendUnavailable, match=r"'fa3'.*CUDA device.*cpu"):
-        A.select_backend("fa3", "cpu", torch.bfloat16)
+    with pytest.raises(S.AttentionBackendUnavailable, match=r"'fa3'.*CUDA device.*cpu"):
+        S.select_backend("fa3", "cpu", torch.bfloat16)
 
 
 def test_unsupported_inputs_are_errors(fake_machine):
     fake_machine({FA3: fake_flash_module(), FA2: fake_flash_module()}, capability=(9, 0))
     with pytest.raises(TypeError, match=r"'fa3' supports bfloat16 and float16.*float32"):
-        A.select_backend("fa3", "cuda", torch.float32)
+        S.select_backend("fa3", "cuda", torch.float32)
     with pytest.raises(ValueError, match=r"'fa2' supports head dims up to 256"):
-        A.select_backend("fa2", "cuda", torch.bfloat16, 512)
+        S.select_backend("fa2", "cuda", torch.bfloat16, 512)
     with pytest.raises(KeyError, match="unknown attention backend 'xformers'"):
-        A.select_backend("xformers", "cpu", torch.bfloat16)
+        S.select_backend("xformers", "cpu", torch.bfloat16)
     q = torch.randn(1, 4, 2, 16)  # fp32 into FlashAttention at call time: refused, not cast
     with pytest.raises(TypeError, match="bfloat16 and float16"):
         registry.get("attention", "fa3")(q, q, q)
@@ -379,15 +373,15 @@ def test_unsupported_inputs_are_errors(fake_machine):
 
 def test_the_real_cpu_machine():
     """This machine: no GPU and no FlashAttention; explicit FA calls fail on the first call, auto gives sdpa."""
-    found = A.available_backends("cpu")
-    assert set(found) == set(A.BACKENDS)
+    found = S.available_backends("cpu")
+    assert set(found) == set(S.BACKENDS)
     assert found["eager"] is None and found["sdpa"] is None and found["flex"] is None
     q = torch.randn(1, 4, 2, 16, dtype=torch.bfloat16)
     for backend in ("fa3", "fa2", "fa4"):
         assert "CUDA device" in found[backend]
-        with pytest.raises(A.AttentionBackendUnavailable, match=f"'{backend}' is not available"):
+        with pytest.raises(S.AttentionBackendUnavailable, match=f"'{backend}' is not available"):
             registry.get("attention", backend)(q, q, q)
-    assert A.select_backend("auto", "cpu", torch.bfloat16, 16) == "sdpa"
+    assert S.select_backend("auto", "cpu", torch.bfloat16, 16) == "sdpa"
 
 
 def test_auto_logs_its_choice_once_per_combination(caplog):
@@ -421,8 +415,8 @@ def test_bad_inputs_raise():
 
 
 def test_flops():
-    assert A.attention_flops(1, 1024, 6, 128) == 4 * 6 * 1024**2 * 128 / 2
-    assert A.attention_flops(2, 8, 1, 4, causal=False, backward=True) == 2.5 * 4 * 2 * 64 * 4
+    assert attention_flops(1, 1024, 6, 128) == 4 * 6 * 1024**2 * 128 / 2
+    assert attention_flops(2, 8, 1, 4, causal=False, backward=True) == 2.5 * 4 * 2 * 64 * 4
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -434,9 +428,9 @@ GPU_MODULE = {"fa3": "flash_attn_interface", "fa2": "flash_attn", "fa4": "flash_
 
 def require_backend(backend):
     module = GPU_MODULE.get(backend)
-    if module is not None and A._import_module(module, ("flash_attn_func", "flash_attn_varlen_func"))[0] is None:
+    if module is not None and S.probe_import(module, ("flash_attn_func", "flash_attn_varlen_func"))[0] is None:
         pytest.skip(f"{module} not installed")
-    why = A.backend_unavailable_reason(backend, "cuda")
+    why = S.backend_unavailable_reason(backend, "cuda")
     if why:
         pytest.skip(f"{backend}: {why}")
 

@@ -1,18 +1,20 @@
 """kernels.fused_linear_cross_entropy: parity (loss and both gradients), Liger peer, poisoned buffers, memory,
 codegen, input checks; 124M shape and determinism on a GPU.
 
-On the CPU the kernels run under the Triton interpreter (tests/conftest.py), so shapes stay tiny. Oracle:
-kernels.reference.linear_cross_entropy(upcast=True) in float64; peer: the same eager code in the input dtype
-(shared/STYLE.md §3). One random grad_output scalar is applied to all three paths.
+On the CPU the kernels run under the Triton interpreter (tests/conftest.py), so shapes stay tiny. Parity through
+tests.parity.check_parity: oracle kernels.reference.linear_cross_entropy(upcast=True) in float64, peer the same
+eager code in the input dtype, one random grad_output scalar applied to all three paths.
 """
 
 import pytest
 import torch
 
+from bench.cases import fused_linear_cross_entropy as cases
 from kernels import fused_linear_cross_entropy as flce
 from kernels import registry
+from kernels._common import TRITON_DTYPE, is_interpreter
 from kernels.reference import linear_cross_entropy as eager_lce
-from tests.parity import TOLERANCES, assert_close, assert_parity
+from tests.parity import NAN_WARNINGS, assert_close, check_nonfinite, check_parity, poisoned, run
 
 IGNORE = -100
 
@@ -28,40 +30,30 @@ def make_inputs(N, H, V, dtype, device, *, ignore_rows=(), weight_scale=1.0):
     return hidden, weight, targets
 
 
-def run(fn, hidden, weight, targets, grad_output, *, upcast=False, **kw):
-    """(loss, grad_hidden, grad_weight) of fn through autograd, on fresh leaves; float64 leaves if upcast."""
-    h = (hidden.double() if upcast else hidden).detach().clone().requires_grad_()
-    w = (weight.double() if upcast else weight).detach().clone().requires_grad_()
-    loss = fn(h, w, targets, **kw)
-    loss.backward(grad_output.to(loss.dtype))
-    return loss.detach(), h.grad, w.grad
+NAMES = ("loss", "grad_hidden", "grad_weight")
 
 
-def check_parity(hidden, weight, targets, *, softcap=None, z_loss=0.0, reduction="mean", k=None, **kernel_kw):
+def fp32_noise(oracle):
+    """fp32 errors come from the logits' K-term dot products (~sqrt(K)·eps relative), summed in another order by
+    numpy (interpreter) than by torch; over <= 131×40 elements the peer's max error swings 10x from seed to seed
+    (as low as 0 for the scalar loss). Floor: 8 eps of the largest value. (Measured over 20 seeds: the largest
+    k needed with this floor was 0.56.)"""
+    return 8 * torch.finfo(torch.float32).eps * oracle.abs().max().item()
+
+
+def parity(hidden, weight, targets, *, softcap=None, z_loss=0.0, reduction="mean", k=None, **kernel_kw):
     """Kernel vs float64 oracle within k·(peer error) + noise for loss, grad_hidden, grad_weight; plus the fixed
     per-dtype table against the oracle. Returns the kernel's (loss, grad_hidden, grad_weight)."""
     kw = dict(softcap=softcap, z_loss=z_loss, reduction=reduction, ignore_index=IGNORE)
     g = torch.rand((), device=hidden.device) + 0.5  # one random grad_output for all three paths
-    out = run(flce.fused_linear_cross_entropy, hidden, weight, targets, g, **kw, **kernel_kw)
-    peer = run(eager_lce, hidden, weight, targets, g, **kw)
-    oracle = run(eager_lce, hidden, weight, targets, g.double(), upcast=True, **kw)
-    k = k if k is not None else (3.0 if softcap else 2.0)  # FA's k: 2, 3 with softcap
-    atol, rtol = TOLERANCES[hidden.dtype]
-    for name, a, p, o in zip(("loss", "grad_hidden", "grad_weight"), out, peer, oracle):
-        where = f"{name} {tuple(hidden.shape)}x{weight.shape[0]} {hidden.dtype} softcap={softcap} z_loss={z_loss}"
-        assert a.dtype == p.dtype, f"{where}: dtype {a.dtype} != eager {p.dtype}"
-        noise = None  # assert_parity's default: 2x the oracle's rounding to the dtype
-        if a.dtype == torch.float32:
-            # fp32 errors come from the logits' K-term dot products (~sqrt(K)·eps relative), summed in another
-            # order by numpy (interpreter) than by torch; over <= 131×40 elements the peer's max error swings
-            # 10x from seed to seed (as low as 0 for the scalar loss). Floor: 8 eps of the largest value.
-            # (Measured over 20 seeds: the largest k needed with this floor was 0.56.)
-            noise = 8 * torch.finfo(torch.float32).eps * o.abs().max().item()
-        try:
-            assert_parity(a, p, o, name=name, k=k, noise=noise)
-            assert_close(a, o, atol=atol, rtol=rtol, name=name)
-        except AssertionError as e:
-            raise AssertionError(f"{e}; {where}") from None
+
+    def kernel(h, w, t, **kw):
+        return flce.fused_linear_cross_entropy(h, w, t, **kw, **kernel_kw)
+
+    where = f"{tuple(hidden.shape)}x{weight.shape[0]} {hidden.dtype} softcap={softcap} z_loss={z_loss}"
+    out, _, _ = check_parity(kernel, eager_lce, [hidden, weight, targets], names=NAMES, grad_output=g, kwargs=kw,
+                             k=k if k is not None else (3.0 if softcap else 2.0),  # FA's k: 2, 3 with softcap
+                             noise=fp32_noise if hidden.dtype == torch.float32 else None, table=NAMES, where=where)
     for r in (targets == IGNORE).nonzero().flatten().tolist():
         assert torch.equal(out[1][r], torch.zeros_like(out[1][r])), f"ignored row {r} has a nonzero grad_hidden"
     return out
@@ -82,19 +74,19 @@ def test_parity_with_eager(shape, dtype, softcap, device):
     N, H, V = shape
     ignore_rows = (2, N - 1) if N > 2 else ()
     # weight_scale 8: logits of order ±8-20, so a 15 softcap bends them and the tanh derivative matters.
-    check_parity(*make_inputs(N, H, V, dtype, device, ignore_rows=ignore_rows, weight_scale=8.0), softcap=softcap)
+    parity(*make_inputs(N, H, V, dtype, device, ignore_rows=ignore_rows, weight_scale=8.0), softcap=softcap)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_z_loss_and_reductions(dtype, reduction, device):
     inputs = make_inputs(37, 40, 131, dtype, device, ignore_rows=(0, 5, 6), weight_scale=4.0)
-    check_parity(*inputs, softcap=30.0, z_loss=1e-2, reduction=reduction)
+    parity(*inputs, softcap=30.0, z_loss=1e-2, reduction=reduction)
 
 
 def test_fp16(device):
-    check_parity(*make_inputs(37, 40, 131, torch.float16, device, ignore_rows=(3,), weight_scale=4.0), softcap=15.0,
-                 z_loss=1e-3)
+    parity(*make_inputs(37, 40, 131, torch.float16, device, ignore_rows=(3,), weight_scale=4.0), softcap=15.0,
+           z_loss=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -104,7 +96,7 @@ def test_many_tiles_and_chunks(dtype, device):
     edge mask run. A row ignored in each chunk."""
     config = "f64" if dtype == torch.float32 else "b64"
     inputs = make_inputs(37, 40, 131, dtype, device, ignore_rows=(1, 20, 36), weight_scale=8.0)
-    check_parity(*inputs, softcap=15.0, z_loss=1e-3, config=config, chunk_rows=16)
+    parity(*inputs, softcap=15.0, z_loss=1e-3, config=config, chunk_rows=16)
 
 
 def test_reduction_none_without_grad(device):
@@ -167,6 +159,29 @@ def test_retain_graph_second_backward(device):
     assert torch.equal(h.grad, first)
 
 
+# 41.0: s·fl(1/s) is not 1 in fp32, so a saturated logit's tanh derivative is exactly 0, as eager's 1 - tanh² is,
+# only when it is computed from |c| = s.
+@NAN_WARNINGS
+@pytest.mark.parametrize("softcap", [None, 15.0, 41.0])
+@pytest.mark.parametrize("kind", ["nan", "inf"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_nan_and_inf_propagate_as_in_eager(dtype, kind, softcap, device):
+    """Non-finite hidden rows: loss and both gradients are non-finite exactly where eager's are, of the same kind.
+    nan: NaN in two rows, one of them ignored (its loss is 0 but its gradient NaN, as eager's). inf: +inf and
+    -inf in two rows; without softcap their logits make the loss NaN; with softcap the logits saturate at ±s
+    (finite loss and grad_hidden, zero tanh derivative), so grad_weight is NaN (0·inf) only in the inf columns."""
+    hidden, weight, targets = make_inputs(37, 40, 131, dtype, device, ignore_rows=(5,), weight_scale=4.0)
+    if kind == "nan":
+        hidden[3, 7], hidden[5, 1] = float("nan"), float("nan")
+    else:
+        hidden[11, 0], hidden[30, 9] = float("inf"), -float("inf")
+    g = torch.rand((), device=device) + 0.5
+    (loss, gh, gw), _ = check_nonfinite(flce.fused_linear_cross_entropy, eager_lce, [hidden, weight, targets],
+                                        names=NAMES, grad_output=g, kwargs=dict(softcap=softcap, ignore_index=IGNORE))
+    if kind == "inf" and softcap:
+        assert torch.isfinite(loss) and torch.isfinite(gh).all() and torch.isnan(gw[:, [0, 9]]).all()
+
+
 def test_registered_as_triton():
     assert registry.get("linear_cross_entropy", "triton") is flce.fused_linear_cross_entropy
 
@@ -182,9 +197,9 @@ def test_matches_liger(z_loss, device):
                                 reason="liger-kernel not importable (it is not on the GPU image)")
     hidden, weight, targets = make_inputs(37, 40, 131, torch.float32, device, ignore_rows=(3, 9), weight_scale=4.0)
     g = torch.tensor(0.7, device=device)
-    ours = run(flce.fused_linear_cross_entropy, hidden, weight, targets, g, z_loss=z_loss)
-    theirs = run(liger.liger_fused_linear_cross_entropy, hidden, weight, targets, g, lse_square_scale=z_loss)
-    for name, a, b in zip(("loss", "grad_hidden", "grad_weight"), ours, theirs):
+    ours = run(flce.fused_linear_cross_entropy, [hidden, weight, targets], g, z_loss=z_loss)
+    theirs = run(liger.liger_fused_linear_cross_entropy, [hidden, weight, targets], g, lse_square_scale=z_loss)
+    for name, a, b in zip(NAMES, ours, theirs):
         assert_close(a, b, atol=1e-6, rtol=1e-5, name=f"{name} vs Liger")
 
 
@@ -200,14 +215,10 @@ def test_nan_outputs_and_workspace_are_fully_overwritten(dtype, device):
     kw = dict(softcap=15.0, z_loss=1e-3, config=config, chunk_rows=16)
     clean = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, **kw)
 
-    ws = flce.flce_workspace(37, 131, 40, dtype, device, config=config, chunk_rows=16)
+    ws = poisoned(flce.flce_workspace(37, 131, 40, dtype, device, config=config, chunk_rows=16))
     assert (ws.gw_acc is not None) == (dtype != torch.float32)  # 3 chunks: 16-bit needs the fp32 running sum
-    for t in (ws.logits, ws.pmax, ws.psum, ws.gw_acc):
-        if t is not None:
-            t.fill_(float("nan"))
-    nan = float("nan")
-    out = dict(grad_hidden=torch.full_like(hidden, nan), grad_weight=torch.full_like(weight, nan),
-               loss_rows=torch.full((37,), nan, device=device))
+    out = dict(grad_hidden=poisoned(hidden), grad_weight=poisoned(weight),
+               loss_rows=poisoned((37,), dtype=torch.float32, device=device))
     loss, gh, gw = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0, z_loss=1e-3,
                                                        workspace=ws, **out)
     assert gh is out["grad_hidden"] and gw is out["grad_weight"]
@@ -228,12 +239,12 @@ def test_workspace_is_reusable(device):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Peak memory on the CPU (process peak RSS, see bench_fused_linear_cross_entropy.peak_memory_bytes)
+# Peak memory on the CPU (process peak RSS, see bench.harness.peak_memory_bytes)
 # ---------------------------------------------------------------------------------------------------
 
 
 def _peaks(N, H, V, chunk_rows, dtype=torch.float32):
-    from bench.kernels.bench_fused_linear_cross_entropy import peak_memory_bytes
+    from bench.harness import peak_memory_bytes
 
     hidden, weight, targets = make_inputs(N, H, V, dtype, "cpu", weight_scale=4.0)
 
@@ -251,7 +262,7 @@ def _peaks(N, H, V, chunk_rows, dtype=torch.float32):
     return step(eager_lce), step(flce.fused_linear_cross_entropy, chunk_rows=chunk_rows, config=config)
 
 
-@pytest.mark.skipif(not flce.is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
+@pytest.mark.skipif(not is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
 def test_peak_memory_is_bounded_by_the_chunk(capsys):
     N, H, V, C = 64, 32, 4096, 16  # 4 chunks; eager holds several (N, V) fp32 tensors at once
     eager_peak, fused_peak = _peaks(N, H, V, C)
@@ -269,7 +280,7 @@ def test_peak_memory_is_bounded_by_the_chunk(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not flce.is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
+@pytest.mark.skipif(not is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
 def test_peak_memory_speedrun_vocab(capsys):
     """The real vocab (50304) and the 124M run's tokens/width ratio (8192/768 ≈ 11; here 1024/64 = 16), bf16,
     4 chunks of 256 rows (a few minutes under the interpreter). The ratio matters: the fused path holds
@@ -299,7 +310,7 @@ def test_pick_config_and_chunk_rows():
     assert flce.pick_config(8192, 50304, torch.float32) == "f64"
     for N in (1, 37, 8192, 65536):
         for dtype in flce.SUPPORTED_DTYPES:
-            assert dtype in flce.CONFIG_DTYPES[flce.pick_config(N, 50304, dtype)]
+            assert (flce.pick_config(N, 50304, dtype), dtype) in flce.CONFIGS
     assert flce.pick_chunk_rows(8192, 50304, 128) == 4096  # two even chunks within the 1 GiB budget
     assert flce.pick_chunk_rows(100, 50304, 128) == 128
     rows = flce.pick_chunk_rows(65536, 50304, 128)
@@ -307,19 +318,19 @@ def test_pick_config_and_chunk_rows():
 
 
 def test_flop_model():
-    assert flce.flce_flops(8192, 768, 50304) == 6 * 8192 * 768 * 50304
+    assert cases.flce_flops(8192, 768, 50304) == 6 * 8192 * 768 * 50304
 
 
 def test_codegen_cases_cover_every_config():
-    configs = {case.config.split(" ")[0] for case in flce.codegen_cases()}
-    assert configs == set(flce.CONFIGS)
-    kernels = {case.kernel for case in flce.codegen_cases()}
+    configs = {tuple(case.config.split(" ")[:2]) for case in cases.codegen_cases()}
+    assert configs == {(name, TRITON_DTYPE[dtype]) for name, dtype in flce.CONFIGS}
+    kernels = {case.kernel for case in cases.codegen_cases()}
     assert kernels == {"flce_logits", "flce_loss_grad", "flce_grad_hidden", "flce_grad_weight"}
 
 
 def test_sm90_codegen_has_hgmma_and_no_spills(assert_sm90_clean):
     """Every config compiles for sm_90: HGMMA in the three matmul kernels, no spills, smem <= 227 KB."""
-    mine = assert_sm90_clean("flce_", flce.codegen_cases())
+    mine = assert_sm90_clean("flce_", cases.codegen_cases())
     assert all(r["hgmma"] > 0 for r in mine if r["kernel"] != "flce_loss_grad")
 
 
@@ -364,7 +375,7 @@ def test_rejects_bad_arguments():
         flce.fused_linear_cross_entropy(h, w, t, z_loss=float("nan"))
     with pytest.raises(ValueError, match="no fused-linear-cross-entropy config 'b128' for torch.float32"):
         flce.fused_linear_cross_entropy_fwd(h, w, t, config="b128")
-    with pytest.raises(ValueError, match="grad_hidden must be a contiguous"):
+    with pytest.raises(ValueError, match=r"grad_hidden must have shape \(4, 8\)"):
         flce.fused_linear_cross_entropy_fwd(h, w, t, grad_hidden=torch.empty(4, 9))
     with pytest.raises(ValueError, match="workspace.logits must be"):
         ws = flce.flce_workspace(4, 32, 8, torch.float32, "cpu")
@@ -399,12 +410,12 @@ def test_cpu_tensor_without_interpreter_is_refused(monkeypatch):
 def test_speedrun_shape_bf16(softcap):
     """8192 tokens × 768 → 50304 (two 4096-row chunks), vs eager in bf16 and the float64 oracle (~13 GB)."""
     hidden, weight, targets = make_inputs(8192, 768, 50304, torch.bfloat16, "cuda", ignore_rows=range(0, 8192, 97))
-    check_parity(hidden, weight, targets, softcap=softcap, z_loss=1e-4)
+    parity(hidden, weight, targets, softcap=softcap, z_loss=1e-4)
 
 
 @pytest.mark.gpu
 def test_speedrun_shape_peak_memory():
-    from bench.kernels.bench_fused_linear_cross_entropy import peak_memory_bytes
+    from bench.harness import peak_memory_bytes
 
     hidden, weight, targets = make_inputs(8192, 768, 50304, torch.bfloat16, "cuda")
     peaks = {}

@@ -1,17 +1,19 @@
 """kernels.newton_schulz: parity with the eager reference, full writes of both triangles, codegen, input checks.
 
 On the CPU the kernels run under the Triton interpreter (tests/conftest.py), so shapes stay small; the 124M
-shapes are `gpu`-marked. Oracle: kernels.reference.newton_schulz(upcast=True) in float64; peer: the same
-eager code in the input dtype (shared/STYLE.md §3).
+shapes are `gpu`-marked. Parity through tests.parity.check_parity (forward only: the op has no autograd):
+oracle kernels.reference.newton_schulz(upcast=True) in float64, peer the same eager code in the input dtype.
 """
 
 import pytest
 import torch
 
+from bench.cases import newton_schulz as cases
 from kernels import newton_schulz as ns
 from kernels import registry
+from kernels._common import TRITON_DTYPE
 from kernels.reference import newton_schulz as eager_newton_schulz
-from tests.parity import assert_close, assert_parity
+from tests.parity import NAN_WARNINGS, assert_close, check_nonfinite, check_parity, poisoned
 
 # Relative Frobenius error to the float64 oracle allowed after 5 steps ("the band" of a dtype). The bf16
 # peer itself lands at 1.5-5 % on the interpreter shapes (measured over 12 seeds); the kernel, which rounds
@@ -33,18 +35,18 @@ def _rel(x, ref):
     return ((x.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def check_against_eager(y, G, *, steps=5, coefficients="quintic", k=2.0):
-    """assert_parity vs the float64 oracle (peer = eager in G's dtype) and the relative-error band."""
-    oracle = eager_newton_schulz(G, steps=steps, coefficients=coefficients, upcast=True)
-    peer = eager_newton_schulz(G, steps=steps, coefficients=coefficients)
-    assert y.shape == G.shape and y.dtype == G.dtype
+def parity(G, *, steps=5, coefficients="quintic", k=2.0, **kernel_kw):
+    """check_parity vs the float64 oracle (peer = eager in G's dtype), then the relative-error band."""
+    def kernel(G, **kw):
+        return ns.newton_schulz(G, **kw, **kernel_kw)
+
+    (y,), (peer,), (oracle,) = check_parity(kernel, eager_newton_schulz, [G], names=("newton_schulz",), k=k,
+                                            kwargs=dict(steps=steps, coefficients=coefficients),
+                                            where=f"{tuple(G.shape)} {G.dtype} {coefficients}")
+    assert y.shape == G.shape
     rel, peer_rel = _rel(y, oracle), _rel(peer, oracle)
-    where = f"{tuple(G.shape)} {G.dtype} {coefficients}: rel frob err kernel {rel:.3g}, peer {peer_rel:.3g}"
-    try:
-        assert_parity(y, peer, oracle, name="newton_schulz", k=k)
-    except AssertionError as e:
-        raise AssertionError(f"{e}; {where}") from None
-    assert rel <= BAND[G.dtype], f"outside the {G.dtype} band {BAND[G.dtype]}: {where}"
+    assert rel <= BAND[G.dtype], (f"outside the {G.dtype} band {BAND[G.dtype]}: {tuple(G.shape)} {G.dtype} "
+                                  f"{coefficients}: rel frob err kernel {rel:.3g}, peer {peer_rel:.3g}")
     return rel, peer_rel
 
 
@@ -58,27 +60,24 @@ def check_against_eager(y, G, *, steps=5, coefficients="quintic", k=2.0):
 @pytest.mark.parametrize("shape", INTERPRETER_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_parity_with_eager(shape, dtype, coefficients, device):
     G = torch.randn(shape, device=device).to(dtype)
-    y = ns.newton_schulz(G, coefficients=coefficients)
     # One row has one singular value: the error is a single rounding path amplified by the composed
     # polynomial's slope, not an average, and the peer's error is as much luck as the kernel's (worst
     # kernel/peer ratio over 12 seeds: 2.3 in bf16, 8.0 in fp32). The band check still applies in full.
-    k = 10.0 if shape[-2] == 1 else 2.0
-    check_against_eager(y, G, coefficients=coefficients, k=k)
+    parity(G, coefficients=coefficients, k=10.0 if shape[-2] == 1 else 2.0)
 
 
 @pytest.mark.parametrize("steps", [1, 7])
 def test_step_counts(steps, device):
     # steps=1 leaves the first step's output in place (no ping-pong); 7 repeats the last Polar Express row.
     G = torch.randn(24, 40, device=device).to(torch.bfloat16)
-    check_against_eager(ns.newton_schulz(G, steps=steps, coefficients="polar_express"), G, steps=steps,
-                        coefficients="polar_express")
+    parity(G, steps=steps, coefficients="polar_express")
 
 
 @pytest.mark.parametrize("config", ["b128", "b64"])
 def test_every_bf16_tile_family(config, device):
     # The launcher picks b128 only for large batches; force each family on a 2-tile (b128) / 3-tile (b64) grid.
     G = torch.randn(2, 130, 150, device=device).to(torch.bfloat16)
-    check_against_eager(ns.newton_schulz(G, config=config), G)
+    parity(G, config=config)
 
 
 def test_bf16_and_fp32_paths_agree(device):
@@ -106,6 +105,17 @@ def test_zero_matrix_gives_zero(device):
     assert torch.equal(ns.newton_schulz(G), G)
 
 
+@NAN_WARNINGS
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_nan_and_inf_propagate_as_in_eager(dtype, device):
+    """A NaN in one matrix of the batch and an inf in another: those matrices come out NaN exactly as eager's do
+    (the norm is NaN / inf), and the finite matrix of the same launch is untouched."""
+    G = torch.randn(3, 20, 36, device=device).to(dtype)
+    G[1, 2, 5], G[2, 0, 0] = float("nan"), float("inf")
+    (y,), _ = check_nonfinite(ns.newton_schulz, eager_newton_schulz, [G], names=("newton_schulz",))
+    assert torch.isfinite(y[0]).all() and torch.equal(y[0], ns.newton_schulz(G[0]))
+
+
 def test_registered_as_triton():
     assert registry.get("newton_schulz", "triton") is ns.newton_schulz
 
@@ -115,13 +125,6 @@ def test_registered_as_triton():
 # ---------------------------------------------------------------------------------------------------
 
 
-def _nan_workspace(shape, dtype, device):
-    ws = ns.ns_workspace(shape, dtype, device)
-    for t in (ws.x0, ws.x1, ws.gram, ws.poly):
-        t.fill_(float("nan"))
-    return ws
-
-
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(130, 150), (2, 150, 130)], ids=["wide", "tall-batched"])
 def test_nan_workspace_and_out_are_fully_overwritten(shape, dtype, device):
@@ -129,8 +132,7 @@ def test_nan_workspace_and_out_are_fully_overwritten(shape, dtype, device):
     # one element the triangle kernels failed to write (or mirror) would carry NaN into the result.
     G = torch.randn(shape, device=device).to(dtype)
     clean = ns.newton_schulz(G)
-    out = torch.full(shape, float("nan"), device=device, dtype=dtype)
-    y = ns.newton_schulz(G, out=out, workspace=_nan_workspace(shape, dtype, device))
+    y = ns.newton_schulz(G, out=poisoned(G), workspace=poisoned(ns.ns_workspace(shape, dtype, device)))
     assert torch.isfinite(y).all()
     assert torch.equal(y, clean)
 
@@ -138,7 +140,7 @@ def test_nan_workspace_and_out_are_fully_overwritten(shape, dtype, device):
 def _nan_padded(t, pad_rows=5, pad_cols=7):
     """t's values inside a NaN-filled larger tensor: a row-major view whose row stride exceeds its width."""
     *lead, r, c = t.shape
-    big = torch.full((*lead, r + pad_rows, c + pad_cols), float("nan"), dtype=t.dtype, device=t.device)
+    big = poisoned((*lead, r + pad_rows, c + pad_cols), dtype=t.dtype, device=t.device)
     big[..., :r, :c] = t
     return big[..., :r, :c]
 
@@ -147,7 +149,7 @@ def _nan_padded(t, pad_rows=5, pad_cols=7):
 def test_syrk_writes_both_triangles_and_reads_no_padding(config, device):
     P = torch.randn(2, 140, 90, device=device).to(torch.bfloat16)  # 3×3 (b64) / 2×2 (b128) tile grid, ragged
     Pf = P.float()
-    gram = torch.full((2, 140, 140), float("nan"), device=device, dtype=torch.bfloat16)
+    gram = poisoned((2, 140, 140), dtype=torch.bfloat16, device=device)
     ns.ns_syrk(_nan_padded(P), out=gram, config=config)
     expected = Pf @ Pf.mT
     assert_close(gram, expected, atol=1e-2, rtol=1e-2, name="P·Pᵀ")  # one bf16 rounding of an exact fp32 sum
@@ -155,7 +157,7 @@ def test_syrk_writes_both_triangles_and_reads_no_padding(config, device):
 
     # The fused epilogue: poly = c·A·A + b·A, A read through a NaN-padded view, output poisoned.
     A = gram
-    poly = torch.full_like(A, float("nan"))
+    poly = poisoned(A)
     ns.ns_syrk(_nan_padded(A), out=poly, alpha=2.0315, beta=-4.775, add=_nan_padded(A), config=config)
     Af = A.float()
     assert_close(poly, 2.0315 * (Af @ Af) - 4.775 * Af, atol=0.5, rtol=1e-2, name="bA + cA·A")
@@ -166,7 +168,7 @@ def test_update_reads_no_padding_and_stores_transposed(device):
     X = torch.randn(2, 70, 150, device=device)
     B = torch.randn(2, 70, 70, device=device)
     expected = 3.4445 * X + B @ X
-    out = torch.full((2, 150, 70), float("nan"), device=device).mT  # the tall-output layout (stride_om = 1)
+    out = poisoned((2, 150, 70), dtype=torch.float32, device=device).mT  # the tall-output layout (stride_om = 1)
     ns.ns_update(_nan_padded(X), _nan_padded(B), alpha=3.4445, out=out, config="b64")
     assert_close(out, expected, atol=1e-4, rtol=1e-5, name="aX + BX")
 
@@ -180,34 +182,34 @@ def test_update_reads_no_padding_and_stores_transposed(device):
 def test_pick_config_only_returns_listed_configs(dtype):
     for batch in (1, 2, 12, 64):
         for M in (1, 17, 768, 1024, 4096):
-            assert (ns.pick_config(batch, M, 3072, dtype), dtype) in ns.CONFIGS
-    assert ns.pick_config(12, 768, 768, torch.bfloat16) == "b128"  # 252 triangle tiles
-    assert ns.pick_config(1, 768, 3072, torch.bfloat16) == "b64"  # 21 128-tiles would leave SMs idle
+            assert (ns.pick_config(batch, M, dtype), dtype) in ns.CONFIGS
+    assert ns.pick_config(12, 768, torch.bfloat16) == "b128"  # 252 triangle tiles
+    assert ns.pick_config(1, 768, torch.bfloat16) == "b64"  # 21 128-tiles would leave SMs idle
 
 
 def test_ns_flops():
-    naive = ns.ns_flops(768, 3072, 5, symmetric=False)
+    naive = cases.ns_flops(768, 3072, 5, symmetric=False)
     assert naive == 5 * (4 * 768**2 * 3072 + 2 * 768**3)
-    ratio = naive / ns.ns_flops(768, 3072, 5, symmetric=True)
+    ratio = naive / cases.ns_flops(768, 3072, 5, symmetric=True)
     assert ratio == pytest.approx(1.3839, abs=1e-4)
-    assert ns.ns_flops(3072, 768, 5, symmetric=True) == ns.ns_flops(768, 3072, 5, symmetric=True)
-    assert ns.ns_flops(768, 768, 1, True, batch=12) == 12 * ns.ns_flops(768, 768, 1, True)
-    square = ns.ns_flops(768, 768, 1, False) / ns.ns_flops(768, 768, 1, True)
+    assert cases.ns_flops(3072, 768, 5, symmetric=True) == cases.ns_flops(768, 3072, 5, symmetric=True)
+    assert cases.ns_flops(768, 768, 1, True, batch=12) == 12 * cases.ns_flops(768, 768, 1, True)
+    square = cases.ns_flops(768, 768, 1, False) / cases.ns_flops(768, 768, 1, True)
     assert 1.49 < square < 1.5
-    assert ns.ns_bytes(3072, 768, 5, 2) == 5 * 2 * (3 * 768 * 3072 + 5 * 768**2)
+    assert cases.ns_bytes(3072, 768, 5, 2) == 5 * 2 * (3 * 768 * 3072 + 5 * 768**2)
 
 
 def test_codegen_cases_cover_every_config():
-    labels = {case.config.split(" ")[0] + " " + case.config.split(" ")[1] for case in ns.codegen_cases()}
+    labels = {case.config.split(" ")[0] + " " + case.config.split(" ")[1] for case in cases.codegen_cases()}
     for name, dtype in ns.CONFIGS:
-        assert f"{name} {ns._TRITON_DTYPE[dtype]}" in labels
-    kernels = [case.kernel for case in ns.codegen_cases()]
+        assert f"{name} {TRITON_DTYPE[dtype]}" in labels
+    kernels = [case.kernel for case in cases.codegen_cases()]
     assert kernels.count("ns_update") == 2 * len(ns.CONFIGS)  # row-major and tall (column-major) output
 
 
 def test_sm90_codegen_has_hgmma_and_no_spills(assert_sm90_clean):
     """Every config the launcher can pick compiles for sm_90 with HGMMA, no spills, smem <= 227 KB."""
-    assert_sm90_clean("ns_", ns.codegen_cases())
+    assert_sm90_clean("ns_", cases.codegen_cases())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ def test_rejects_bad_arguments():
         ns.newton_schulz(G, coefficients="quartic")
     with pytest.raises(ValueError, match="no Newton-Schulz config 'b128' for torch.float32"):
         ns.newton_schulz(G, config="b128")
-    with pytest.raises(ValueError, match="out must have G's shape"):
+    with pytest.raises(ValueError, match=r"out must have shape \(8, 16\)"):
         ns.newton_schulz(G, out=torch.empty(16, 8))
     with pytest.raises(TypeError, match="out has dtype"):
         ns.newton_schulz(G, out=torch.empty(8, 16, dtype=torch.bfloat16))
@@ -262,16 +264,14 @@ SPEEDRUN_SHAPES = [(768, 768), (768, 3072), (3072, 768), (12, 768, 768)]
 @pytest.mark.parametrize("coefficients", ["quintic", "polar_express"])
 @pytest.mark.parametrize("shape", SPEEDRUN_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_speedrun_shapes_bf16(shape, coefficients):
-    G = torch.randn(shape, device="cuda").bfloat16()
-    check_against_eager(ns.newton_schulz(G, coefficients=coefficients), G, coefficients=coefficients)
+    parity(torch.randn(shape, device="cuda").bfloat16(), coefficients=coefficients)
 
 
 @pytest.mark.gpu
 def test_speedrun_shape_fp32():
     # fp32 runs tl.dot(input_precision="tf32x3"): about fp32 accuracy, not bit-for-bit fp32 FMA sums;
-    # k=4 allows for that (unmeasured: no GPU was lent when this was written).
-    G = torch.randn(768, 3072, device="cuda")
-    check_against_eager(ns.newton_schulz(G), G, k=4.0)
+    # k=4 allows for that (not yet measured on a GPU: this test on one measures it).
+    parity(torch.randn(768, 3072, device="cuda"), k=4.0)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,85 @@
+"""Fused linear cross-entropy (kernels/fused_linear_cross_entropy.py): FLOP and byte models, sm_90 codegen cases."""
+
+import torch
+import triton
+
+from bench.cases import jit_case
+from kernels import _flce_kernels as K
+from kernels import fused_linear_cross_entropy as flce
+from kernels._common import TRITON_DTYPE, precision_flags
+
+# The 124M shape the codegen rows are labelled with: 8192 tokens (chunks of 4096 at the default budget),
+# d = 768, GPT-2 vocab padded to 50304.
+SPEEDRUN_N, SPEEDRUN_H, SPEEDRUN_V = 8192, 768, 50304
+
+
+def flce_flops(N: int, H: int, V: int) -> float:
+    """Matmul FLOPs of loss + both gradients: logits, grad_hidden, grad_weight, 2·N·H·V each."""
+    return 6.0 * N * H * V
+
+
+def flce_bytes(N: int, H: int, V: int, itemsize: int, chunk_rows: int) -> float:
+    """Compulsory HBM traffic of one call: hidden and weight read by the two matmuls that use each, the
+    grads written once, the fp32 chunk buffer written (logits), read + written (dz), read twice (the grad
+    matmuls): 20 B per logit; plus the fp32 grad_weight running sum (written, read + written per middle
+    chunk, read by the last)."""
+    chunks = triton.cdiv(N, chunk_rows)
+    io = itemsize * (2 * N * H + 2 * V * H + N * H + V * H)
+    logits = 20.0 * N * V
+    acc = 4.0 * V * H * max(0, 2 * chunks - 2)  # fp32 inputs: the same traffic, in grad_weight itself
+    return float(io + logits + acc)
+
+
+def codegen_cases() -> list:
+    """Every (config, kernel specialisation) the launcher can run on a GPU, at the 124M shape: per config and
+    dtype, logits (with the speedrun's softcap, and without: fp32 runs the softcap form only), loss/grad,
+    grad_hidden, and grad_weight in its three forms (first chunk to the fp32 sum; a middle chunk
+    read-add-write; the last chunk storing the input dtype; fp32 has no last form). FLOPs and bytes are one
+    launch on a 4096-row chunk."""
+    N, H, V = SPEEDRUN_N, SPEEDRUN_H, SPEEDRUN_V
+    cases = []
+    for (name, dtype), cfg in flce.CONFIGS.items():
+        ty, size = TRITON_DTYPE[dtype], dtype.itemsize
+        fp32 = dtype == torch.float32
+        flags = precision_flags(dtype, interpreter=False)
+        label = f"{name} {ty}"
+        M = flce.pick_chunk_rows(N, V, cfg.logits.block_m)
+        lg, T = cfg.logits, triton.cdiv(V, cfg.logits.block_n)
+
+        for softcap in (True,) if fp32 else (True, False):
+            args = dict(h_ptr=dtype, w_ptr=dtype, z_ptr=torch.float32, pmax_ptr=torch.float32,
+                        psum_ptr=torch.float32, M=M, V=V, K=H, stride_hm=H, stride_wv=H, stride_zm=V, stride_pm=T,
+                        softcap=15.0, inv_softcap=1 / 15.0, **lg.meta(), HAS_SOFTCAP=softcap, FAST_TANH=not fp32,
+                        UPCAST=flags["UPCAST"], TF32X3=flags["TF32X3"])
+            cases.append(jit_case(
+                "flce_logits", f"{label} {lg.block_m}x{lg.block_n}x{lg.block_k}" + (" softcap" if softcap else ""),
+                K.flce_logits_kernel, args, num_warps=lg.warps, num_stages=lg.stages, flops=2 * M * V * H,
+                bytes=size * (M * H + V * H) + 4 * M * V))
+
+        args = dict(z_ptr=torch.float32, pmax_ptr=torch.float32, psum_ptr=torch.float32, tgt_ptr=torch.int64,
+                    scale_ptr=torch.float32, loss_ptr=torch.float32, V=V, T=T, stride_zm=V, stride_pm=T,
+                    ignore_index=-100, softcap=15.0, inv_softcap=1 / 15.0, z_loss=0.0, BLOCK_V=cfg.loss.block_v,
+                    BLOCK_T=cfg.loss.block_t, HAS_SOFTCAP=True, COMPUTE_GRAD=True)
+        cases.append(jit_case(
+            "flce_loss_grad", f"{label} {cfg.loss.block_v}/{cfg.loss.block_t} softcap", K.flce_loss_grad_kernel,
+            args, num_warps=cfg.loss.warps, num_stages=1, bytes=8 * M * V, expect_hgmma=False))
+
+        gh = cfg.grad_hidden
+        args = dict(dz_ptr=torch.float32, b_ptr=dtype, acc_ptr=dtype, c_ptr=dtype, M=M, N=H, K=V, stride_zm=V,
+                    stride_bk=H, stride_am=H, stride_cm=H, **gh.meta(), DZ_T=False, ACCUMULATE=False, **flags)
+        cases.append(jit_case(
+            "flce_grad_hidden", f"{label} {gh.block_m}x{gh.block_n}x{gh.block_k}", K.flce_grad_kernel, args,
+            num_warps=gh.warps, num_stages=gh.stages, flops=2 * M * V * H, bytes=4 * M * V + size * (V * H + M * H)))
+
+        gw = cfg.grad_weight
+        forms = [("first", False, torch.float32), ("middle", True, torch.float32)] + ([] if fp32 else
+                                                                                      [("last", True, dtype)])
+        for form, accumulate, out_dtype in forms:
+            args = dict(dz_ptr=torch.float32, b_ptr=dtype, acc_ptr=torch.float32, c_ptr=out_dtype, M=V, N=H, K=M,
+                        stride_zm=V, stride_bk=H, stride_am=H, stride_cm=H, **gw.meta(), DZ_T=True,
+                        ACCUMULATE=accumulate, **flags)
+            cases.append(jit_case(
+                "flce_grad_weight", f"{label} {gw.block_m}x{gw.block_n}x{gw.block_k} {form}", K.flce_grad_kernel,
+                args, num_warps=gw.warps, num_stages=gw.stages, flops=2 * M * V * H,
+                bytes=4 * M * V + size * M * H + (4 * V * H if accumulate else 0) + out_dtype.itemsize * V * H))
+    return cases
