@@ -1,6 +1,7 @@
 """Run configuration: frozen dataclasses, named presets, and `--key=value` overrides checked against them.
 
     cfg = resolve(["--preset=cpu", "--optim.name=muon", "--optim.lr=0.02"])
+    cfg = resolve(["--preset=track3", "--optimizer=track3-normuon"])   # a named recipe (optim/recipes.py)
 
 One config object per run; train.py prints `asdict(cfg)` at start and writes it into the log.
 """
@@ -48,15 +49,23 @@ class OptimConfig:
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.1, "muon": 0.02, "normuon": 0.02}
 
 
+DTYPES = ("auto", "bf16", "fp32")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     preset: str = "cpu"
+    recipe: str = ""  # the optimizer recipe (optim/recipes.py) the run's settings start from; "" = none
     model: GPTConfig = field(default_factory=GPTConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     # data: directories of shards written by `python -m data.prepare`
     data_dir: str = "shards/pydocs"
     train_pattern: str = "*_train_*.bin"
     val_pattern: str = "*_val_*.bin"
+    shuffle_shards: bool = True  # permute the train shards by the seed; False: sorted file order (track 3)
+    # a window is taken from a shard only if at least shard_margin of its tokens remain after it (track 3: 1,
+    # modded-nanogpt's `pos + batch + 1 >= len` switch rule); 0 = whenever the window fits
+    shard_margin: int = 0
     # batch: tokens per step = batch_size * seq_len * grad_accum * reference_world_size, on any world size W:
     # each rank runs reference_world_size * grad_accum / W micro-batches of batch_size rows (an error if W does
     # not divide it), so the 8-GPU global batch runs unchanged on 1, 2 or 4 GPUs. reference_world_size=0: the
@@ -66,18 +75,25 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per rank per step at reference_world_size ranks
     reference_world_size: int = 0  # the world size the global batch is defined for (gpt2-124m: 8); 0 = any
     max_steps: int = 300
+    # lr schedule: linear warm-up over warmup_steps, constant, then linear decay to 0 over the last cooldown_frac
+    # of the horizon schedule_steps (0 = max_steps; a longer horizon ends the run before the decay finishes)
+    schedule_steps: int = 0
     warmup_steps: int = 10
-    cooldown_frac: float = 0.4  # linear decay to 0 over the last fraction of steps (trapezoidal schedule)
+    cooldown_frac: float = 0.4
     grad_clip: float = 1.0  # 0 disables
-    # validation: a fixed held-out token set, every val_every steps and at the end
+    # validation: a fixed held-out token set, every val_every steps, every val_every_late steps once
+    # step/horizon >= val_late_frac (0 = no late cadence), and at the last step
     val_every: int = 25
+    val_every_late: int = 0
+    val_late_frac: float = 0.9
     val_tokens: int = 65536
     target_val_loss: float = 0.0  # 0 = no target; the run reports steps/seconds to reach it
+    target_sigma: float = 0.0  # run-to-run std of the final val loss the target's significance test assumes
     stop_at_target: bool = True
     # system
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda
-    autocast: bool = True  # bf16 autocast for matmuls
+    dtype: str = "auto"  # auto (bf16 where kernels._common.native_bf16(device), else fp32) | bf16 | fp32
     compile: bool = False
     threads: int = 0  # torch.set_num_threads on CPU; 0 leaves torch's default
     # distributed (torchrun): a collective waiting longer than dist_timeout_s for a hung peer fails the run
@@ -89,6 +105,21 @@ class TrainConfig:
     # checkpoints: runs/<name>/checkpoint.pt, written atomically every K steps and at the end (0 = end only)
     checkpoint_every: int = 0
     resume: bool = False  # continue from runs/<name>/checkpoint.pt (same config required)
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if self.schedule_steps and self.schedule_steps < self.max_steps:
+            raise ValueError(f"schedule_steps={self.schedule_steps} < max_steps={self.max_steps}: the lr would reach 0 "
+                             "before the end (schedule_steps=0 uses max_steps)")
+        if self.val_every < 1 or self.val_every_late < 0 or self.shard_margin < 0:
+            raise ValueError(f"val_every={self.val_every} must be >= 1, val_every_late={self.val_every_late} and "
+                             f"shard_margin={self.shard_margin} >= 0")
+
+    @property
+    def horizon(self) -> int:
+        """The step count the lr schedule and the late validation cadence are defined over."""
+        return self.schedule_steps or self.max_steps
 
 
 PRESETS = {
@@ -105,21 +136,50 @@ PRESETS = {
                       train_pattern="fineweb_train_*.bin", val_pattern="fineweb_val_*.bin", batch_size=32,
                       seq_len=2048, reference_world_size=8, max_steps=1750, val_every=125, val_tokens=10485760,
                       target_val_loss=3.28, compile=True, optim=OptimConfig(name="muon", lr=0.05, adam_lr=0.008)),
+    # modded-nanogpt's optimization track (records/track_3_optimization): steps to val loss 3.28 on FineWeb with
+    # the architecture, data order and batch fixed. 8 × 64 × 1024 = 524,288 tokens a step (1, 2 or 4 GPUs
+    # accumulate 8/W micro-batches of 64 rows), shards in file order, 20 × 524,288 val tokens; validation every
+    # 125 steps, every 25 from 90% of the horizon, and at the end; no clipping; no early stop: the run is scored
+    # by its final val loss. σ: the README's run-to-run std for its significance rules. Optimizer: the baseline
+    # recipe (result #36, Muon + AdamW, 3250 steps); --optimizer track3-adam | track3-normuon for the others.
+    "track3": dict(model=model_preset("track3"), recipe="track3-muon", data_dir="shards/fineweb10B",
+                   train_pattern="fineweb_train_*.bin", val_pattern="fineweb_val_*.bin", shuffle_shards=False,
+                   shard_margin=1, batch_size=64, seq_len=1024, reference_world_size=8, max_steps=3250,
+                   warmup_steps=0, cooldown_frac=0.7, grad_clip=0.0, val_every=125, val_every_late=25,
+                   val_late_frac=0.9, val_tokens=20 * 524288, target_val_loss=3.28, target_sigma=0.0013,
+                   stop_at_target=False, compile=True),
+    # Track 3 scaled to one run in under 5 minutes on 2 AVX2 cores: the same model family and code path (4 layers
+    # of one 128-wide head), python-docs data, 4 × 256 tokens a step for 160 steps, the first 8192 val tokens
+    # every 40 steps and every 8 over the last 10%. fp32 is pinned: "auto" would pick bf16 on AVX-512-bf16 CPUs
+    # and fp32 elsewhere, two different trajectories (the recipe's bf16 Newton-Schulz is emulated where bf16 is
+    # slow). Placeholders until measured over >= 8 seeds: target_val_loss is meant to be the baseline recipe's val
+    # loss at ~70% of the budget (here one seed's: 4.719 at step 104, 4.665 at step 120), target_sigma the
+    # run-to-run std of the final val loss (0 = not measured).
+    "track3-cpu": dict(model=model_preset("track3-cpu"), recipe="track3-muon", data_dir="shards/pydocs",
+                       shuffle_shards=False, shard_margin=1, batch_size=4, seq_len=256, reference_world_size=1,
+                       max_steps=160, warmup_steps=0, cooldown_frac=0.7, grad_clip=0.0, val_every=40,
+                       val_every_late=8, val_late_frac=0.9, val_tokens=8192, target_val_loss=4.69, target_sigma=0.0,
+                       stop_at_target=False, dtype="fp32"),
     # Tests: a few seconds on the CPU.
     "tiny": dict(model=model_preset("tiny"), data_dir="shards/pydocs", batch_size=2, seq_len=64, max_steps=3,
                  val_every=2, val_tokens=512, warmup_steps=1),
 }
 
 
-def _parse_value(text: str, current, name: str):
-    if isinstance(current, str):
+def _parse_value(text, current, name: str):
+    """Command-line text (a Python literal, or the text itself for a str field) or a recipe's typed value,
+    checked against the field's current value's type."""
+    if not isinstance(text, str):
+        value = text
+    elif isinstance(current, str):
         return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        if isinstance(current, bool) and text.lower() in ("true", "false"):
-            return text.lower() == "true"
-        raise ValueError(f"--{name}={text}: not a Python literal") from None
+    else:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            if isinstance(current, bool) and text.lower() in ("true", "false"):
+                return text.lower() == "true"
+            raise ValueError(f"--{name}={text}: not a Python literal") from None
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise ValueError(f"--{name}={text}: expected True/False")
@@ -151,13 +211,57 @@ def _apply(obj, overrides: dict, prefix: str = ""):
     return dataclasses.replace(obj, **changes)
 
 
-def resolve(argv: list[str]) -> TrainConfig:
-    """Preset (from --preset=NAME, default cpu) + overrides `--key=value` / `--group.key=value`.
+def recipes() -> dict:
+    """Named optimizer recipes: optim.recipes.RECIPES, name -> function returning dotted TrainConfig overrides."""
+    from optim.recipes import RECIPES  # here: the optim package imports the kernels
 
-    `--key value` is accepted too; `--optimizer NAME` and `--attention NAME` are short for
-    `--optim.name` and `--model.attn_impl`.
+    return RECIPES
+
+
+# Recipes state their step counts (max_steps, schedule_steps, warmup_steps) for track 3's 3250-step baseline;
+# a preset with another budget scales them by its max_steps / 3250 (track3-cpu keeps NorMuon's early end).
+RECIPE_STEP_KEYS = ("max_steps", "schedule_steps", "warmup_steps")
+RECIPE_REFERENCE_STEPS = 3250
+
+
+def recipe_overrides(name: str, preset: str) -> dict:
+    """The recipe's dotted overrides {key: value}, step counts scaled to the preset's budget."""
+    available = recipes()
+    if name not in available:
+        raise ValueError(f"unknown optimizer recipe {name!r}; optim/recipes.py has: {', '.join(sorted(available))}")
+    overrides = dict(available[name]())
+    scale = PRESETS[preset].get("max_steps", TrainConfig.max_steps) / RECIPE_REFERENCE_STEPS
+    for key in RECIPE_STEP_KEYS:
+        if key not in overrides:
+            continue
+        if isinstance(overrides[key], bool) or not isinstance(overrides[key], int):
+            raise ValueError(f"recipe {name!r}: {key} must be an int, got {overrides[key]!r}")
+        overrides[key] = round(overrides[key] * scale)
+    return overrides
+
+
+def _nest(overrides: dict, key: str, value):
+    """Set overrides[a][b][c] = value for key "a.b.c"."""
+    *parents, leaf = key.split(".")
+    node = overrides
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--{key}: {part} is given both a value and sub-options")
+    if isinstance(node.get(leaf), dict):
+        raise ValueError(f"--{key}: {leaf} is given both a value and sub-options")
+    node[leaf] = value
+
+
+def resolve(argv: list[str]) -> TrainConfig:
+    """Preset (from --preset=NAME, default cpu) + optimizer recipe + overrides `--key=value` / `--group.key=value`.
+
+    `--key value` is accepted too; `--attention NAME` is short for `--model.attn_impl`. `--optimizer NAME`
+    selects a recipe when NAME is one (optim/recipes.py: its overrides apply over the preset, and explicit
+    options over both), else it is short for `--optim.name` (starting from that optimizer's DEFAULT_LR unless
+    --optim.lr is given) and replaces the preset's recipe. `--recipe NAME` accepts recipes only.
     """
-    aliases = {"optimizer": "optim.name", "attention": "model.attn_impl"}
+    aliases = {"attention": "model.attn_impl"}
     pairs, i = [], 0
     while i < len(argv):
         arg = argv[i]
@@ -175,18 +279,33 @@ def resolve(argv: list[str]) -> TrainConfig:
     preset = dict(pairs).get("preset", "cpu")
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    overrides = {}
+    recipe, user = PRESETS[preset].get("recipe", ""), {}
     for key, value in pairs:
         if key == "preset":
             continue
-        *parents, leaf = key.split(".")
-        node = overrides
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--{key}: {part} is given both a value and sub-options")
-        node[leaf] = value
-    optim = overrides.get("optim", {})
+        if key in ("optimizer", "recipe"):
+            if key == "recipe" or value in recipes():
+                recipe = value
+                continue
+            recipe, key = "", "optim.name"  # a plain optimizer replaces the preset's recipe
+        _nest(user, key, value)
+    optim = user.get("optim", {})
     if isinstance(optim, dict) and "name" in optim and "lr" not in optim and optim["name"] in DEFAULT_LR:
         optim["lr"] = repr(DEFAULT_LR[optim["name"]])
+    overrides = {"recipe": recipe}
+    if recipe:
+        for key, value in recipe_overrides(recipe, preset).items():
+            _nest(overrides, key, value)
+    _merge(overrides, user)
     return _apply(TrainConfig(preset=preset, **PRESETS[preset]), overrides)
+
+
+def _merge(base: dict, top: dict):
+    """Nested dict update: top's values win; a value against sub-options is an error."""
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        elif key in base and isinstance(value, dict) != isinstance(base[key], dict):
+            raise ValueError(f"--{key} is given both a value and sub-options")
+        else:
+            base[key] = value

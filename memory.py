@@ -124,11 +124,13 @@ def estimate_step_memory(cfg, *, device_type: str | None = None, micro_batches: 
     if micro_batches is None:  # gradients persist across micro-batches, activations do not: two show the peak
         micro_batches = min(2, cfg.grad_accum * max(1, cfg.reference_world_size))
     model_cfg = dataclasses.replace(cfg.model, attn_impl=_traced_attention(cfg.model.attn_impl, device_type))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=_uses_bf16(cfg, device_type))
+    bf16 = _uses_bf16(cfg, device_type)
+    # as train.Trainer: bf16 autocast, or for a bf16_embedding model a bf16 embedding and no autocast
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not cfg.model.bf16_embedding)
 
     live = LiveBytes()
     with FakeTensorMode(), live:
-        model = GPT(model_cfg)
+        model = GPT(model_cfg, dtype=torch.bfloat16 if bf16 else torch.float32)
         optimizer = build_optimizer(cfg.optim, model)
         params = list(model.parameters())
         live.add(*params, *model.buffers())
@@ -151,5 +153,10 @@ def estimate_step_memory(cfg, *, device_type: str | None = None, micro_batches: 
 
 
 def _uses_bf16(cfg, device_type: str) -> bool:
-    """Whether the run computes its matmuls in bf16 (autocast) on a device of this type."""
-    return bool(cfg.autocast)
+    """Whether the run computes in bf16 on a device of this type: cfg.dtype as train.resolve_dtype reads it, a
+    CUDA device taken to multiply bf16 natively."""
+    from kernels._common import native_bf16
+
+    if cfg.dtype == "auto":
+        return device_type == "cuda" or native_bf16(device_type)
+    return cfg.dtype == "bf16"

@@ -2,6 +2,8 @@
 
     python train.py --preset cpu --optimizer muon                       # the CPU track (python docs corpus)
     torchrun --nproc_per_node=8 train.py --preset gpt2-124m              # the H100 speedrun on FineWeb
+    torchrun --nproc_per_node=8 train.py --preset track3                 # modded-nanogpt's optimization track
+    python train.py --preset track3-cpu                                  # the same track, scaled to 2 CPU cores
 
 Options are `--key=value` overrides of configs.TrainConfig (`--optim.lr=0.02`, `--model.n_layer=6`).
 The clock runs only while training: validation pauses it, and the warm-up steps (torch.compile, first-call
@@ -9,6 +11,14 @@ allocation) run before it starts, on a snapshot of the initial state that is res
 time is reported apart as warmup_s. Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and,
 with --checkpoint_every=K, an atomic checkpoint.pt every K steps and at the end; `--resume=True` continues
 it and produces the same trajectory as an uninterrupted run (bitwise on the CPU with a fixed thread count).
+
+Precision (--dtype): auto runs bf16 where kernels._common.native_bf16(device) (CUDA, AVX-512-bf16/AMX CPUs),
+else fp32; bf16 means autocast over fp32 parameters, or, for a bf16_embedding model (track 3), a bf16 token
+embedding whose bf16 activations flow through every layer without autocast. The choice is printed at the start
+and recorded in the summary.
+
+Loss: a model with loss_reduction="sum" (track 3) returns the summed loss of a micro-batch, whose gradients
+add up to the gradient of the step's total summed loss; train and val losses are reported per token.
 
 Data parallel (optim/distributed.py): NCCL on GPUs, gloo on the CPU. The global batch is fixed by the config,
 not by the GPU count: each of W ranks accumulates reference_world_size*grad_accum/W micro-batches (the
@@ -37,6 +47,7 @@ makes the others fail after --dist_timeout_s seconds (default 300) with an error
 """
 
 import copy
+import ctypes
 import dataclasses
 import json
 import math
@@ -51,6 +62,7 @@ import checkpoint
 from configs import TrainConfig, resolve
 from data.loader import TokenLoader, val_batches
 from data.shards import list_shards
+from kernels._common import native_bf16
 from kernels.attention import select_backend
 from model.gpt import GPT
 from optim import build_optimizer
@@ -58,13 +70,56 @@ from optim.distributed import DataParallel, accumulation_steps, all_reduce_mean,
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Trapezoidal schedule: linear warm-up, constant, linear cool-down to 0 over the last cooldown_frac."""
+    """Linear warm-up over warmup_steps, then stable, then linear decay to 0 over the last cooldown_frac of the
+    horizon (schedule_steps, default max_steps), in track 3's arithmetic: progress = step / horizon."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    cooldown_start = cfg.max_steps * (1 - cfg.cooldown_frac)
-    if step < cooldown_start:
+    progress = step / cfg.horizon
+    if progress < 1 - cfg.cooldown_frac:
         return 1.0
-    return max(0.0, (cfg.max_steps - step) / (cfg.max_steps - cooldown_start))
+    return max(0.0, (1 - progress) / cfg.cooldown_frac)
+
+
+def is_val_step(step: int, cfg: TrainConfig) -> bool:
+    """Validate at the last step, and every val_every steps (every val_every_late once step/horizon >=
+    val_late_frac): track 3 checks every 125 steps, then every 25 over the last 10% of the horizon."""
+    late = cfg.val_every_late and step / cfg.horizon >= cfg.val_late_frac
+    return step == cfg.max_steps or step % (cfg.val_every_late if late else cfg.val_every) == 0
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """--dtype auto | bf16 | fp32 -> the compute dtype: auto is bf16 only where bf16 matmuls are native."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+
+
+def keep_freed_memory():
+    """Make glibc's malloc keep freed memory in the process instead of returning it to the OS.
+
+    By default glibc serves every block over 32 MB with a fresh mmap and returns it with munmap when freed, so
+    each step's logits-sized tensors (tokens × 50304 × 4 bytes) are page-faulted and zeroed anew: ~940k page
+    faults a step at the track3-cpu size, 2.2 s a step against 1.2 s with this (1 thread, AVX2 emulation,
+    fwd+bwd+AdamW). Serving every block from the heap (M_MMAP_MAX=0) and never trimming it (M_TRIM_THRESHOLD=-1)
+    keeps those pages mapped. The cost is memory: the heap keeps its peak and fragments (torch's aligned
+    allocations), ~4 GB resident for a track3-cpu run against ~0.7 GB. Nothing changes numerically.
+    A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    mallopt(m_mmap_max, 0)
+    mallopt(m_trim_threshold, -1)
+
+
+def train_loader(cfg: TrainConfig, files, *, rank: int, world_size: int) -> TokenLoader:
+    """One step's rows per rank (accum micro-batches of batch_size rows): every world size reads the same global
+    windows, and rank r's micro-batch m is the (r*accum + m)-th block of batch_size rows of the step's window."""
+    accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, world_size, cfg.batch_size)
+    return TokenLoader(files, batch_size=cfg.batch_size * accum, seq_len=cfg.seq_len, rank=rank,
+                       world_size=world_size, seed=cfg.seed if cfg.shuffle_shards else 0, margin=cfg.shard_margin)
 
 
 def _sync(device):
@@ -91,6 +146,8 @@ class Trainer:
             init_process_group(self.device, cfg.dist_timeout_s)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.master = self.rank == 0
         self.run_dir = os.path.join(cfg.out_dir, cfg.run_name or f"{cfg.preset}-{cfg.optim.name}-s{cfg.seed}")
 
@@ -99,11 +156,12 @@ class Trainer:
         self.val = val_batches(val_files, n_tokens=cfg.val_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                rank=self.rank, world_size=self.world_size)
 
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.autocast = self.dtype == torch.bfloat16 and not cfg.model.bf16_embedding
         # Resolve the attention backend now: an explicit backend that cannot run here fails before training.
-        self.attention = select_backend(cfg.model.attn_impl, self.device,
-                                        torch.bfloat16 if cfg.autocast else torch.float32, cfg.model.head_dim)
+        self.attention = select_backend(cfg.model.attn_impl, self.device, self.dtype, cfg.model.head_dim)
         torch.manual_seed(cfg.seed)
-        self.model = GPT(cfg.model).to(self.device)
+        self.model = GPT(cfg.model, dtype=self.dtype).to(self.device)
         self.step_model = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.parallel = DataParallel(self.model, self.optimizer, world_size=self.world_size, rank=self.rank,
@@ -142,12 +200,17 @@ class Trainer:
         self.step, self.train_time, self.reached = state["step"], state["train_time"], state["reached"]
         self.val_loss, self.log_offset = state["val_loss"], state["log_offset"]
 
+    @property
+    def precision(self) -> str:
+        """What --dtype resolved to, in words."""
+        if self.dtype == torch.float32:
+            return "fp32"
+        if self.autocast:
+            return "bf16 autocast (fp32 parameters)"
+        return "bf16 activations from the bf16 token embedding (no autocast; fp32 parameters elsewhere)"
+
     def _new_loader(self) -> TokenLoader:
-        """One step's rows per rank (accum micro-batches): every world size reads the same global windows, and
-        rank r's micro-batch m is the (r*accum + m)-th block of batch_size rows of the step's window."""
-        cfg = self.cfg
-        return TokenLoader(self.train_files, batch_size=cfg.batch_size * self.accum, seq_len=cfg.seq_len,
-                           rank=self.rank, world_size=self.world_size, seed=cfg.seed)
+        return train_loader(self.cfg, self.train_files, rank=self.rank, world_size=self.world_size)
 
     def micro_batches(self):
         """This rank's micro-batches of the next step: accum pairs (x, y) of shape (batch_size, seq_len)."""
@@ -155,9 +218,14 @@ class Trainer:
         return zip(x.split(self.cfg.batch_size), y.split(self.cfg.batch_size))
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.autocast)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    @property
+    def summed_loss(self) -> bool:
+        return self.cfg.model.loss_reduction == "sum"
 
     def train_step(self, step: int) -> float:
+        """One optimizer step; returns the training loss per token."""
         cfg, model = self.cfg, self.model
         factor = lr_factor(step, cfg)
         for group in self.optimizer.param_groups:
@@ -168,9 +236,17 @@ class Trainer:
             with self._autocast():
                 loss = self.step_model(x, y)
             self.parallel.prepare_backward(last_micro_batch=micro == self.accum - 1)  # then grads go out as ready
-            (loss / self.accum).backward()
-            total += loss.detach() / self.accum
+            if self.summed_loss:
+                # DataParallel averages over the ranks: W × each rank's sum averages to the sum over all ranks
+                # (track 3 all-reduces a SUM); a power-of-two W scales exactly
+                (loss * self.world_size).backward()
+                total += loss.detach()
+            else:
+                (loss / self.accum).backward()
+                total += loss.detach() / self.accum
         loss_value = self.parallel.reduce(total).item()  # waits for every gradient's reduction
+        if self.summed_loss:
+            loss_value /= self.accum * cfg.batch_size * cfg.seq_len  # this rank's tokens a step
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"step {step}: training loss is {loss_value}; {self._first_bad_grad()}")
         norm = self.parallel.grad_norm()
@@ -195,7 +271,7 @@ class Trainer:
         for x, y in self.val:
             with self._autocast():
                 total += self.step_model(x.to(self.device), y.to(self.device)).float()
-        total /= len(self.val)
+        total /= len(self.val) * (self.cfg.batch_size * self.cfg.seq_len if self.summed_loss else 1)  # per token
         all_reduce_mean(total, self.world_size)  # every rank holds the same number of val batches
         self.model.train()
         return total.item()
@@ -258,7 +334,7 @@ class Trainer:
                             dynamic_ncols=True)
         while True:
             last = self.step == cfg.max_steps
-            if last or self.step % cfg.val_every == 0:
+            if is_val_step(self.step, cfg):
                 self.val_loss = self.evaluate()
                 record = {"step": self.step, "val_loss": self.val_loss, "tokens": self.step * tokens_per_step,
                           "train_time_s": self.train_time}
@@ -292,7 +368,8 @@ class Trainer:
         cfg, reached = self.cfg, self.reached
         tokens_per_step = self.loader.tokens_per_step  # all ranks, all micro-batches
         return {
-            "preset": cfg.preset, "optimizer": cfg.optim.name, "seed": cfg.seed, "steps": self.step,
+            "preset": cfg.preset, "optimizer": cfg.optim.name, "recipe": cfg.recipe, "seed": cfg.seed,
+            "steps": self.step,
             "tokens": self.step * tokens_per_step, "final_val_loss": self.val_loss,
             "target_val_loss": cfg.target_val_loss or None, "reached_target": reached is not None,
             "steps_to_target": reached["steps_to_target"] if reached else None,
@@ -301,6 +378,7 @@ class Trainer:
             "warmup_s": warmup_s,
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "world_size": self.world_size, "threads": torch.get_num_threads(),
+            "dtype": "bf16" if self.dtype == torch.bfloat16 else "fp32", "precision": self.precision,
             "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
             "params": self.model.num_params(), "run_dir": self.run_dir,
         }
@@ -324,6 +402,7 @@ def main(argv=None) -> dict:
     trainer = Trainer(cfg)
     if trainer.master:
         print(json.dumps(dataclasses.asdict(cfg)))
+        print(f"precision: dtype={cfg.dtype} -> {trainer.precision}")
         print(f"attention: {cfg.model.attn_impl} -> {trainer.attention}")
     try:
         summary = trainer.run()

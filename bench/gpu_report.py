@@ -1063,7 +1063,7 @@ def _hidden_shapes(model_cfg) -> list[tuple[str, int, int, int]]:
 def benchmark_cases(dry_run: bool) -> list[Case]:
     """The gpt2-124m case and the track-3 case, from configs.PRESETS (track 3 from its definition while the preset
     is absent). A dry run keeps each case's structure and shrinks the dimensions to the tiny model's."""
-    from configs import PRESETS, OptimConfig
+    from configs import PRESETS, resolve
     from model.config import model_preset
 
     cases = []
@@ -1071,7 +1071,8 @@ def benchmark_cases(dry_run: bool) -> list[Case]:
         preset_name = "gpt2-124m" if name == "124m" else TRACK3_PRESET
         preset = PRESETS.get(preset_name)
         if preset is not None:
-            model_cfg, optim = preset["model"], preset.get("optim") or OptimConfig()
+            resolved = resolve([f"--preset={preset_name}"])  # the optimizer settings may come from a recipe
+            model_cfg, optim = resolved.model, resolved.optim
             batch, seq = preset["batch_size"], preset["seq_len"]
             ns_steps, coefficients = optim.ns_steps, optim.ns_coefficients
             source = f"configs.PRESETS[{preset_name!r}]"

@@ -4,9 +4,10 @@ The token stream. Shards are read whole and in order (like modded-nanogpt's load
 contiguous *global window* of world_size*batch_size*seq_len + 1 tokens from the current shard and then
 advances by world_size*batch_size*seq_len, so consecutive windows share one boundary token (the last
 target of one step is the first input of the next) and no token is skipped inside a shard. A window never
-straddles two shards: when fewer than window tokens remain, the rest of that shard is dropped and the
-next shard starts. Rank r uses tokens [r*B*T, (r+1)*B*T + 1) of the window, so ranks never overlap and
-together cover it; every rank reads the same windows, so no communication is needed.
+straddles two shards: when fewer than window + margin tokens remain, the rest of that shard is dropped and
+the next shard starts. margin=0 takes every window that fits; modded-nanogpt's loader switches shards when
+pos + window >= len, which is margin=1. Rank r uses tokens [r*B*T, (r+1)*B*T + 1) of the window, so ranks
+never overlap and together cover it; every rank reads the same windows, so no communication is needed.
 
 Order and seeds. seed=0 keeps the files in the order given (`list_shards` sorts them by name); any other
 seed permutes the shard order with numpy's PCG64. Reading inside a shard is always sequential, so a
@@ -25,7 +26,7 @@ import torch
 
 from data.shards import load_shard, read_header
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the margin
 
 
 class DataExhausted(RuntimeError):
@@ -33,14 +34,17 @@ class DataExhausted(RuntimeError):
 
 
 class TokenLoader:
-    def __init__(self, files, *, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(self, files, *, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, seed: int = 0,
+                 margin: int = 0):
         files = [Path(f) for f in files]
         if not files:
             raise ValueError("TokenLoader needs at least one shard file")
         _check_layout(batch_size, seq_len, rank, world_size)
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0 tokens, got {margin}")
         self.files = files
         self.batch_size, self.seq_len = batch_size, seq_len
-        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.rank, self.world_size, self.seed, self.margin = rank, world_size, seed, margin
         self.num_tokens = [read_header(f).num_tokens for f in files]  # validates every shard up front
         self.order = _shard_order(len(files), seed)
         # position: the next window starts at `offset` in shard order[shard]
@@ -56,14 +60,15 @@ class TokenLoader:
         """This rank's (x, y) for the next step, int64 of shape (batch_size, seq_len), y = x shifted by one."""
         window = self.tokens_per_step + 1
         shard, offset = self.shard, self.offset
-        while shard < len(self.order) and offset + window > self.num_tokens[self.order[shard]]:
-            shard, offset = shard + 1, 0  # the tail of this shard is shorter than a window: next shard
+        while shard < len(self.order) and offset + window + self.margin > self.num_tokens[self.order[shard]]:
+            shard, offset = shard + 1, 0  # the tail of this shard is shorter than a window (+ margin): next shard
         if shard == len(self.order):
             total = sum(self.num_tokens)
             raise DataExhausted(
                 f"train data exhausted after {self.steps} steps: {self.steps * self.tokens_per_step} tokens consumed "
                 f"of {total} available in {len(self.files)} shard(s); each step needs a window of {window} tokens "
-                f"from one shard. Use fewer steps or add shards."
+                f"from one shard{f' with {self.margin} to spare' if self.margin else ''}. Use fewer steps or add "
+                "shards."
             )
         tokens = self._shard_tokens(self.order[shard])
         local = self.batch_size * self.seq_len
@@ -80,6 +85,7 @@ class TokenLoader:
             "files": [f.name for f in self.files],
             "num_tokens": list(self.num_tokens),
             "seed": self.seed,
+            "margin": self.margin,
             "tokens_per_step": self.tokens_per_step,
             "order": list(self.order),
             "shard": self.shard,
@@ -88,9 +94,9 @@ class TokenLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from `state`; raises ValueError if it was saved for other files, seed or tokens per step."""
+        """Continue from `state`; raises ValueError if it was saved for other files, seed, margin or tokens per step."""
         expected = self.state_dict()
-        for key in ("version", "files", "num_tokens", "seed", "tokens_per_step", "order"):
+        for key in ("version", "files", "num_tokens", "seed", "margin", "tokens_per_step", "order"):
             if state.get(key) != expected[key]:
                 raise ValueError(f"loader state does not match this loader: {key} is {state.get(key)!r} in the state, "
                                  f"{expected[key]!r} here")

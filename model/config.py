@@ -7,6 +7,9 @@ the interpreter), so kernels drop in without touching the model.
 
 from dataclasses import dataclass, replace
 
+CHOICES = {"softcap_kind": ("tanh", "algebraic"), "rope": ("standard", "half_truncated"),
+           "init": ("normal", "track3"), "loss_reduction": ("mean", "sum")}
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -23,12 +26,21 @@ class GPTConfig:
     relu2: bool = True  # ReLU² MLP; False = GELU
     tied_head: bool = False  # share the token embedding with the LM head
     zero_init_proj: bool = True  # zero-init attention/MLP output projections (and the head)
-    logit_softcap: float | None = 15.0  # softcap·tanh(logits/softcap); None disables
+    logit_softcap: float | None = 15.0  # bound on the logits (see softcap_kind); None disables
+    softcap_kind: str = "tanh"  # tanh: c·tanh(z/c) | algebraic: c·z/sqrt(z² + c²) (track 3)
     value_embeds: bool = True  # extra token embeddings mixed into V of the first and last layers
     unet_skips: bool = True  # U-net skips: the first half's outputs added into the second half (learned gains)
     window: int | None = None  # sliding-window attention (keys within `window` positions); None = full causal
     doc_masking: bool = False  # no attention across <|endoftext|> document boundaries
     eot_token: int = 50256
+    # modded-nanogpt's optimization track ("track 3", the "track3" preset) differs from the speedrun model in:
+    bias: bool = False  # a bias on every Linear: attention q, k, v, proj, MLP fc, proj and the head
+    norm_gains: bool = False  # RMSNorms with a learned gain vector (each block's two, the input and final norms)
+    rope: str = "standard"  # standard: base 10000 over head_dim/2 frequencies | half_truncated: see model/gpt.py
+    attn_scale: float | None = None  # attention logits scale; None = 1/sqrt(head_dim) (track 3: 0.12)
+    bf16_embedding: bool = False  # in a bf16 run: a bf16 token embedding, bf16 activations, no autocast
+    init: str = "normal"  # normal: N(0, 0.02) matrices (GPT-2) | track3: modded-nanogpt's per-parameter rule
+    loss_reduction: str = "mean"  # mean | sum (over the batch's tokens; track 3 backpropagates the sum)
     # implementation names (kernels.registry)
     attn_impl: str = "eager"  # eager | sdpa | flex | fa2 | fa3 | auto
     mlp_impl: str = "eager"  # eager | triton
@@ -37,13 +49,30 @@ class GPTConfig:
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
-        if self.rotary and (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"rotary embeddings need an even head_dim, got {self.n_embd // self.n_head}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose from {', '.join(allowed)}")
+        if self.rotary and self.head_dim % (4 if self.rope == "half_truncated" else 2):
+            raise ValueError(f"{self.rope} rotary embeddings need a head_dim divisible by "
+                             f"{4 if self.rope == 'half_truncated' else 2}, got {self.head_dim}")
+        # The fused kernels have no biases and only the tanh softcap: such models run those ops in eager PyTorch.
+        if self.bias and self.mlp_impl != "eager":
+            raise ValueError(f"mlp_impl={self.mlp_impl!r} has no biases; bias=True needs mlp_impl='eager'")
+        if (self.bias or self.softcap_kind != "tanh") and self.ce_impl != "eager":
+            raise ValueError(f"ce_impl={self.ce_impl!r} supports neither a head bias nor the {self.softcap_kind} "
+                             "softcap; use ce_impl='eager'")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+
+# modded-nanogpt's optimization track (records/track_3_optimization/train_gpt_simple.py): 12 layers, 768 wide,
+# 6 heads of 128, biases, RMSNorm gains, half-truncated RoPE, attention scale 0.12, algebraic softcap 15, a bf16
+# embedding (bf16 activations, no autocast), its own init, and the summed loss.
+_TRACK3 = GPTConfig(max_seq_len=1024, value_embeds=False, unet_skips=False, bias=True, norm_gains=True,
+                    rope="half_truncated", attn_scale=0.12, softcap_kind="algebraic", bf16_embedding=True,
+                    init="track3", loss_reduction="sum", attn_impl="sdpa")
 
 _PRESETS = {
     # The speedrun model: 12 layers, 768 wide, 6 heads of 128, vocab 50304.
@@ -54,6 +83,11 @@ _PRESETS = {
                               value_embeds=False, unet_skips=False),
     # The CPU track: minutes on 2 cores. The vocab projection dominates the cost at this width.
     "cpu": GPTConfig(n_layer=4, n_head=4, n_embd=128, max_seq_len=256),
+    # modded-nanogpt's optimization track (see _TRACK3).
+    "track3": _TRACK3,
+    # Track 3 scaled to 2 CPU cores: the same family, 4 layers of one 128-wide head (the vocab projection and
+    # the elementwise passes over its logits dominate the cost).
+    "track3-cpu": replace(_TRACK3, n_layer=4, n_head=1, n_embd=128, max_seq_len=256),
     # Unit tests: seconds.
     "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=32, max_seq_len=64),
 }

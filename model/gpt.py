@@ -4,6 +4,12 @@ Speedrun features (after KellerJordan/modded-nanogpt): rotary embeddings, QK-nor
 ReLU² MLP, untied head, zero-initialised output projections, tanh logit softcap, value embeddings mixed
 into V of the first and last layers, and U-net skips from the first half of the blocks into the second.
 
+modded-nanogpt's optimization track (records/track_3_optimization/train_gpt_simple.py, the "track3" preset)
+is the same family with biases on every Linear, RMSNorm gains, half-truncated RoPE, attention scale 0.12, an
+algebraic softcap, its own init (GPT._init_track3) and a summed loss. It keeps the token embedding in bf16
+and runs without autocast: the activations are bf16 from the embedding on, and every Linear and norm casts
+its weight to the activation dtype (`type_as`), which under autocast (fp32 activations) changes nothing.
+
 The three hot ops go through kernels.registry by the names in GPTConfig (attn_impl, mlp_impl, ce_impl),
 so a Triton kernel or FlashAttention replaces the eager version without touching this file.
 Parameter naming is a contract with optim/: every 2-D parameter under `blocks.` is a hidden matrix
@@ -32,24 +38,44 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-class Norm(nn.Module):
-    """Weightless RMSNorm (speedrun) or LayerNorm with weight and bias (GPT-2)."""
+class Linear(nn.Linear):
+    """nn.Linear that casts its weight and bias to the input's dtype: bf16 activations use bf16 weights."""
 
-    def __init__(self, dim: int, rms: bool):
+    def forward(self, x):
+        return F.linear(x, self.weight.type_as(x), None if self.bias is None else self.bias.type_as(x))
+
+
+class Norm(nn.Module):
+    """RMSNorm, weightless (speedrun) or with a learned gain (track 3), or LayerNorm with weight and bias (GPT-2)."""
+
+    def __init__(self, dim: int, rms: bool, gain: bool = False):
         super().__init__()
         self.ln = None if rms else nn.LayerNorm(dim)
+        self.gain = nn.Parameter(torch.ones(dim)) if rms and gain else None
         self.dim = dim
 
     def forward(self, x):
-        if self.ln is None:
-            return F.rms_norm(x, (self.dim,))
-        return self.ln(x)
+        if self.ln is not None:
+            return self.ln(x)
+        return F.rms_norm(x, (self.dim,), weight=None if self.gain is None else self.gain.type_as(x))
+
+
+def rope_frequencies(head_dim: int, kind: str) -> torch.Tensor:
+    """The head_dim/2 angular frequencies of rotary embeddings, fp32.
+
+    standard: base 10000 ** (-2i/head_dim). half_truncated (modded-nanogpt): head_dim/4 frequencies from 1 down
+    to 1/1024, then head_dim/4 zeros, so half of each head's dimensions carry no position.
+    """
+    if kind == "standard":
+        return 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freq = (1 / 1024) ** torch.linspace(0, 1, steps=head_dim // 4, dtype=torch.float32)
+    return torch.cat([freq, freq.new_zeros(head_dim // 4)])
 
 
 class Rotary(nn.Module):
-    def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, max_seq_len: int, kind: str = "standard"):
         super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        inv_freq = rope_frequencies(head_dim, kind)  # (D/2,)
         t = torch.arange(max_seq_len, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)  # (T, D/2)
         self.register_buffer("cos", freqs.cos(), persistent=False)
@@ -68,11 +94,11 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         C = cfg.n_embd
         self.cfg = cfg
-        self.c_q = nn.Linear(C, C, bias=False)
-        self.c_k = nn.Linear(C, C, bias=False)
-        self.c_v = nn.Linear(C, C, bias=False)
-        self.c_proj = nn.Linear(C, C, bias=False)
-        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len) if cfg.rotary else None
+        self.c_q = Linear(C, C, bias=cfg.bias)
+        self.c_k = Linear(C, C, bias=cfg.bias)
+        self.c_v = Linear(C, C, bias=cfg.bias)
+        self.c_proj = Linear(C, C, bias=cfg.bias)
+        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope) if cfg.rotary else None
         # v <- λ0·v + λ1·value_embedding (speedrun); only blocks that receive a value embedding have these.
         self.ve_lambdas = nn.Parameter(torch.tensor([0.5, 0.5])) if has_value_embed else None
         self.attend = registry.get("attention", cfg.attn_impl)
@@ -90,20 +116,23 @@ class CausalSelfAttention(nn.Module):
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         dt = compute_dtype(x)
-        y = self.attend(q.to(dt), k.to(dt), v.to(dt), causal=True, window=self.cfg.window, doc_ids=doc_ids)
+        y = self.attend(q.to(dt), k.to(dt), v.to(dt), causal=True, window=self.cfg.window, doc_ids=doc_ids,
+                        scale=self.cfg.attn_scale)  # (B, T, H, D)
         return self.c_proj(y.reshape(B, T, C))  # (B, T, C)
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=False)
-        self.c_proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=False)
+        self.c_fc = Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.relu2 = registry.get("relu2_mlp", cfg.mlp_impl) if cfg.relu2 else None
 
     def forward(self, x):
         if self.relu2 is None:
             return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        if self.c_fc.bias is not None:  # the registered ReLU² ops take no biases
+            return self.c_proj(F.relu(self.c_fc(x)).square())
         dt = compute_dtype(x)
         x2d = x.reshape(-1, x.size(-1)).to(dt)  # (B*T, C)
         y = self.relu2(x2d, self.c_fc.weight.to(dt), self.c_proj.weight.to(dt))  # (B*T, C)
@@ -113,9 +142,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, has_value_embed: bool):
         super().__init__()
-        self.norm1 = Norm(cfg.n_embd, cfg.rmsnorm)
+        self.norm1 = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains)
         self.attn = CausalSelfAttention(cfg, has_value_embed)
-        self.norm2 = Norm(cfg.n_embd, cfg.rmsnorm)
+        self.norm2 = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains)
         self.mlp = MLP(cfg)
 
     def forward(self, x, ve=None, doc_ids=None):
@@ -123,21 +152,33 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def softcap(logits: torch.Tensor, cap: float | None, kind: str) -> torch.Tensor:
+    """Bound logits to (-cap, cap) smoothly: cap·tanh(z/cap), or the algebraic cap·z/sqrt(z² + cap²)."""
+    if cap is None:
+        return logits
+    if kind == "tanh":
+        return cap * torch.tanh(logits / cap)
+    return cap * logits * (logits.square() + cap**2).rsqrt()
+
+
 class GPT(nn.Module):
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig, dtype: torch.dtype = torch.float32):
+        """`dtype` is the run's compute dtype: in a bf16 run a bf16_embedding model stores its token embedding
+        in bf16 (so that the init draws bf16 numbers, as track 3 does); every other parameter is fp32."""
         super().__init__()
         self.cfg = cfg
         L = cfg.n_layer
         # Value embeddings feed the first n_ve and the last n_ve blocks (the speedrun uses 3 of them).
         self.n_ve = min(3, L // 2) if cfg.value_embeds else 0
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd, dtype=dtype if cfg.bf16_embedding else None)
         self.wpe = None if cfg.rotary else nn.Embedding(cfg.max_seq_len, cfg.n_embd)
+        self.norm_in = Norm(cfg.n_embd, rms=True, gain=cfg.norm_gains) if cfg.rmsnorm else None
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_embd) for _ in range(self.n_ve))
         self.blocks = nn.ModuleList(Block(cfg, self._value_embed_index(i) is not None) for i in range(L))
         # U-net: block i < L/2 feeds block L-1-i, weighted by a learned gain.
         self.skip_weights = nn.Parameter(torch.ones(L // 2)) if cfg.unet_skips else None
-        self.norm_f = Norm(cfg.n_embd, cfg.rmsnorm)
-        self.lm_head = None if cfg.tied_head else nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.norm_f = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains)
+        self.lm_head = None if cfg.tied_head else Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.bias)
         self.cross_entropy = registry.get("linear_cross_entropy", cfg.ce_impl)
         self.reset_parameters()
 
@@ -150,10 +191,15 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
+        """Initialise every parameter by cfg.init (seed the generator first for a reproducible init)."""
+        if self.cfg.init == "track3":
+            return self._init_track3()
         cfg = self.cfg
         for name, p in self.named_parameters():
             if p.ndim < 2:
-                continue  # LayerNorm weights/biases and gains keep their constructor values
+                if name.endswith("bias") and not name.endswith("ln.bias"):
+                    p.zero_()  # Linear biases start at 0 (GPT-2); LayerNorm and gains keep their constructor values
+                continue
             std = 0.02
             if name.endswith("c_proj.weight") and not cfg.zero_init_proj:
                 std = 0.02 / math.sqrt(2 * cfg.n_layer)  # GPT-2's scaled init of residual projections
@@ -162,6 +208,39 @@ class GPT(nn.Module):
                 p.zero_()
         if self.lm_head is not None and cfg.zero_init_proj:
             self.lm_head.weight.zero_()
+
+    def _track3_order(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) in the order of track 3's GPT.named_parameters(): the embedding; per block the
+        attention q, k, v, proj and the MLP fc, proj (weight, then bias), then the block's two norm gains; the
+        head; the input norm's and the final norm's gains. Raises if a parameter has no place in that order."""
+        named = dict(self.named_parameters())
+        names = ["wte.weight"]
+        for i in range(self.cfg.n_layer):
+            for layer in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+                names += [f"blocks.{i}.{layer}.weight", f"blocks.{i}.{layer}.bias"]
+            names += [f"blocks.{i}.norm1.gain", f"blocks.{i}.norm2.gain"]
+        names += ["lm_head.weight", "lm_head.bias", "norm_in.gain", "norm_f.gain"]
+        extra = sorted(set(named) - set(names))
+        if extra:
+            raise ValueError(f"init='track3' has no rule for {', '.join(extra)}: it initialises the track-3 model "
+                             "family (no value embeddings, U-net skips, learned positions, LayerNorms or tied head)")
+        return [(name, named[name]) for name in names if name in named]
+
+    def _init_track3(self):
+        """Track 3's rule, in its parameter order (so a seeded init draws exactly its numbers): the embedding
+        N(0, 1) in its own dtype; output projections and the head zero; other weights N(0, 0.33 / fan_in);
+        biases zero; gains one."""
+        for name, p in self._track3_order():
+            if name == "wte.weight":
+                p.normal_()
+            elif name.endswith("c_proj.weight") or name == "lm_head.weight":
+                p.zero_()
+            elif name.endswith("weight"):
+                p.normal_(std=0.33**0.5 / p.size(-1) ** 0.5)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:  # a gain: N(1, 0) is exactly 1, and draws from the generator as the reference's init does
+                p.normal_(mean=1.0, std=0.0)
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -172,13 +251,13 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {T} exceeds max_seq_len={self.cfg.max_seq_len}")
-        x = self.wte(idx)  # (B, T, C)
+        x = self.wte(idx)  # (B, T, C), bf16 from a bf16 embedding
         if self.wpe is not None:
             x = x + self.wpe(torch.arange(T, device=idx.device))
         doc_ids = torch.cumsum(idx == self.cfg.eot_token, dim=1) if self.cfg.doc_masking else None  # (B, T)
         ves = [ve(idx) for ve in self.value_embeds]
-        if self.cfg.rmsnorm:
-            x = F.rms_norm(x, (x.size(-1),))
+        if self.norm_in is not None:
+            x = self.norm_in(x)
         L, skips = self.cfg.n_layer, []
         for i, block in enumerate(self.blocks):
             if self.skip_weights is not None and i >= L - L // 2:
@@ -189,20 +268,28 @@ class GPT(nn.Module):
                 skips.append(x)
         return self.norm_f(x)
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Softcapped logits (B, T, V) in fp32 from final hidden states x (B, T, C)."""
+        z = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.wte.weight.type_as(x))
+        return softcap(z.float(), self.cfg.logit_softcap, self.cfg.softcap_kind)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """With targets (B, T): the mean cross-entropy loss. Without: logits (B, T, V) in fp32."""
+        """With targets (B, T): the cross-entropy loss, mean or sum over the tokens (cfg.loss_reduction).
+        Without: logits (B, T, V) in fp32."""
         x = self.hidden_states(idx)
-        dt = compute_dtype(x)
         if targets is None:
-            logits = F.linear(x.to(dt), self.head_weight.to(dt)).float()
-            if self.cfg.logit_softcap is not None:
-                logits = self.cfg.logit_softcap * torch.tanh(logits / self.cfg.logit_softcap)
-            return logits
+            return self.logits(x)
         if targets.shape != idx.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} != idx shape {tuple(idx.shape)}")
+        if self.cfg.bias or self.cfg.softcap_kind != "tanh":
+            # the registered linear-cross-entropy ops have no head bias and only the tanh softcap
+            logits = self.logits(x)
+            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
+                                   reduction=self.cfg.loss_reduction)
+        dt = compute_dtype(x)
         C = x.size(-1)
         return self.cross_entropy(x.reshape(-1, C).to(dt), self.head_weight.to(dt), targets.reshape(-1),
-                                  softcap=self.cfg.logit_softcap)
+                                  softcap=self.cfg.logit_softcap, reduction=self.cfg.loss_reduction)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -115,3 +115,32 @@ def test_nan_loss_stops_with_the_step(text_shards, tmp_path):
     trainer.model.blocks[0].register_forward_hook(poison)
     with pytest.raises(FloatingPointError, match="step 2: training loss is nan; first parameter .*: "):
         trainer.run()
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_track3_run_stopped_and_resumed_matches_uninterrupted_run(text_shards, tmp_path):
+    """The track3 preset (summed loss, sorted shards with the loader's margin, its recipe's Muon) at a tiny size:
+    a run stopped after its step-4 checkpoint and resumed reproduces the uninterrupted run's log bit for bit."""
+    common = ["--preset=track3", f"--data_dir={text_shards}", "--train_pattern=*_train_*.bin",
+              "--val_pattern=*_val_*.bin", "--model.n_layer=1", "--model.n_embd=128", "--model.n_head=1",
+              "--batch_size=1", "--seq_len=32", "--reference_world_size=2", "--max_steps=8", "--val_tokens=256",
+              "--val_every=3", "--checkpoint_every=2", "--compile=False", "--dtype=fp32", "--threads=1",
+              "--run_name=r"]
+    reference = train.main([*common, f"--out_dir={tmp_path / 'ref'}"])
+    args = [*common, f"--out_dir={tmp_path / 'stopped'}"]
+    trainer = train.Trainer(resolve(args))
+
+    def stop(module, inputs, output):
+        if module.training and trainer.step == 5:
+            raise _Stop
+
+    trainer.model.register_forward_hook(stop)
+    with pytest.raises(_Stop):
+        trainer.run()
+    assert checkpoint.load(trainer.checkpoint_path)["step"] == 4
+    resumed = train.main([*args, "--resume=True"])
+    assert resumed["final_val_loss"] == reference["final_val_loss"] and resumed["steps"] == 8
+    assert _log_without_timings(tmp_path / "stopped" / "r") == _log_without_timings(tmp_path / "ref" / "r")

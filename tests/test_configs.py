@@ -1,8 +1,11 @@
 """configs.resolve: presets, --key=value and dotted overrides, type checks and clear errors."""
 
+import dataclasses
+
 import pytest
 
 from configs import PRESETS, resolve
+from tests.recipes import register_recipe
 
 
 def test_presets_resolve():
@@ -32,6 +35,10 @@ def test_overrides_of_every_form():
     (["--max_steps"], "needs a value"),
     (["max_steps=3"], "unexpected argument"),
     (["--seed.x=1"], "has no sub-options"),
+    (["--dtype=fp16"], "dtype='fp16'; choose from auto, bf16, fp32"),
+    (["--max_steps=100", "--schedule_steps=50"], "schedule_steps=50 < max_steps=100"),
+    (["--val_every=0"], "val_every=0 must be >= 1"),
+    (["--recipe=nope"], "unknown optimizer recipe 'nope'"),
 ])
 def test_bad_overrides_raise(argv, message):
     with pytest.raises(ValueError, match=message):
@@ -47,3 +54,68 @@ def test_each_optimizer_starts_from_its_own_lr():
     assert resolve(["--optimizer=muon"]).optim.lr == 0.02
     assert resolve(["--optimizer=muon", "--optim.lr=0.05"]).optim.lr == 0.05
     assert resolve([]).optim.lr == 3e-3
+
+
+def test_track3_preset_is_the_reference_setup():
+    cfg = resolve(["--preset=track3"])
+    assert cfg.recipe == "track3-muon" and cfg.optim.name == "muon"
+    assert cfg.batch_size * cfg.seq_len * cfg.reference_world_size == 8 * 64 * 1024 and cfg.grad_accum == 1
+    assert cfg.val_tokens == 20 * 524288 and cfg.max_steps == cfg.horizon == 3250
+    assert (cfg.warmup_steps, cfg.cooldown_frac, cfg.grad_clip) == (0, 0.7, 0.0)
+    assert (cfg.val_every, cfg.val_every_late, cfg.val_late_frac) == (125, 25, 0.9)
+    assert not cfg.shuffle_shards and cfg.shard_margin == 1 and not cfg.stop_at_target
+    assert (cfg.target_val_loss, cfg.target_sigma) == (3.28, 0.0013)
+    m = cfg.model
+    assert (m.n_layer, m.n_embd, m.head_dim, m.vocab_size) == (12, 768, 128, 50304)
+    assert m.bias and m.norm_gains and m.rope == "half_truncated" and m.attn_scale == 0.12
+    assert (m.softcap_kind, m.logit_softcap, m.loss_reduction, m.init) == ("algebraic", 15.0, "sum", "track3")
+    assert m.bf16_embedding and not m.value_embeds and not m.unet_skips
+
+
+def test_a_recipe_applies_over_the_preset_and_explicit_options_win(monkeypatch):
+    register_recipe(monkeypatch, "test-recipe", lambda: {
+        "optim.name": "normuon", "optim.lr": 0.035, "optim.betas": (0.8, 0.95), "max_steps": 3250,
+        "schedule_steps": 3300, "warmup_steps": 0, "grad_clip": 0})
+    cfg = resolve(["--preset=track3", "--optimizer=test-recipe"])
+    assert cfg.recipe == "test-recipe" and cfg.optim.name == "normuon" and cfg.optim.lr == 0.035
+    assert cfg.optim.betas == (0.8, 0.95) and (cfg.max_steps, cfg.schedule_steps) == (3250, 3300)
+    assert cfg.grad_clip == 0.0 and isinstance(cfg.grad_clip, float)
+    mine = resolve(["--preset=track3", "--optim.lr=0.01", "--optimizer", "test-recipe", "--schedule_steps=4000"])
+    assert mine.optim.lr == 0.01 and mine.schedule_steps == 4000 and mine.optim.name == "normuon"
+    assert resolve(["--preset=tiny", "--recipe=test-recipe", "--max_steps=3"]).optim.name == "normuon"
+
+
+def test_a_recipes_step_counts_scale_to_the_preset_budget(monkeypatch):
+    register_recipe(monkeypatch, "test-recipe", lambda: {"max_steps": 3250, "schedule_steps": 3300,
+                                                         "warmup_steps": 250, "val_every": 125})
+    cfg = resolve(["--preset=cpu", "--optimizer=test-recipe"])  # the cpu preset's budget: 100 steps
+    assert (cfg.max_steps, cfg.schedule_steps, cfg.warmup_steps) == (100, round(3300 / 32.5), round(250 / 32.5))
+    assert cfg.val_every == 125  # not a step budget: as written
+
+
+def test_a_recipe_with_a_wrong_field_or_type_is_refused(monkeypatch):
+    register_recipe(monkeypatch, "typo", lambda: {"optim.lrr": 0.1})
+    register_recipe(monkeypatch, "badtype", lambda: {"max_steps": "many"})
+    with pytest.raises(ValueError, match="unknown option --optim.lrr"):
+        resolve(["--optimizer=typo"])
+    with pytest.raises(ValueError, match="max_steps"):
+        resolve(["--optimizer=badtype"])
+
+
+def test_a_plain_optimizer_keeps_its_meaning_and_replaces_the_presets_recipe():
+    cfg = resolve(["--preset=track3", "--optimizer=adamw"])
+    assert cfg.recipe == "" and cfg.optim.name == "adamw" and cfg.optim.lr == 3e-3
+    assert resolve(["--optimizer=muon"]).recipe == ""
+
+
+def test_track3_cpu_is_track3_scaled_down():
+    cpu, gpu = resolve(["--preset=track3-cpu"]), resolve(["--preset=track3"])
+    sizes = ("n_layer", "n_head", "n_embd", "max_seq_len")
+    assert dataclasses.replace(cpu.model, **{k: getattr(gpu.model, k) for k in sizes}) == gpu.model
+    assert cpu.model.head_dim == 128 and cpu.dtype == "fp32" and cpu.recipe == "track3-muon"
+    assert cpu.optim == gpu.optim  # the baseline recipe, as is
+    assert (cpu.max_steps, cpu.horizon, cpu.warmup_steps) == (160, 160, 0)
+    normuon = resolve(["--preset=track3-cpu", "--optimizer=track3-normuon"])
+    assert (normuon.max_steps, normuon.horizon) == (160, round(3300 * 160 / 3250))  # still ends early
+    adam = resolve(["--preset=track3-cpu", "--optimizer=track3-adam"])
+    assert (adam.max_steps, adam.warmup_steps) == (round(5625 * 160 / 3250), round(250 * 160 / 3250))

@@ -1,6 +1,6 @@
 """Data parallelism on the CPU (gloo, 2 processes): same trajectory as one process, sharded Muon, resume, failures.
 
-The parity runs use the tiny preset with --autocast=False (fp32) and --reference_world_size=2, so one
+The parity runs use the tiny preset with --dtype=fp32 and --reference_world_size=2, so one
 process accumulates 2 micro-batches a step and two processes run 1 each, over the same token windows.
 What to expect: each rank's micro-batch has the same shape and rows as the one-process micro-batch it
 replaces, so the forward/backward are the same computation; scaling a loss by 1/2 is exact, so one process's
@@ -38,7 +38,7 @@ TIMING_KEYS = ("train_time_s", "step_avg_ms", "seconds_to_target")
 
 
 def _args(optimizer, data_dir, out_dir, *extra):
-    return ["--preset=tiny", f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--threads=1", "--autocast=False",
+    return ["--preset=tiny", f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--threads=1", "--dtype=fp32",
             "--reference_world_size=2", f"--max_steps={MAX_STEPS}", "--val_every=2", f"--optimizer={optimizer}",
             f"--run_name={optimizer}", *extra]
 

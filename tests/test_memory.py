@@ -57,7 +57,7 @@ PROBE = textwrap.dedent("""
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_estimate_matches_a_real_cpu_step_within_ten_percent(optimizer):
     # fp32, eager ops, a vocab-sized head: ~1.6 GB of activations, so the process's own ~0.7 GB is not what moves.
-    args = ["--preset=cpu", "--autocast=False", f"--optimizer={optimizer}", "--model.n_layer=2", "--batch_size=8",
+    args = ["--preset=cpu", "--dtype=fp32", f"--optimizer={optimizer}", "--model.n_layer=2", "--batch_size=8",
             "--seq_len=256", "--model.attn_impl=sdpa", "--grad_accum=2"]
     est = estimate_step_memory(resolve(args), device_type="cpu")
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=REPO, capture_output=True, text=True,
@@ -87,7 +87,7 @@ def test_estimate_parts_of_a_known_model():
     preset are exact byte counts."""
     from model.gpt import GPT
 
-    cfg = resolve(["--preset=cpu", "--autocast=False", "--optimizer=adamw"])
+    cfg = resolve(["--preset=cpu", "--dtype=fp32", "--optimizer=adamw"])
     est = estimate_step_memory(cfg, device_type="cpu")
     params = list(GPT(cfg.model).parameters())
     n = sum(p.numel() for p in params)

@@ -24,12 +24,13 @@ def shard_files(tmp_path):
     return files
 
 
-def _stream(order):
-    """The expected global windows, shard by shard, for a shard order."""
+def _stream(order, margin=0):
+    """The expected global windows, shard by shard, for a shard order: window k of a shard is taken while
+    k*N + N + 1 + margin tokens fit in it."""
     windows = []
     for i in order:
         tokens = i * 10000 + np.arange(SIZES[i])
-        windows += [tokens[k * N : k * N + N + 1] for k in range((SIZES[i] - 1) // N)]
+        windows += [tokens[k * N : k * N + N + 1] for k in range((SIZES[i] - 1 - margin) // N)]
     return windows
 
 
@@ -70,6 +71,21 @@ def test_whole_stream_then_exhausted(shard_files):
     assert loader.state_dict() == state and issubclass(DataExhausted, RuntimeError)
 
 
+@pytest.mark.parametrize("margin", [0, 1])
+def test_margin_drops_a_window_that_would_end_a_shard(shard_files, margin):
+    """161 = 5*32 + 1 tokens: margin 0 takes 5 windows, margin 1 (modded-nanogpt's `pos + window >= len` rule)
+    switches after 4, as a window must leave a token to spare; the other shards are unaffected."""
+    loader = TokenLoader(shard_files, batch_size=B, seq_len=T, world_size=WORLD, margin=margin)
+    expected = _stream(range(len(SIZES)), margin)
+    assert len(expected) == len(_stream(range(len(SIZES)))) - margin
+    got = [torch.cat([x.flatten(), y.flatten()[-1:]]).tolist() for x, y in _take(loader, len(expected))]
+    assert got == [w[: B * T + 1].tolist() for w in expected]
+    with pytest.raises(DataExhausted, match=f"with {margin} to spare" if margin else "from one shard. Use"):
+        loader.next_batch()
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        TokenLoader(shard_files, batch_size=B, seq_len=T, margin=-1)
+
+
 def test_same_seed_same_batches_other_seed_other_order(shard_files):
     def first(seed, n=25):
         return [x.tolist() for x, _ in _take(TokenLoader(shard_files, batch_size=B, seq_len=T, seed=seed), n)]
@@ -82,9 +98,10 @@ def test_same_seed_same_batches_other_seed_other_order(shard_files):
     assert TokenLoader(shard_files, batch_size=B, seq_len=T, seed=0).order == list(range(len(SIZES)))
 
 
+@pytest.mark.parametrize("margin", [0, 1])
 @pytest.mark.parametrize("k", [0, 3, 15, 16, 35])  # 15 windows fit in shard 0: 15/16 resume across the boundary
-def test_resume_gives_identical_batches(shard_files, k):
-    kwargs = dict(batch_size=B, seq_len=T, world_size=WORLD, seed=3)
+def test_resume_gives_identical_batches(shard_files, k, margin):
+    kwargs = dict(batch_size=B, seq_len=T, world_size=WORLD, seed=3, margin=margin)
     original = TokenLoader(shard_files, rank=1, **kwargs)
     _take(original, k)
     state = json.loads(json.dumps(original.state_dict()))  # survives serialisation
@@ -105,7 +122,8 @@ def test_state_from_rank0_resumes_rank1(shard_files):
     assert torch.equal(fresh.next_batch()[0], rank1.next_batch()[0])
 
 
-@pytest.mark.parametrize("change, key", [(dict(seed=5), "seed"), (dict(seq_len=4), "tokens_per_step")])
+@pytest.mark.parametrize("change, key", [(dict(seed=5), "seed"), (dict(seq_len=4), "tokens_per_step"),
+                                         (dict(margin=1), "margin")])
 def test_state_for_other_config_is_rejected(shard_files, change, key):
     state = TokenLoader(shard_files, batch_size=B, seq_len=T).state_dict()
     other = TokenLoader(shard_files, **{**dict(batch_size=B, seq_len=T), **change})

@@ -4,9 +4,10 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model.config import GPTConfig, model_preset
-from model.gpt import GPT
+from model.gpt import GPT, Rotary, rope_frequencies
 
 V = 50304
 
@@ -179,3 +180,124 @@ def test_every_implementation_matches_eager_loss_and_grads(impls):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for (name, p), q in zip(eager.named_parameters(), fused.parameters()):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+# --- track 3 (modded-nanogpt's optimization track) -------------------------------------------------------------
+
+
+TV = 1024  # a small vocabulary keeps these tests fast
+
+
+def track3(**overrides) -> GPT:
+    return GPT(model_preset("track3", n_layer=2, n_embd=256, n_head=2, max_seq_len=64, vocab_size=TV, **overrides))
+
+
+def test_track3_parameter_count():
+    with torch.device("meta"):
+        model = GPT(model_preset("track3"))
+    C, L = 768, 12
+    # embedding, per block q k v proj (4C² + 4C) MLP (8C² + 5C) and two gains, head weight and bias, two gains
+    assert model.num_params() == V * C + L * (12 * C * C + 9 * C + 2 * C) + V * C + V + 2 * C
+    assert model.wte.weight.dtype == torch.float32  # bf16 only in a bf16 run
+
+
+def test_track3_init_rule():
+    model = track3()
+    params = dict(model.named_parameters())
+    assert params["wte.weight"].std().item() == pytest.approx(1.0, rel=0.01)
+    for name, p in params.items():
+        if name.endswith("c_proj.weight") or name.startswith("lm_head.") or name.endswith("bias"):
+            assert not p.any(), name
+        elif name.endswith("gain"):
+            assert torch.equal(p, torch.ones_like(p)), name
+        elif name != "wte.weight":
+            assert p.std().item() == pytest.approx((0.33 / p.size(1)) ** 0.5, rel=0.02), name
+    with pytest.raises(ValueError, match="no rule for .*value_embeds"):
+        GPT(model_preset("tiny", init="track3"))
+
+
+def test_track3_sum_loss_is_tokens_times_mean():
+    summed = _randomise(track3())
+    mean = GPT(dataclasses.replace(summed.cfg, loss_reduction="mean"))
+    mean.load_state_dict(summed.state_dict())
+    idx, targets = torch.randint(0, TV, (2, 16)), torch.randint(0, TV, (2, 16))
+    assert summed(idx, targets).item() == pytest.approx(32 * mean(idx, targets).item(), rel=1e-6)
+
+
+def test_algebraic_softcap_bounds_logits_and_matches_its_formula():
+    model = _randomise(track3())
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1000)
+    idx = torch.randint(0, TV, (1, 8))
+    logits = model(idx)
+    assert logits.abs().max() < 15.0
+    z = F.linear(model.hidden_states(idx), model.lm_head.weight, model.lm_head.bias).double()
+    torch.testing.assert_close(logits.double(), 15 * z / torch.sqrt(z**2 + 225), rtol=1e-5, atol=1e-5)
+
+
+def test_half_truncated_rope_frequencies():
+    freq = rope_frequencies(128, "half_truncated")
+    assert freq.shape == (64,) and freq[0] == 1.0 and freq[31].item() == pytest.approx(1 / 1024, rel=1e-6)
+    assert not freq[32:].any() and (freq[:31] > freq[1:32]).all()
+    rotary = Rotary(128, 16, "half_truncated")
+    x = torch.randn(1, 16, 2, 128)
+    y = rotary(x)
+    # dims with frequency 0 (the last quarter of each half) are not rotated; position 0 is never rotated
+    torch.testing.assert_close(y[..., 32:64], x[..., 32:64])
+    torch.testing.assert_close(y[..., 96:], x[..., 96:])
+    torch.testing.assert_close(y[:, 0], x[:, 0])
+    assert not torch.allclose(y[:, 1:, :, :32], x[:, 1:, :, :32])
+
+
+@pytest.mark.parametrize("switch, value", [("bias", False), ("norm_gains", False), ("rope", "standard"),
+                                           ("attn_scale", None), ("softcap_kind", "tanh")])
+def test_each_track3_switch_changes_the_model(switch, value):
+    torch.manual_seed(2)
+    base = _randomise(track3())
+    other = track3(**{switch: value})
+    other.load_state_dict(base.state_dict(), strict=switch not in ("bias", "norm_gains"))
+    idx = torch.randint(0, TV, (2, 12))
+    if switch in ("bias", "norm_gains"):
+        assert other.num_params() < base.num_params()
+    assert not torch.allclose(base(idx), other(idx), atol=1e-4), f"{switch}={value!r} gives the same logits"
+
+
+def test_bf16_embedding_model_runs_in_bf16_without_autocast():
+    cfg = model_preset("track3", n_layer=1, n_embd=128, n_head=1, max_seq_len=32, vocab_size=TV)
+    torch.manual_seed(0)
+    low = GPT(cfg, dtype=torch.bfloat16)
+    assert low.wte.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for n, p in low.named_parameters() if n != "wte.weight")
+    _randomise(low)
+    ref = GPT(cfg)
+    ref.load_state_dict({k: v.float() for k, v in low.state_dict().items()})
+    seen = []
+    low.blocks[0].attn.c_q.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    idx = torch.randint(0, TV, (2, 16))
+    loss, ref_loss = low(idx, idx), ref(idx, idx)
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32
+    assert abs(loss.item() - ref_loss.item()) < 0.02 * ref_loss.item()
+    loss.backward()
+    assert low.wte.weight.grad.dtype == torch.bfloat16 and low.lm_head.weight.grad.dtype == torch.float32
+
+
+def test_track3_model_under_autocast_keeps_fp32_parameters():
+    model = _randomise(track3())
+    idx = torch.randint(0, TV, (2, 16))
+    ref = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(idx, idx)
+    assert abs(low.item() - ref.item()) < 0.02 * ref.item()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"bias": True, "mlp_impl": "triton"}, "bias=True needs mlp_impl='eager'"),
+    ({"softcap_kind": "algebraic", "ce_impl": "triton"}, "supports neither a head bias nor the algebraic"),
+    ({"softcap_kind": "sine"}, "softcap_kind='sine'; choose from tanh, algebraic"),
+    ({"rope": "half_truncated", "n_embd": 20, "n_head": 2}, "divisible by 4, got 10"),
+    ({"loss_reduction": "max"}, "loss_reduction='max'"),
+    ({"init": "xavier"}, "init='xavier'"),
+])
+def test_bad_track3_switches_raise(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        model_preset("tiny", **overrides)
