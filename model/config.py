@@ -55,12 +55,6 @@ class GPTConfig:
         if self.rotary and self.head_dim % (4 if self.rope == "half_truncated" else 2):
             raise ValueError(f"{self.rope} rotary embeddings need a head_dim divisible by "
                              f"{4 if self.rope == 'half_truncated' else 2}, got {self.head_dim}")
-        # The fused kernels have no biases and only the tanh softcap: such models run those ops in eager PyTorch.
-        if self.bias and self.mlp_impl != "eager":
-            raise ValueError(f"mlp_impl={self.mlp_impl!r} has no biases; bias=True needs mlp_impl='eager'")
-        if (self.bias or self.softcap_kind != "tanh") and self.ce_impl != "eager":
-            raise ValueError(f"ce_impl={self.ce_impl!r} supports neither a head bias nor the {self.softcap_kind} "
-                             "softcap; use ce_impl='eager'")
 
     @property
     def head_dim(self) -> int:

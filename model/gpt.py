@@ -11,7 +11,10 @@ and runs without autocast: the activations are bf16 from the embedding on, and e
 its weight to the activation dtype (`type_as`), which under autocast (fp32 activations) changes nothing.
 
 The three hot ops go through kernels.registry by the names in GPTConfig (attn_impl, mlp_impl, ce_impl),
-so a Triton kernel or FlashAttention replaces the eager version without touching this file.
+so a Triton kernel or FlashAttention replaces the eager version without touching this file. Every
+implementation takes the autocast dtype itself under torch.autocast (the Triton ones are torch.library custom
+ops, whole in a torch.compile graph), so the model casts only what its Linears cast: weights and biases to the
+activations' dtype.
 Parameter naming is a contract with optim/: every 2-D parameter under `blocks.` is a hidden matrix
 (Muon/NorMuon); embeddings, the head and all gains/scalars go to Adam.
 """
@@ -23,19 +26,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import registry
+from kernels.reference import softcap_logits
 from model.config import GPTConfig
 
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype matmuls run in: the autocast dtype when autocast is on, else x's dtype.
-
-    Registry ops receive their operands already cast, because a custom autograd.Function (the Triton
-    kernels) is not autocast-aware.
-    """
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
+def _like(bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """A Linear's optional bias in x's dtype (what Linear.forward passes to F.linear)."""
+    return None if bias is None else bias.type_as(x)
 
 
 class Linear(nn.Linear):
@@ -115,8 +112,9 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (D,)), F.rms_norm(k, (D,))
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
-        dt = compute_dtype(x)
-        y = self.attend(q.to(dt), k.to(dt), v.to(dt), causal=True, window=self.cfg.window, doc_ids=doc_ids,
+        # Under autocast q, k are fp32 here (RMSNorm, rotary) and v is bf16: every backend takes the autocast dtype
+        # itself (eager computes in fp32 whatever it gets).
+        y = self.attend(q, k, v, causal=True, window=self.cfg.window, doc_ids=doc_ids,
                         scale=self.cfg.attn_scale)  # (B, T, H, D)
         return self.c_proj(y.reshape(B, T, C))  # (B, T, C)
 
@@ -131,11 +129,12 @@ class MLP(nn.Module):
     def forward(self, x):
         if self.relu2 is None:
             return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
-        if self.c_fc.bias is not None:  # the registered ReLU² ops take no biases
-            return self.c_proj(F.relu(self.c_fc(x)).square())
-        dt = compute_dtype(x)
-        x2d = x.reshape(-1, x.size(-1)).to(dt)  # (B*T, C)
-        y = self.relu2(x2d, self.c_fc.weight.to(dt), self.c_proj.weight.to(dt))  # (B*T, C)
+        x2d = x.reshape(-1, x.size(-1))  # (B*T, C)
+        # Weights and biases in the activations' dtype, as Linear casts them (bf16 activations of a bf16-embedding
+        # model); under autocast the op casts everything to the autocast dtype itself, as F.linear does.
+        fc, proj = self.c_fc, self.c_proj
+        y = self.relu2(x2d, fc.weight.type_as(x2d), proj.weight.type_as(x2d), _like(fc.bias, x2d),
+                       _like(proj.bias, x2d))  # (B*T, C)
         return y.view_as(x)
 
 
@@ -150,15 +149,6 @@ class Block(nn.Module):
     def forward(self, x, ve=None, doc_ids=None):
         x = x + self.attn(self.norm1(x), ve, doc_ids)
         return x + self.mlp(self.norm2(x))
-
-
-def softcap(logits: torch.Tensor, cap: float | None, kind: str) -> torch.Tensor:
-    """Bound logits to (-cap, cap) smoothly: cap·tanh(z/cap), or the algebraic cap·z/sqrt(z² + cap²)."""
-    if cap is None:
-        return logits
-    if kind == "tanh":
-        return cap * torch.tanh(logits / cap)
-    return cap * logits * (logits.square() + cap**2).rsqrt()
 
 
 class GPT(nn.Module):
@@ -271,7 +261,7 @@ class GPT(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Softcapped logits (B, T, V) in fp32 from final hidden states x (B, T, C)."""
         z = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.wte.weight.type_as(x))
-        return softcap(z.float(), self.cfg.logit_softcap, self.cfg.softcap_kind)
+        return softcap_logits(z.float(), self.cfg.logit_softcap, self.cfg.softcap_kind)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """With targets (B, T): the cross-entropy loss, mean or sum over the tokens (cfg.loss_reduction).
@@ -281,15 +271,11 @@ class GPT(nn.Module):
             return self.logits(x)
         if targets.shape != idx.shape:
             raise ValueError(f"targets shape {tuple(targets.shape)} != idx shape {tuple(idx.shape)}")
-        if self.cfg.bias or self.cfg.softcap_kind != "tanh":
-            # the registered linear-cross-entropy ops have no head bias and only the tanh softcap
-            logits = self.logits(x)
-            return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1),
-                                   reduction=self.cfg.loss_reduction)
-        dt = compute_dtype(x)
         C = x.size(-1)
-        return self.cross_entropy(x.reshape(-1, C).to(dt), self.head_weight.to(dt), targets.reshape(-1),
-                                  softcap=self.cfg.logit_softcap, reduction=self.cfg.loss_reduction)
+        head_bias = None if self.lm_head is None else _like(self.lm_head.bias, x)
+        return self.cross_entropy(x.reshape(-1, C), self.head_weight.type_as(x), targets.reshape(-1), bias=head_bias,
+                                  softcap=self.cfg.logit_softcap, softcap_kind=self.cfg.softcap_kind,
+                                  reduction=self.cfg.loss_reduction)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
