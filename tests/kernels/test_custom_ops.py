@@ -16,7 +16,6 @@ from kernels import fused_linear_cross_entropy as flce
 from kernels import newton_schulz as ns
 from kernels import reference, registry
 from kernels import relu2_mlp as r2
-from tests.inductor_cache import inductor_cache_per_capability  # noqa: F401  (autouse: see its module)
 from tests.parity import assert_close
 
 OPS = torch.ops.speedrun

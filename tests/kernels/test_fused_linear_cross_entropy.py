@@ -15,7 +15,6 @@ from kernels import fused_linear_cross_entropy as flce
 from kernels import registry
 from kernels._common import TRITON_DTYPE, is_interpreter
 from kernels.reference import linear_cross_entropy as eager_lce
-from tests.inductor_cache import inductor_cache_per_capability  # noqa: F401  (autouse: see its module)
 from tests.parity import NAN_WARNINGS, assert_close, check_nonfinite, check_parity, poisoned, run
 
 IGNORE = -100

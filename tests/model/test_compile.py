@@ -13,7 +13,6 @@ import torch
 
 from model.config import model_preset
 from model.gpt import GPT
-from tests.inductor_cache import inductor_cache_per_capability  # noqa: F401  (autouse: see its module)
 
 VOCAB = 97
 TRITON_IMPLS = dict(mlp_impl="triton", ce_impl="triton", attn_impl="sdpa")  # sdpa: the CPU's attention backend
