@@ -154,7 +154,8 @@ def test_track3_data_windows_on_any_number_of_ranks(tmp_path, world):
 def test_track3_runs_at_tiny_size_with_a_summed_loss(shards, tmp_path, capsys):
     summary = run(shards, tmp_path, "--preset=track3", "--model.n_layer=1", "--model.n_embd=128",
                   "--model.n_head=1", "--batch_size=1", "--seq_len=32", "--max_steps=2", "--val_tokens=512",
-                  "--compile=False", "--dtype=fp32", "--train_pattern=*_train_*.bin", "--val_pattern=*_val_*.bin")
+                  "--compile=False", "--dtype=fp32", "--train_pattern=*_train_*.bin", "--val_pattern=*_val_*.bin",
+                  "--log_every=1")
     assert summary["steps"] == 2 and summary["tokens"] == 2 * 8 * 32 and summary["recipe"] == "track3-muon"
     assert summary["dtype"] == "fp32" and "precision: dtype=fp32 -> fp32" in capsys.readouterr().out
     log = [json.loads(line) for line in open(os.path.join(summary["run_dir"], "log.jsonl"))]
@@ -191,7 +192,7 @@ def test_summed_loss_gradient_is_tokens_times_the_mean_gradient(shards, tmp_path
             for i, p in enumerate(trainer.model.parameters()):
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
         trainer.optimizer.zero_grad = lambda set_to_none=True: None  # keep the gradients for the comparison
-        losses[reduction] = trainer.train_step(0)
+        losses[reduction] = trainer.train_step(0).item()  # the loss per token stays on the device
         grads[reduction] = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
     tokens = 2 * 2 * 64
     assert losses["sum"] == pytest.approx(losses["mean"], rel=1e-6)
