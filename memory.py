@@ -200,9 +200,9 @@ def check_fit(cfg, capacity_bytes: int, *, device_type: str = "cuda", device_nam
                     f"{smaller.peak_bytes / GB:.1f} GB)")
             break
     if hint is None:
-        hint = (f"no micro-batch of {rows} or more rows fits at any accumulation (batch_size {cfg.batch_size} "
-                "halved while even): the parameters, gradients and optimizer state alone need "
-                f"{(estimate.params_bytes + estimate.grads_bytes + estimate.optimizer_bytes) / GB:.1f} GB")
+        hint = (f"not even a micro-batch of {rows} row{'s' if rows > 1 else ''} fits (batch_size {cfg.batch_size} "
+                "halved while even); the parameters, gradients and optimizer state alone take "
+                f"{(estimate.params_bytes + estimate.grads_bytes + estimate.optimizer_bytes) / GB:.2f} GB")
     margin = margin_bytes(estimate.peak_bytes)
     raise StepDoesNotFit(
         f"this training step does not fit in the memory of {device_name}: {estimate}; with a margin of "

@@ -266,8 +266,8 @@ class Trainer:
         finite = torch.stack([torch.isfinite(p).all() for _, p in named])
         if not finite.all():
             name = named[int((~finite).nonzero()[0, 0])][0]
-            raise FloatingPointError(f"step {self.step}: parameter {name} is not finite after the optimizer step "
-                                     "although every loss and gradient norm was; no checkpoint written")
+            raise FloatingPointError(f"parameter {name} is not finite after {self.step} steps, although every "
+                                     "loss and gradient norm was finite; no checkpoint written")
 
     # --- the step ----------------------------------------------------------------------------------------
 

@@ -132,7 +132,8 @@ def _worker(out: str, *args: str):
         trainer.run()
     boundaries = [s for s in range(trainer.cfg.max_steps + 1) if trainer.is_boundary(s)]
     with open(f"{out}/syncs_rank{dist.get_rank()}.json", "w") as f:
-        json.dump({"events": syncs.events, "boundaries": boundaries, "max_steps": trainer.cfg.max_steps}, f)
+        json.dump({"events": syncs.events, "boundaries": boundaries, "max_steps": trainer.cfg.max_steps,
+                   "accum": trainer.accum, "world_size": trainer.world_size}, f)
     dist.destroy_process_group()
 
 

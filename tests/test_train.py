@@ -246,3 +246,66 @@ def test_summed_loss_on_two_ranks_matches_one_rank(shards, tmp_path):
     for name, w in weights[0].items():
         torch.testing.assert_close(weights[1][name], w, rtol=1e-6, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
     assert one["steps"] == 3
+
+
+# --- host syncs ----------------------------------------------------------------------------------------------
+
+
+def _assert_syncs_only_at_boundaries(events, boundaries, max_steps):
+    """events: [((trainer.step, phase), what)]. No train_step waits for the device; the loop waits only at a
+    boundary (the step count right after a boundary step, or 0: warm-up, first validation); and every boundary
+    does wait (the clock's synchronize and the one read), so the counter demonstrably sees the trainer's syncs."""
+    assert not [e for e in events if e[0][1] == "train_step"], [e for e in events if e[0][1] == "train_step"][:5]
+    per_step = {s: [what for (step, _), what in events if step == s] for s in range(max_steps + 1)}
+    quiet = [s for s in range(1, max_steps + 1) if s not in boundaries]
+    assert quiet and {s: per_step[s] for s in quiet} == {s: [] for s in quiet}
+    for s in boundaries:
+        assert "torch.cpu.synchronize" in per_step[s] and "Tensor.tolist" in per_step[s], (s, per_step[s])
+
+
+# boundaries: log every 5 steps, validation every 8, a checkpoint every 7, the last step (16)
+SYNC_ARGS = ["--max_steps=16", "--log_every=5", "--val_every=8", "--checkpoint_every=7", "--grad_clip=1.0",
+             "--dtype=fp32"]
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_no_host_sync_between_boundaries(shards, tmp_path, optimizer, grad_accum):
+    """A CUDA-free run counted by tests/host_syncs.py: no training step waits for the device (item, bool, float,
+    tolist, numpy, synchronize, data-dependent shapes, ...); the loop reads the device only at the boundaries."""
+    from tests.host_syncs import HostSyncs, trainer_syncs
+
+    cfg = train.resolve(["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--threads=1",
+                         f"--optimizer={optimizer}", f"--grad_accum={grad_accum}", *SYNC_ARGS])
+    trainer = train.Trainer(cfg)
+    assert trainer.accum == grad_accum and cfg.grad_clip
+    with trainer_syncs(trainer) as syncs:
+        summary = trainer.run()
+    boundaries = [s for s in range(1, cfg.max_steps + 1) if trainer.is_boundary(s)]
+    assert boundaries == [5, 7, 8, 10, 14, 15, 16] and summary["steps"] == 16
+    _assert_syncs_only_at_boundaries(syncs.events, boundaries, cfg.max_steps)
+    log = [json.loads(line) for line in open(os.path.join(summary["run_dir"], "log.jsonl"))]
+    train_records = [(r["step"], r["interval_steps"]) for r in log if "train_loss" in r]
+    assert train_records == [(5, 5), (7, 2), (8, 1), (10, 2), (14, 4), (15, 1), (16, 1)]
+    with HostSyncs(trainer.device) as checked:  # the replay's checked step does read the device
+        trainer.train_step(trainer.step, checked=True)
+    assert any(what == "Tensor.item" for _, what in checked.events)
+
+
+def test_no_host_sync_between_boundaries_on_two_gloo_ranks(shards, tmp_path):
+    """The same count on every rank of a 2-process gloo job: sharded Muon (reduce-scatter, all-gather), the
+    Adam side's bucketed all-reduce, 2 micro-batches a rank, clipping on."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    args = ["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--threads=1", "--optimizer=muon",
+            "--reference_world_size=2", "--grad_accum=2", *SYNC_ARGS]
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "tests.host_syncs", str(tmp_path),
+                           *args], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for rank in range(2):
+        report = json.load(open(tmp_path / f"syncs_rank{rank}.json"))
+        events = [((step, phase), what) for (step, phase), what in report["events"]]
+        boundaries = [s for s in report["boundaries"] if s > 0]
+        assert boundaries == [5, 7, 8, 10, 14, 15, 16]
+        _assert_syncs_only_at_boundaries(events, boundaries, report["max_steps"])
+        assert report["accum"] == 2 and report["world_size"] == 2
