@@ -8,6 +8,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -309,3 +310,64 @@ def test_no_host_sync_between_boundaries_on_two_gloo_ranks(shards, tmp_path):
         assert boundaries == [5, 7, 8, 10, 14, 15, 16]
         _assert_syncs_only_at_boundaries(events, boundaries, report["max_steps"])
         assert report["accum"] == 2 and report["world_size"] == 2
+
+
+# --- implementations resolved at start; the clock --------------------------------------------------------------
+
+
+def test_resolved_implementations_are_printed_recorded_and_used(shards, tmp_path, capsys):
+    from kernels import registry
+
+    args = ["--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto", "--optim.ns_impl=auto",
+            "--attention=auto", "--max_steps=1"]
+    summary = run(shards, tmp_path, *args)
+    expected = {"attention": "sdpa", "mlp": "eager", "ce": "eager", "ns": "eager", "compile": "off"}
+    assert summary["implementations"] == expected
+    assert "implementations: attention sdpa, mlp eager, ce eager, ns eager, compile off" in capsys.readouterr().out
+    config = json.load(open(os.path.join(summary["run_dir"], "config.json")))
+    assert (config["model"]["mlp_impl"], config["model"]["ce_impl"], config["model"]["attn_impl"]) == \
+        ("eager", "eager", "sdpa")
+    assert (config["optim"]["ns_impl"], config["compile"], config["device"]) == ("eager", "off", "cpu")
+    assert config["dtype"] in ("bf16", "fp32") and config["optim"]["ns_dtype"] in ("bf16", "fp32")
+    trainer = train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}", *args]))
+    assert trainer.requested.model.mlp_impl == "auto" and trainer.step_model is trainer.model  # no compile
+    assert trainer.model.blocks[0].mlp.relu2 is registry.get("relu2_mlp", "eager")
+    assert trainer.model.cross_entropy is registry.get("linear_cross_entropy", "eager")
+    assert trainer.model.blocks[0].attn.attend is registry.get("attention", "sdpa")
+    assert train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}"])).implementations["ns"] == "unused"
+
+
+def test_compile_on_compiles_the_whole_graph(shards, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}", "--compile=fullgraph"]))
+    assert calls == [{"fullgraph": True}]
+
+
+def test_the_clock_counts_training_steps_only(shards, tmp_path):
+    """The clock runs from one boundary to the next: the steps are timed, validation and checkpoints are not.
+    Each evaluate and save is slowed by 0.3 s; train_time must hold the steps' own time and no such pause."""
+    cfg = train.resolve(["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--threads=1",
+                         "--max_steps=6", "--log_every=3", "--val_every=2", "--checkpoint_every=3"])
+    trainer = train.Trainer(cfg)
+    step_s, train_step, evaluate, save = [], trainer.train_step, trainer.evaluate, trainer.save_checkpoint
+
+    def timed_step(step, **kwargs):
+        start = time.perf_counter()
+        out = train_step(step, **kwargs)
+        step_s.append(time.perf_counter() - start)
+        return out
+
+    def slow(fn):
+        def wrapper():
+            time.sleep(0.3)
+            return fn()
+        return wrapper
+
+    trainer.train_step, trainer.evaluate, trainer.save_checkpoint = timed_step, slow(evaluate), slow(save)
+    summary = trainer.run()
+    steps = sum(step_s[1:])  # without the warm-up step
+    assert steps <= summary["train_time_s"] < steps + 0.2, (steps, summary["train_time_s"])
+    log = [json.loads(line) for line in open(os.path.join(summary["run_dir"], "log.jsonl"))]
+    last_train = [r for r in log if "train_loss" in r][-1]
+    assert last_train["step"] == 6 and last_train["step_avg_ms"] == pytest.approx(1e3 * summary["train_time_s"] / 6)
