@@ -6,11 +6,27 @@
     python train.py --preset track3-cpu                                  # the same track, scaled to 2 CPU cores
 
 Options are `--key=value` overrides of configs.TrainConfig (`--optim.lr=0.02`, `--model.n_layer=6`).
-The clock runs only while training: validation pauses it, and the warm-up steps (torch.compile, first-call
-allocation) run before it starts, on a snapshot of the initial state that is restored afterwards; their
-time is reported apart as warmup_s. Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and,
-with --checkpoint_every=K, an atomic checkpoint.pt every K steps and at the end; `--resume=True` continues
-it and produces the same trajectory as an uninterrupted run (bitwise on the CPU with a fixed thread count).
+Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and, with --checkpoint_every=K, an atomic
+checkpoint.pt every K steps and at the end; `--resume=True` continues it and produces the same trajectory as an
+uninterrupted run (bitwise on the CPU with a fixed thread count).
+
+Implementations: "auto" values (the GPU presets' attention, MLP, loss and Newton-Schulz kernels, compile, dtype)
+are resolved once, from the device, before anything is built (configs.resolve_auto): the Triton kernels, the best
+FlashAttention and torch.compile(fullgraph=True) on CUDA, eager PyTorch and no compile on the CPU; an explicit
+value wins. The result is printed ("implementations: attention fa3, mlp triton, ...") and config.json holds the
+resolved config. On a GPU the step's memory is estimated first (memory.check_fit): a step whose estimated peak
+plus a margin exceeds the GPU's memory is refused before the model is built, naming a micro-batch that fits.
+
+The hot path does not wait for the device. The loss stays on it, summed there; the host reads it (one sync) only
+at a boundary: every --log_every steps (1 on the CPU presets, 25 on the GPU presets), before each validation and
+checkpoint, and at the last step. Each train record holds the mean loss per token over the steps since the
+previous one (interval_steps). The clock runs from boundary to boundary, so it times whole steps without a sync
+per step; validation and checkpoints pause it, and the warm-up steps (torch.compile, first-call allocation) run
+before it starts, on the initial state that is restored afterwards; their time is reported apart as warmup_s.
+A non-finite loss or gradient norm is recorded on the device and found at the next boundary; the run then rolls
+back to its last checkpoint (or the initial state, kept in host memory until the first one) and replays the steps
+with a check after each, stopping with the step and the first parameter whose gradient is not finite. A
+checkpoint is only written after a clean check and with finite weights.
 
 Precision (--dtype): auto runs bf16 where kernels._common.native_bf16(device) (CUDA, AVX-512-bf16/AMX CPUs),
 else fp32; bf16 means autocast over fp32 parameters, or, for a bf16_embedding model (track 3), a bf16 token
@@ -403,16 +419,18 @@ class Trainer:
     def _replay_to_failure(self, bad_step: int, loss: float, norm: float):
         """The guard found `bad_step`: roll back to the last good state, replay with a check after every step, and
         raise the replay's FloatingPointError (or, where the replay does not reproduce it, the recorded values)."""
+        what = f"training loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
         if self._checkpoint_step is not None:
             self.load_checkpoint()
-        else:
+        elif self._initial is not None:
             self._restore(self._initial)
             self.step = 0
+        else:  # train_step driven by hand, without run(): nothing to roll back to
+            raise FloatingPointError(f"step {bad_step}: {what}")
         start = self.step
         while self.step <= bad_step:
             self.train_step(self.step, checked=True)
             self.step += 1
-        what = f"training loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
         raise FloatingPointError(f"step {bad_step}: {what}; replayed from step {start}, the step was finite "
                                  "(the device's arithmetic is not deterministic), so the parameter is not known")
 

@@ -371,3 +371,24 @@ def test_the_clock_counts_training_steps_only(shards, tmp_path):
     log = [json.loads(line) for line in open(os.path.join(summary["run_dir"], "log.jsonl"))]
     last_train = [r for r in log if "train_loss" in r][-1]
     assert last_train["step"] == 6 and last_train["step_avg_ms"] == pytest.approx(1e3 * summary["train_time_s"] / 6)
+
+
+@pytest.mark.gpu
+def test_no_synchronizing_cuda_op_inside_a_training_step(shards, tmp_path):
+    """On a GPU, torch's sync debug mode turns every synchronizing CUDA op (item, a blocking copy to the host,
+    nonzero, ...) inside train_step into an error, with the implementations the GPU presets resolve to."""
+    cfg = train.resolve(["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--device=cuda",
+                         "--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto", "--optim.ns_impl=auto",
+                         "--attention=auto", "--compile=off", "--grad_accum=2", *SYNC_ARGS])
+    trainer = train.Trainer(cfg)
+    train_step = trainer.train_step
+
+    def strict_step(step, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return train_step(step, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    trainer.train_step = strict_step
+    assert trainer.run()["steps"] == cfg.max_steps
