@@ -141,9 +141,9 @@ class TrainConfig:
 # The GPU presets' implementation names: resolved by resolve_auto from the device the run is on.
 GPU_AUTO = dict(attn_impl="auto", mlp_impl="auto", ce_impl="auto")
 # The GPU presets read the loss every 25 steps: a read waits for the GPU to finish every queued kernel, and the GPU
-# then idles while the host queues the next step's first kernels; 25 divides both
-# presets' validation cadences (125, late 25) and step counts (1750, 3250), so every validation and the last
-# step fall on a log step and every record averages 25 steps. A non-finite loss is then noticed within 25 steps.
+# then idles while the host queues the next step's first kernels. 25 divides both presets' validation cadences
+# (125, late 25) and step counts (1750, 3250), so every validation and the last step fall on a log step and every
+# record averages 25 steps; a non-finite loss is noticed within 25 steps.
 GPU_LOG_EVERY = 25
 
 PRESETS = {
