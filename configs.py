@@ -34,7 +34,7 @@ class OptimConfig:
     eps: float = 1e-8
     momentum: float = 0.95  # SGD and Muon momentum
     nesterov: bool = True
-    ns_impl: str = "eager"  # kernels.registry impl of "newton_schulz": eager | triton
+    ns_impl: str = "eager"  # kernels.registry impl of "newton_schulz": eager | triton | auto (triton on CUDA)
     ns_coefficients: str = "quintic"  # quintic | polar_express | cubic
     ns_steps: int = 0  # 0 = the coefficient set's own (kernels.reference.NS_DEFAULT_STEPS: 5, 5, 12)
     # Newton-Schulz precision: auto = bf16 where the device multiplies bf16 natively (kernels._common.native_bf16),
@@ -50,6 +50,11 @@ DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.1, "muon": 0.02, "normuon": 0.02}
 
 
 DTYPES = ("auto", "bf16", "fp32")
+# torch.compile of the model: fullgraph (one graph, an error at any graph break) | off | auto (fullgraph on CUDA,
+# off elsewhere); True and False are accepted for fullgraph and off
+COMPILE_MODES = ("auto", "fullgraph", "off")
+_COMPILE_ALIASES = {True: "fullgraph", False: "off", "True": "fullgraph", "False": "off", "true": "fullgraph",
+                    "false": "off"}
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,13 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto (bf16 where kernels._common.native_bf16(device), else fp32) | bf16 | fp32
-    compile: bool = False
+    compile: str = "auto"  # auto | fullgraph | off (see COMPILE_MODES); train.py resolves auto from the device
+    # the training loss is read (a host sync on a GPU) every log_every steps, and at every validation, checkpoint
+    # and the last step; each train record carries the mean loss per token over the steps since the previous one
+    log_every: int = 1
+    # refuse a CUDA run whose estimated step peak (memory.estimate_step_memory) plus memory.margin_bytes exceeds
+    # the GPU's memory, before the model is built
+    memory_check: bool = True
     threads: int = 0  # torch.set_num_threads on CPU; 0 leaves torch's default
     # distributed (torchrun): a collective waiting longer than dist_timeout_s for a hung peer fails the run
     # (a dead peer fails it at once on gloo); gradient all-reduce buckets of ~dist_bucket_mb
@@ -107,6 +118,11 @@ class TrainConfig:
     resume: bool = False  # continue from runs/<name>/checkpoint.pt (same config required)
 
     def __post_init__(self):
+        object.__setattr__(self, "compile", _COMPILE_ALIASES.get(self.compile, self.compile))
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile={self.compile!r}; choose from {', '.join(COMPILE_MODES)} (or True/False)")
+        if self.log_every < 1:
+            raise ValueError(f"log_every={self.log_every} must be >= 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}; choose from {', '.join(DTYPES)}")
         if self.schedule_steps and self.schedule_steps < self.max_steps:
@@ -122,6 +138,14 @@ class TrainConfig:
         return self.schedule_steps or self.max_steps
 
 
+# The GPU presets' implementation names: resolved by resolve_auto from the device the run is on.
+GPU_AUTO = dict(attn_impl="auto", mlp_impl="auto", ce_impl="auto")
+# The GPU presets read the loss every 25 steps: a read waits for the GPU to finish every queued kernel, and the GPU
+# then idles while the host queues the next step's first kernels. 25 divides both presets' validation cadences
+# (125, late 25) and step counts (1750, 3250), so every validation and the last step fall on a log step and every
+# record averages 25 steps; a non-finite loss is noticed within 25 steps.
+GPU_LOG_EVERY = 25
+
 PRESETS = {
     # The CPU track: python-docs corpus, a model small enough for minutes on 2 cores.
     # 4 × 256 tokens a step, ~2 s a step on 2 cores (the four 50304-row tables dominate: dense embedding
@@ -131,31 +155,36 @@ PRESETS = {
                 val_every=20, val_tokens=16384, warmup_steps=10, target_val_loss=5.8976),
     # The H100 speedrun configuration on FineWeb (torchrun --nproc_per_node=8): 8 × 32 × 2048 = 524,288 tokens
     # a step (on W < 8 GPUs each accumulates 8/W micro-batches); the speedrun's 10,485,760 validation tokens
-    # are 20 such steps.
-    "gpt2-124m": dict(model=model_preset("gpt2-124m"), data_dir="shards/fineweb10B",
+    # are 20 such steps. Implementations "auto" (GPU_AUTO): the Triton kernels, the best FlashAttention and a
+    # fullgraph torch.compile on CUDA, eager PyTorch on the CPU.
+    "gpt2-124m": dict(model=model_preset("gpt2-124m", **GPU_AUTO), data_dir="shards/fineweb10B",
                       train_pattern="fineweb_train_*.bin", val_pattern="fineweb_val_*.bin", batch_size=32,
                       seq_len=2048, reference_world_size=8, max_steps=1750, val_every=125, val_tokens=10485760,
-                      target_val_loss=3.28, compile=True, optim=OptimConfig(name="muon", lr=0.05, adam_lr=0.008)),
+                      target_val_loss=3.28, log_every=GPU_LOG_EVERY,
+                      optim=OptimConfig(name="muon", lr=0.05, adam_lr=0.008, ns_impl="auto")),
     # modded-nanogpt's optimization track (records/track_3_optimization): steps to val loss 3.28 on FineWeb with
     # the architecture, data order and batch fixed. 8 × 64 × 1024 = 524,288 tokens a step (1, 2 or 4 GPUs
     # accumulate 8/W micro-batches of 64 rows), shards in file order, 20 × 524,288 val tokens; validation every
     # 125 steps, every 25 from 90% of the horizon, and at the end; no clipping; no early stop: the run is scored
     # by its final val loss. σ: the README's run-to-run std for its significance rules. Optimizer: the baseline
     # recipe (result #36, Muon + AdamW, 3250 steps); --optimizer track3-adam | track3-normuon for the others.
-    "track3": dict(model=model_preset("track3"), recipe="track3-muon", data_dir="shards/fineweb10B",
+    # Implementations: attention, Newton-Schulz and compile "auto" as gpt2-124m's. The MLP and the loss stay eager:
+    # model/config.py refuses the Triton MLP and cross-entropy for a model with biases and the algebraic softcap.
+    "track3": dict(model=model_preset("track3", attn_impl="auto"), recipe="track3-muon", data_dir="shards/fineweb10B",
                    train_pattern="fineweb_train_*.bin", val_pattern="fineweb_val_*.bin", shuffle_shards=False,
                    shard_margin=1, batch_size=64, seq_len=1024, reference_world_size=8, max_steps=3250,
                    warmup_steps=0, cooldown_frac=0.7, grad_clip=0.0, val_every=125, val_every_late=25,
                    val_late_frac=0.9, val_tokens=20 * 524288, target_val_loss=3.28, target_sigma=0.0013,
-                   stop_at_target=False, compile=True),
-    # Track 3 scaled to one run in under 5 minutes on 2 AVX2 cores: the same model family and code path (4 layers
-    # of one 128-wide head), python-docs data, 4 × 256 tokens a step for 160 steps, the first 8192 val tokens
-    # every 40 steps and every 8 over the last 10%. fp32 is pinned: "auto" would pick bf16 on AVX-512-bf16 CPUs
-    # and fp32 elsewhere, two different trajectories (the recipe's bf16 Newton-Schulz is emulated where bf16 is
-    # slow). Placeholders until measured over >= 8 seeds: target_val_loss is meant to be the baseline recipe's val
-    # loss at ~70% of the budget (here one seed's: 4.719 at step 104, 4.665 at step 120), target_sigma the
-    # run-to-run std of the final val loss (0 = not measured).
-    "track3-cpu": dict(model=model_preset("track3-cpu"), recipe="track3-muon", data_dir="shards/pydocs",
+                   stop_at_target=False, log_every=GPU_LOG_EVERY, optim=OptimConfig(ns_impl="auto")),
+    # Track 3 scaled to one run in under 5 minutes on 2 AVX2 cores: the same model family, implementation choices
+    # ("auto": eager and sdpa on the CPU) and code path (4 layers of one 128-wide head), python-docs data, 4 × 256
+    # tokens a step for 160 steps, the first 8192 val tokens every 40 steps and every 8 over the last 10%. fp32 is
+    # pinned: "auto" would pick bf16 on AVX-512-bf16 CPUs and fp32 elsewhere, two different trajectories (the
+    # recipe's bf16 Newton-Schulz is emulated where bf16 is slow). Placeholders until measured over >= 8 seeds:
+    # target_val_loss is meant to be the baseline recipe's val loss at ~70% of the budget (here one seed's: 4.719
+    # at step 104, 4.665 at step 120), target_sigma the run-to-run std of the final val loss (0 = not measured).
+    "track3-cpu": dict(model=model_preset("track3-cpu", attn_impl="auto"), recipe="track3-muon",
+                       data_dir="shards/pydocs", optim=OptimConfig(ns_impl="auto"),
                        shuffle_shards=False, shard_margin=1, batch_size=4, seq_len=256, reference_world_size=1,
                        max_steps=160, warmup_steps=0, cooldown_frac=0.7, grad_clip=0.0, val_every=40,
                        val_every_late=8, val_late_frac=0.9, val_tokens=8192, target_val_loss=4.69, target_sigma=0.0,
@@ -309,3 +338,44 @@ def _merge(base: dict, top: dict):
             raise ValueError(f"--{key} is given both a value and sub-options")
         else:
             base[key] = value
+
+
+def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -> TrainConfig:
+    """The config a run on `device` executes: every "auto" replaced by that device's choice, explicit values kept.
+
+        field                           "auto" on CUDA                         "auto" elsewhere (the CPU)
+        device                          the device's type
+        dtype                           bf16 where bf16 matmuls are native (kernels._common.native_bf16), else fp32
+        model.attn_impl                 fa3 > fa2 > sdpa, the best that runs   sdpa
+        model.mlp_impl, model.ce_impl   triton                                 eager
+        optim.ns_impl                   triton                                 eager
+        optim.ns_dtype                  as dtype (optim.muon.resolve_ns_dtype's rule)
+        compile                         fullgraph                              off
+
+    The attention choice is kernels.attention_select.select_backend's, for the run's compute dtype and head dim;
+    an explicit backend that cannot run on `device` raises there. bf16_native replaces the native_bf16 probe
+    (memory.py estimates a CUDA step on a machine without a GPU).
+    """
+    import torch
+
+    from kernels import _common, attention_select
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    native = _common.native_bf16(device) if bf16_native is None else bf16_native
+
+    def precision(name: str) -> str:
+        return ("bf16" if native else "fp32") if name == "auto" else name
+
+    def kernel(name: str) -> str:
+        return ("triton" if cuda else "eager") if name == "auto" else name
+
+    dtype = precision(cfg.dtype)
+    compute = torch.bfloat16 if dtype == "bf16" else torch.float32
+    attention = attention_select.select_backend(cfg.model.attn_impl, device, compute, cfg.model.head_dim)
+    model = dataclasses.replace(cfg.model, attn_impl=attention, mlp_impl=kernel(cfg.model.mlp_impl),
+                                ce_impl=kernel(cfg.model.ce_impl))
+    optim = dataclasses.replace(cfg.optim, ns_impl=kernel(cfg.optim.ns_impl), ns_dtype=precision(cfg.optim.ns_dtype))
+    compile_mode = ("fullgraph" if cuda else "off") if cfg.compile == "auto" else cfg.compile
+    return dataclasses.replace(cfg, device=device.type, dtype=dtype, model=model, optim=optim, compile=compile_mode)
+

@@ -2,6 +2,7 @@
 
     estimate = estimate_step_memory(cfg)          # cfg: configs.TrainConfig
     print(estimate)                               # peak GB and its parts
+    check_fit(cfg, capacity_bytes)                # raises StepDoesNotFit, naming a micro-batch that fits
 
 The step (two of them: the first allocates the optimizer state, the second is the steady state that is
 reported) is traced on fake tensors (torch's FakeTensorMode: shapes, dtypes and strides, no data, no compute),
@@ -14,7 +15,9 @@ What it models: the parameters, their gradients, the optimizer state, every acti
 every temporary of the forward, backward and optimizer step, in the dtypes the run uses (bf16 autocast or
 fp32). What it does not: the CUDA caching allocator's rounding and fragmentation, cuBLAS/cuDNN workspaces, the
 CUDA context (~0.5 GB), NCCL buffers, and the internals of kernels whose outputs are all that fake tensors see
-(a FlashAttention kernel's fp32 dq accumulator, for instance). `fits()` keeps a margin for those.
+(a FlashAttention kernel's fp32 dq accumulator, for instance). check_fit() adds margin_bytes() for those.
+"auto" implementations are resolved for the device type as the trainer resolves them (configs.resolve_auto),
+a CUDA device taken to multiply bf16 natively.
 
 Attention is traced as the GPU would run it: every CUDA backend (FlashAttention 2/3/4, SDPA's flash kernel,
 flex) keeps O(T) memory per head (the output and its log-sum-exp), which the CPU's SDPA flash kernel
@@ -32,6 +35,11 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
 GB = 1e9
+# What the estimate leaves out, added on top of it by check_fit. Fixed: the CUDA context (~0.5 GB), cuBLAS and
+# cuDNN workspaces, NCCL's buffers and DataParallel's flat bucket copies of the replicated gradients. Relative: the
+# CUDA caching allocator's rounding (large blocks to 2 MiB) and fragmentation between steps.
+MARGIN_FIXED_BYTES = 2 * 2**30
+MARGIN_FRACTION = 0.10
 
 
 class LiveBytes(TorchDispatchMode):
@@ -78,6 +86,7 @@ class MemoryEstimate:
     micro_batch_rows: int
     seq_len: int
     micro_batches: int  # per rank per step
+    implementations: str = ""  # what was traced, e.g. "mlp triton, ce triton, attention sdpa, ns triton"
 
     @property
     def transient_bytes(self) -> int:
@@ -88,7 +97,8 @@ class MemoryEstimate:
         return (f"estimated peak {self.peak_bytes / GB:.2f} GB per rank at micro-batch {self.micro_batch_rows}x"
                 f"{self.seq_len} x {self.micro_batches}: parameters {self.params_bytes / GB:.2f} GB, gradients "
                 f"{self.grads_bytes / GB:.2f} GB, optimizer state {self.optimizer_bytes / GB:.2f} GB, activations "
-                f"and temporaries {self.transient_bytes / GB:.2f} GB")
+                f"and temporaries {self.transient_bytes / GB:.2f} GB"
+                + (f" ({self.implementations})" if self.implementations else ""))
 
 
 def _traced_attention(impl: str, device_type: str) -> str:
@@ -115,6 +125,7 @@ def estimate_step_memory(cfg, *, device_type: str | None = None, micro_batches: 
     two when a rank accumulates, else one: the second micro-batch runs with the first one's gradients alive, and
     further ones repeat it).
     """
+    from configs import resolve_auto
     from model.gpt import GPT  # here, not at import: train.py imports this module
     from optim import build_optimizer
 
@@ -123,8 +134,14 @@ def estimate_step_memory(cfg, *, device_type: str | None = None, micro_batches: 
     rows = cfg.batch_size if batch_size is None else batch_size
     if micro_batches is None:  # gradients persist across micro-batches, activations do not: two show the peak
         micro_batches = min(2, cfg.grad_accum * max(1, cfg.reference_world_size))
-    model_cfg = dataclasses.replace(cfg.model, attn_impl=_traced_attention(cfg.model.attn_impl, device_type))
-    bf16 = _uses_bf16(cfg, device_type)
+    cuda = device_type == "cuda"
+    traced = dataclasses.replace(cfg.model, attn_impl=_traced_attention(cfg.model.attn_impl, device_type))
+    cfg = resolve_auto(dataclasses.replace(cfg, model=traced), device_type, bf16_native=True if cuda else None)
+    model_cfg = cfg.model
+    bf16 = cfg.dtype == "bf16"
+    impls = f"mlp {model_cfg.mlp_impl}, ce {model_cfg.ce_impl}, attention {model_cfg.attn_impl}"
+    if cfg.optim.name in ("muon", "normuon"):
+        impls += f", ns {cfg.optim.ns_impl}"
     # as train.Trainer: bf16 autocast, or for a bf16_embedding model a bf16 embedding and no autocast
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not cfg.model.bf16_embedding)
 
@@ -149,14 +166,47 @@ def estimate_step_memory(cfg, *, device_type: str | None = None, micro_batches: 
         state = _storages_bytes(v for s in optimizer.state.values() for v in s.values())
         return MemoryEstimate(peak_bytes=live.peak, params_bytes=_storages_bytes(params), grads_bytes=grads,
                               optimizer_bytes=state, micro_batch_rows=rows, seq_len=cfg.seq_len,
-                              micro_batches=micro_batches)
+                              micro_batches=micro_batches, implementations=impls)
 
 
-def _uses_bf16(cfg, device_type: str) -> bool:
-    """Whether the run computes in bf16 on a device of this type: cfg.dtype as train.resolve_dtype reads it, a
-    CUDA device taken to multiply bf16 natively."""
-    from kernels._common import native_bf16
+def margin_bytes(peak_bytes: int) -> int:
+    """What check_fit adds to an estimated peak (see MARGIN_FIXED_BYTES and MARGIN_FRACTION)."""
+    return int(MARGIN_FRACTION * peak_bytes) + MARGIN_FIXED_BYTES
 
-    if cfg.dtype == "auto":
-        return device_type == "cuda" or native_bf16(device_type)
-    return cfg.dtype == "bf16"
+
+class StepDoesNotFit(RuntimeError):
+    """The estimated peak of a training step plus the margin exceeds the device's memory."""
+
+
+def check_fit(cfg, capacity_bytes: int, *, device_type: str = "cuda", device_name: str = "the GPU",
+              micro_batches: int | None = None) -> MemoryEstimate:
+    """The estimate of cfg's step on a device of `device_type` with `capacity_bytes` of memory, if it fits with the
+    margin; else StepDoesNotFit naming the estimate, the memory, and the largest micro-batch that fits at the same
+    tokens per step (batch_size halved and grad_accum doubled until it fits), or that none does.
+
+    micro_batches: this rank's micro-batches per step, capped at 2 (estimate_step_memory's default otherwise)."""
+    def fits(e: MemoryEstimate) -> bool:
+        return e.peak_bytes + margin_bytes(e.peak_bytes) <= capacity_bytes
+
+    estimate = estimate_step_memory(cfg, device_type=device_type, micro_batches=micro_batches)
+    if fits(estimate):
+        return estimate
+    rows, accum, hint = cfg.batch_size, cfg.grad_accum, None
+    while rows % 2 == 0:
+        rows, accum = rows // 2, accum * 2
+        smaller = estimate_step_memory(cfg, device_type=device_type, batch_size=rows, micro_batches=2)
+        if fits(smaller):
+            hint = (f"at the same tokens per step, --batch_size={rows} --grad_accum={accum} fits (estimated "
+                    f"{smaller.peak_bytes / GB:.1f} GB)")
+            break
+    if hint is None:
+        hint = (f"not even a micro-batch of {rows} row{'s' if rows > 1 else ''} fits (batch_size {cfg.batch_size} "
+                "halved while even); the parameters, gradients and optimizer state alone take "
+                f"{(estimate.params_bytes + estimate.grads_bytes + estimate.optimizer_bytes) / GB:.2f} GB")
+    margin = margin_bytes(estimate.peak_bytes)
+    raise StepDoesNotFit(
+        f"this training step does not fit in the memory of {device_name}: {estimate}; with a margin of "
+        f"{margin / GB:.1f} GB ({MARGIN_FRACTION:.0%} for the allocator's fragmentation + "
+        f"{MARGIN_FIXED_BYTES / GB:.1f} GB for the CUDA context, workspaces and communication buffers) it needs "
+        f"{(estimate.peak_bytes + margin) / GB:.1f} GB of the device's {capacity_bytes / GB:.1f} GB; {hint}. "
+        "(--memory_check=False skips this check)")

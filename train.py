@@ -6,11 +6,27 @@
     python train.py --preset track3-cpu                                  # the same track, scaled to 2 CPU cores
 
 Options are `--key=value` overrides of configs.TrainConfig (`--optim.lr=0.02`, `--model.n_layer=6`).
-The clock runs only while training: validation pauses it, and the warm-up steps (torch.compile, first-call
-allocation) run before it starts, on a snapshot of the initial state that is restored afterwards; their
-time is reported apart as warmup_s. Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and,
-with --checkpoint_every=K, an atomic checkpoint.pt every K steps and at the end; `--resume=True` continues
-it and produces the same trajectory as an uninterrupted run (bitwise on the CPU with a fixed thread count).
+Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and, with --checkpoint_every=K, an atomic
+checkpoint.pt every K steps and at the end; `--resume=True` continues it and produces the same trajectory as an
+uninterrupted run (bitwise on the CPU with a fixed thread count).
+
+Implementations: "auto" values (the GPU presets' attention, MLP, loss and Newton-Schulz kernels, compile, dtype)
+are resolved once, from the device, before anything is built (configs.resolve_auto): the Triton kernels, the best
+FlashAttention and torch.compile(fullgraph=True) on CUDA, eager PyTorch and no compile on the CPU; an explicit
+value wins. The result is printed ("implementations: attention fa3, mlp triton, ...") and config.json holds the
+resolved config. On a GPU the step's memory is estimated first (memory.check_fit): a step whose estimated peak
+plus a margin exceeds the GPU's memory is refused before the model is built, naming a micro-batch that fits.
+
+The hot path does not wait for the device. The loss stays on it, summed there; the host reads it (one sync) only
+at a boundary: every --log_every steps (1 on the CPU presets, 25 on the GPU presets), before each validation and
+checkpoint, and at the last step. Each train record holds the mean loss per token over the steps since the
+previous one (interval_steps). The clock runs from boundary to boundary, so it times whole steps without a sync
+per step; validation and checkpoints pause it, and the warm-up steps (torch.compile, first-call allocation) run
+before it starts, on the initial state that is restored afterwards; their time is reported apart as warmup_s.
+A non-finite loss or gradient norm is recorded on the device and found at the next boundary; the run then rolls
+back to its last checkpoint (or the initial state, kept in host memory until the first one) and replays the steps
+with a check after each, stopping with the step and the first parameter whose gradient is not finite. A
+checkpoint is only written after a clean check and with finite weights.
 
 Precision (--dtype): auto runs bf16 where kernels._common.native_bf16(device) (CUDA, AVX-512-bf16/AMX CPUs),
 else fp32; bf16 means autocast over fp32 parameters, or, for a bf16_embedding model (track 3), a bf16 token
@@ -46,7 +62,6 @@ collective (at once on gloo; after --dist_timeout_s on NCCL, whose watchdog abor
 makes the others fail after --dist_timeout_s seconds (default 300) with an error naming the timeout.
 """
 
-import copy
 import ctypes
 import dataclasses
 import json
@@ -59,14 +74,14 @@ import torch
 import torch.distributed as dist
 
 import checkpoint
-from configs import TrainConfig, resolve
+import memory
+from configs import TrainConfig, resolve, resolve_auto
 from data.loader import TokenLoader, val_batches
 from data.shards import list_shards
-from kernels._common import native_bf16
-from kernels.attention import select_backend
 from model.gpt import GPT
 from optim import build_optimizer
 from optim.distributed import DataParallel, accumulation_steps, all_reduce_mean, init_process_group
+from optim.muon import Muon
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -87,11 +102,12 @@ def is_val_step(step: int, cfg: TrainConfig) -> bool:
     return step == cfg.max_steps or step % (cfg.val_every_late if late else cfg.val_every) == 0
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """--dtype auto | bf16 | fp32 -> the compute dtype: auto is bf16 only where bf16 matmuls are native."""
-    if name == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-    return {"bf16": torch.bfloat16, "fp32": torch.float32}[name]
+def is_boundary(step: int, cfg: TrainConfig) -> bool:
+    """Whether the host reads the device after `step` steps (the clock stops, the loss of the steps since the last
+    boundary is logged, the non-finite guard is checked): every log_every steps, before every validation and
+    checkpoint, and at the last step. Between boundaries nothing waits for the device."""
+    return (step % cfg.log_every == 0 or is_val_step(step, cfg)
+            or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0))
 
 
 def keep_freed_memory():
@@ -122,16 +138,29 @@ def train_loader(cfg: TrainConfig, files, *, rank: int, world_size: int) -> Toke
                        world_size=world_size, seed=cfg.seed if cfg.shuffle_shards else 0, margin=cfg.shard_margin)
 
 
-def _sync(device):
+def device_memory_bytes(device: torch.device) -> int | None:
+    """The memory of the accelerator the run is on (a CUDA GPU's total memory); None for the CPU, whose memory is
+    shared with everything else on the machine and is not checked."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        return torch.cuda.get_device_properties(device).total_memory
+    return None
 
 
 class Trainer:
-    """Holds the run's state; `run()` trains to max_steps (or the target) and returns the summary."""
+    """Holds the run's state; `run()` trains to max_steps (or the target) and returns the summary.
+
+    The step does not wait for the device: the loss stays on it and is summed there over the steps between two
+    boundaries (is_boundary), where the host reads it once, stops or restarts the clock and checks the guard.
+    Guard: each step records on the device the first step whose loss or gradient norm is not finite
+    (torch.where, no read). When a boundary finds it set, the run rolls back to the last good state (its last
+    checkpoint; before the first one, the initial state kept in host memory since the warm-up) and replays the
+    steps up to the recorded one with a host check after each, which stops the run naming the step, the value
+    and the first parameter with a non-finite gradient. A checkpoint is written only after a clean check and
+    with finite weights, so the last checkpoint is always good.
+    """
 
     def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+        self.requested = cfg  # as given; self.cfg is what runs (every "auto" resolved)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         if cfg.device == "auto":
@@ -141,6 +170,9 @@ class Trainer:
         if self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
+        # Implementations, precision and compile, once, before anything is built: the model's registry lookups
+        # get the resolved names, and an explicit attention backend that cannot run here fails now.
+        self.cfg = cfg = resolve_auto(cfg, self.device)
         self.accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, self.world_size, cfg.batch_size)
         if self.world_size > 1 and not dist.is_initialized():
             init_process_group(self.device, cfg.dist_timeout_s)
@@ -156,49 +188,32 @@ class Trainer:
         self.val = val_batches(val_files, n_tokens=cfg.val_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                rank=self.rank, world_size=self.world_size)
 
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
         self.autocast = self.dtype == torch.bfloat16 and not cfg.model.bf16_embedding
-        # Resolve the attention backend now: an explicit backend that cannot run here fails before training.
-        self.attention = select_backend(cfg.model.attn_impl, self.device, self.dtype, cfg.model.head_dim)
+        self.attention = cfg.model.attn_impl
+        self.memory = self._check_memory()  # before the model is on the device
         torch.manual_seed(cfg.seed)
         self.model = GPT(cfg.model, dtype=self.dtype).to(self.device)
-        self.step_model = torch.compile(self.model) if cfg.compile else self.model
+        self.step_model = torch.compile(self.model, fullgraph=True) if cfg.compile == "fullgraph" else self.model
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.parallel = DataParallel(self.model, self.optimizer, world_size=self.world_size, rank=self.rank,
                                      bucket_mb=cfg.dist_bucket_mb)
         self.loader = self._new_loader()
         # progress of the timed run; restored by --resume
         self.step, self.train_time, self.reached, self.val_loss, self.log_offset = 0, 0.0, None, float("nan"), 0
+        self._reset_device_records()
+        self._clock_start = None
+        self._initial = None  # the state at step 0 in host memory, the rollback point until the first checkpoint
+        self._checkpoint_step = None  # the step of the last checkpoint this run wrote or resumed from
+
+    # --- resolved configuration ------------------------------------------------------------------------
 
     @property
-    def checkpoint_path(self) -> str:
-        return os.path.join(self.run_dir, "checkpoint.pt")
-
-    def save_checkpoint(self):
-        optimizer_state = self.parallel.optimizer_state_dict()  # every rank: gathers the sharded Muon state
-        if not self.master:
-            return
-        checkpoint.save_atomic({
-            "config": dataclasses.asdict(self.cfg), "step": self.step, "train_time": self.train_time,
-            "reached": self.reached, "val_loss": self.val_loss, "log_offset": self.log_offset,
-            "model": self.model.state_dict(), "optimizer": optimizer_state,
-            "loader": self.loader.state_dict(), "rng": checkpoint.rng_state(),
-        }, self.checkpoint_path)
-
-    def load_checkpoint(self):
-        state = checkpoint.load(self.checkpoint_path)
-        saved, current = dict(state["config"]), dataclasses.asdict(self.cfg)
-        saved.pop("resume"), current.pop("resume")
-        if saved != current:
-            diff = sorted(k for k in current if saved.get(k) != current[k])
-            raise ValueError(f"{self.checkpoint_path} was written by a different config (differs in: {diff}); "
-                             "resume with the same options, or pick another --run_name")
-        self.model.load_state_dict(state["model"])
-        self.parallel.load_optimizer_state_dict(state["optimizer"])
-        self.loader.load_state_dict(state["loader"])
-        checkpoint.set_rng_state(state["rng"])
-        self.step, self.train_time, self.reached = state["step"], state["train_time"], state["reached"]
-        self.val_loss, self.log_offset = state["val_loss"], state["log_offset"]
+    def implementations(self) -> dict:
+        """What runs, by op ("unused": Newton-Schulz under an optimizer without it)."""
+        cfg = self.cfg
+        return {"attention": cfg.model.attn_impl, "mlp": cfg.model.mlp_impl, "ce": cfg.model.ce_impl,
+                "ns": cfg.optim.ns_impl if isinstance(self.optimizer, Muon) else "unused", "compile": cfg.compile}
 
     @property
     def precision(self) -> str:
@@ -209,6 +224,69 @@ class Trainer:
             return "bf16 autocast (fp32 parameters)"
         return "bf16 activations from the bf16 token embedding (no autocast; fp32 parameters elsewhere)"
 
+    def _check_memory(self) -> memory.MemoryEstimate | None:
+        """Refuse a step that cannot fit in the device's memory (memory.check_fit), before the model is built."""
+        capacity = device_memory_bytes(self.device)
+        if capacity is None or not self.cfg.memory_check:
+            return None
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device)
+        try:
+            return memory.check_fit(self.cfg, capacity, device_type=self.device.type, device_name=name,
+                                    micro_batches=min(2, self.accum))
+        except memory.StepDoesNotFit:
+            raise
+        except Exception as e:  # noqa: BLE001 - an op without a fake-tensor implementation: the check cannot run
+            if self.master:
+                print(f"memory check not done: one step of this config could not be traced on fake tensors "
+                      f"({type(e).__name__}: {e})", file=sys.stderr)
+            return None
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.run_dir, "checkpoint.pt")
+
+    def save_checkpoint(self):
+        """Every rank (the sharded optimizer state is gathered); rank 0 writes. Never writes non-finite weights."""
+        self._check_weights_finite()
+        optimizer_state = self.parallel.optimizer_state_dict()  # every rank: gathers the sharded Muon state
+        if self.master:
+            checkpoint.save_atomic({
+                "config": dataclasses.asdict(self.cfg), "step": self.step, "train_time": self.train_time,
+                "reached": self.reached, "val_loss": self.val_loss, "log_offset": self.log_offset,
+                "model": self.model.state_dict(), "optimizer": optimizer_state,
+                "loader": self.loader.state_dict(), "rng": checkpoint.rng_state(),
+            }, self.checkpoint_path)
+        self._checkpoint_step, self._initial = self.step, None  # the checkpoint is now the rollback point
+
+    def load_checkpoint(self):
+        state = checkpoint.load(self.checkpoint_path)
+        saved, current = dict(state["config"]), dataclasses.asdict(self.cfg)
+        saved.pop("resume"), current.pop("resume")
+        if saved != current:
+            diff = _differences(saved, current)
+            raise ValueError(f"{self.checkpoint_path} was written by a different config (differs in: {diff}); "
+                             "resume with the same options on the same kind of machine (implementations chosen "
+                             "by 'auto' are part of the config), or pick another --run_name")
+        self.model.load_state_dict(state["model"])
+        self.parallel.load_optimizer_state_dict(state["optimizer"])
+        self.loader.load_state_dict(state["loader"])
+        checkpoint.set_rng_state(state["rng"])
+        self.step, self.train_time, self.reached = state["step"], state["train_time"], state["reached"]
+        self.val_loss, self.log_offset = state["val_loss"], state["log_offset"]
+        self._checkpoint_step, self._initial = self.step, None
+
+    def _check_weights_finite(self):
+        named = list(self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for _, p in named])
+        if not finite.all():
+            name = named[int((~finite).nonzero()[0, 0])][0]
+            raise FloatingPointError(f"parameter {name} is not finite after {self.step} steps, although every "
+                                     "loss and gradient norm was finite; no checkpoint written")
+
+    # --- the step ----------------------------------------------------------------------------------------
+
     def _new_loader(self) -> TokenLoader:
         return train_loader(self.cfg, self.train_files, rank=self.rank, world_size=self.world_size)
 
@@ -217,6 +295,13 @@ class Trainer:
         x, y = self.loader.next_batch()  # (accum*B, T)
         return zip(x.split(self.cfg.batch_size), y.split(self.cfg.batch_size))
 
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Host batch -> device without waiting: a copy from pageable memory may wait for the stream, one from
+        pinned memory does not."""
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
 
@@ -224,15 +309,25 @@ class Trainer:
     def summed_loss(self) -> bool:
         return self.cfg.model.loss_reduction == "sum"
 
-    def train_step(self, step: int) -> float:
-        """One optimizer step; returns the training loss per token."""
+    def _reset_device_records(self):
+        """The per-interval loss sum and the non-finite record: [first bad step (-1: none), its loss, its norm]."""
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._interval_steps = 0
+        self._nonfinite = torch.tensor([-1.0, 0.0, 0.0], dtype=torch.float64, device=self.device)
+
+    def train_step(self, step: int, *, checked: bool = False) -> torch.Tensor:
+        """One optimizer step; returns the training loss per token, a float64 0-dim tensor on the device.
+
+        Nothing here waits for the device: a non-finite loss or gradient norm is recorded in self._nonfinite
+        (the first such step) for the next boundary to find. checked=True reads both at once and raises
+        FloatingPointError naming the step and the first parameter with a non-finite gradient (the replay)."""
         cfg, model = self.cfg, self.model
         factor = lr_factor(step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
         total = torch.zeros((), device=self.device)
         for micro, (x, y) in enumerate(self.micro_batches()):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = self._to_device(x), self._to_device(y)
             with self._autocast():
                 loss = self.step_model(x, y)
             self.parallel.prepare_backward(last_micro_batch=micro == self.accum - 1)  # then grads go out as ready
@@ -244,19 +339,29 @@ class Trainer:
             else:
                 (loss / self.accum).backward()
                 total += loss.detach() / self.accum
-        loss_value = self.parallel.reduce(total).item()  # waits for every gradient's reduction
+        loss_per_token = self.parallel.reduce(total).double()  # waits for every gradient's reduction (on the GPU)
         if self.summed_loss:
-            loss_value /= self.accum * cfg.batch_size * cfg.seq_len  # this rank's tokens a step
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"step {step}: training loss is {loss_value}; {self._first_bad_grad()}")
+            loss_per_token = loss_per_token / (self.accum * cfg.batch_size * cfg.seq_len)  # this rank's tokens
         norm = self.parallel.grad_norm()
-        if not torch.isfinite(norm):
-            raise FloatingPointError(f"step {step}: gradient norm is {norm.item()}; {self._first_bad_grad()}")
+        if checked:
+            loss_value = loss_per_token.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"step {step}: training loss is {loss_value}; {self._first_bad_grad()}")
+            if not torch.isfinite(norm):
+                raise FloatingPointError(f"step {step}: gradient norm is {norm.item()}; {self._first_bad_grad()}")
+        else:
+            self._record_nonfinite(step, loss_per_token, norm)
         if cfg.grad_clip:
             torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.grad_clip, norm)
         self.parallel.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss_value
+        return loss_per_token
+
+    def _record_nonfinite(self, step: int, loss: torch.Tensor, norm: torch.Tensor):
+        """If this is the first step with a non-finite loss or norm, remember (step, loss, norm), on the device."""
+        values = torch.stack((loss, norm.double()))
+        first = ~torch.isfinite(values).all() & (self._nonfinite[0] < 0)
+        self._nonfinite = torch.where(first, torch.cat((values.new_full((1,), step), values)), self._nonfinite)
 
     def _first_bad_grad(self) -> str:
         for name, p in self.model.named_parameters():
@@ -270,28 +375,82 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for x, y in self.val:
             with self._autocast():
-                total += self.step_model(x.to(self.device), y.to(self.device)).float()
+                total += self.step_model(self._to_device(x), self._to_device(y)).float()
         total /= len(self.val) * (self.cfg.batch_size * self.cfg.seq_len if self.summed_loss else 1)  # per token
         all_reduce_mean(total, self.world_size)  # every rank holds the same number of val batches
         self.model.train()
         return total.item()
 
+    # --- the clock, rollback and replay ------------------------------------------------------------------
+
+    def synchronize(self):
+        """Wait for the device's queued work (a no-op on the CPU, whose ops have finished when they return)."""
+        torch.get_device_module(self.device).synchronize(self.device)
+
+    def _start_clock(self):
+        self.synchronize()
+        self._clock_start = time.perf_counter()
+
+    def _stop_clock(self):
+        self.synchronize()
+        self.train_time += time.perf_counter() - self._clock_start
+        self._clock_start = None
+
+    def _snapshot(self) -> dict:
+        """The model and optimizer state in host memory (a copy), the RNG state; the loader restarts from step 0."""
+        def to_host(value):
+            if torch.is_tensor(value):
+                return value.detach().to("cpu", copy=True)
+            if isinstance(value, dict):
+                return {k: to_host(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [to_host(v) for v in value]
+            return value
+
+        return {"model": to_host(self.model.state_dict()), "optimizer": to_host(self.optimizer.state_dict()),
+                "rng": checkpoint.rng_state()}
+
+    def _restore(self, snapshot: dict):
+        self.model.load_state_dict(snapshot["model"])
+        self.parallel.load_optimizer_state_dict(snapshot["optimizer"])
+        checkpoint.set_rng_state(snapshot["rng"])
+        self.loader = self._new_loader()
+
+    def _replay_to_failure(self, bad_step: int, loss: float, norm: float):
+        """The guard found `bad_step`: roll back to the last good state, replay with a check after every step, and
+        raise the replay's FloatingPointError (or, where the replay does not reproduce it, the recorded values)."""
+        what = f"training loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
+        if self._checkpoint_step is not None:
+            self.load_checkpoint()
+        elif self._initial is not None:
+            self._restore(self._initial)
+            self.step = 0
+        else:  # train_step driven by hand, without run(): nothing to roll back to
+            raise FloatingPointError(f"step {bad_step}: {what}")
+        start = self.step
+        while self.step <= bad_step:
+            self.train_step(self.step, checked=True)
+            self.step += 1
+        raise FloatingPointError(f"step {bad_step}: {what}; replayed from step {start}, the step was finite "
+                                 "(the device's arithmetic is not deterministic), so the parameter is not known")
+
     def warmup(self, steps: int = 1) -> float:
-        """Run `steps` training steps (compilation, allocator warm-up) then restore the initial state."""
+        """Run `steps` training steps (compilation, allocator warm-up), then restore the initial state, which stays
+        in host memory as the rollback point until the first checkpoint."""
+        self._initial = self._snapshot()
         if steps <= 0:
             return 0.0
-        model_state = copy.deepcopy(self.model.state_dict())
-        optim_state = copy.deepcopy(self.optimizer.state_dict())
         start = time.perf_counter()
         for step in range(steps):
             self.train_step(step)
         self.evaluate()
-        _sync(self.device)
+        self.synchronize()
         elapsed = time.perf_counter() - start
-        self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(optim_state)
-        self.loader = self._new_loader()
+        self._restore(self._initial)
+        self._reset_device_records()
         return elapsed
+
+    # --- the run -----------------------------------------------------------------------------------------
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -317,11 +476,29 @@ class Trainer:
                 json.dump(summary, f, indent=1)
         return summary
 
+    def is_boundary(self, step: int) -> bool:
+        return is_boundary(step, self.cfg)
+
     def _log(self, log, record: dict):
         if log is not None:
             log.write(json.dumps(record) + "\n")
             log.flush()
             self.log_offset = log.tell()
+
+    def _end_interval(self, log) -> float:
+        """At a boundary, with the clock stopped: one read of the device (the interval's loss sum and the guard's
+        record), the replay if the guard tripped, and the train record; returns the interval's mean loss."""
+        loss_sum, bad_step, bad_loss, bad_norm = torch.cat((self._loss_sum.view(1), self._nonfinite)).tolist()
+        if bad_step >= 0:
+            self._replay_to_failure(int(bad_step), bad_loss, bad_norm)
+        steps, tokens_per_step = self._interval_steps, self.loader.tokens_per_step
+        train_loss = loss_sum / steps
+        self._log(log, {"step": self.step, "train_loss": train_loss, "interval_steps": steps,
+                        "lr_factor": lr_factor(self.step - 1, self.cfg), "tokens": self.step * tokens_per_step,
+                        "train_time_s": self.train_time, "step_avg_ms": 1e3 * self.train_time / self.step})
+        self._loss_sum.zero_()
+        self._interval_steps = 0
+        return train_loss
 
     def _loop(self, log):
         cfg = self.cfg
@@ -333,6 +510,7 @@ class Trainer:
             progress = tqdm(total=cfg.max_steps, initial=self.step, desc=f"{cfg.preset}/{cfg.optim.name}",
                             dynamic_ncols=True)
         while True:
+            # Here the clock is stopped: at the start, and after every boundary (every validation step is one).
             last = self.step == cfg.max_steps
             if is_val_step(self.step, cfg):
                 self.val_loss = self.evaluate()
@@ -346,17 +524,18 @@ class Trainer:
                     progress.set_postfix(val=f"{self.val_loss:.4f}")
                 if last or (self.reached and cfg.stop_at_target):
                     break
-            _sync(self.device)
-            start = time.perf_counter()
-            train_loss = self.train_step(self.step)
-            _sync(self.device)
-            self.train_time += time.perf_counter() - start
+            if self._clock_start is None:
+                self._start_clock()
+            self._loss_sum += self.train_step(self.step)
+            self._interval_steps += 1
             self.step += 1
-            self._log(log, {"step": self.step, "train_loss": train_loss, "lr_factor": lr_factor(self.step - 1, cfg),
-                            "tokens": self.step * tokens_per_step, "train_time_s": self.train_time,
-                            "step_avg_ms": 1e3 * self.train_time / self.step})
+            if not is_boundary(self.step, cfg):
+                continue  # no host read: the next step's kernels queue behind this one's
+            self._stop_clock()
+            steps = self._interval_steps
+            train_loss = self._end_interval(log)
             if progress is not None:
-                progress.update(1)
+                progress.update(steps)
                 progress.set_postfix(loss=f"{train_loss:.4f}", val=f"{self.val_loss:.4f}")
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
@@ -379,9 +558,23 @@ class Trainer:
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "world_size": self.world_size, "threads": torch.get_num_threads(),
             "dtype": "bf16" if self.dtype == torch.bfloat16 else "fp32", "precision": self.precision,
+            "implementations": self.implementations, "log_every": cfg.log_every,
+            "memory_estimate_gb": round(self.memory.peak_bytes / memory.GB, 2) if self.memory else None,
             "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
             "params": self.model.num_params(), "run_dir": self.run_dir,
         }
+
+
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the config fields whose values differ."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def format_summary(s: dict) -> str:
@@ -401,9 +594,12 @@ def main(argv=None) -> dict:
     cfg = resolve(sys.argv[1:] if argv is None else argv)
     trainer = Trainer(cfg)
     if trainer.master:
-        print(json.dumps(dataclasses.asdict(cfg)))
+        print(json.dumps(dataclasses.asdict(trainer.cfg)))
         print(f"precision: dtype={cfg.dtype} -> {trainer.precision}")
         print(f"attention: {cfg.model.attn_impl} -> {trainer.attention}")
+        print("implementations: " + ", ".join(f"{op} {impl}" for op, impl in trainer.implementations.items()))
+        if trainer.memory is not None:
+            print(f"memory: {trainer.memory}")
     try:
         summary = trainer.run()
     finally:

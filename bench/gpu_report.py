@@ -1063,7 +1063,7 @@ def _hidden_shapes(model_cfg) -> list[tuple[str, int, int, int]]:
 def benchmark_cases(dry_run: bool) -> list[Case]:
     """The gpt2-124m case and the track-3 case, from configs.PRESETS (track 3 from its definition while the preset
     is absent). A dry run keeps each case's structure and shrinks the dimensions to the tiny model's."""
-    from configs import PRESETS, resolve
+    from configs import PRESETS, resolve, resolve_auto
     from model.config import model_preset
 
     cases = []
@@ -1071,7 +1071,9 @@ def benchmark_cases(dry_run: bool) -> list[Case]:
         preset_name = "gpt2-124m" if name == "124m" else TRACK3_PRESET
         preset = PRESETS.get(preset_name)
         if preset is not None:
-            resolved = resolve([f"--preset={preset_name}"])  # the optimizer settings may come from a recipe
+            # the optimizer settings may come from a recipe; "auto" implementation names resolved (as on the CPU:
+            # only the shapes of the model built from it are read)
+            resolved = resolve_auto(resolve([f"--preset={preset_name}"]), "cpu")
             model_cfg, optim = resolved.model, resolved.optim
             batch, seq = preset["batch_size"], preset["seq_len"]
             ns_steps, coefficients = optim.ns_steps, optim.ns_coefficients
@@ -1605,7 +1607,7 @@ def run_e2e(ctx, preset: str, deadline: float, steps: int, warmup_steps: int) ->
         key = f"e2e/{preset}"
         t0 = time.time()
         trainer = Trainer(cfg)
-        fields = {"preset": preset, "impls": _impls(cfg), "micro_batch": f"{cfg.batch_size}×{cfg.seq_len}",
+        fields = {"preset": preset, "impls": _impls(trainer.cfg), "micro_batch": f"{cfg.batch_size}×{cfg.seq_len}",
                   "accum_steps": trainer.accum, "tokens_per_step": trainer.loader.tokens_per_step,
                   "max_steps": cfg.max_steps, "params": trainer.model.num_params(),
                   "attention_backend": trainer.attention, "build_s": time.time() - t0}

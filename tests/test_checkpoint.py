@@ -144,3 +144,72 @@ def test_track3_run_stopped_and_resumed_matches_uninterrupted_run(text_shards, t
     resumed = train.main([*args, "--resume=True"])
     assert resumed["final_val_loss"] == reference["final_val_loss"] and resumed["steps"] == 8
     assert _log_without_timings(tmp_path / "stopped" / "r") == _log_without_timings(tmp_path / "ref" / "r")
+
+
+# --- the guard between log steps: found at a boundary, replayed from the last good state ----------------------
+
+
+def _poison_grad(trainer, name, step, times=None):
+    """Multiply `name`'s gradient by NaN whenever trainer.step == step (at most `times` times)."""
+    fired = []
+
+    def poison(grad):
+        if trainer.step == step and (times is None or len(fired) < times):
+            fired.append(step)
+            return grad * float("nan")
+        return grad
+
+    dict(trainer.model.named_parameters())[name].register_hook(poison)
+    return fired
+
+
+def test_nan_between_log_steps_is_replayed_from_the_initial_state(text_shards, tmp_path):
+    """No checkpoint yet: the bad step 2 is noticed at the log step 4, the run restarts from the initial state kept
+    in host memory, replays steps 0-2 with a check after each, and stops with today's message."""
+    trainer = _trainer(text_shards, tmp_path, "--log_every=4", "--checkpoint_every=0")
+    fired = _poison_grad(trainer, "blocks.0.attn.c_q.weight", step=2)
+    with pytest.raises(FloatingPointError, match="step 2: gradient norm is nan.*blocks.0.attn.c_q.weight"):
+        trainer.run()
+    assert fired == [2, 2]  # the run, then the replay
+    assert not os.path.exists(trainer.checkpoint_path)
+    log = [json.loads(line) for line in open(os.path.join(trainer.run_dir, "log.jsonl"))]
+    assert [r["step"] for r in log] == [0] and "val_loss" in log[0]  # no record of the bad interval
+
+
+def test_nan_between_log_steps_is_replayed_from_the_last_checkpoint_and_never_checkpointed(text_shards, tmp_path):
+    """Checkpoints at 3 and 6, log every 100: the bad step 4 is noticed at step 6, before its checkpoint is
+    written; the replay starts from the step-3 checkpoint, which stays on disk."""
+    trainer = _trainer(text_shards, tmp_path, "--log_every=100", "--checkpoint_every=3")
+    fired = _poison_grad(trainer, "blocks.1.mlp.c_proj.weight", step=4)
+    with pytest.raises(FloatingPointError, match="step 4: gradient norm is nan.*blocks.1.mlp.c_proj.weight"):
+        trainer.run()
+    assert fired == [4, 4]
+    good = checkpoint.load(trainer.checkpoint_path)
+    assert good["step"] == 3 and all(torch.isfinite(v).all() for v in good["model"].values())
+
+
+def test_a_non_finite_step_the_replay_does_not_reproduce_is_still_reported(text_shards, tmp_path):
+    """Non-deterministic arithmetic (simulated: the poison fires once): the replay finds every step finite, and
+    the run stops with the step and the value recorded on the device."""
+    trainer = _trainer(text_shards, tmp_path, "--log_every=100", "--checkpoint_every=3")
+    _poison_grad(trainer, "blocks.1.mlp.c_proj.weight", step=4, times=1)
+    with pytest.raises(FloatingPointError, match="step 4: gradient norm is nan; replayed from step 3, the step "
+                                                 "was finite .*not deterministic"):
+        trainer.run()
+
+
+def test_non_finite_weights_are_never_checkpointed(text_shards, tmp_path):
+    """Weights made non-finite by an update whose loss and gradients were finite (here: an overwritten weight)
+    are caught before the checkpoint that would hold them."""
+    trainer = _trainer(text_shards, tmp_path, "--log_every=100", "--checkpoint_every=3")
+    step = trainer.parallel.step
+
+    def corrupting_step():
+        step()
+        if trainer.step == 5:  # the last step before the step-6 checkpoint: no later loss shows it
+            trainer.model.blocks[1].mlp.c_fc.weight.data[0, 0] = float("inf")
+
+    trainer.parallel.step = corrupting_step
+    with pytest.raises(FloatingPointError, match="blocks.1.mlp.c_fc.weight is not finite after 6 steps.*no checkpoint"):
+        trainer.run()
+    assert checkpoint.load(trainer.checkpoint_path)["step"] == 3

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from configs import PRESETS, resolve
 from tests.recipes import register_recipe
@@ -20,7 +21,7 @@ def test_overrides_of_every_form():
     cfg = resolve(["--preset=tiny", "--max_steps=7", "--optim.lr=0.02", "--optimizer", "muon",
                    "--model.window=16", "--attention=sdpa", "--compile=True", "--optim.betas=(0.8, 0.9)"])
     assert cfg.max_steps == 7 and cfg.optim.lr == 0.02 and cfg.optim.name == "muon"
-    assert cfg.model.window == 16 and cfg.model.attn_impl == "sdpa" and cfg.compile is True
+    assert cfg.model.window == 16 and cfg.model.attn_impl == "sdpa" and cfg.compile == "fullgraph"
     assert cfg.optim.betas == (0.8, 0.9)
     assert resolve(["--optim.lr=1"]).optim.lr == 1.0  # int literal accepted for a float field
 
@@ -30,7 +31,9 @@ def test_overrides_of_every_form():
     (["--optim.nope=1"], "unknown option --optim.nope"),
     (["--max_steps=ten"], "not a Python literal"),
     (["--max_steps=1.5"], "expected int"),
-    (["--compile=1"], "expected True/False"),
+    (["--compile=1"], "compile='1'; choose from auto, fullgraph, off"),
+    (["--compile=max-autotune"], "compile='max-autotune'"),
+    (["--log_every=0"], "log_every=0 must be >= 1"),
     (["--preset=huge"], "unknown preset"),
     (["--max_steps"], "needs a value"),
     (["max_steps=3"], "unexpected argument"),
@@ -119,3 +122,92 @@ def test_track3_cpu_is_track3_scaled_down():
     assert (normuon.max_steps, normuon.horizon) == (160, round(3300 * 160 / 3250))  # still ends early
     adam = resolve(["--preset=track3-cpu", "--optimizer=track3-adam"])
     assert (adam.max_steps, adam.warmup_steps) == (round(5625 * 160 / 3250), round(250 * 160 / 3250))
+
+
+# --- "auto" resolved from the device (configs.resolve_auto) ----------------------------------------------------
+
+MACHINES = {  # name: (device, native bf16, FlashAttention modules that import, compute capability)
+    "h100+fa3": ("cuda", True, ("flash_attn_interface", "flash_attn"), (9, 0)),
+    "h100": ("cuda", True, (), (9, 0)),
+    "a100+fa2": ("cuda", True, ("flash_attn",), (8, 0)),
+    "cpu-amx": ("cpu", True, (), None),
+    "cpu-avx2": ("cpu", False, (), None),
+}
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """simulate(name) -> the device of a simulated MACHINES[name]: what native_bf16, the FlashAttention imports and
+    the compute capability report."""
+    from kernels import _common, attention
+    from kernels import attention_select as S
+
+    def simulate(name):
+        device, bf16, modules, capability = MACHINES[name]
+        monkeypatch.setattr(_common, "native_bf16", lambda d: bf16)
+        monkeypatch.setattr(S, "probe_import", lambda module, needs=(): (object(), None) if module in modules
+                            else (None, f"`import {module}` failed"))
+        monkeypatch.setattr(S, "cuda_capability", lambda d: capability if torch.device(d).type == "cuda" else None)
+        attention.reset_caches()
+        return device
+
+    return simulate
+
+
+def _resolved(preset, machine_name, machine, *argv):
+    from configs import resolve_auto
+
+    cfg = resolve_auto(resolve([f"--preset={preset}", *argv]), machine(machine_name))
+    return {"attention": cfg.model.attn_impl, "mlp": cfg.model.mlp_impl, "ce": cfg.model.ce_impl,
+            "ns": cfg.optim.ns_impl, "compile": cfg.compile, "dtype": cfg.dtype, "ns_dtype": cfg.optim.ns_dtype,
+            "device": cfg.device}
+
+
+def _row(attention, mlp, ce, ns, compile_, dtype, ns_dtype, device):
+    return {"attention": attention, "mlp": mlp, "ce": ce, "ns": ns, "compile": compile_, "dtype": dtype,
+            "ns_dtype": ns_dtype, "device": device}
+
+
+# The resolution table. track3's MLP and loss stay eager: model/config.py refuses the Triton MLP and cross-entropy
+# with biases and the algebraic softcap. Its recipe asks for a bf16 Newton-Schulz explicitly.
+RESOLUTION_TABLE = [
+    ("gpt2-124m", "h100+fa3", _row("fa3", "triton", "triton", "triton", "fullgraph", "bf16", "bf16", "cuda")),
+    ("gpt2-124m", "h100", _row("sdpa", "triton", "triton", "triton", "fullgraph", "bf16", "bf16", "cuda")),
+    ("gpt2-124m", "a100+fa2", _row("fa2", "triton", "triton", "triton", "fullgraph", "bf16", "bf16", "cuda")),
+    ("gpt2-124m", "cpu-amx", _row("sdpa", "eager", "eager", "eager", "off", "bf16", "bf16", "cpu")),
+    ("gpt2-124m", "cpu-avx2", _row("sdpa", "eager", "eager", "eager", "off", "fp32", "fp32", "cpu")),
+    ("track3", "h100+fa3", _row("fa3", "eager", "eager", "triton", "fullgraph", "bf16", "bf16", "cuda")),
+    ("track3", "cpu-avx2", _row("sdpa", "eager", "eager", "eager", "off", "fp32", "bf16", "cpu")),
+    ("cpu", "cpu-amx", _row("eager", "eager", "eager", "eager", "off", "bf16", "bf16", "cpu")),
+    ("cpu", "cpu-avx2", _row("eager", "eager", "eager", "eager", "off", "fp32", "fp32", "cpu")),
+    ("track3-cpu", "cpu-amx", _row("sdpa", "eager", "eager", "eager", "off", "fp32", "bf16", "cpu")),
+    ("tiny", "cpu-avx2", _row("eager", "eager", "eager", "eager", "off", "fp32", "fp32", "cpu")),
+]
+
+
+@pytest.mark.parametrize("preset, machine_name, expected", RESOLUTION_TABLE,
+                         ids=[f"{p}-{m}" for p, m, _ in RESOLUTION_TABLE])
+def test_auto_resolves_by_device(machine, preset, machine_name, expected):
+    assert _resolved(preset, machine_name, machine) == expected
+
+
+def test_cpu_presets_resolve_to_eager_without_compile_on_this_machine():
+    from configs import resolve_auto
+
+    for preset in ("cpu", "track3-cpu", "tiny", "gpt2-124m", "track3"):
+        cfg = resolve_auto(resolve([f"--preset={preset}"]), "cpu")
+        assert (cfg.model.mlp_impl, cfg.model.ce_impl, cfg.optim.ns_impl, cfg.compile) == ("eager",) * 3 + ("off",)
+        assert cfg.model.attn_impl in ("eager", "sdpa") and "auto" not in (cfg.dtype, cfg.optim.ns_dtype, cfg.device)
+
+
+def test_an_explicit_choice_wins_over_auto(machine):
+    got = _resolved("gpt2-124m", "h100+fa3", machine, "--model.mlp_impl=eager", "--attention=sdpa",
+                    "--compile=False", "--optim.ns_impl=eager", "--dtype=fp32", "--optim.ns_dtype=fp32")
+    assert got == _row("sdpa", "eager", "triton", "eager", "off", "fp32", "fp32", "cuda")
+    cpu = _resolved("tiny", "cpu-avx2", machine, "--compile=fullgraph", "--model.ce_impl=triton")
+    assert (cpu["compile"], cpu["ce"]) == ("fullgraph", "triton")
+
+
+def test_an_explicit_attention_backend_that_cannot_run_is_refused(machine):
+    with pytest.raises(RuntimeError, match="'fa3' is not available"):
+        _resolved("gpt2-124m", "h100", machine, "--attention=fa3")

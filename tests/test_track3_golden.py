@@ -175,7 +175,8 @@ def test_five_steps_of_the_baseline_recipe_match_the_reference(tmp_path):
                    f"--model.n_embd={shape['dim']}", f"--model.n_head={shape['dim'] // 128}",
                    f"--model.max_seq_len={shape['seq']}", f"--batch_size={shape['rows']}", f"--seq_len={shape['seq']}",
                    "--reference_world_size=1", f"--max_steps={META['horizon']}", f"--val_tokens={META['val_tokens']}",
-                   f"--val_every={META['horizon']}", "--dtype=fp32", "--compile=False", "--threads=1"])
+                   f"--val_every={META['horizon']}", "--dtype=fp32", "--compile=False", "--threads=1",
+                   "--log_every=1"])  # a train record (the loss) every step
     assert cfg.optim.ns_dtype == "bf16"  # as the reference: the recipe asks for bf16 (emulated where not native)
     trainer = train.Trainer(cfg)
     torch.manual_seed(META["init_seed"])

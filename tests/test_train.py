@@ -8,6 +8,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -154,7 +155,8 @@ def test_track3_data_windows_on_any_number_of_ranks(tmp_path, world):
 def test_track3_runs_at_tiny_size_with_a_summed_loss(shards, tmp_path, capsys):
     summary = run(shards, tmp_path, "--preset=track3", "--model.n_layer=1", "--model.n_embd=128",
                   "--model.n_head=1", "--batch_size=1", "--seq_len=32", "--max_steps=2", "--val_tokens=512",
-                  "--compile=False", "--dtype=fp32", "--train_pattern=*_train_*.bin", "--val_pattern=*_val_*.bin")
+                  "--compile=False", "--dtype=fp32", "--train_pattern=*_train_*.bin", "--val_pattern=*_val_*.bin",
+                  "--log_every=1")
     assert summary["steps"] == 2 and summary["tokens"] == 2 * 8 * 32 and summary["recipe"] == "track3-muon"
     assert summary["dtype"] == "fp32" and "precision: dtype=fp32 -> fp32" in capsys.readouterr().out
     log = [json.loads(line) for line in open(os.path.join(summary["run_dir"], "log.jsonl"))]
@@ -191,7 +193,7 @@ def test_summed_loss_gradient_is_tokens_times_the_mean_gradient(shards, tmp_path
             for i, p in enumerate(trainer.model.parameters()):
                 p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
         trainer.optimizer.zero_grad = lambda set_to_none=True: None  # keep the gradients for the comparison
-        losses[reduction] = trainer.train_step(0)
+        losses[reduction] = trainer.train_step(0).item()  # the loss per token stays on the device
         grads[reduction] = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
     tokens = 2 * 2 * 64
     assert losses["sum"] == pytest.approx(losses["mean"], rel=1e-6)
@@ -245,3 +247,148 @@ def test_summed_loss_on_two_ranks_matches_one_rank(shards, tmp_path):
     for name, w in weights[0].items():
         torch.testing.assert_close(weights[1][name], w, rtol=1e-6, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
     assert one["steps"] == 3
+
+
+# --- host syncs ----------------------------------------------------------------------------------------------
+
+
+def _assert_syncs_only_at_boundaries(events, boundaries, max_steps):
+    """events: [((trainer.step, phase), what)]. No train_step waits for the device; the loop waits only at a
+    boundary (the step count right after a boundary step, or 0: warm-up, first validation); and every boundary
+    does wait (the clock's synchronize and the one read), so the counter demonstrably sees the trainer's syncs."""
+    assert not [e for e in events if e[0][1] == "train_step"], [e for e in events if e[0][1] == "train_step"][:5]
+    per_step = {s: [what for (step, _), what in events if step == s] for s in range(max_steps + 1)}
+    quiet = [s for s in range(1, max_steps + 1) if s not in boundaries]
+    assert quiet and {s: per_step[s] for s in quiet} == {s: [] for s in quiet}
+    for s in boundaries:
+        assert "torch.cpu.synchronize" in per_step[s] and "Tensor.tolist" in per_step[s], (s, per_step[s])
+
+
+# boundaries: log every 5 steps, validation every 8, a checkpoint every 7, the last step (16)
+SYNC_ARGS = ["--max_steps=16", "--log_every=5", "--val_every=8", "--checkpoint_every=7", "--grad_clip=1.0",
+             "--dtype=fp32"]
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_no_host_sync_between_boundaries(shards, tmp_path, optimizer, grad_accum):
+    """A CUDA-free run counted by tests/host_syncs.py: no training step waits for the device (item, bool, float,
+    tolist, numpy, synchronize, data-dependent shapes, ...); the loop reads the device only at the boundaries."""
+    from tests.host_syncs import HostSyncs, trainer_syncs
+
+    cfg = train.resolve(["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--threads=1",
+                         f"--optimizer={optimizer}", f"--grad_accum={grad_accum}", *SYNC_ARGS])
+    trainer = train.Trainer(cfg)
+    assert trainer.accum == grad_accum and cfg.grad_clip
+    with trainer_syncs(trainer) as syncs:
+        summary = trainer.run()
+    boundaries = [s for s in range(1, cfg.max_steps + 1) if trainer.is_boundary(s)]
+    assert boundaries == [5, 7, 8, 10, 14, 15, 16] and summary["steps"] == 16
+    _assert_syncs_only_at_boundaries(syncs.events, boundaries, cfg.max_steps)
+    log = [json.loads(line) for line in open(os.path.join(summary["run_dir"], "log.jsonl"))]
+    train_records = [(r["step"], r["interval_steps"]) for r in log if "train_loss" in r]
+    assert train_records == [(5, 5), (7, 2), (8, 1), (10, 2), (14, 4), (15, 1), (16, 1)]
+    with HostSyncs(trainer.device) as checked:  # the replay's checked step does read the device
+        trainer.train_step(trainer.step, checked=True)
+    assert any(what == "Tensor.item" for _, what in checked.events)
+
+
+def test_no_host_sync_between_boundaries_on_two_gloo_ranks(shards, tmp_path):
+    """The same count on every rank of a 2-process gloo job: sharded Muon (reduce-scatter, all-gather), the
+    Adam side's bucketed all-reduce, 2 micro-batches a rank, clipping on."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    args = ["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--threads=1", "--optimizer=muon",
+            "--reference_world_size=2", "--grad_accum=2", *SYNC_ARGS]
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "tests.host_syncs", str(tmp_path),
+                           *args], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    for rank in range(2):
+        report = json.load(open(tmp_path / f"syncs_rank{rank}.json"))
+        events = [((step, phase), what) for (step, phase), what in report["events"]]
+        boundaries = [s for s in report["boundaries"] if s > 0]
+        assert boundaries == [5, 7, 8, 10, 14, 15, 16]
+        _assert_syncs_only_at_boundaries(events, boundaries, report["max_steps"])
+        assert report["accum"] == 2 and report["world_size"] == 2
+
+
+# --- implementations resolved at start; the clock --------------------------------------------------------------
+
+
+def test_resolved_implementations_are_printed_recorded_and_used(shards, tmp_path, capsys):
+    from kernels import registry
+
+    args = ["--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto", "--optim.ns_impl=auto",
+            "--attention=auto", "--max_steps=1"]
+    summary = run(shards, tmp_path, *args)
+    expected = {"attention": "sdpa", "mlp": "eager", "ce": "eager", "ns": "eager", "compile": "off"}
+    assert summary["implementations"] == expected
+    assert "implementations: attention sdpa, mlp eager, ce eager, ns eager, compile off" in capsys.readouterr().out
+    config = json.load(open(os.path.join(summary["run_dir"], "config.json")))
+    assert (config["model"]["mlp_impl"], config["model"]["ce_impl"], config["model"]["attn_impl"]) == \
+        ("eager", "eager", "sdpa")
+    assert (config["optim"]["ns_impl"], config["compile"], config["device"]) == ("eager", "off", "cpu")
+    assert config["dtype"] in ("bf16", "fp32") and config["optim"]["ns_dtype"] in ("bf16", "fp32")
+    trainer = train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}", *args]))
+    assert trainer.requested.model.mlp_impl == "auto" and trainer.step_model is trainer.model  # no compile
+    assert trainer.model.blocks[0].mlp.relu2 is registry.get("relu2_mlp", "eager")
+    assert trainer.model.cross_entropy is registry.get("linear_cross_entropy", "eager")
+    assert trainer.model.blocks[0].attn.attend is registry.get("attention", "sdpa")
+    assert train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}"])).implementations["ns"] == "unused"
+
+
+def test_compile_on_compiles_the_whole_graph(shards, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
+    train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}", "--compile=fullgraph"]))
+    assert calls == [{"fullgraph": True}]
+
+
+def test_the_clock_counts_training_steps_only(shards, tmp_path):
+    """The clock runs from one boundary to the next: the steps are timed, validation and checkpoints are not.
+    Each evaluate and save is slowed by 0.3 s; train_time must hold the steps' own time and no such pause."""
+    cfg = train.resolve(["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--threads=1",
+                         "--max_steps=6", "--log_every=3", "--val_every=2", "--checkpoint_every=3"])
+    trainer = train.Trainer(cfg)
+    step_s, train_step, evaluate, save = [], trainer.train_step, trainer.evaluate, trainer.save_checkpoint
+
+    def timed_step(step, **kwargs):
+        start = time.perf_counter()
+        out = train_step(step, **kwargs)
+        step_s.append(time.perf_counter() - start)
+        return out
+
+    def slow(fn):
+        def wrapper():
+            time.sleep(0.3)
+            return fn()
+        return wrapper
+
+    trainer.train_step, trainer.evaluate, trainer.save_checkpoint = timed_step, slow(evaluate), slow(save)
+    summary = trainer.run()
+    steps = sum(step_s[1:])  # without the warm-up step
+    assert steps <= summary["train_time_s"] < steps + 0.2, (steps, summary["train_time_s"])
+    log = [json.loads(line) for line in open(os.path.join(summary["run_dir"], "log.jsonl"))]
+    last_train = [r for r in log if "train_loss" in r][-1]
+    assert last_train["step"] == 6 and last_train["step_avg_ms"] == pytest.approx(1e3 * summary["train_time_s"] / 6)
+
+
+@pytest.mark.gpu
+def test_no_synchronizing_cuda_op_inside_a_training_step(shards, tmp_path):
+    """On a GPU, torch's sync debug mode turns every synchronizing CUDA op (item, a blocking copy to the host,
+    nonzero, ...) inside train_step into an error, with the implementations the GPU presets resolve to."""
+    cfg = train.resolve(["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--device=cuda",
+                         "--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto", "--optim.ns_impl=auto",
+                         "--attention=auto", "--compile=off", "--grad_accum=2", *SYNC_ARGS])
+    trainer = train.Trainer(cfg)
+    train_step = trainer.train_step
+
+    def strict_step(step, **kwargs):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return train_step(step, **kwargs)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    trainer.train_step = strict_step
+    assert trainer.run()["steps"] == cfg.max_steps
