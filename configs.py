@@ -168,9 +168,8 @@ PRESETS = {
     # 125 steps, every 25 from 90% of the horizon, and at the end; no clipping; no early stop: the run is scored
     # by its final val loss. σ: the README's run-to-run std for its significance rules. Optimizer: the baseline
     # recipe (result #36, Muon + AdamW, 3250 steps); --optimizer track3-adam | track3-normuon for the others.
-    # Implementations: attention, Newton-Schulz and compile "auto" as gpt2-124m's. The MLP and the loss stay eager:
-    # model/config.py refuses the Triton MLP and cross-entropy for a model with biases and the algebraic softcap.
-    "track3": dict(model=model_preset("track3", attn_impl="auto"), recipe="track3-muon", data_dir="shards/fineweb10B",
+    # Implementations "auto" as gpt2-124m's (the Triton MLP and loss take track 3's biases and algebraic softcap).
+    "track3": dict(model=model_preset("track3", **GPU_AUTO), recipe="track3-muon", data_dir="shards/fineweb10B",
                    train_pattern="fineweb_train_*.bin", val_pattern="fineweb_val_*.bin", shuffle_shards=False,
                    shard_margin=1, batch_size=64, seq_len=1024, reference_world_size=8, max_steps=3250,
                    warmup_steps=0, cooldown_frac=0.7, grad_clip=0.0, val_every=125, val_every_late=25,

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 
 
 def is_interpreter() -> bool:
@@ -87,8 +88,8 @@ def check_triton_device(*tensors_and_names):
         listing = ", ".join(f"{n} on {t.device}" for t, n in tensors_and_names)
         raise ValueError(f"all inputs must be on one device: {listing}")
     device = devices.pop()
-    if device.type == "cuda":
-        return device
+    if device.type == "cuda" or all(is_fake(t) for t, _ in tensors_and_names):
+        return device  # fake tensors (memory.py's trace) carry no data: the ops' fake implementations run
     if device.type == "cpu" and is_interpreter():
         why = interpreter_unavailable_reason()
         if why:

@@ -146,10 +146,6 @@ def test_check_fit_returns_the_estimate_when_it_fits():
         check_fit(cfg, _required(estimate) - 1, device_type="cpu", device_name="tiny-gpu")
 
 
-@pytest.mark.xfail(strict=True, reason="the Triton ops (MLP, cross-entropy, Newton-Schulz) have no fake-tensor "
-                   "implementations until the custom ops land, and track3's MLP and loss are eager until the model "
-                   "config accepts the Triton ops with biases and the algebraic softcap (the eager loss at 64k "
-                   "tokens alone takes ~50 GB)")
 @pytest.mark.parametrize("preset", ["gpt2-124m", "track3"])
 def test_gpu_presets_fit_in_75_gb_with_their_cuda_implementations(preset):
     """Each GPU preset's step at its micro-batch (2 micro-batches: a rank that accumulates holds the gradients
