@@ -182,7 +182,7 @@ PRESETS = {
     # recipe's bf16 Newton-Schulz is emulated where bf16 is slow). Placeholders until measured over >= 8 seeds:
     # target_val_loss is meant to be the baseline recipe's val loss at ~70% of the budget (here one seed's: 4.719
     # at step 104, 4.665 at step 120), target_sigma the run-to-run std of the final val loss (0 = not measured).
-    "track3-cpu": dict(model=model_preset("track3-cpu", attn_impl="auto"), recipe="track3-muon",
+    "track3-cpu": dict(model=model_preset("track3-cpu", **GPU_AUTO), recipe="track3-muon",
                        data_dir="shards/pydocs", optim=OptimConfig(ns_impl="auto"),
                        shuffle_shards=False, shard_margin=1, batch_size=4, seq_len=256, reference_world_size=1,
                        max_steps=160, warmup_steps=0, cooldown_frac=0.7, grad_clip=0.0, val_every=40,

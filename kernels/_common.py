@@ -88,8 +88,12 @@ def check_triton_device(*tensors_and_names):
         listing = ", ".join(f"{n} on {t.device}" for t, n in tensors_and_names)
         raise ValueError(f"all inputs must be on one device: {listing}")
     device = devices.pop()
-    if device.type == "cuda" or all(is_fake(t) for t, _ in tensors_and_names):
-        return device  # fake tensors (memory.py's trace) carry no data: the ops' fake implementations run
+    if device.type == "cuda":
+        return device
+    # memory.py's trace runs on fake tensors: no data, the ops' fake implementations run. (Under torch.compile
+    # every tensor is fake too, and is_fake cannot be traced: there the device rule applies as in eager.)
+    if not torch.compiler.is_compiling() and all(is_fake(t) for t, _ in tensors_and_names):
+        return device
     if device.type == "cpu" and is_interpreter():
         why = interpreter_unavailable_reason()
         if why:
