@@ -29,7 +29,7 @@ class OptimConfig:
     scalar_lr: float = 0.0  # per-role lr of gains and biases; 0 = the default
     weight_decay: float = 0.0  # hidden matrices (decoupled for AdamW/Muon/NorMuon, added to the gradient for SGD)
     adam_weight_decay: float = 0.0  # embed, head and scalar roles (same rule)
-    betas: tuple = (0.9, 0.95)  # AdamW: the hidden matrices, and the other roles unless adam_betas is set
+    betas: tuple = (0.9, 0.95)  # AdamW on the hidden matrices, and every Adam-side role unless adam_betas is set
     adam_betas: tuple = ()  # embed, head and scalar roles; () = betas
     eps: float = 1e-8
     momentum: float = 0.95  # SGD and Muon momentum

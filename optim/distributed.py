@@ -206,7 +206,8 @@ class DataParallel:
         muon_ids = {id(p) for i in muon_groups for p in optimizer.param_groups[i]["params"]}
         self.units, self._unit_of, self._last = [], {}, False
         self.owned: set[int] = set()  # id() of the Muon matrices this rank updates
-        # (group index, [(shape, [chunks])]): an index, as optimizer.load_state_dict replaces the group dicts
+        # (group index, [chunks of one shape, per shape]): an index, as optimizer.load_state_dict replaces the
+        # group dicts
         self.muon_plan = []
         self._muon_index, self._replicated_index = [], []
         if world_size == 1:
@@ -234,7 +235,7 @@ class DataParallel:
             for p in sorted(optimizer.param_groups[group_index]["params"], key=lambda q: position[id(q)]):
                 by_shape[tuple(p.shape)].append(p)
             shapes = []
-            for shape, same in by_shape.items():
+            for same in by_shape.values():
                 chunks = []
                 for start in range(0, len(same), world_size):
                     params = same[start : start + world_size]
@@ -243,7 +244,7 @@ class DataParallel:
                     chunks.append(_MuonChunk(params, owners, world_size, rank))
                     keyed.append((max(position[id(q)] for q in params), chunks[-1]))
                     self.owned.update(id(q) for q, r in zip(params, owners) if r == rank)
-                shapes.append((shape, chunks))
+                shapes.append(chunks)
             self.muon_plan.append((group_index, shapes))
 
         self.units = [unit for _, unit in sorted(keyed, key=lambda item: item[0])]
@@ -312,7 +313,7 @@ class DataParallel:
         gathers = []
         for group_index, shapes in self.muon_plan:
             group = self.optimizer.param_groups[group_index]  # read now: lr changes every step
-            for _, chunks in shapes:
+            for chunks in shapes:
                 mine = [c.by_rank[self.rank] for c in chunks if self.rank in c.by_rank]
                 if mine:
                     self.optimizer.muon_update(group, mine)  # one batched orthogonalization per shape of this share

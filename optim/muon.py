@@ -10,8 +10,8 @@ Per hidden matrix W (rows × cols) with gradient G, following Keller Jordan's Mu
                                             s = 0.2·sqrt(max(rows, cols)) ("match_rms_adamw", Moonshot)
 
 s multiplies the fp32 step (alpha = -lr·s). The optimization benchmark's reference multiplies the bf16 O by s
-in place instead; for s a power of two (every matrix whose rows/cols is 1 or 4^k, as all of the 124M model's)
-the two are the same numbers bit for bit (tests/optim/test_muon.py checks both cases).
+in place instead; when s is a power of two (rows <= cols or rows/cols = 4^k: every matrix of the 124M model)
+the two give the same numbers bit for bit; otherwise the bf16 product rounds (tests/optim/test_muon.py).
 
 Same-shape matrices are stacked and orthogonalized in one batched call (the Triton kernel's batch axis); the
 momentum, decay and update are foreach ops over them. ns_dtype "auto" is bf16 where the device multiplies bf16
