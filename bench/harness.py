@@ -9,7 +9,9 @@ versions, thread count and load average, FLOPs, bytes, TFLOP/s, GB/s and % of th
 import datetime
 import os
 import platform
+import resource
 import subprocess
+import time
 
 import torch
 
@@ -18,11 +20,23 @@ ROOFLINES = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
 QUANTILES = [0.5, 0.2, 0.8]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, where platform.processor() is often empty)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_name(device: torch.device | str = "cuda") -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    return f"CPU: {cpu_model()} ({os.cpu_count()} cores)"
 
 
 def roofline(name: str):
@@ -32,12 +46,79 @@ def roofline(name: str):
     return None
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The checkout's short commit, "+dirty" when tracked files differ from it; "unknown" outside git."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=os.path.dirname(__file__),
+                              timeout=5).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(__file__), timeout=5).stdout.strip() or "unknown"
+        commit = git("rev-parse", "--short", "HEAD")
+        if not commit:
+            return "unknown"
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def machine() -> dict:
+    """Where a CPU figure was measured: OS, CPU model and ATen's kernel capability (AVX512 / AVX2 ...),
+    torch threads and the 1-minute load average (other work on the cores shows up here)."""
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+class OtherCpuUse:
+    """Cores used by *other* processes while the block runs: the machine's busy CPU time (/proc/stat, steal
+    included) minus this process's own (getrusage), over the wall time. Unlike the 1-minute load average it
+    excludes the measurement itself, so it says whether a timing was disturbed. `cores` is None off Linux.
+
+        with OtherCpuUse() as other:
+            ...                      # the timed work
+        other.cores                  # e.g. 0.02: quiet; 1.0: another job held a whole core
+    """
+
+    cores: float | None = None
+
+    def __enter__(self):
+        self._start = (self._busy_s(), self._own_s(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy, own, wall = self._busy_s(), self._own_s(), time.perf_counter()
+        if busy is not None and self._start[0] is not None:
+            elapsed = wall - self._start[2]
+            self.cores = max(0.0, ((busy - self._start[0]) - (own - self._start[1])) / elapsed) if elapsed else 0.0
+        return False
+
+    @staticmethod
+    def _busy_s() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        guest = sum(fields[8:10])  # guest time is already counted in user/nice
+        return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+
+def machine_line(m: dict) -> str:
+    return (f"{m['cpu']} ({m['cores']} cores, {m['cpu_capability']}), {m['platform']}, torch {m['torch']}, "
+            f"{m['threads']} threads, 1-min load {m['loadavg_1m']:.2f}")
 
 
 def environment(device: torch.device | str) -> dict:
@@ -53,7 +134,7 @@ def environment(device: torch.device | str) -> dict:
         "triton": triton_version,
         "threads": torch.get_num_threads(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
