@@ -14,8 +14,8 @@
 
 Both read batches of the same train shards (--data_dir, default the preset's) through data.loader.TokenLoader
 and run under the same torch thread count. The two steps alternate, one each, so drifting load hits both
-alike; each figure is the median (p20-p80) over --steps timed steps after --warmup untimed ones. Our step is
-split by hooks into forward (model forward incl. the loss), backward (to the last gradient accumulated),
+alike; each figure is the median (p20-p80) over --steps timed steps after --warmup untimed ones. Each step
+is split by hooks into forward (model forward incl. the loss), backward (to the last gradient accumulated),
 optimizer (optimizer.step) and the rest (batch, loss sync, grad norm and clipping, zero_grad); --profile N
 adds torch.profiler's top operators over N more steps of ours.
 
@@ -167,21 +167,25 @@ def wait_for_quiet(max_load: float, wait_s: float) -> tuple[float, bool]:
 
 def measure(nanogpt_step, trainer, *, steps: int, warmup: int) -> dict:
     """Alternate one nanoGPT step and one of ours; warm-up steps are run and dropped."""
-    timer = PhaseTimer(trainer.model, trainer.optimizer)
-    theirs, ours, phases = [], [], []
+    timers = {"nanogpt": PhaseTimer(nanogpt_step.model, nanogpt_step.optimizer),
+              "ours": PhaseTimer(trainer.model, trainer.optimizer)}
+    seconds = {"nanogpt": [], "ours": []}
+    phases = {"nanogpt": [], "ours": []}
+    steps_of = {"nanogpt": lambda i: nanogpt_step(), "ours": trainer.train_step}
     for i in range(warmup + steps):
-        start = time.perf_counter()
-        nanogpt_step()
-        mid = time.perf_counter()
-        trainer.train_step(i)
-        end = time.perf_counter()
-        split = timer.phases(end - mid)
-        if i >= warmup:
-            theirs.append(mid - start)
-            ours.append(end - mid)
-            phases.append(split)
-    return {"nanogpt_s": theirs, "ours_s": ours,
-            "ours_phases_ms": {k: 1e3 * statistics.median(p[k] for p in phases) for k in PhaseTimer.PHASES}}
+        for side in ("nanogpt", "ours"):
+            start = time.perf_counter()
+            steps_of[side](i)
+            elapsed = time.perf_counter() - start
+            split = timers[side].phases(elapsed)
+            if i >= warmup:
+                seconds[side].append(elapsed)
+                phases[side].append(split)
+    out = {}
+    for side in ("nanogpt", "ours"):
+        out[f"{side}_s"] = seconds[side]
+        out[f"{side}_phases_ms"] = {k: 1e3 * statistics.median(p[k] for p in phases[side]) for k in PhaseTimer.PHASES}
+    return out
 
 
 def profile_ours(trainer, steps: int, first_step: int) -> str:
@@ -201,7 +205,10 @@ def report(r: dict) -> str:
         return (f"{name:<34} {params / 1e6:>7.2f}M {t['median']:>10.1f} ({t['p20']:.1f}-{t['p80']:.1f})"
                 f" {r['tokens_per_step'] / t['median'] * 1e3:>10,.0f}")
 
-    ph = r["ours_phases_ms"]
+    def phases(side):
+        ph = r[f"{side}_phases_ms"]
+        return ", ".join(f"{k} {ph[k]:.1f}" for k in PhaseTimer.PHASES)
+
     lines = [
         f"machine: {harness.machine_line(m)} (before timing){label}",
         f"shape: {s['n_layer']} layers, {s['n_head']} heads, d={s['n_embd']}, {s['batch_size']} rows × "
@@ -211,8 +218,8 @@ def report(r: dict) -> str:
         row("nanoGPT (AdamW, its train.py step)", r["nanogpt_params"], r["nanogpt_ms"]),
         row(f"ours ({r['preset']}, {r['optimizer']})", r["ours_params"], r["ours_ms"]),
         f"ratio ours / nanoGPT: {r['ratio']:.2f}",
-        f"ours by phase (median ms): forward {ph['forward']:.1f}, backward {ph['backward']:.1f}, "
-        f"optimizer {ph['optimizer']:.1f}, rest {ph['rest']:.1f}",
+        f"by phase (median ms)  nanoGPT: {phases('nanogpt')}",
+        f"                      ours:    {phases('ours')}",
         f"other processes used {r['other_cores']:.2f} cores on average during the timing "
         f"({s['threads']} threads here); 1-min load {m['loadavg_1m']:.2f} before, {r['loadavg_1m_after']:.2f} "
         f"after (the latter includes this run)",
@@ -263,7 +270,7 @@ def main(argv=None) -> dict:
         "steps": args.steps, "warmup": args.warmup, "tokens_per_step": shape.batch_size * shape.seq_len,
         "nanogpt_params": theirs.params, "ours_params": trainer.model.num_params(),
         "nanogpt_ms": quantiles_ms(times["nanogpt_s"]), "ours_ms": quantiles_ms(times["ours_s"]),
-        "ours_phases_ms": times["ours_phases_ms"], "nanogpt_s": times["nanogpt_s"], "ours_s": times["ours_s"],
+        **times,
     }
     result["ratio"] = result["ours_ms"]["median"] / result["nanogpt_ms"]["median"]
     print(report(result))

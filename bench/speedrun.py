@@ -318,8 +318,10 @@ def main(argv=None):
     parser.add_argument("--sigma", type=float, default=None,
                         help=f"seed noise σ of the val loss (default {Rule.sigma}, the track's; a config with a "
                              "target_sigma field sets it there instead)")
-    parser.add_argument("--z", type=float, default=Rule.z, help="threshold in units of σ (default: 0.004/0.0013)")
-    parser.add_argument("--loss-per-100-steps", type=float, default=Rule.loss_per_100_steps)
+    parser.add_argument("--z", type=float, default=None,
+                        help=f"threshold in units of σ (default {Rule.z:.4f} = 0.004/0.0013, the track's)")
+    parser.add_argument("--loss-per-100-steps", type=float, default=None,
+                        help=f"val loss 100 steps are worth (default {Rule.loss_per_100_steps}, the track's)")
     parser.add_argument("--baseline", default=None, help="ratios against it (default: the first optimizer)")
     parser.add_argument("--pairs", choices=("all", "baseline"), default="all",
                         help="pairwise tests for every pair, or each optimizer against the baseline")
@@ -356,6 +358,9 @@ def main(argv=None):
         parser.error("--target auto needs --tune and adamw first in --optimizers")
     cfg = resolve([f"--preset={args.preset}", *extra])
     rule_params["sigma"] = _rule_sigma(parser, args, cfg)
+    for name in ("z", "loss_per_100_steps"):  # the track's unless given
+        if rule_params[name] is None:
+            rule_params[name] = getattr(Rule, name)
     target = None
     if args.target is None:
         target = cfg.target_val_loss or None

@@ -189,8 +189,8 @@ def test_end_to_end_with_tuning(text_shards, tmp_path):
 
 def test_runs_go_the_full_budget_and_results_are_traceable(text_shards, tmp_path):
     out = tmp_path / "sr"
-    argv = ["--optimizers=adamw,muon", "--seeds=2", f"--out={out}", "--target=20", f"--data_dir={text_shards}",
-            *TINY]
+    argv = ["--optimizers=adamw,muon", "--seeds=2", f"--out={out}", "--target=20", "--z=3.5",
+            f"--data_dir={text_shards}", *TINY]
     results = speedrun.main(argv)
     for runs in results["runs"].values():  # target 20 is met at step 0, and every run still trains 4 steps
         assert all(r["steps"] == 4 and [c["step"] for c in r["curve"]] == [0, 1, 2, 3, 4] for r in runs)
@@ -206,7 +206,8 @@ def test_runs_go_the_full_budget_and_results_are_traceable(text_shards, tmp_path
     again = speedrun.main([f"--from-results={out / 'results.json'}", f"--out={tmp_path / 're'}", "--sigma=10"])
     assert not any(r["reached"] for r in again["aggregate"].values())
     assert again["rejudged"]["from"] == str(out / "results.json")
-    assert json.load(open(tmp_path / "re" / "results.json"))["rule"]["sigma"] == 10
+    rule = json.load(open(tmp_path / "re" / "results.json"))["rule"]
+    assert rule["sigma"] == 10 and rule["z"] == 3.5  # what was not given again is kept from the saved rule
 
 
 def test_bad_arguments(tmp_path):
