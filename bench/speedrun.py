@@ -159,16 +159,21 @@ def pairwise_table(rows: dict, rule: Rule, baseline: str | None = None) -> list[
     return out
 
 
-def records_table(rows: dict, pairs: list[dict], rule: Rule, machine: str, baseline: str | None = None) -> str:
+def records_table(rows: dict, pairs: list[dict], rule: Rule, machine: str, baseline: str | None = None,
+                  tuned: tuple = ()) -> str:
     def pm(ms, spec):
         return "—" if ms is None else f"{ms[0]:{spec}} ± {ms[1]:{spec}}"
 
     lines = [f"Target val loss {rule.target:.4f}. Reached at the earliest logged step where (target − mean)·√n ≥ "
              f"z·σ = {rule.z:.3f} × {rule.sigma:g} = {rule.threshold:.4g}; all seeds run the full budget.",
-             f"Machine: {machine}", "",
-             "| optimizer | n | target reached at step | margin (target−mean)·√n | val loss there | seconds there "
-             f"| final step | final val loss | steps vs {baseline or 'baseline'} | ms/step |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"Machine: {machine}", ""]
+    untuned = [o for o in rows if o not in tuned]
+    if tuned and untuned:
+        lines[-1:] = [f"Learning rate tuned for {', '.join(tuned)} only; {', '.join(untuned)} ran at their "
+                      "configured lr: the comparison is not on an equal tuning budget.", ""]
+    lines += ["| optimizer | n | target reached at step | margin (target−mean)·√n | val loss there | seconds there "
+              f"| final step | final val loss | steps vs {baseline or 'baseline'} | ms/step |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for opt, r in rows.items():
         step = str(r["target_step"]) if r["reached"] else "not reached"
         secs = "—" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
@@ -278,7 +283,7 @@ def report(results: dict, out: str) -> str:
     results.update(rule={**results["rule_params"], "threshold": rule.threshold}, aggregate=rows, pairwise=pairs)
     m = results["machine"]
     table = records_table(rows, pairs, rule, harness.machine_line(m) + f" at start; commit {results['commit']}",
-                          baseline)
+                          baseline, tuple(results.get("tuning", {})))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(out, "records.md"), "w") as f:

@@ -139,6 +139,9 @@ def test_aggregate_pairwise_and_table():
     assert "| adamw | 2 | not reached |" in table and "| muon | 2 | 50 | 0.0636 | 3.9550 ± 0.0071 |" in table
     assert "adamw (final step, target not reached)" in table and "test machine" in table
     assert "well above σ" in table  # the seeds spread by 0.035 against an assumed 0.01
+    assert "tuned for" not in table
+    partly = speedrun.records_table(rows, [], rule, "test machine", "muon", tuned=("adamw",))
+    assert "Learning rate tuned for adamw only; muon, normuon ran at their configured lr" in partly
 
 
 def test_sigma_comes_from_the_config_field_when_there_is_one():
