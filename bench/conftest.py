@@ -15,6 +15,10 @@ if not torch.cuda.is_available():
 from bench import harness  # noqa: E402
 
 
+def pytest_report_header(config):
+    return f"machine: {harness.machine_line()}"
+
+
 @pytest.fixture
 def device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -210,7 +210,7 @@ def report(r: dict) -> str:
         return ", ".join(f"{k} {ph[k]:.1f}" for k in PhaseTimer.PHASES)
 
     lines = [
-        f"machine: {harness.machine_line(m)} (before timing){label}",
+        f"machine: {harness.machine_line(m)} (before timing); {m['platform']}, torch {m['torch']}{label}",
         f"shape: {s['n_layer']} layers, {s['n_head']} heads, d={s['n_embd']}, {s['batch_size']} rows × "
         f"{s['seq_len']} tokens, vocab {r['vocab_size']}, fp32, eager, {s['threads']} threads; "
         f"median of {r['steps']} steps after {r['warmup']} warm-up, alternating",

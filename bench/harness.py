@@ -15,13 +15,15 @@ import time
 
 import torch
 
+from kernels._common import cpu_capability, native_bf16
+
 # Dense bf16 tensor-core peak and HBM bandwidth (vendor datasheets, SXM parts).
 ROOFLINES = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
 QUANTILES = [0.5, 0.2, 0.8]
 
 
 def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux, where platform.processor() is often empty)."""
+    """The CPU's model name (/proc/cpuinfo), or what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -63,17 +65,31 @@ def git_commit() -> str:
 
 
 def machine() -> dict:
-    """Where a CPU figure was measured: OS, CPU model and ATen's kernel capability (AVX512 / AVX2 ...),
-    torch threads and the 1-minute load average (other work on the cores shows up here)."""
+    """Where a figure was measured: OS, CPU model, the SIMD level torch's CPU kernels run at (AVX512, AVX2 ...),
+    whether bf16 matmuls are native, torch threads and the 1-minute load (other work on the cores shows here);
+    the GPU when there is one."""
     return {
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_capability": cpu_capability(),
+        "native_bf16_cpu": native_bf16("cpu"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
+
+
+def machine_line(m: dict | None = None) -> str:
+    """One line naming the kind of machine a result came from (`m` from machine(); default: this one, now)."""
+    m = machine() if m is None else m
+    native = {True: "yes", False: "no"}.get(m.get("native_bf16_cpu"), "?")
+    line = (f"{m['cpu']}, {m['cores']} cores, torch CPU capability {m['cpu_capability']}, native bf16 {native}, "
+            f"{m['threads']} threads, load {m['loadavg_1m']:.2f}")
+    if m.get("gpu"):
+        line += f"; GPU {m['gpu']}"
+    return line
 
 
 class OtherCpuUse:
@@ -116,11 +132,6 @@ class OtherCpuUse:
         return usage.ru_utime + usage.ru_stime
 
 
-def machine_line(m: dict) -> str:
-    return (f"{m['cpu']} ({m['cores']} cores, {m['cpu_capability']}), {m['platform']}, torch {m['torch']}, "
-            f"{m['threads']} threads, 1-min load {m['loadavg_1m']:.2f}")
-
-
 def environment(device: torch.device | str) -> dict:
     try:
         import triton
@@ -130,6 +141,9 @@ def environment(device: torch.device | str) -> dict:
         triton_version = None
     return {
         "device": device_name(device),
+        "cpu": cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "native_bf16_cpu": native_bf16("cpu"),
         "torch": torch.__version__,
         "triton": triton_version,
         "threads": torch.get_num_threads(),

@@ -300,8 +300,8 @@ def _load_results(path) -> dict:
         raise SystemExit(f"error: {path} holds no runs to judge")
     results.setdefault("rule_params", {"target": results.get("target")})
     results.setdefault("commit", "not recorded")
-    results.setdefault("machine", {"cpu": "not recorded", "cores": "?", "cpu_capability": "?", "platform": "?",
-                                   "torch": "?", "threads": "?", "loadavg_1m": float("nan")})
+    results.setdefault("machine", {"cpu": "not recorded", "cores": "?", "cpu_capability": "?", "threads": "?",
+                                   "loadavg_1m": float("nan")})
     for runs in results["runs"].values():
         for run in runs:
             run["curve"] = [r if isinstance(r, dict) else {"step": r[0], "val_loss": r[1]} for r in run["curve"]]

@@ -5,9 +5,11 @@ argument and the problem instead of a crash (or a silent wrong answer) inside a 
 """
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -16,6 +18,28 @@ import triton.language as tl
 def is_interpreter() -> bool:
     """True when Triton runs kernels on the CPU through its interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+class InterpreterUnavailable(RuntimeError):
+    """Triton's interpreter cannot run kernels with the installed packages (see interpreter_unavailable_reason)."""
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+def interpreter_unavailable_reason() -> str | None:
+    """Why Triton's interpreter cannot run our kernels here, or None.
+
+    Triton 3.6's interpreter (and, unverified, 3.7/3.8) converts numpy arrays to Python scalars in a way numpy
+    2.4 rejects ("only 0-dimensional arrays can be converted to Python scalars"): every interpreted matmul
+    kernel fails. numpy < 2.4 or triton >= 3.9 both work. GPU runs do not use the interpreter.
+    """
+    if _version(triton.__version__) < (3, 9) and _version(np.__version__) >= (2, 4):
+        return (f"Triton {triton.__version__}'s interpreter fails with numpy {np.__version__} (\"only 0-dimensional "
+                "arrays can be converted to Python scalars\"); to run Triton kernels on the CPU install "
+                "'numpy<2.4' or 'triton>=3.9'")
+    return None
 
 
 def cpu_capability() -> str:
@@ -66,6 +90,9 @@ def check_triton_device(*tensors_and_names):
     if device.type == "cuda":
         return device
     if device.type == "cpu" and is_interpreter():
+        why = interpreter_unavailable_reason()
+        if why:
+            raise InterpreterUnavailable(why)
         return device
     names = ", ".join(n for _, n in tensors_and_names)
     raise RuntimeError(

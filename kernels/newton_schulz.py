@@ -275,6 +275,7 @@ def ns_syrk(P: torch.Tensor, *, out: torch.Tensor, alpha: float = 1.0, beta: flo
     Only the lower triangle of tiles is computed, and mirrored: every element of `out` is written.
     `out` and `add` must not alias P's or each other's memory. Returns `out`.
     """
+    check_triton_device((P, "P"), (out, "out"))
     P3, out3 = _batched(P), _batched(out)
     batch, M, K = P3.shape
     if out3.shape != (batch, M, M) or out.dtype != P.dtype:
@@ -307,6 +308,7 @@ def ns_update(X: torch.Tensor, B: torch.Tensor, *, alpha: float, out: torch.Tens
 
     `out` must not overlap X or B. Returns `out`.
     """
+    check_triton_device((X, "X"), (B, "B"), (out, "out"))
     X3, B3, out3 = _batched(X), _batched(B), _batched(out)
     batch, M, N = X3.shape
     if B3.shape != (batch, M, M) or B.dtype != X.dtype:

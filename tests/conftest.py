@@ -10,6 +10,35 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_report_header(config):
+    """The kind of machine the results come from: tolerances and speeds differ between AVX-512 and AVX2 CPUs."""
+    import numpy
+    import triton
+
+    from bench.harness import machine_line
+
+    lines = [f"machine: {machine_line()}",
+             f"torch {torch.__version__}, triton {triton.__version__}, numpy {numpy.__version__}, "
+             f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}"]
+    from kernels._common import interpreter_unavailable_reason
+
+    why = interpreter_unavailable_reason()
+    if why and os.environ.get("TRITON_INTERPRET") == "1":
+        lines.append(f"Triton kernels on the CPU are skipped: {why}")
+    return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """A test that reaches a Triton launcher when the interpreter cannot run here is skipped with the reason."""
+    from kernels._common import InterpreterUnavailable
+
+    try:
+        return (yield)
+    except InterpreterUnavailable as e:
+        pytest.skip(str(e))
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", help="run tests marked slow")
 

@@ -18,6 +18,7 @@ processes with torchrun's environment variables, so nothing but our own timeout 
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -274,10 +275,14 @@ def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(text_shards, tmp
     error = (tmp_path / f"rank{1 - victim}.err").read_text()
     assert code == 1, error[-3000:]
     assert f"PeerError: rank {1 - victim} of 2:" in error and "another rank died, was killed or stopped" in error
+    # The timing is the behaviour under test; the backend's own wording varies with the gloo build ("Connection
+    # closed by peer" / "Connection reset by peer"; "Timed out waiting ..." / "Application timeout caused pair
+    # closure"), so only its gist is checked.
     if signum == signal.SIGKILL:
-        assert elapsed < timeout_s / 2 and "Connection closed by peer" in error
+        assert elapsed < timeout_s / 2 and re.search(r"[Cc]onnection|[Cc]losed|[Rr]eset", error), error[-3000:]
     else:
-        assert timeout_s - 1 < elapsed < timeout_s + 30 and "Timed out" in error
+        assert timeout_s - 1 < elapsed < timeout_s + 30 and re.search(r"[Tt]ime ?out|[Tt]imed out", error), \
+            error[-3000:]
 
 
 if __name__ == "__main__":  # a rank of the two_ranks fixture's torchrun job

@@ -1,69 +1,77 @@
 """bench.codegen: the report's invariants, on a matmul compiled here for sm_90 (no GPU needed).
 
 Each kernel's own test file checks its codegen_cases() through the `sm90_reports` fixture; this file
-tests the machinery. Tests run under TRITON_INTERPRET=1, so the matmul is defined with it switched off.
+tests the machinery. Tests run under TRITON_INTERPRET=1, which Triton reads when a kernel is defined and
+when it is compiled, so the matmul is compiled in a clean subprocess without it (as `sm90_reports` does).
 """
 
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 import textwrap
 
 import pytest
 
 from bench import codegen
-from kernels._common import CodegenCase
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+MATMUL = textwrap.dedent('''
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_bk, stride_cm,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            kk = k * BLOCK_K + rk
+            a = tl.load(a_ptr + rm[:, None] * stride_am + kk[None, :], mask=kk[None, :] < K, other=0.0)
+            b = tl.load(b_ptr + kk[:, None] * stride_bk + rn[None, :], mask=kk[:, None] < K, other=0.0)
+            acc = tl.dot(a, b, acc)
+        tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], acc.to(tl.bfloat16))
+''')
+
+# Runs in the subprocess: compile a bf16 128x128x64 tile of the matmul above for sm_90 through
+# bench.codegen.compile_sm90, with the divisibility hints the JIT would infer at a 4096³ problem.
+DRIVER = textwrap.dedent('''
+    import dataclasses, json, sys
+    sys.path.insert(0, sys.argv[1])
+    from bench import codegen
+    from kernels._common import CodegenCase
+    from tiny_matmul import matmul_kernel
+
+    sig = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
+           "stride_am": "i32", "stride_bk": "i32", "stride_cm": "i32", "BLOCK_M": "constexpr",
+           "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
+    case = CodegenCase(kernel="matmul", config="128x128x64", fn=matmul_kernel, signature=sig,
+                       constexprs={"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64},
+                       divisible=("a_ptr", "b_ptr", "c_ptr", "M", "N", "K", "stride_am", "stride_bk", "stride_cm"),
+                       num_warps=8, num_stages=3, flops=2 * 4096**3, bytes=3 * 2 * 4096**2)
+    print(json.dumps(dataclasses.asdict(codegen.compile_sm90(case))))
+''')
 
 
 @pytest.fixture(scope="module")
-def matmul_kernel(tmp_path_factory):
-    # Triton compiles only kernels defined in a .py file: write one, import it.
-    import importlib.util
-
-    path = tmp_path_factory.mktemp("k") / "tiny_matmul.py"
-    path.write_text(textwrap.dedent('''
-        import triton
-        import triton.language as tl
-
-        @triton.jit
-        def matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_bk, stride_cm,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-            rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-            rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-            rk = tl.arange(0, BLOCK_K)
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-            for k in range(0, tl.cdiv(K, BLOCK_K)):
-                kk = k * BLOCK_K + rk
-                a = tl.load(a_ptr + rm[:, None] * stride_am + kk[None, :], mask=kk[None, :] < K, other=0.0)
-                b = tl.load(b_ptr + kk[:, None] * stride_bk + rn[None, :], mask=kk[:, None] < K, other=0.0)
-                acc = tl.dot(a, b, acc)
-            tl.store(c_ptr + rm[:, None] * stride_cm + rn[None, :], acc.to(tl.bfloat16))
-    '''))
-    spec = importlib.util.spec_from_file_location("tiny_matmul", path)
-    module = importlib.util.module_from_spec(spec)
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "0"  # @triton.jit reads it at decoration time
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        if previous is not None:
-            os.environ["TRITON_INTERPRET"] = previous
-    return module.matmul_kernel
+def matmul_report(tmp_path_factory):
+    """The CodegenReport of a bf16 matmul tile, compiled for sm_90 in a subprocess without the interpreter."""
+    folder = tmp_path_factory.mktemp("k")
+    (folder / "tiny_matmul.py").write_text(MATMUL)  # Triton compiles only kernels defined in a .py file
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(folder), REPO])
+    proc = subprocess.run([sys.executable, "-c", DRIVER, REPO], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return codegen.CodegenReport(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def _case(fn, **kw):
-    sig = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
-           "stride_am": "i32", "stride_bk": "i32", "stride_cm": "i32", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-           "BLOCK_K": "constexpr"}
-    base = dict(kernel="matmul", config="128x128x64", fn=fn, signature=sig,
-                constexprs={"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64},
-                divisible=("a_ptr", "b_ptr", "c_ptr", "M", "N", "K", "stride_am", "stride_bk", "stride_cm"),
-                num_warps=8, num_stages=3, flops=2 * 4096**3, bytes=3 * 2 * 4096**2)
-    base.update(kw)
-    return CodegenCase(**base)
-
-
-def test_bf16_matmul_lowers_to_hgmma_without_spills(matmul_kernel):
-    report = codegen.compile_sm90(_case(matmul_kernel))
+def test_bf16_matmul_lowers_to_hgmma_without_spills(matmul_report):
+    report = matmul_report
     assert report.violations() == [], report
     assert report.hgmma > 0 and report.registers <= 255 and 0 < report.shared_bytes <= codegen.H100_MAX_SHARED_BYTES
     assert report.floor_us == pytest.approx(2 * 4096**3 / codegen.H100_PEAK_BF16_FLOPS * 1e6)
