@@ -14,7 +14,9 @@ import datetime
 import gc
 import os
 import platform
+import resource
 import subprocess
+import time
 
 import torch
 
@@ -44,17 +46,6 @@ def device_name(device: torch.device | str = "cuda") -> str:
     return f"CPU: {cpu_model()} ({os.cpu_count()} cores)"
 
 
-def machine_line() -> str:
-    """One line naming the kind of machine a result came from: CPU model, the SIMD level torch runs at, whether
-    bf16 matmuls are native, threads and load; the GPU when there is one."""
-    line = (f"{cpu_model()}, {os.cpu_count()} cores, torch CPU capability {cpu_capability()}, "
-            f"native bf16 {'yes' if native_bf16('cpu') else 'no'}, {torch.get_num_threads()} threads, "
-            f"load {os.getloadavg()[0]:.2f}")
-    if torch.cuda.is_available():
-        line += f"; GPU {torch.cuda.get_device_name()}"
-    return line
-
-
 def roofline(name: str):
     for key, peaks in ROOFLINES.items():
         if key in name:
@@ -62,12 +53,88 @@ def roofline(name: str):
     return None
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The checkout's short commit, "+dirty" when tracked files differ from it; "unknown" outside git."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=os.path.dirname(__file__),
+                              timeout=5).stdout.strip()
+
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(__file__), timeout=5).stdout.strip() or "unknown"
+        commit = git("rev-parse", "--short", "HEAD")
+        if not commit:
+            return "unknown"
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def machine() -> dict:
+    """Where a figure was measured: OS, CPU model, the SIMD level torch's CPU kernels run at (AVX512, AVX2 ...),
+    whether bf16 matmuls are native, torch threads and the 1-minute load (other work on the cores shows here);
+    the GPU when there is one."""
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cpu_capability": cpu_capability(),
+        "native_bf16_cpu": native_bf16("cpu"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def machine_line(m: dict | None = None) -> str:
+    """One line naming the kind of machine a result came from (`m` from machine(); default: this one, now)."""
+    m = machine() if m is None else m
+    native = {True: "yes", False: "no"}.get(m.get("native_bf16_cpu"), "?")
+    line = (f"{m['cpu']}, {m['cores']} cores, torch CPU capability {m['cpu_capability']}, native bf16 {native}, "
+            f"{m['threads']} threads, load {m['loadavg_1m']:.2f}")
+    if m.get("gpu"):
+        line += f"; GPU {m['gpu']}"
+    return line
+
+
+class OtherCpuUse:
+    """Cores used by *other* processes while the block runs: the machine's busy CPU time (/proc/stat, steal
+    included) minus this process's own (getrusage), over the wall time. Unlike the 1-minute load average it
+    excludes the measurement itself, so it says whether a timing was disturbed. `cores` is None off Linux.
+
+        with OtherCpuUse() as other:
+            ...                      # the timed work
+        other.cores                  # e.g. 0.02: quiet; 1.0: another job held a whole core
+    """
+
+    cores: float | None = None
+
+    def __enter__(self):
+        self._start = (self._busy_s(), self._own_s(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy, own, wall = self._busy_s(), self._own_s(), time.perf_counter()
+        if busy is not None and self._start[0] is not None:
+            elapsed = wall - self._start[2]
+            self.cores = max(0.0, ((busy - self._start[0]) - (own - self._start[1])) / elapsed) if elapsed else 0.0
+        return False
+
+    @staticmethod
+    def _busy_s() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        guest = sum(fields[8:10])  # guest time is already counted in user/nice
+        return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
 
 
 def environment(device: torch.device | str) -> dict:
@@ -86,7 +153,7 @@ def environment(device: torch.device | str) -> dict:
         "triton": triton_version,
         "threads": torch.get_num_threads(),
         "loadavg_1m": round(os.getloadavg()[0], 2),
-        "commit": _git_commit(),
+        "commit": git_commit(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -1,122 +1,221 @@
-"""End-to-end records: steps and wall-clock to a target validation loss, per optimizer, over seeds.
+"""End-to-end records: the step at which each optimizer reaches the target val loss over seeds, and which
+optimizers are significantly better than which, by the rules of modded-nanogpt's optimization track.
 
     python -m bench.speedrun --preset cpu --optimizers adamw,muon,normuon --seeds 3 --tune
     torchrun --nproc_per_node=8 -m bench.speedrun --preset gpt2-124m --optimizers muon --seeds 5   # 8×H100
+    python -m bench.speedrun --from-results out/speedrun/results.json --sigma 0.01   # re-judge saved runs
 
-Each optimizer gets the same tuning budget (`--tune`: one seed over the same learning-rate multipliers
-of its configured lr, best final val loss wins; the sweep is recorded). `--tune adamw` tunes the baseline
-only; the comparison is then tuned AdamW against untuned others, and the report says so. Then every
-optimizer runs every seed on the same data order. The report gives mean ± std of steps and seconds to
-target, the one-sided t-test p-value that the mean final val loss is below the target (how speedrun
-records are validated), and each optimizer's steps-to-target as a ratio of AdamW's.
-Writes results.json, records.md, curves.png, steps.png.
-Remaining arguments are passed to train.py as overrides (e.g. --max_steps=200).
+The rules (records/track_3_optimization/README.md, "Rules" and "Pairwise statistical significance"):
+
+  Reaching the target. n runs (seeds, none left out) reach the target at step s when their mean val loss
+  there satisfies  (target - mean)·√n >= z·σ : a one-sided z-test with the seed noise σ known (the track:
+  σ = 0.0013 and z·σ = 0.004, which it calls 3.09σ, p < .001). One run needs a loss below 3.276, four an
+  average below 3.278. Runs are never stopped early on their val loss: every seed trains the full budget
+  (--stop_at_target=False) and s is the earliest *logged* validation step at which the mean passes, the
+  same rule for every seed.
+
+  Pairwise. A new result (s_new steps, mean m_new over n_new seeds) is significantly better than an old one
+  when  (Δloss + Δsteps/100 · loss_per_100_steps) / √(1/n_old + 1/n_new) >= z·σ,  Δloss = m_old - m_new,
+  Δsteps = s_old - s_new, each mean taken at its own step count; loss_per_100_steps converts saved steps
+  into val loss (the track measured 0.0045: cutting one record by 200 steps cost 0.0091).
+
+The target, σ, z and loss_per_100_steps are parameters with the track's values as defaults. σ comes from
+the config's `target_sigma` when it has that field (set it with --target_sigma=..., which the runs record
+too), else from --sigma; a track with another noise level (the CPU track) must set its own. The report also
+gives each optimizer's observed seed spread beside σ: a spread well above σ means the z-test is overconfident.
+
+Each optimizer gets the same tuning budget (`--tune`: one seed over the same learning-rate multipliers of
+its configured lr, best final val loss wins; the sweep is recorded). `--tune adamw` tunes the baseline only;
+the comparison is then tuned AdamW against untuned others, and the report says so. Then every optimizer
+runs every seed on the same data order. Writes results.json (with the command line, commit and machine),
+records.md, curves.png and steps.png. Remaining arguments are train.py overrides (e.g. --max_steps=200).
 """
 
 import argparse
+import dataclasses
+import itertools
 import json
 import math
 import os
 import statistics
+import sys
 
-import train
-from configs import resolve
+from bench import harness
 
 LR_MULTIPLIERS = (0.5, 1.0, 2.0)
 
 
-def _run(preset, optimizer, seed, out, extra, lr=None):
-    args = [f"--preset={preset}", f"--optimizer={optimizer}", f"--seed={seed}", f"--out_dir={out}", *extra]
-    if lr is not None:
-        args.append(f"--optim.lr={lr}")
-        args.append(f"--run_name={preset}-{optimizer}-lr{lr:g}-s{seed}")
-    summary = train.main(args)
-    with open(os.path.join(summary["run_dir"], "log.jsonl")) as f:
-        summary["curve"] = [(r["step"], r["val_loss"]) for r in map(json.loads, f) if "val_loss" in r]
-    return summary
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """The track's statistics. `threshold` = z·σ, the margin both tests must clear."""
+
+    target: float = 3.28
+    sigma: float = 0.0013  # seed-to-seed std of the final val loss, assumed known
+    z: float = 0.004 / 0.0013  # the track's 0.004 in units of its σ (it writes 3.09σ, p < .001; 3.077σ exactly)
+    loss_per_100_steps: float = 0.0045  # val loss that 100 more steps of the baseline buy
+
+    def __post_init__(self):
+        for name in ("sigma", "z", "loss_per_100_steps"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        if not math.isfinite(self.target):
+            raise ValueError(f"target must be a finite val loss, got {self.target}")
+
+    @property
+    def threshold(self) -> float:
+        return self.z * self.sigma
+
+    def margin(self, mean: float, n: int) -> float:
+        """(target - mean)·√n: the left-hand side of the reaching test."""
+        return (self.target - mean) * math.sqrt(n)
+
+    def reaches(self, mean: float, n: int) -> bool:
+        return self.margin(mean, n) >= self.threshold  # False for a NaN mean
+
+    def pairwise(self, old: "Point", new: "Point") -> float:
+        """(Δloss + Δsteps/100·loss_per_100_steps)/√(1/n_old + 1/n_new), positive when `new` is better."""
+        d_loss = old.mean - new.mean
+        d_steps = old.steps - new.steps
+        return (d_loss + d_steps / 100 * self.loss_per_100_steps) / math.sqrt(1 / old.n + 1 / new.n)
+
+    def significantly_better(self, old: "Point", new: "Point") -> bool:
+        return self.pairwise(old, new) >= self.threshold
 
 
-def tune(preset, optimizer, out, extra, multipliers=LR_MULTIPLIERS):
-    base = resolve([f"--preset={preset}", f"--optimizer={optimizer}", *extra]).optim.lr
-    sweep = []
-    for m in multipliers:
-        s = _run(preset, optimizer, 0, os.path.join(out, "tune"), [*extra, "--stop_at_target=False"], lr=base * m)
-        sweep.append({"lr": base * m, "final_val_loss": s["final_val_loss"]})
-    best = min(sweep, key=lambda r: r["final_val_loss"] if math.isfinite(r["final_val_loss"]) else float("inf"))
-    return best["lr"], sweep
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """A result: mean val loss over n seeds at a step count."""
 
-
-def one_sided_p(losses, target):
-    """p-value of H0: mean final loss >= target, against H1: mean < target (one-sample t-test)."""
-    if len(losses) < 2:
-        return None
-    from scipy import stats
-
-    return float(stats.ttest_1samp(losses, target, alternative="less").pvalue)
+    steps: int
+    mean: float
+    n: int
 
 
 def _mean_std(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def aggregate(runs_by_opt, target):
-    rows = {}
-    for opt, runs in runs_by_opt.items():
-        steps = [r["steps_to_target"] for r in runs]
-        secs = [r["seconds_to_target"] for r in runs]
-        finals = [r["final_val_loss"] for r in runs]
-        rows[opt] = {
-            "runs": len(runs), "reached": sum(r["reached_target"] for r in runs),
-            "steps_mean_std": _mean_std(steps), "seconds_mean_std": _mean_std(secs),
-            "final_val_mean_std": _mean_std(finals), "p_value": one_sided_p(finals, target) if target else None,
-            "step_avg_ms": statistics.fmean(r["step_avg_ms"] for r in runs),
-        }
-    base = rows.get("adamw", {}).get("steps_mean_std", (None,))[0]
-    for row in rows.values():
-        mean = row["steps_mean_std"][0]
-        row["steps_ratio_vs_adamw"] = mean / base if base and mean else None
+def group_curve(curves) -> list[dict]:
+    """Per logged validation step (those every run logged, in order): mean and std of val loss over the runs,
+    and the mean training seconds to that step. `curves` holds one list of log records per run."""
+    if not curves or any(not c for c in curves):
+        raise ValueError("every run needs at least one logged validation step")
+    by_run = [{r["step"]: r for r in c} for c in curves]
+    common = sorted(set.intersection(*(set(b) for b in by_run)))
+    rows = []
+    for step in common:
+        losses = [b[step]["val_loss"] for b in by_run]
+        mean, std = _mean_std(losses)
+        times = [b[step].get("train_time_s") for b in by_run]
+        rows.append({"step": step, "mean": mean, "std": std, "n": len(losses),
+                     "seconds": statistics.fmean(times) if None not in times else None})
     return rows
 
 
-def records_table(rows, target, machine) -> str:
-    def fmt(ms, spec):
-        return "—" if ms[0] is None else f"{ms[0]:{spec}} ± {ms[1]:{spec}}"
+def target_step(curve: list[dict], rule: Rule) -> dict | None:
+    """The earliest row of group_curve(...) whose mean passes the reaching test, or None."""
+    return next((row for row in curve if rule.reaches(row["mean"], row["n"])), None)
 
-    lines = [f"Target val loss {target:.4f}; machine: {machine}", "",
-             "| optimizer | runs reaching target | steps to target | seconds to target | final val loss "
-             "| p (mean < target) | steps vs AdamW | ms/step |",
-             "|---|---|---|---|---|---|---|---|"]
+
+def aggregate(runs_by_opt: dict, rule: Rule, baseline: str | None = None) -> dict:
+    """Per optimizer: n, the step it reaches the target (None if not), mean ± std val loss there and at the
+    end, its margin, seconds to that step, ms/step; and steps as a ratio of the baseline's."""
+    rows = {}
+    for opt, runs in runs_by_opt.items():
+        curve = group_curve([r["curve"] for r in runs])
+        hit, end = target_step(curve, rule), curve[-1]
+        at = hit or end  # the result compared pairwise: at its target step, else at its final step
+        rows[opt] = {
+            "n": len(runs), "reached": hit is not None,
+            "target_step": hit["step"] if hit else None,
+            "val_at_target": (hit["mean"], hit["std"]) if hit else None,
+            "seconds_to_target": hit["seconds"] if hit else None,
+            "final_step": end["step"], "final_val": (end["mean"], end["std"]),
+            "margin": rule.margin(at["mean"], at["n"]),
+            "point": dataclasses.asdict(Point(at["step"], at["mean"], at["n"])),
+            "step_avg_ms": statistics.fmean(r["step_avg_ms"] for r in runs),
+            "curve": curve,
+        }
+    base = rows.get(baseline, {}).get("target_step")
+    for row in rows.values():
+        row["steps_vs_baseline"] = row["target_step"] / base if base and row["target_step"] else None
+    return rows
+
+
+def pairwise_table(rows: dict, rule: Rule, baseline: str | None = None) -> list[dict]:
+    """Every pair (or each optimizer against `baseline`), oriented so that `better` has the larger claim."""
+    names = list(rows)
+    pairs = [(baseline, o) for o in names if o != baseline] if baseline else list(itertools.combinations(names, 2))
+    out = []
+    for a, b in pairs:
+        pa, pb = Point(**rows[a]["point"]), Point(**rows[b]["point"])
+        lhs = rule.pairwise(pa, pb)
+        old, new, lhs = (a, b, lhs) if lhs >= 0 else (b, a, -lhs)
+        po, pn = Point(**rows[old]["point"]), Point(**rows[new]["point"])
+        out.append({"better": new, "than": old, "d_loss": po.mean - pn.mean, "d_steps": po.steps - pn.steps,
+                    "lhs": lhs, "significant": lhs >= rule.threshold,
+                    "at_final_step": [o for o in (new, old) if not rows[o]["reached"]]})
+    return out
+
+
+def records_table(rows: dict, pairs: list[dict], rule: Rule, machine: str, baseline: str | None = None,
+                  tuned: tuple = ()) -> str:
+    def pm(ms, spec):
+        return "—" if ms is None else f"{ms[0]:{spec}} ± {ms[1]:{spec}}"
+
+    lines = [f"Target val loss {rule.target:.4f}. Reached at the earliest logged step where (target − mean)·√n ≥ "
+             f"z·σ = {rule.z:.3f} × {rule.sigma:g} = {rule.threshold:.4g}; all seeds run the full budget.",
+             f"Machine: {machine}", ""]
+    untuned = [o for o in rows if o not in tuned]
+    if tuned and untuned:
+        lines[-1:] = [f"Learning rate tuned for {', '.join(tuned)} only; {', '.join(untuned)} ran at their "
+                      "configured lr: the comparison is not on an equal tuning budget.", ""]
+    lines += ["| optimizer | n | target reached at step | margin (target−mean)·√n | val loss there | seconds there "
+              f"| final step | final val loss | steps vs {baseline or 'baseline'} | ms/step |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for opt, r in rows.items():
-        p = "—" if r["p_value"] is None else f"{r['p_value']:.2g}"
-        ratio = "—" if r["steps_ratio_vs_adamw"] is None else f"{r['steps_ratio_vs_adamw']:.2f}"
-        lines.append(f"| {opt} | {r['reached']}/{r['runs']} | {fmt(r['steps_mean_std'], '.1f')} | "
-                     f"{fmt(r['seconds_mean_std'], '.1f')} | {fmt(r['final_val_mean_std'], '.4f')} | {p} | {ratio} | "
-                     f"{r['step_avg_ms']:.0f} |")
+        step = str(r["target_step"]) if r["reached"] else "not reached"
+        secs = "—" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
+        ratio = "—" if r["steps_vs_baseline"] is None else f"{r['steps_vs_baseline']:.2f}"
+        lines.append(f"| {opt} | {r['n']} | {step} | {r['margin']:.4f} | {pm(r['val_at_target'], '.4f')} | {secs} | "
+                     f"{r['final_step']} | {pm(r['final_val'], '.4f')} | {ratio} | {r['step_avg_ms']:.0f} |")
+    if pairs:
+        lines += ["", f"Pairwise: (Δloss + Δsteps/100 × {rule.loss_per_100_steps:g}) / √(1/n₁ + 1/n₂) ≥ "
+                      f"{rule.threshold:.4g}, each at its target step (at its final step where marked).", "",
+                  "| better | than | Δloss | Δsteps | LHS | significant |", "|---|---|---|---|---|---|"]
+        for p in pairs:
+            mark = {o: f"{o} (final step, target not reached)" for o in p["at_final_step"]}
+            lines.append(f"| {mark.get(p['better'], p['better'])} | {mark.get(p['than'], p['than'])} | "
+                         f"{p['d_loss']:+.4f} | {p['d_steps']:+d} | {p['lhs']:.4f} | "
+                         f"{'yes' if p['significant'] else 'no'} |")
+    spread = {o: r["final_val"][1] for o, r in rows.items() if r["n"] > 1}
+    if spread:
+        lines += ["", "Seed spread of the final val loss (std) beside the assumed σ "
+                      f"{rule.sigma:g}: " + ", ".join(f"{o} {s:.4f}" for o, s in spread.items())
+                  + (" — well above σ: the z-test is overconfident; set σ for this track."
+                     if max(spread.values()) > 2 * rule.sigma else ".")]
     return "\n".join(lines)
 
 
-def plot(runs_by_opt, rows, target, out):
+def plot(rows: dict, rule: Rule, out: str):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for opt, runs in runs_by_opt.items():
-        n = min(len(r["curve"]) for r in runs)
-        steps = np.array([s for s, _ in runs[0]["curve"][:n]])
-        losses = np.array([[v for _, v in r["curve"][:n]] for r in runs])
-        mean, std = losses.mean(0), losses.std(0)
-        ax.plot(steps, mean, label=opt)
-        ax.fill_between(steps, mean - std, mean + std, alpha=0.25)
-    if target:
-        ax.axhline(target, color="k", ls="--", lw=1, label=f"target {target:.3f}")
-    ax.set(xlabel="step", ylabel="val loss", title="validation loss (mean ± std over seeds)")
-    ax.set_ylim(top=min(ax.get_ylim()[1], (target or 0) + 3) if target else None)
+    for opt, r in rows.items():
+        steps = [c["step"] for c in r["curve"]]
+        mean = [c["mean"] for c in r["curve"]]
+        std = [c["std"] for c in r["curve"]]
+        line, = ax.plot(steps, mean, label=f"{opt} (n={r['n']})")
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.25)
+        if r["reached"]:
+            ax.plot([r["target_step"]], [r["val_at_target"][0]], "o", color=line.get_color())
+    ax.axhline(rule.target, color="k", ls="--", lw=1, label=f"target {rule.target:.4f}")
+    ax.set(xlabel="step", ylabel="val loss", title="validation loss (mean ± std over seeds; ● target reached)")
+    ax.set_ylim(top=min(ax.get_ylim()[1], rule.target + 3))
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "curves.png"), dpi=120)
@@ -124,16 +223,93 @@ def plot(runs_by_opt, rows, target, out):
 
     fig, ax = plt.subplots(figsize=(6, 4))
     names = list(rows)
-    means = [rows[o]["steps_mean_std"][0] or 0 for o in names]
-    stds = [rows[o]["steps_mean_std"][1] or 0 for o in names]
-    ax.bar(names, means, yerr=stds, capsize=4)
-    ax.set(ylabel="steps to target", title="steps to target (mean ± std; 0 = not reached)")
+    bars = ax.bar(names, [rows[o]["target_step"] or 0 for o in names])
+    for bar, o in zip(bars, names):
+        label = str(rows[o]["target_step"]) if rows[o]["reached"] else "not reached"
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom")
+    ax.set(ylabel="steps", title=f"step at which the seed mean reaches {rule.target:.4f} (z-test)")
     fig.tight_layout()
     fig.savefig(os.path.join(out, "steps.png"), dpi=120)
     plt.close(fig)
 
 
+# ----------------------------------------------------------------------------------------------- runs
+
+
+def _run(preset, optimizer, seed, out, extra, lr=None):
+    import train
+
+    args = [f"--preset={preset}", f"--optimizer={optimizer}", f"--seed={seed}", f"--out_dir={out}", *extra,
+            "--stop_at_target=False"]  # the full budget: the step is chosen afterwards, the same for every seed
+    if lr is not None:
+        args.append(f"--optim.lr={lr}")
+        args.append(f"--run_name={preset}-{optimizer}-lr{lr:g}-s{seed}")
+    summary = train.main(args)
+    with open(os.path.join(summary["run_dir"], "log.jsonl")) as f:
+        summary["curve"] = [{k: r[k] for k in ("step", "val_loss", "train_time_s")}
+                            for r in map(json.loads, f) if "val_loss" in r]
+    return summary
+
+
+def tune(preset, optimizer, out, extra, multipliers=LR_MULTIPLIERS):
+    from configs import resolve
+
+    base = resolve([f"--preset={preset}", f"--optimizer={optimizer}", *extra]).optim.lr
+    sweep = []
+    for m in multipliers:
+        s = _run(preset, optimizer, 0, os.path.join(out, "tune"), extra, lr=base * m)
+        sweep.append({"lr": base * m, "final_val_loss": s["final_val_loss"]})
+    best = min(sweep, key=lambda r: r["final_val_loss"] if math.isfinite(r["final_val_loss"]) else float("inf"))
+    return best["lr"], sweep
+
+
+def _rule_sigma(parser, args, cfg) -> float:
+    """σ: the config's target_sigma when the config has that field, else --sigma, else the track's."""
+    if hasattr(cfg, "target_sigma"):
+        if args.sigma is not None:
+            parser.error("this config has a target_sigma field: set σ with --target_sigma=... (the runs record it)")
+        return cfg.target_sigma or Rule.sigma
+    return args.sigma if args.sigma is not None else Rule.sigma
+
+
+def report(results: dict, out: str) -> str:
+    """Judge the runs in `results` by its rule; write records.md, results.json and the plots; return the table."""
+    if results["rule_params"].get("target") is None:
+        raise SystemExit("error: no target val loss recorded for these runs: pass --target VALUE")
+    rule = Rule(**results["rule_params"])
+    baseline = results.get("baseline")
+    rows = aggregate(results["runs"], rule, baseline)
+    pairs = pairwise_table(rows, rule, None if results.get("pairs") == "all" else baseline)
+    results.update(rule={**results["rule_params"], "threshold": rule.threshold}, aggregate=rows, pairwise=pairs)
+    m = results["machine"]
+    table = records_table(rows, pairs, rule, harness.machine_line(m) + f" at start; commit {results['commit']}",
+                          baseline, tuple(results.get("tuning", {})))
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(out, "records.md"), "w") as f:
+        f.write(table + "\n")
+    plot(rows, rule, out)
+    return table
+
+
+def _load_results(path) -> dict:
+    """A results.json, also one written before the rule was recorded (target only, curves as [step, loss])."""
+    with open(path) as f:
+        results = json.load(f)
+    if not results.get("runs"):
+        raise SystemExit(f"error: {path} holds no runs to judge")
+    results.setdefault("rule_params", {"target": results.get("target")})
+    results.setdefault("commit", "not recorded")
+    results.setdefault("machine", {"cpu": "not recorded", "cores": "?", "cpu_capability": "?", "threads": "?",
+                                   "loadavg_1m": float("nan")})
+    for runs in results["runs"].values():
+        for run in runs:
+            run["curve"] = [r if isinstance(r, dict) else {"step": r[0], "val_loss": r[1]} for r in run["curve"]]
+    return results
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--optimizers", default="adamw,muon,normuon")
@@ -144,19 +320,64 @@ def main(argv=None):
     parser.add_argument("--target", default=None,
                         help="a val loss, or 'auto': the final val loss of the tuned AdamW sweep (needs --tune and "
                              "adamw first in --optimizers); default: the preset's target_val_loss")
+    parser.add_argument("--sigma", type=float, default=None,
+                        help=f"seed noise σ of the val loss (default {Rule.sigma}, the track's; a config with a "
+                             "target_sigma field sets it there instead)")
+    parser.add_argument("--z", type=float, default=None,
+                        help=f"threshold in units of σ (default {Rule.z:.4f} = 0.004/0.0013, the track's)")
+    parser.add_argument("--loss-per-100-steps", type=float, default=None,
+                        help=f"val loss 100 steps are worth (default {Rule.loss_per_100_steps}, the track's)")
+    parser.add_argument("--baseline", default=None, help="ratios against it (default: the first optimizer)")
+    parser.add_argument("--pairs", choices=("all", "baseline"), default="all",
+                        help="pairwise tests for every pair, or each optimizer against the baseline")
+    parser.add_argument("--from-results", default=None,
+                        help="re-judge the runs saved in a results.json (no training) with this rule")
     parser.add_argument("--out", default="out/speedrun")
     args, extra = parser.parse_known_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    rule_params = {"sigma": args.sigma, "z": args.z, "loss_per_100_steps": args.loss_per_100_steps}
+
+    if args.from_results:
+        results = _load_results(args.from_results)
+        if args.target not in (None, "auto"):
+            results["rule_params"]["target"] = float(args.target)
+        results["rule_params"].update({k: v for k, v in rule_params.items() if v is not None})
+        results["rejudged"] = {"command": [sys.executable, "-m", "bench.speedrun", *argv],
+                               "commit": harness.git_commit(), "from": args.from_results}
+        results["pairs"] = args.pairs
+        results["baseline"] = args.baseline or results.get("baseline") or next(iter(results["runs"]))
+        table = report(results, args.out)
+        print(table)
+        return results
+
+    from configs import resolve
+
     optimizers = args.optimizers.split(",")
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    baseline = args.baseline or optimizers[0]
+    if baseline not in optimizers:
+        parser.error(f"--baseline {baseline} is not in --optimizers {args.optimizers}")
     tuned = set(optimizers if args.tune == "all" else (args.tune or "").split(","))
     if args.target == "auto" and ("adamw" not in tuned or optimizers[0] != "adamw"):
         parser.error("--target auto needs --tune and adamw first in --optimizers")
+    cfg = resolve([f"--preset={args.preset}", *extra])
+    rule_params["sigma"] = _rule_sigma(parser, args, cfg)
+    for name in ("z", "loss_per_100_steps"):  # the track's unless given
+        if rule_params[name] is None:
+            rule_params[name] = getattr(Rule, name)
     target = None
     if args.target is None:
-        target = resolve([f"--preset={args.preset}", *extra]).target_val_loss
+        target = cfg.target_val_loss or None
+        if target is None:
+            parser.error(f"preset {args.preset} has no target_val_loss: pass --target VALUE or --target auto")
     elif args.target != "auto":
         target = float(args.target)
-    results = {"preset": args.preset, "target": target, "extra_args": extra, "tuning": {}, "runs": {}}
+    if target is not None:
+        Rule(target=target, **rule_params)  # bad parameters fail before any training
+    results = {"command": [sys.executable, "-m", "bench.speedrun", *argv], "commit": harness.git_commit(),
+               "machine": harness.machine(), "preset": args.preset, "extra_args": extra, "baseline": baseline,
+               "pairs": args.pairs, "rule_params": {"target": target, **rule_params}, "tuning": {}, "runs": {}}
     for opt in optimizers:
         lr = None
         if opt in tuned:
@@ -164,21 +385,13 @@ def main(argv=None):
             results["tuning"][opt] = {"chosen_lr": lr, "sweep": sweep}
             if target is None:  # --target auto: the tuned AdamW baseline's final val loss (seed 0, full budget)
                 target = min(r["final_val_loss"] for r in sweep)
-                results["target"] = target
+                results["rule_params"]["target"] = target
                 print(f"target val loss set by tuned AdamW (lr {lr:g}): {target:.4f}")
         run_args = [*extra, f"--target_val_loss={target}"]
         results["runs"][opt] = [_run(args.preset, opt, 1000 + s, os.path.join(args.out, "runs"), run_args, lr=lr)
                                 for s in range(args.seeds)]
-    rows = aggregate(results["runs"], target)
-    results["aggregate"] = rows
-    machine = results["runs"][next(iter(results["runs"]))][0]["device"]
-    threads = results["runs"][next(iter(results["runs"]))][0]["threads"]
-    table = records_table(rows, target, f"{machine}, {threads} threads, load {os.getloadavg()[0]:.2f}")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, "records.md"), "w") as f:
-        f.write(table + "\n")
-    plot(results["runs"], rows, target, args.out)
+    results["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    table = report(results, args.out)
     print(table)
     return results
 

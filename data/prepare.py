@@ -13,10 +13,17 @@ text     Tokenize files, folders (recursive, filtered by --glob) and .jsonl file
          (at least one document goes to val when val_fraction > 0, the one with the smallest hash), so the
          split is a deterministic function of the document ids and the seed, not of Python's salted hash().
          A document id is the file's path relative to the folder it was found in (its name when given
-         directly), plus ":<line number>" for a .jsonl line. Tokens fill `{name}_val_000000.bin`,
-         `{name}_train_000000.bin`, ... of --shard-tokens each (a document may continue in the next shard),
-         and `{name}_manifest.json` records documents and tokens per split, sources and seed. The output is
-         byte-identical for any --workers.
+         directly), plus ":<line number>" for a .jsonl line. Documents are written in a seeded random order,
+         as the speedrun's FineWeb shards are shuffled (a sorted corpus would feed training one source
+         folder at a time): sorted by
+             blake2b-64("order:<shuffle seed>:<document id>")
+         again a function of the ids alone, so adding a document does not reorder the others.
+         --shuffle-seed is separate from --seed on purpose: --seed chooses the held-out documents, and a new
+         train order must not change the val set (val losses of two orders stay comparable), nor a new
+         split reorder the train stream. --no-shuffle keeps the sorted order (id order within a source).
+         Tokens fill `{name}_val_000000.bin`, `{name}_train_000000.bin`, ... of --shard-tokens each (a
+         document may continue in the next shard), and `{name}_manifest.json` records documents and tokens
+         per split, sources, both seeds and both rules. The output is byte-identical for any --workers.
 
 pydocs   The text pipeline over Debian's python3-doc sources (/usr/share/doc/python3.11/html/_sources,
          **/*.rst.txt, ~3.55M tokens), name "pydocs": the offline default corpus of the CPU track.
@@ -32,6 +39,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -118,8 +126,15 @@ def _copy_from_folder(src: Path, dest: Path):
 # ----------------------------------------------------------------------------------------------- text
 
 
-def list_documents(paths, *, glob: str = "*", limit_files: int | None = None) -> list[tuple[str, Path, int | None]]:
-    """Enumerate documents without reading them: (document id, file, jsonl line number or None)."""
+class Document(NamedTuple):
+    id: str
+    path: Path
+    line: int | None = None  # .jsonl: the line number (1-based), counting b"\n" only
+    offset: int | None = None  # .jsonl: the byte offset of that line, so a shuffled order reads it directly
+
+
+def list_documents(paths, *, glob: str = "*", limit_files: int | None = None) -> list[Document]:
+    """Enumerate documents without reading their text, in sorted order (files sorted, then .jsonl lines)."""
     files = []  # (id prefix, path)
     for p in map(Path, paths):
         if p.is_dir():
@@ -139,29 +154,42 @@ def list_documents(paths, *, glob: str = "*", limit_files: int | None = None) ->
     for file_id, f in files:
         if f.suffix == ".jsonl":
             with open(f, "rb") as lines:
-                docs += [(f"{file_id}:{n}", f, n) for n, line in enumerate(lines, 1) if line.strip()]
+                offset = 0
+                for n, line in enumerate(lines, 1):
+                    if line.strip():
+                        docs.append(Document(f"{file_id}:{n}", f, n, offset))
+                    offset += len(line)
         else:
-            docs.append((file_id, f, None))
+            docs.append(Document(file_id, f))
     return docs
+
+
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
 def split_key(doc_id: str, seed: int) -> float:
     """The document's uniform split key in [0, 1): it goes to val when the key is below val_fraction."""
-    digest = hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    return _hash64(f"{seed}:{doc_id}") / 2**64
+
+
+def shuffled(docs: list[Document], shuffle_seed: int) -> list[Document]:
+    """`docs` in the seeded random order: by blake2b-64("order:<shuffle_seed>:<id>"), ties by id."""
+    return sorted(docs, key=lambda d: (_hash64(f"order:{shuffle_seed}:{d.id}"), d.id))
 
 
 def _read_texts(docs, text_field):
-    """Yield the text of each (id, file, line) document in order; a .jsonl file is read once."""
-    open_file, lines = None, None
-    for doc_id, f, line_no in docs:
+    """Yield the text of each document in the order given (a .jsonl line is read at its offset)."""
+    for doc in docs:
+        f, line_no = doc.path, doc.line
         try:
             if line_no is None:
                 yield f.read_text(encoding="utf-8")
                 continue
-            if open_file != f:  # line numbers count b"\n" only, as in list_documents
-                open_file, lines = f, f.read_bytes().split(b"\n")
-            record = json.loads(lines[line_no - 1].decode("utf-8"))
+            with open(f, "rb") as lines:  # reopened per line: in shuffled order consecutive lines rarely share a file
+                lines.seek(doc.offset)
+                line = lines.readline()
+            record = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError as e:
             raise PrepareError(f"{f}: not UTF-8 text ({e}); narrow the input with --glob") from e
         except json.JSONDecodeError as e:
@@ -226,9 +254,10 @@ class _ShardWriter:
 
 
 def prepare_text(paths, out, *, name: str = "text", val_fraction: float = 0.05, seed: int = 0,
-                 text_field: str = "text", workers: int | None = None, shard_tokens: int = DEFAULT_SHARD_TOKENS,
-                 glob: str = "*", limit_files: int | None = None) -> dict:
-    """Tokenize documents into train/val shards in `out`; returns the manifest (also written as JSON)."""
+                 shuffle_seed: int | None = 0, text_field: str = "text", workers: int | None = None,
+                 shard_tokens: int = DEFAULT_SHARD_TOKENS, glob: str = "*", limit_files: int | None = None) -> dict:
+    """Tokenize documents into train/val shards in `out`; returns the manifest (also written as JSON).
+    `seed` decides the split, `shuffle_seed` the order (None: sorted order)."""
     if not 0 <= val_fraction < 1:
         raise PrepareError(f"--val-fraction must lie in [0, 1), got {val_fraction}")
     if shard_tokens < 1:
@@ -240,7 +269,9 @@ def prepare_text(paths, out, *, name: str = "text", val_fraction: float = 0.05, 
     out.mkdir(parents=True, exist_ok=True)
 
     docs = list_documents(paths, glob=glob, limit_files=limit_files)
-    keys = [split_key(doc_id, seed) for doc_id, _, _ in docs]
+    if shuffle_seed is not None:
+        docs = shuffled(docs, shuffle_seed)
+    keys = [split_key(doc.id, seed) for doc in docs]
     splits = ["val" if key < val_fraction else "train" for key in keys]
     if val_fraction > 0 and "val" not in splits:
         splits[int(np.argmin(keys))] = "val"
@@ -275,6 +306,9 @@ def prepare_text(paths, out, *, name: str = "text", val_fraction: float = 0.05, 
         "seed": seed,
         "val_fraction": val_fraction,
         "split_rule": "val iff blake2b-64('<seed>:<document id>')/2**64 < val_fraction; at least one val document",
+        "shuffle_seed": shuffle_seed,
+        "order_rule": ("sorted by blake2b-64('order:<shuffle_seed>:<document id>'), ties by id"
+                       if shuffle_seed is not None else "sorted files, then .jsonl lines in file order"),
         "shard_tokens": shard_tokens,
         "splits": {split: {"documents": w.documents, "tokens": w.tokens, "files": [f.name for f in w.files]}
                    for split, w in writers.items()},
@@ -326,7 +360,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def tokenizing(p):
         p.add_argument("--val-fraction", type=float, default=0.05)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="chooses the val documents")
+        p.add_argument("--shuffle-seed", type=int, default=0, help="chooses the document order")
+        p.add_argument("--no-shuffle", action="store_true", help="sorted document order instead of a shuffle")
         p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: os.cpu_count())")
         p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS)
         p.add_argument("--limit-files", type=int, default=None, help="only the first N files (sorted)")
@@ -356,6 +392,7 @@ def main(argv=None) -> None:
             print(f"{len(paths)} shards, {tokens:,} tokens in {args.out}")
             return
         common = dict(val_fraction=args.val_fraction, seed=args.seed, workers=args.workers,
+                      shuffle_seed=None if args.no_shuffle else args.shuffle_seed,
                       shard_tokens=args.shard_tokens, limit_files=args.limit_files)
         if args.command == "text":
             manifest = prepare_text(args.paths, args.out, name=args.name, text_field=args.text_field,

@@ -1,5 +1,7 @@
-"""bench.speedrun: tuning, seeded runs, statistics, the records table and plots — end to end at tiny size."""
+"""bench.speedrun: the track's reaching and pairwise rules (its worked examples), judged on synthetic curves,
+and end to end at tiny size (tuning, full-budget seeded runs, records, plots, re-judging saved results)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -7,32 +9,171 @@ import os
 import pytest
 
 from bench import speedrun
+from bench.speedrun import Point, Rule
+
+TRACK = Rule()
+
+# ----------------------------------------------------------------------------------------------- the rule
 
 
-def test_one_sided_p_value():
-    assert speedrun.one_sided_p([3.0], 3.28) is None  # a single run cannot be tested
-    assert speedrun.one_sided_p([3.20, 3.21, 3.19, 3.22], 3.28) < 0.01
-    assert speedrun.one_sided_p([3.30, 3.31, 3.29], 3.28) > 0.5
+def test_track_defaults():
+    assert (TRACK.target, TRACK.sigma, TRACK.loss_per_100_steps) == (3.28, 0.0013, 0.0045)
+    assert TRACK.threshold == pytest.approx(0.004, abs=1e-15)
+    assert 3.07 < TRACK.z < 3.10  # the README's "3.09σ = 0.004"
 
 
-def test_aggregate_ratios_against_adamw():
-    def run(steps, final, reached=True):
-        return {"steps_to_target": steps if reached else None, "seconds_to_target": steps / 10 if reached else None,
-                "final_val_loss": final, "reached_target": reached, "step_avg_ms": 100.0}
+@pytest.mark.parametrize("n, passes, fails", [(1, 3.2759, 3.2761), (4, 3.2779, 3.2781), (16, 3.27899, 3.27901)])
+def test_reaching_examples(n, passes, fails):
+    """README "Rules": one run needs a loss below 3.276, four an average below 3.278 (sixteen: below 3.279)."""
+    assert TRACK.reaches(passes, n) and not TRACK.reaches(fails, n)
+    assert TRACK.margin(3.276, 1) == pytest.approx(0.004)
 
-    rows = speedrun.aggregate({"adamw": [run(100, 4.0), run(120, 4.1)], "muon": [run(55, 3.9), run(0, 4.5, False)]},
-                              target=4.2)
-    assert rows["adamw"]["steps_mean_std"][0] == 110 and rows["muon"]["reached"] == 1
-    assert rows["muon"]["steps_ratio_vs_adamw"] == pytest.approx(55 / 110)
-    table = speedrun.records_table(rows, 4.2, "test machine")
-    assert "| muon | 1/2 | 55.0 ± 0.0 |" in table and "test machine" in table
+
+def test_a_nan_mean_never_reaches():
+    assert not TRACK.reaches(float("nan"), 10)
+
+
+# The README's results table: (steps, mean val loss, n).
+R6, R8, R9, R11 = Point(3375, 3.2788, 20), Point(3250, 3.2778, 10), Point(3250, 3.2771, 8), Point(3225, 3.2785, 16)
+R12, R13, R14, R16 = Point(3325, 3.2790, 20), Point(3210, 3.2785, 10), Point(3125, 3.2790, 4), Point(3125, 3.2784, 8)
+
+
+def test_pairwise_worked_examples():
+    """README "Pairwise statistical significance", old result first."""
+    # #11 vs #9: 25 steps fewer but 0.0014 higher loss (worth ~31 steps): not significant
+    assert TRACK.pairwise(R9, R11) == pytest.approx((-0.0014 + 0.25 * 0.0045) / math.sqrt(1 / 8 + 1 / 16))
+    assert TRACK.pairwise(R9, R11) < 0 and not TRACK.significantly_better(R9, R11)
+    # #12 vs #6: Δloss -0.0002, 50 steps = 0.00225, n 20 and 20: LHS 0.00648, significant
+    assert TRACK.pairwise(R6, R12) == pytest.approx(0.00648, abs=5e-6)
+    assert TRACK.significantly_better(R6, R12)
+    # #13 vs #11: same loss, 15 steps, n 16 and 10: LHS 0.00167
+    assert TRACK.pairwise(R11, R13) == pytest.approx(0.00167, abs=5e-6)
+    assert not TRACK.significantly_better(R11, R13)
+    # #13 vs #8: the README evaluates ((3.2778 - 3.2785) + 40/100·0.0045) / √(1/10 + 1/16) = 0.0027 (it puts
+    # n=16 for #8, whose table row says n=10; with n=10 the LHS is 0.0025): not significant either way
+    assert TRACK.pairwise(dataclasses.replace(R8, n=16), R13) == pytest.approx(0.0027, abs=5e-5)
+    assert TRACK.pairwise(R8, R13) == pytest.approx(0.0011 / math.sqrt(0.2))
+    assert not TRACK.significantly_better(R8, R13)
+    # #16 vs #14 (same steps): 3.2790 (n=4) against 3.2784 (n=8) is not a significant difference
+    assert TRACK.pairwise(R14, R16) == pytest.approx(0.0006 / math.sqrt(1 / 4 + 1 / 8))
+    assert not TRACK.significantly_better(R14, R16)
+
+
+def test_pairwise_sign_conventions():
+    old = Point(1000, 3.28, 10)
+    assert TRACK.pairwise(old, Point(900, 3.28, 10)) > 0  # fewer steps, same loss: better
+    assert TRACK.pairwise(old, Point(1000, 3.27, 10)) > 0  # same steps, lower loss: better
+    assert TRACK.pairwise(old, Point(900, 3.2845, 10)) == pytest.approx(0.0)  # 100 steps buy 0.0045
+    new = Point(950, 3.279, 5)
+    assert TRACK.pairwise(new, old) == pytest.approx(-TRACK.pairwise(old, new))
+
+
+def test_rule_rejects_bad_parameters():
+    for bad in (dict(sigma=0), dict(sigma=-1e-3), dict(z=float("nan")), dict(loss_per_100_steps=0),
+                dict(target=float("inf"))):
+        with pytest.raises(ValueError):
+            Rule(**bad)
+
+
+# ----------------------------------------------------------------------------------------------- curves
+
+
+def _runs(finals_by_step, *, step_avg_ms=10.0):
+    """Runs from {step: [val loss of seed 0, seed 1, ...]}, each logging every step given."""
+    n = len(next(iter(finals_by_step.values())))
+    return [{"curve": [{"step": s, "val_loss": v[i], "train_time_s": s / 10} for s, v in finals_by_step.items()],
+             "step_avg_ms": step_avg_ms} for i in range(n)]
+
+
+def test_earliest_logged_step_where_the_mean_passes():
+    rule = Rule(target=4.0, sigma=0.01, z=3.0)  # threshold 0.03
+    runs = _runs({0: [10.0, 10.0, 10.0, 10.0],
+                  20: [4.05, 4.20, 3.90, 4.10],  # one seed already below 4.0: no per-run decision counts
+                  40: [3.99, 3.97, 3.99, 3.97],  # mean 3.98: margin 0.02·√4 = 0.04 >= 0.03
+                  60: [3.90, 3.91, 3.92, 3.93]})
+    curve = speedrun.group_curve([r["curve"] for r in runs])
+    assert [c["step"] for c in curve] == [0, 20, 40, 60] and curve[1]["n"] == 4
+    hit = speedrun.target_step(curve, rule)
+    assert hit["step"] == 40 and hit["mean"] == pytest.approx(3.98) and hit["seconds"] == pytest.approx(4.0)
+    # seed 0 alone (3.99 at step 40: margin 0.01) is not enough evidence there; it is at 60
+    assert speedrun.target_step(speedrun.group_curve([runs[0]["curve"]]), rule)["step"] == 60
+    assert speedrun.target_step(curve, dataclasses.replace(rule, target=3.5)) is None
+
+
+def test_group_curve_keeps_steps_every_run_logged():
+    a = [{"step": s, "val_loss": 5.0} for s in (0, 25, 50, 75)]
+    b = [{"step": s, "val_loss": 6.0} for s in (0, 50, 75, 100)]
+    curve = speedrun.group_curve([a, b])
+    assert [c["step"] for c in curve] == [0, 50, 75] and curve[0]["mean"] == 5.5
+    assert curve[0]["std"] == pytest.approx(math.sqrt(0.5)) and curve[0]["seconds"] is None
+    with pytest.raises(ValueError, match="at least one logged validation step"):
+        speedrun.group_curve([a, []])
+
+
+def test_aggregate_pairwise_and_table():
+    rule = Rule(target=4.0, sigma=0.01, z=3.0, loss_per_100_steps=0.05)
+    runs = {
+        "adamw": _runs({0: [9.0, 9.0], 50: [4.3, 4.2], 100: [4.05, 4.1]}, step_avg_ms=20.0),  # never reaches
+        "muon": _runs({0: [9.0, 9.0], 50: [3.95, 3.96], 100: [3.8, 3.81]}),  # reaches at 50
+        "normuon": _runs({0: [9.0, 9.0], 50: [3.96, 3.95], 100: [3.79, 3.8]}),  # reaches at 50, same mean
+    }
+    rows = speedrun.aggregate(runs, rule, baseline="muon")
+    assert rows["adamw"]["reached"] is False and rows["adamw"]["target_step"] is None
+    assert rows["adamw"]["point"] == {"steps": 100, "mean": pytest.approx(4.075), "n": 2}
+    assert rows["muon"]["target_step"] == 50 and rows["muon"]["val_at_target"][0] == pytest.approx(3.955)
+    assert rows["muon"]["final_val"][0] == pytest.approx(3.805) and rows["muon"]["final_step"] == 100
+    assert rows["normuon"]["steps_vs_baseline"] == 1.0 and rows["adamw"]["steps_vs_baseline"] is None
+    assert rows["muon"]["margin"] == pytest.approx(0.045 * math.sqrt(2))
+
+    pairs = {(p["better"], p["than"]): p for p in speedrun.pairwise_table(rows, rule)}
+    assert set(pairs) == {("muon", "adamw"), ("normuon", "adamw"), ("normuon", "muon")}
+    p = pairs[("muon", "adamw")]  # AdamW compared at its final step: 0.12 lower loss and 50 fewer steps
+    assert p["d_loss"] == pytest.approx(0.12) and p["d_steps"] == 50 and p["at_final_step"] == ["adamw"]
+    assert p["lhs"] == pytest.approx((0.12 + 0.025) / 1.0) and p["significant"]
+    tie = pairs[("normuon", "muon")]  # a tie keeps the listed order: old first
+    assert tie["lhs"] == pytest.approx(0.0) and not tie["significant"]
+    against = speedrun.pairwise_table(rows, rule, baseline="muon")
+    assert {(p["better"], p["than"]) for p in against} == {("muon", "adamw"), ("normuon", "muon")}
+
+    table = speedrun.records_table(rows, list(pairs.values()), rule, "test machine", "muon")
+    assert "| adamw | 2 | not reached |" in table and "| muon | 2 | 50 | 0.0636 | 3.9550 ± 0.0071 |" in table
+    assert "adamw (final step, target not reached)" in table and "test machine" in table
+    assert "well above σ" in table  # the seeds spread by 0.035 against an assumed 0.01
+    assert "tuned for" not in table
+    partly = speedrun.records_table(rows, [], rule, "test machine", "muon", tuned=("adamw",))
+    assert "Learning rate tuned for adamw only; muon, normuon ran at their configured lr" in partly
+
+
+def test_sigma_comes_from_the_config_field_when_there_is_one():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+
+    @dataclasses.dataclass
+    class WithSigma:
+        target_sigma: float = 0.02
+
+    @dataclasses.dataclass
+    class Without:
+        target_val_loss: float = 4.0
+
+    assert speedrun._rule_sigma(parser, argparse.Namespace(sigma=None), WithSigma()) == 0.02
+    assert speedrun._rule_sigma(parser, argparse.Namespace(sigma=None), WithSigma(0.0)) == Rule.sigma
+    assert speedrun._rule_sigma(parser, argparse.Namespace(sigma=0.05), Without()) == 0.05
+    assert speedrun._rule_sigma(parser, argparse.Namespace(sigma=None), Without()) == Rule.sigma
+    with pytest.raises(SystemExit):
+        speedrun._rule_sigma(parser, argparse.Namespace(sigma=0.05), WithSigma())
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+
+TINY = ["--preset=tiny", "--max_steps=4", "--val_every=1", "--threads=1", "--optim.lr=0.01", "--optim.adam_lr=0.01"]
 
 
 def test_end_to_end_with_tuning(text_shards, tmp_path):
     out = tmp_path / "sr"
-    results = speedrun.main(["--preset=tiny", "--optimizers=adamw,muon", "--seeds=2", "--tune", f"--out={out}",
-                             "--target=auto", f"--data_dir={text_shards}", "--max_steps=4", "--val_every=1",
-                             "--threads=1", "--optim.lr=0.01", "--optim.adam_lr=0.01"])
+    results = speedrun.main(["--optimizers=adamw,muon", "--seeds=2", "--tune", f"--out={out}", "--target=auto",
+                             f"--data_dir={text_shards}", *TINY])
     assert set(results["tuning"]) == {"adamw", "muon"}
     assert [r["lr"] for r in results["tuning"]["adamw"]["sweep"]] == [0.005, 0.01, 0.02]
     for opt in ("adamw", "muon"):
@@ -42,10 +183,42 @@ def test_end_to_end_with_tuning(text_shards, tmp_path):
     for name in ("results.json", "records.md", "curves.png", "steps.png"):
         assert os.path.getsize(out / name) > 0
     # --target auto: the tuned AdamW sweep's best final val loss
-    assert results["target"] == min(r["final_val_loss"] for r in results["tuning"]["adamw"]["sweep"])
-    assert json.load(open(out / "results.json"))["target"] == results["target"]
+    target = min(r["final_val_loss"] for r in results["tuning"]["adamw"]["sweep"])
+    saved = json.load(open(out / "results.json"))
+    assert results["rule_params"]["target"] == saved["rule"]["target"] == target
+    assert saved["rule"]["sigma"] == Rule.sigma and saved["rule"]["threshold"] == pytest.approx(0.004)
+    assert set(saved["aggregate"]) == {"adamw", "muon"} and len(saved["pairwise"]) == 1
 
 
-def test_auto_target_needs_tuned_adamw_first(tmp_path):
-    with pytest.raises(SystemExit):
+def test_runs_go_the_full_budget_and_results_are_traceable(text_shards, tmp_path):
+    out = tmp_path / "sr"
+    argv = ["--optimizers=adamw,muon", "--seeds=2", f"--out={out}", "--target=20", "--z=3.5",
+            f"--data_dir={text_shards}", *TINY]
+    results = speedrun.main(argv)
+    for runs in results["runs"].values():  # target 20 is met at step 0, and every run still trains 4 steps
+        assert all(r["steps"] == 4 and [c["step"] for c in r["curve"]] == [0, 1, 2, 3, 4] for r in runs)
+    rows = results["aggregate"]
+    assert rows["adamw"]["target_step"] == rows["muon"]["target_step"] == 0 and rows["muon"]["n"] == 2
+    assert results["command"][1:] == ["-m", "bench.speedrun", *argv] and results["commit"]
+    m = results["machine"]
+    assert {"platform", "cpu", "cpu_capability", "threads", "loadavg_1m"} <= set(m)
+    records = (out / "records.md").read_text()
+    assert "| adamw | 2 | 0 |" in records and m["cpu_capability"] in records
+
+    # re-judge the saved runs: with σ = 10 nothing reaches 20 (margin ≈ (20 - 10.8)·√2 = 13 < 30.8)
+    again = speedrun.main([f"--from-results={out / 'results.json'}", f"--out={tmp_path / 're'}", "--sigma=10"])
+    assert not any(r["reached"] for r in again["aggregate"].values())
+    assert again["rejudged"]["from"] == str(out / "results.json")
+    rule = json.load(open(tmp_path / "re" / "results.json"))["rule"]
+    assert rule["sigma"] == 10 and rule["z"] == 3.5  # what was not given again is kept from the saved rule
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit):  # --target auto needs a tuned AdamW first
         speedrun.main(["--optimizers=muon,adamw", "--tune", "--target=auto", f"--out={tmp_path}"])
+    with pytest.raises(SystemExit):  # the tiny preset has no target
+        speedrun.main(["--preset=tiny", "--optimizers=adamw", f"--out={tmp_path}"])
+    with pytest.raises(SystemExit):
+        speedrun.main(["--optimizers=adamw", "--baseline=sgd", "--target=4", f"--out={tmp_path}"])
+    with pytest.raises(ValueError, match="sigma must be a positive number"):
+        speedrun.main(["--optimizers=adamw", "--target=4", "--target_sigma=-0.01", f"--out={tmp_path}"])

@@ -117,7 +117,74 @@ def test_jsonl_without_the_field(tmp_path):
     (tmp_path / "y.jsonl").write_text('{"body": "one"}\n{"body": "two"}\n')
     manifest = prepare_text([tmp_path / "y.jsonl"], tmp_path / "out", text_field="body", val_fraction=0, workers=1)
     assert manifest["splits"]["train"]["documents"] == 2 and manifest["splits"]["val"]["documents"] == 0
-    assert _documents(tmp_path / "out", "text", "train")[0] == ["one", "two"]
+    assert sorted(_documents(tmp_path / "out", "text", "train")[0]) == ["one", "two"]
+
+
+@pytest.fixture
+def many_files(tmp_path):
+    """50 .jsonl files of 60 short records each: a sorted stream would read them one file at a time."""
+    root = tmp_path / "many"
+    root.mkdir()
+    for f in range(50):
+        (root / f"src{f:02d}.jsonl").write_text("".join(json.dumps({"text": f"source {f:02d} record {r}: " +
+                                                                   "words " * (5 + (f * 7 + r) % 11)}) + "\n"
+                                                        for r in range(60)))
+    return root
+
+
+def _first_percent_sources(out):
+    """The source files of the documents that start in the first 1% of the train stream's tokens."""
+    docs, n_tokens = _documents(out, "m", "train")
+    sources, seen = set(), 0
+    for text in docs:
+        if seen >= n_tokens / 100:
+            break
+        sources.add(text.split(" record")[0])
+        seen += len(gpt2_encoding().encode_ordinary(text)) + 1  # + the EOT before it
+    return sources
+
+
+def test_train_stream_starts_with_many_sources(many_files, tmp_path):
+    prepare_text([many_files], tmp_path / "shuffled", name="m", val_fraction=0.05, workers=1)
+    sources = _first_percent_sources(tmp_path / "shuffled")
+    # ~30 documents drawn from 50 files: ~23 distinct files expected in a random order
+    assert len(sources) >= 15, sources
+    prepare_text([many_files], tmp_path / "sorted", name="m", val_fraction=0.05, workers=1, shuffle_seed=None)
+    assert _first_percent_sources(tmp_path / "sorted") == {"source 00"}
+
+
+def test_order_is_seeded_and_leaves_the_split_alone(corpus, tmp_path):
+    texts = corpus[2]
+    manifests = {s: _run(corpus, tmp_path / str(s), seed=3, shuffle_seed=s) for s in (0, 1)}
+    assert manifests[0]["shuffle_seed"] == 0 and "order:<shuffle_seed>" in manifests[0]["order_rule"]
+    train = {s: _documents(tmp_path / str(s), "t", "train")[0] for s in (0, 1)}
+    val = {s: _documents(tmp_path / str(s), "t", "val")[0] for s in (0, 1)}
+    assert train[0] != train[1] and sorted(train[0]) == sorted(train[1])  # another order, the same documents
+    assert sorted(val[0]) == sorted(val[1])  # the val set is chosen by --seed alone
+    # the order is the documented hash order of the document ids
+    ids = sorted((d for d in texts if texts[d] in train[0]),
+                 key=lambda d: (int.from_bytes(hashlib.blake2b(f"order:0:{d}".encode(), digest_size=8).digest(),
+                                               "big"), d))
+    assert train[0] == [texts[d] for d in ids]
+    _run(corpus, tmp_path / "again", seed=3, shuffle_seed=0)
+    assert _files(tmp_path / "again") == _files(tmp_path / "0")
+
+
+def test_no_shuffle_keeps_sorted_order(corpus, tmp_path):
+    manifest = _run(corpus, tmp_path / "out", val_fraction=0, shuffle_seed=None)
+    assert manifest["shuffle_seed"] is None and manifest["order_rule"].startswith("sorted files")
+    texts = corpus[2]
+    expected = [texts[d] for d in sorted(texts, key=lambda d: (d.startswith("records"), d)) if ":" not in d]
+    expected += [texts[f"records.jsonl:{n}"] for n in sorted(int(d.split(":")[1]) for d in texts if ":" in d)]
+    assert _documents(tmp_path / "out", "t", "train")[0] == expected
+
+
+def test_cli_shuffle_flags(corpus, tmp_path):
+    main(["text", str(corpus[0]), "--out", str(tmp_path / "a"), "--name", "c", "--workers", "1",
+          "--shuffle-seed", "5"])
+    main(["text", str(corpus[0]), "--out", str(tmp_path / "b"), "--name", "c", "--workers", "1", "--no-shuffle"])
+    assert json.loads((tmp_path / "a" / "c_manifest.json").read_text())["shuffle_seed"] == 5
+    assert json.loads((tmp_path / "b" / "c_manifest.json").read_text())["shuffle_seed"] is None
 
 
 def test_cli_text(corpus, tmp_path, capsys):
