@@ -9,8 +9,8 @@
     clip_grad_norm_ at 1.0, the AdamW of its configure_optimizers (wd 0.1 on the 2-D tensors, lr 6e-4,
     betas (0.9, 0.95); fused only on CUDA, so torch's default foreach AdamW here), zero_grad(set_to_none).
 (b) ours: train.Trainer.train_step of --preset at the same layers, heads, width, rows × tokens and vocab,
-    fp32 (no autocast, fp32 Newton-Schulz where the config has that switch), eager (nanoGPT's compile is off
-    too), --optimizer (default muon). Other `--key=value` arguments are overrides of our config.
+    fp32 (no autocast, fp32 Newton-Schulz), eager (nanoGPT's compile is off too), --optimizer (default
+    track3-muon, the preset's baseline recipe). Other `--key=value` arguments are overrides of our config.
 
 Both read batches of the same train shards (--data_dir, default the preset's) through data.loader.TokenLoader
 and run under the same torch thread count. The two steps alternate, one each, so drifting load hits both
@@ -227,8 +227,9 @@ def report(r: dict) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nanogpt", required=True, help="a nanoGPT checkout (or its model.py)")
-    parser.add_argument("--preset", default="cpu", help="our config preset the shape overrides apply to")
-    parser.add_argument("--optimizer", default="muon", help="our optimizer (nanoGPT always runs its AdamW)")
+    parser.add_argument("--preset", default="track3-cpu", help="our config preset the shape overrides apply to")
+    parser.add_argument("--optimizer", default="track3-muon",
+                        help="our optimizer or recipe (nanoGPT always runs its AdamW)")
     for f in dataclasses.fields(Shape):
         parser.add_argument(f"--{f.name}", type=int, default=f.default)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per side")

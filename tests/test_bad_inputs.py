@@ -1,4 +1,4 @@
-"""Every public entry point rejects bad input with an error that names the problem (issue 10's table).
+"""Every public entry point rejects bad input with an error that names the problem (one table).
 
 Each row: what is called, the exception type, and a pattern the message must contain. The per-module
 tests go deeper; this table is the one place that shows the whole surface at a glance.
