@@ -185,7 +185,7 @@ PRESETS = {
     "track3-cpu": dict(model=model_preset("track3-cpu", **GPU_AUTO), recipe="track3-muon",
                        data_dir="shards/pydocs", optim=OptimConfig(ns_impl="auto"),
                        shuffle_shards=False, shard_margin=1, batch_size=4, seq_len=256, reference_world_size=1,
-                       max_steps=160, warmup_steps=0, cooldown_frac=0.7, grad_clip=0.0, val_every=40,
+                       max_steps=160, warmup_steps=0, cooldown_frac=0.7, grad_clip=0.0, val_every=16,
                        val_every_late=8, val_late_frac=0.9, val_tokens=8192, target_val_loss=4.69, target_sigma=0.0,
                        stop_at_target=False, dtype="fp32"),
     # Tests: a few seconds on the CPU.
