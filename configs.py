@@ -147,10 +147,10 @@ GPU_AUTO = dict(attn_impl="auto", mlp_impl="auto", ce_impl="auto")
 GPU_LOG_EVERY = 25
 
 PRESETS = {
-    # The CPU track: python-docs corpus, a model small enough for minutes on 2 cores.
+    # The speedrun-feature model at CPU scale: python-docs corpus, minutes on 2 cores.
     # 4 × 256 tokens a step, ~2 s a step on 2 cores (the four 50304-row tables dominate: dense embedding
     # gradients and their Adam updates); the fixed val set is the first 16,384 val tokens.
-    # target: the tuned AdamW baseline's final val loss (README, "CPU-track record").
+    # target: the tuned AdamW baseline's final val loss on sorted-order pydocs shards (docs/cpu_preset.md).
     "cpu": dict(model=model_preset("cpu"), data_dir="shards/pydocs", batch_size=4, seq_len=256, max_steps=100,
                 val_every=20, val_tokens=16384, warmup_steps=10, target_val_loss=5.8976),
     # The H100 speedrun configuration on FineWeb (torchrun --nproc_per_node=8): 8 × 32 × 2048 = 524,288 tokens

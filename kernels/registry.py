@@ -22,6 +22,9 @@ def get(op: str, impl: str) -> Callable:
 
     if op not in OPS:
         raise KeyError(f"unknown op {op!r}; registered ops: {sorted(OPS)}")
+    if impl == "auto":  # a choice that depends on the device: the config layer makes it
+        raise ValueError(f"implementation 'auto' of {op!r} is chosen per device: resolve the config first "
+                         "(configs.resolve_auto(cfg, device)), or name one of " + ", ".join(sorted(OPS[op])))
     if impl not in OPS[op]:
         raise KeyError(f"op {op!r} has no implementation {impl!r}; registered: {sorted(OPS[op])}")
     return OPS[op][impl]
