@@ -4,6 +4,7 @@ optimizers are significantly better than which, by the rules of modded-nanogpt's
     python -m bench.speedrun --preset cpu --optimizers adamw,muon,normuon --seeds 3 --tune
     torchrun --nproc_per_node=8 -m bench.speedrun --preset gpt2-124m --optimizers muon --seeds 5   # 8×H100
     python -m bench.speedrun --from-results out/speedrun/results.json --sigma 0.01   # re-judge saved runs
+    python -m bench.speedrun --from-results out/a/results.json,out/b/results.json    # judge two runs' files together
 
 The rules (records/track_3_optimization/README.md, "Rules" and "Pairwise statistical significance"):
 
@@ -281,9 +282,9 @@ def report(results: dict, out: str) -> str:
     rows = aggregate(results["runs"], rule, baseline)
     pairs = pairwise_table(rows, rule, None if results.get("pairs") == "all" else baseline)
     results.update(rule={**results["rule_params"], "threshold": rule.threshold}, aggregate=rows, pairwise=pairs)
-    m = results["machine"]
-    table = records_table(rows, pairs, rule, harness.machine_line(m) + f" at start; commit {results['commit']}",
-                          baseline, tuple(results.get("tuning", {})))
+    where = "; ".join(f"{harness.machine_line(s['machine'])} at start; commit {s['commit']}"
+                      for s in results.get("sources") or [results])
+    table = records_table(rows, pairs, rule, where, baseline, tuple(results.get("tuning", {})))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     with open(os.path.join(out, "records.md"), "w") as f:
@@ -292,7 +293,7 @@ def report(results: dict, out: str) -> str:
     return table
 
 
-def _load_results(path) -> dict:
+def _load_one(path) -> dict:
     """A results.json, also one written before the rule was recorded (target only, curves as [step, loss])."""
     with open(path) as f:
         results = json.load(f)
@@ -306,6 +307,32 @@ def _load_results(path) -> dict:
         for run in runs:
             run["curve"] = [r if isinstance(r, dict) else {"step": r[0], "val_loss": r[1]} for r in run["curve"]]
     return results
+
+
+def _load_results(paths: list[str]) -> dict:
+    """The runs of one or more results.json files of one preset, judged together: each optimizer must come from
+    one file (its seeds ran under one command). The first file's rule and machine are kept; every file's
+    command, commit and machine are listed under "sources"."""
+    merged = None
+    for path in paths:
+        results = _load_one(path)
+        source = {k: results.get(k) for k in ("command", "commit", "machine")} | {"file": path}
+        if merged is None:
+            merged = results | {"sources": [source]}
+            continue
+        if results.get("preset") != merged.get("preset"):
+            raise SystemExit(f"error: {path} holds preset {results.get('preset')!r} runs, "
+                             f"{paths[0]} {merged.get('preset')!r}: judge one preset at a time")
+        twice = sorted(set(results["runs"]) & set(merged["runs"]))
+        if twice:
+            raise SystemExit(f"error: {', '.join(twice)} has runs in {path} and in an earlier file; "
+                             "pass each optimizer's runs once")
+        merged["runs"].update(results["runs"])
+        merged.setdefault("tuning", {}).update(results.get("tuning", {}))
+        merged["sources"].append(source)
+    commits = dict.fromkeys(s["commit"] for s in merged["sources"])
+    merged["commit"] = ", ".join(commits)
+    return merged
 
 
 def main(argv=None):
@@ -331,14 +358,15 @@ def main(argv=None):
     parser.add_argument("--pairs", choices=("all", "baseline"), default="all",
                         help="pairwise tests for every pair, or each optimizer against the baseline")
     parser.add_argument("--from-results", default=None,
-                        help="re-judge the runs saved in a results.json (no training) with this rule")
+                        help="re-judge the runs saved in a results.json (no training) with this rule; a comma "
+                             "list judges the runs of several files of one preset together")
     parser.add_argument("--out", default="out/speedrun")
     args, extra = parser.parse_known_args(argv)
     os.makedirs(args.out, exist_ok=True)
     rule_params = {"sigma": args.sigma, "z": args.z, "loss_per_100_steps": args.loss_per_100_steps}
 
     if args.from_results:
-        results = _load_results(args.from_results)
+        results = _load_results(args.from_results.split(","))
         if args.target not in (None, "auto"):
             results["rule_params"]["target"] = float(args.target)
         results["rule_params"].update({k: v for k, v in rule_params.items() if v is not None})

@@ -212,6 +212,18 @@ def test_runs_go_the_full_budget_and_results_are_traceable(text_shards, tmp_path
     rule = json.load(open(tmp_path / "re" / "results.json"))["rule"]
     assert rule["sigma"] == 10 and rule["z"] == 3.5  # what was not given again is kept from the saved rule
 
+    # the same runs split into one file per optimizer and judged together give the same verdicts
+    saved = json.load(open(out / "results.json"))
+    for opt in ("adamw", "muon"):
+        (tmp_path / opt).mkdir()
+        json.dump(saved | {"runs": {opt: saved["runs"][opt]}}, open(tmp_path / opt / "results.json", "w"))
+    files = f"{tmp_path / 'adamw' / 'results.json'},{tmp_path / 'muon' / 'results.json'}"
+    merged = speedrun.main([f"--from-results={files}", f"--out={tmp_path / 'merged'}"])
+    assert json.load(open(tmp_path / "merged" / "results.json"))["aggregate"] == saved["aggregate"]
+    assert [s["file"] for s in merged["sources"]] == files.split(",")
+    with pytest.raises(SystemExit, match="muon has runs in"):
+        speedrun.main([f"--from-results={files},{tmp_path / 'muon' / 'results.json'}", f"--out={tmp_path / 'x'}"])
+
 
 def test_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):  # --target auto needs a tuned AdamW first
