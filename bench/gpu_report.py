@@ -1360,82 +1360,25 @@ def _mlp_rows(case: Case, ctx) -> list[Row]:
 ATTENTION_PROVIDERS = ("eager", "sdpa", "fa3", "fa2", "fa4", "flex")
 
 
-def doc_ids(B: int, T: int, device, seed: int = 0):
-    """(B, T) non-decreasing document ids (documents of T/32..T tokens, a fixed seed) and the document lengths."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    ids, lengths = torch.empty(B, T, dtype=torch.long), []
-    lo = max(T // 32, 1)
-    for b in range(B):
-        t, doc = 0, 0
-        while t < T:
-            length = min(int(torch.randint(lo, T + 1, (1,), generator=g)), T - t)
-            ids[b, t:t + length] = b * T + doc
-            lengths.append(length)
-            t, doc = t + length, doc + 1
-    return ids.to(device), lengths
-
-
-def window_pairs(T: int, w: int) -> int:
-    """Query-key pairs a causal window of w keeps: Σ_i min(i + 1, w)."""
-    w = min(w, T)
-    return w * (w + 1) // 2 + (T - w) * w
-
-
 def _attention_rows(case: Case, ctx) -> list[Row]:
     import torch
 
-    from kernels import attention_select as A
-    from kernels import registry
+    from bench.cases.attention import Unavailable, attention_case
 
     B, T, H, D = case.batch, case.seq, case.n_head, case.head_dim
-    flops_fn = _flop_models().attention
     masks = ["causal"] if case.track3 else ["causal", "window", "docs"]
     rows = []
     for mask in masks:
         for mode in ("fwd", "bwd"):
             def setup(provider, mask=mask, mode=mode):
-                if provider != "eager":
-                    why = (A.backend_unavailable_reason(provider, ctx.device)
-                           or A.dtype_unsupported_reason(provider, torch.bfloat16)
-                           or A.head_dim_unsupported_reason(provider, D))
-                    if why:
-                        raise NotAvailable(why)
-                if provider == "flex" and ctx.device == "cpu" and mode == "bwd":
-                    raise NotAvailable("torch has no flex_attention backward on the CPU")
-                attend = registry.get("attention", provider)
-                backward = mode == "bwd"
-                kwargs = {"scale": case.attn_scale} if case.attn_scale else {}
-                lengths = None
-                if mask == "window":
-                    kwargs["window"] = T // 2
-                    flops = flops_fn(B, T, H, D, causal=True, backward=backward) * window_pairs(T, T // 2) / (
-                        T * (T + 1) / 2)
-                elif mask == "docs":
-                    kwargs["doc_ids"], lengths = doc_ids(B, T, ctx.device)
-                    flops = sum(flops_fn(1, L, H, D, causal=True, backward=backward) for L in lengths)
-                else:
-                    flops = flops_fn(B, T, H, D, causal=True, backward=backward)
-                q, k, v = (torch.randn(B, T, H, D, device=ctx.device, dtype=torch.bfloat16, requires_grad=backward)
-                           for _ in range(3))
-                fields = {"shape": {"B": B, "T": T, "H": H, "D": D}, "dtype": "bfloat16",
-                          "window": kwargs.get("window"), "documents": len(lengths) if lengths else None}
-                if not backward:
-                    def fwd():
-                        with torch.no_grad():
-                            return attend(q, k, v, **kwargs)
-
-                    return fwd, flops, fields
-                out = attend(q, k, v, **kwargs)
-                grad = torch.randn_like(out)
-
-                def bwd():
-                    for t in (q, k, v):
-                        t.grad = None
-                    out.backward(grad, retain_graph=True)
-
-                return bwd, flops, fields
+                try:
+                    fn, flops, fields = attention_case(
+                        provider, B, T, H, D, device=ctx.device, dtype=torch.bfloat16, backward=mode == "bwd",
+                        mask=mask, scale=case.attn_scale, doc_lengths=(max(T // 32, 1), T))
+                except Unavailable as exc:
+                    raise NotAvailable(str(exc)) from None
+                fields["shape"] = dict(zip("BTHD", fields["shape"]))
+                return fn, flops, fields
 
             for provider in ATTENTION_PROVIDERS:
                 tier = (4 if provider == "flex" else 0 if mask == "causal" else 2) + (1 if case.track3 else 0)

@@ -22,7 +22,7 @@ def get(op: str, impl: str) -> Callable:
 
     if op not in OPS:
         raise KeyError(f"unknown op {op!r}; registered ops: {sorted(OPS)}")
-    if impl == "auto":  # a choice that depends on the device: the config layer makes it
+    if impl == "auto" and impl not in OPS[op]:  # a per-device choice that the config layer makes
         raise ValueError(f"implementation 'auto' of {op!r} is chosen per device: resolve the config first "
                          "(configs.resolve_auto(cfg, device)), or name one of " + ", ".join(sorted(OPS[op])))
     if impl not in OPS[op]:

@@ -16,11 +16,9 @@ FLOPs: causal 4·B·H·T²·D/2 forward, 2.5× that backward (FlashAttention's a
 import pytest
 import torch
 
-from bench.cases.attention import attention_flops
+from bench.cases.attention import Unavailable, attention_case
 from bench.conftest import require_gpu
 from configs import PRESETS
-from kernels import attention_select as S
-from kernels import registry
 
 DTYPE = torch.bfloat16
 PROVIDERS = ["eager", "sdpa", "flex", "fa3", "fa2", "fa4", "auto"]
@@ -40,55 +38,18 @@ def _cases():
 CASES = _cases()
 
 
-def _doc_ids(B, T, device):
-    """(B, T) non-decreasing ids: documents of 64..2048 tokens, the same on every run."""
-    g = torch.Generator().manual_seed(0)
-    ids, lengths = torch.empty(B, T, dtype=torch.long), []
-    for b in range(B):
-        t, doc = 0, 0
-        while t < T:
-            L = min(int(torch.randint(64, 2049, (1,), generator=g)), T - t)
-            ids[b, t:t + L] = b * T + doc
-            lengths.append(L)
-            t, doc = t + L, doc + 1
-    return ids.to(device), lengths
-
-
 def setup(case: str, provider: str, mode: str, device):
     """(info, fn) for one case, provider and mode; skips, with the reason, what cannot run here."""
     B, T, H, D, documents = CASES[case]
     if not case.startswith("cpu"):
         require_gpu(f"{provider} at {case}")
-    if provider != "auto":
-        why = (S.backend_unavailable_reason(provider, device) or S.dtype_unsupported_reason(provider, DTYPE)
-               or S.head_dim_unsupported_reason(provider, D))
-        if why:
-            pytest.skip(f"{provider}: {why}")
-    if provider == "flex" and device.type == "cpu" and mode == "bwd":
-        pytest.skip("flex: torch has no flex_attention backward on the CPU")
-    attend = registry.get("attention", provider)
-    q, k, v = (torch.randn(B, T, H, D, device=device, dtype=DTYPE, requires_grad=mode == "bwd") for _ in range(3))
-    kwargs, lengths = {}, [T] * B
-    if documents:
-        kwargs["doc_ids"], lengths = _doc_ids(B, T, device)
-    flops = sum(attention_flops(1, L, H, D, causal=True, backward=mode == "bwd") for L in lengths)
-    info = {"shape": [B, T, H, D], "documents": len(lengths) if documents else None, "flops": flops,
-            "backend": S.select_backend(provider, device, DTYPE, D)}
-    if mode == "fwd":
-        def fwd():
-            with torch.no_grad():
-                return attend(q, k, v, **kwargs)
-
-        return info, fwd
-    out = attend(q, k, v, **kwargs)
-    grad = torch.randn_like(out)
-
-    def bwd():
-        for t in (q, k, v):
-            t.grad = None
-        out.backward(grad, retain_graph=True)
-
-    return info, bwd
+    try:
+        fn, flops, info = attention_case(provider, B, T, H, D, device=device, dtype=DTYPE, backward=mode == "bwd",
+                                         mask="docs" if documents else "causal")
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    del info["window"]  # never set here
+    return info | {"flops": flops}, fn
 
 
 @pytest.mark.parametrize("mode", ["fwd", "bwd"])
@@ -97,5 +58,5 @@ def setup(case: str, provider: str, mode: str, device):
 def test_attention(benchmark, measure, device, case, provider, mode):
     info, fn = setup(case, provider, mode, device)
     fn()  # compile / first-launch / mask-building work outside the timed rounds
-    measure(fn, rounds=3 if device.type == "cpu" else 5, case=case, provider=provider, mode=mode,
-            dtype=str(DTYPE).removeprefix("torch."), causal=True, **info)
+    measure(fn, rounds=3 if device.type == "cpu" else 5, case=case, provider=provider, mode=mode, causal=True,
+            **info)

@@ -326,20 +326,6 @@ def test_quantiles_match_torch():
     assert gr.quantiles_ms(samples, (0.5, 0.2, 0.8)) == pytest.approx([1e3 * float(v) for v in expected])
 
 
-@pytest.mark.parametrize("T,w", [(16, 1), (16, 5), (16, 16), (16, 40), (37, 8)])
-def test_window_pairs_counts_the_reference_mask(T, w):
-    from kernels.reference import attention_mask
-
-    assert gr.window_pairs(T, w) == int(attention_mask(T, causal=True, window=w).sum())
-
-
-def test_doc_ids_cover_the_batch_in_documents():
-    ids, lengths = gr.doc_ids(3, 256, "cpu")
-    assert ids.shape == (3, 256) and sum(lengths) == 3 * 256
-    assert bool((ids[:, 1:] >= ids[:, :-1]).all())
-    assert sum(len(row.unique()) for row in ids) == len(lengths)
-
-
 def test_row_stream_reads_only_complete_lines(tmp_path):
     path = tmp_path / "rows.jsonl"
     stream = gr._RowStream(str(path))
