@@ -186,8 +186,9 @@ class TrainConfig:
 
     @property
     def horizon(self) -> int:
-        """The step count the lr schedule and the late validation cadence are defined over."""
-        return self.schedule_steps or self.max_steps
+        """The step count the lr schedule and the late validation cadence are defined over (1 for a 0-step run,
+        whose warm-up step still reads the schedule)."""
+        return self.schedule_steps or self.max_steps or 1
 
 
 # The GPU presets' implementation names: resolved by resolve_auto from the device the run is on.

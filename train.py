@@ -80,7 +80,7 @@ import checkpoint
 import cli
 import memory
 from configs import TrainConfig, help_text, resolve, resolve_auto
-from data.loader import TokenLoader, val_batches
+from data.loader import DataExhausted, TokenLoader, val_batches
 from data.shards import list_shards
 from model.gpt import GPT
 from optim import build_optimizer
@@ -150,7 +150,8 @@ def train_loader(cfg: TrainConfig, files, *, rank: int, world_size: int) -> Toke
     windows, and rank r's micro-batch m is the (r*accum + m)-th block of batch_size rows of the step's window."""
     accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, world_size, cfg.batch_size)
     return TokenLoader(files, batch_size=cfg.batch_size * accum, seq_len=cfg.seq_len, rank=rank,
-                       world_size=world_size, seed=cfg.seed if cfg.shuffle_shards else 0, margin=cfg.shard_margin)
+                       world_size=world_size, seed=cfg.seed if cfg.shuffle_shards else 0, margin=cfg.shard_margin,
+                       vocab_size=cfg.model.vocab_size)
 
 
 def device_memory_bytes(device: torch.device) -> int | None:
@@ -221,6 +222,11 @@ class Trainer:
         self.parallel = DataParallel(self.model, self.optimizer, world_size=self.world_size, rank=self.rank,
                                      bucket_mb=cfg.dist_bucket_mb)
         self.loader = self._new_loader()
+        if self.loader.steps_available() < cfg.max_steps:  # found now, not after hours of training
+            raise DataExhausted(
+                f"--max_steps={cfg.max_steps} needs {cfg.max_steps} windows of {self.loader.tokens_per_step + 1} "
+                f"tokens, but the train shards in {cfg.data_dir} hold {self.loader.steps_available()}; use fewer "
+                "steps or add shards")
         # progress of the timed run; restored by --resume
         self.step, self.train_time, self.reached, self.val_loss, self.log_offset = 0, 0.0, None, float("nan"), 0
         self._reset_device_records()

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import UserError
+from cli import ConfigError, UserError
 from data.shards import load_shard, read_header
 
 STATE_VERSION = 2  # 2: the margin
@@ -63,6 +63,12 @@ class TokenLoader:
     def tokens_per_step(self) -> int:
         """Input tokens of one step over all ranks: world_size * batch_size * seq_len."""
         return self.world_size * self.batch_size * self.seq_len
+
+    def steps_available(self) -> int:
+        """How many steps the shards hold from the start, by next_batch's rule (a window never straddles shards)."""
+        window = self.tokens_per_step + 1
+        return sum((n - window - self.margin) // self.tokens_per_step + 1 for n in self.num_tokens
+                   if n >= window + self.margin)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's (x, y) for the next step, int64 of shape (batch_size, seq_len), y = x shifted by one."""
@@ -130,7 +136,7 @@ def val_batches(files, *, n_tokens: int, batch_size: int, seq_len: int, rank: in
     _check_layout(batch_size, seq_len, rank, world_size)
     per_step = world_size * batch_size * seq_len
     if n_tokens <= 0 or n_tokens % per_step:
-        raise ValDataError(f"--val_tokens={n_tokens} must be a positive multiple of the tokens of one validation "
+        raise ConfigError(f"--val_tokens={n_tokens} must be a positive multiple of the tokens of one validation "
                            f"step, world_size*batch_size*seq_len = {world_size}*{batch_size}*{seq_len} = {per_step}")
     files = [Path(f) for f in files]
     available = sum(read_header(f).num_tokens for f in files)

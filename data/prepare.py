@@ -58,25 +58,32 @@ class PrepareError(cli.UserError, RuntimeError):
     """A problem with the inputs or a download: one line on stderr, exit status 1 (cli.run_main)."""
 
 
+class BadOption(PrepareError):
+    """An option value out of range: a usage error, exit status 2."""
+
+    exit_code = 2
+
+
 # ----------------------------------------------------------------------------------------------- fineweb
 
 
 def fineweb_filenames(train_shards: int, prefix: str = "fineweb") -> list[str]:
     """The val shard, then train shards 1..train_shards, named as in the hub repository."""
     if train_shards < 1:
-        raise PrepareError(f"--train-shards must be >= 1, got {train_shards}")
+        raise BadOption(f"--train-shards must be >= 1, got {train_shards}")
     return [f"{prefix}_val_{0:06d}.bin"] + [f"{prefix}_train_{i:06d}.bin" for i in range(1, train_shards + 1)]
 
 
 def download_fineweb(out, *, train_shards: int, repo_id: str = FINEWEB_REPO, source: str | None = None,
                      prefix: str = "fineweb", revision: str | None = None) -> list[Path]:
     """Fetch the shards into `out` (from the hub, another endpoint URL, or a local folder) and validate them."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    names = fineweb_filenames(train_shards, prefix)
     if source is not None and not source.startswith(("http://", "https://")) and not Path(source).is_dir():
         raise PrepareError(f"--source {source!r} is neither an http(s) hub endpoint nor an existing folder")
+    out = Path(out)  # created once the options are known to be good
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in tqdm(fineweb_filenames(train_shards, prefix), desc=f"fineweb -> {out}", unit="shard"):
+    for name in tqdm(names, desc=f"fineweb -> {out}", unit="shard"):
         dest = out / name
         if dest.exists():
             try:
@@ -259,15 +266,15 @@ def prepare_text(paths, out, *, name: str = "text", val_fraction: float = 0.05, 
     """Tokenize documents into train/val shards in `out`; returns the manifest (also written as JSON).
     `seed` decides the split, `shuffle_seed` the order (None: sorted order)."""
     if not 0 <= val_fraction < 1:
-        raise PrepareError(f"--val-fraction must lie in [0, 1), got {val_fraction}")
+        raise BadOption(f"--val-fraction must lie in [0, 1), got {val_fraction}")
     if shard_tokens < 1:
-        raise PrepareError(f"--shard-tokens must be >= 1, got {shard_tokens}")
+        raise BadOption(f"--shard-tokens must be >= 1, got {shard_tokens}")
     if not re.fullmatch(r"[\w.-]+", name):
-        raise PrepareError(f"--name {name!r} must be letters, digits, '.', '-' or '_'")
+        raise BadOption(f"--name {name!r} must be letters, digits, '.', '-' or '_'")
     if workers is not None and workers < 1:
-        raise PrepareError(f"--workers must be >= 1, got {workers} (leave it out for one per CPU core)")
+        raise BadOption(f"--workers must be >= 1, got {workers} (leave it out for one per CPU core)")
     if limit_files is not None and limit_files < 1:
-        raise PrepareError(f"--limit-files must be >= 1, got {limit_files}")
+        raise BadOption(f"--limit-files must be >= 1, got {limit_files}")
     workers = workers or os.cpu_count() or 1
     docs = list_documents(paths, glob=glob, limit_files=limit_files)
     if shuffle_seed is not None:
