@@ -5,10 +5,23 @@
     torchrun --nproc_per_node=8 train.py --preset track3                 # modded-nanogpt's optimization track
     python train.py --preset track3-cpu                                  # the same track, scaled to 2 CPU cores
 
-Options are `--key=value` overrides of configs.TrainConfig (`--optim.lr=0.02`, `--model.n_layer=6`).
-Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and, with --checkpoint_every=K, an atomic
-checkpoint.pt every K steps and at the end; `--resume=True` continues it and produces the same trajectory as an
-uninterrupted run (bitwise on the CPU with a fixed thread count).
+Options are `--key=value` overrides of configs.TrainConfig (`--optim.lr=0.02`, `--model.n_layer=6`); `--help`
+lists them with their defaults. Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and, with
+--checkpoint_every=K, an atomic checkpoint.pt every K steps and at the end; `--resume=True` continues it and
+produces the same trajectory as an uninterrupted run (bitwise on the CPU with a fixed thread count). A resumed run
+may change the options in RESUMABLE_OPTIONS (cadences, threads, paths); any other difference is refused, named.
+
+Errors. Everything the user can get wrong is checked before the warm-up: the options' ranges and names (configs),
+the data (shards present and well-formed, enough train windows for --max_steps, a val set of --val_tokens), the
+checkpoint to resume (readable, same trajectory options, same data) and the run directory (writable, not in use:
+rank 0 holds runs/<name>/lock while it runs; a lock left by a dead process is taken over with a note). Token ids
+are checked against the vocabulary as each shard is opened. Each ends the command with one line,
+`error: ...`, and exit status 2 (options) or 1 (anything else); --debug shows the traceback (cli.py).
+
+Interruption. SIGINT (Ctrl-C) or SIGTERM (preemption; torchrun passes it to every rank) stops the run at the next
+boundary (below): the ranks agree on it there, a checkpoint is written, and the last line is
+`interrupted at step N; resume with: <the command with --resume=True>`; exit status 130 (SIGINT) or 143 (SIGTERM).
+A second signal stops at once, without a checkpoint.
 
 Implementations: "auto" values (the GPU presets' attention, MLP, loss and Newton-Schulz kernels, compile, dtype)
 are resolved once, from the device, before anything is built (configs.resolve_auto): the Triton kernels, the best
