@@ -235,11 +235,6 @@ class Trainer:
         self.parallel = DataParallel(self.model, self.optimizer, world_size=self.world_size, rank=self.rank,
                                      bucket_mb=cfg.dist_bucket_mb)
         self.loader = self._new_loader()
-        if self.loader.steps_available() < cfg.max_steps:  # found now, not after hours of training
-            raise DataExhausted(
-                f"--max_steps={cfg.max_steps} needs {cfg.max_steps} windows of {self.loader.tokens_per_step + 1} "
-                f"tokens, but the train shards in {cfg.data_dir} hold {self.loader.steps_available()}; use fewer "
-                "steps or add shards")
         # progress of the timed run; restored by --resume
         self.step, self.train_time, self.reached, self.val_loss, self.log_offset = 0, 0.0, None, float("nan"), 0
         self._reset_device_records()
@@ -513,6 +508,11 @@ class Trainer:
         """Train; before the warm-up, the checkpoint to resume is read and checked, and rank 0 (the only writer)
         takes the run directory's lock, so a bad --resume or a directory in use fails before any compute."""
         cfg = self.cfg
+        if self.loader.steps_available() < cfg.max_steps:  # found now, not after hours of training
+            raise DataExhausted(
+                f"--max_steps={cfg.max_steps} needs {cfg.max_steps} windows of {self.loader.tokens_per_step + 1} "
+                f"tokens, but the train shards in {cfg.data_dir} hold {self.loader.steps_available()}; use fewer "
+                "steps or add shards")
         resumed = self.read_checkpoint() if cfg.resume else None
         lock = checkpoint.RunLock(self.run_dir).acquire() if self.master else None
         try:
