@@ -1,15 +1,44 @@
-"""Checkpoints that survive being killed at any moment, and everything needed to resume a run exactly.
+"""Checkpoints that survive being killed at any moment, everything needed to resume a run exactly, and the lock
+that keeps two runs out of one run directory.
 
 A checkpoint is written to a temporary file in the same directory, flushed to disk, then renamed over the
 old one (os.replace is atomic on POSIX): a kill during the save leaves the previous checkpoint intact.
+
+The lock is a file `lock` in the run directory, created with O_CREAT|O_EXCL (one creator wins) and holding
+"<pid> <host>". A second run into the directory is refused while that process lives; a lock whose process is
+gone (a run killed with SIGKILL) is taken over with a note.
 """
 
 import os
 import random
+import socket
+import sys
 import tempfile
 
 import numpy as np
 import torch
+
+from cli import UsageError, UserError
+
+
+class CheckpointMismatch(UsageError, ValueError):
+    """A checkpoint written by another configuration or for other data than the run resuming it."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be read."""
+
+
+class NoCheckpoint(UserError, FileNotFoundError):
+    """--resume without a checkpoint to resume."""
+
+
+class RunDirInUse(UserError, RuntimeError):
+    """Another live process holds the run directory's lock."""
+
+
+class RunDirUnwritable(UserError, OSError):
+    """The run directory cannot be created or written."""
 
 
 def rng_state() -> dict:
@@ -51,8 +80,80 @@ def save_atomic(obj, path: str):
 
 def load(path: str) -> dict:
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: nothing to resume (run without --resume to start)")
+        raise NoCheckpoint(f"no checkpoint at {path}: nothing to resume (run without --resume to start)")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a foreign or damaged file: name it rather than fail deep inside pickle
-        raise RuntimeError(f"checkpoint {path} could not be read ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); delete it to "
+                              "start over, or resume another run") from e
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+class RunLock:
+    """The lock of one run directory, held from acquire() to release(). Creates the directory."""
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, "lock")
+        self.held = False
+
+    def acquire(self):
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+        except OSError as e:
+            raise RunDirUnwritable(f"cannot create the run directory {self.run_dir} ({e.strerror}); choose another "
+                                   "--out_dir") from e
+        me = f"{os.getpid()} {socket.gethostname()}"
+        for _ in range(3):  # a stale lock is removed and creation retried; another process may win that race
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            except OSError as e:
+                raise RunDirUnwritable(f"cannot write in the run directory {self.run_dir} ({e.strerror}); choose "
+                                       "another --out_dir") from e
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            self.held = True
+            return self
+        raise RunDirInUse(f"{self.run_dir} is being locked by other processes (its lock file {self.path} keeps "
+                          "reappearing); wait for them, or pick another --run_name")
+
+    def _take_over_if_stale(self):
+        try:
+            with open(self.path) as f:
+                text = f.read().split()
+        except FileNotFoundError:
+            return  # released meanwhile
+        pid = int(text[0]) if text and text[0].isdigit() else None
+        host = text[1] if len(text) > 1 else None
+        if pid is not None and host != socket.gethostname():
+            raise RunDirInUse(f"{self.run_dir} is in use by PID {pid} on host {host} (its lock file {self.path}); "
+                              "wait for that run to end, or delete the lock file if that run is gone")
+        if pid is not None and _pid_alive(pid):
+            raise RunDirInUse(f"{self.run_dir} is in use by PID {pid} (its lock file {self.path}); wait for that run "
+                              "to end, stop it, or pick another --run_name")
+        print(f"note: taking over the stale lock {self.path} of PID {pid}, which is no longer running",
+              file=sys.stderr)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def release(self):
+        if self.held:
+            self.held = False
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass

@@ -8,9 +8,31 @@ One config object per run; train.py prints `asdict(cfg)` at start and writes it 
 
 import ast
 import dataclasses
+import inspect
+import math
+import re
 from dataclasses import dataclass, field
 
+from cli import ConfigError
 from model.config import GPTConfig, model_preset
+
+
+def _check(cond: bool, message: str):
+    if not cond:
+        raise ConfigError(message)
+
+
+def _positive(value) -> bool:
+    """A finite number > 0 (NaN and inf are not)."""
+    return math.isfinite(value) and value > 0
+
+
+def _non_negative(value) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+DTYPES = ("auto", "bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -44,12 +66,28 @@ class OptimConfig:
     normuon_axis: str = "row"  # NorMuon: row (the NorMuon authors') | longer (modded-nanogpt's; see optim/normuon.py)
     muon_lr_scaling: str = "original"  # original: sqrt(max(1, rows/cols)); match_rms_adamw: 0.2·sqrt(max(rows, cols))
 
+    def __post_init__(self):
+        # an lr of 0 would train nothing without a word; the per-role lrs use 0 for "the default"
+        for name in ("lr", "adam_lr", "eps"):
+            _check(_positive(getattr(self, name)), f"--optim.{name}={getattr(self, name)} must be a number > 0")
+        for name in ("embed_lr", "head_lr", "scalar_lr", "weight_decay", "adam_weight_decay"):
+            value = getattr(self, name)
+            _check(_non_negative(value), f"--optim.{name}={value} must be a number >= 0")
+        for name in ("betas", "adam_betas"):
+            value = getattr(self, name)
+            if name == "adam_betas" and value == ():
+                continue
+            _check(len(value) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in value),
+                   f"--optim.{name}={value} must be two numbers in [0, 1)" + (" or ()" if name == "adam_betas" else ""))
+        _check(0 <= self.momentum < 1, f"--optim.momentum={self.momentum} must lie in [0, 1)")
+        _check(0 <= self.normuon_beta2 < 1, f"--optim.normuon_beta2={self.normuon_beta2} must lie in [0, 1)")
+        _check(self.ns_steps >= 0, f"--optim.ns_steps={self.ns_steps} must be >= 0 (0 = the coefficient set's own)")
+        _check(self.ns_dtype in DTYPES, f"--optim.ns_dtype={self.ns_dtype!r}; choose from {', '.join(DTYPES)}")
+
 
 # An optimizer chosen with --optimizer / --optim.name starts from its own learning rate unless --optim.lr is given.
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.1, "muon": 0.02, "normuon": 0.02}
 
-
-DTYPES = ("auto", "bf16", "fp32")
 # torch.compile of the model: fullgraph (one graph, an error at any graph break) | off | auto (fullgraph on CUDA,
 # off elsewhere); True and False are accepted for fullgraph and off
 COMPILE_MODES = ("auto", "fullgraph", "off")
@@ -120,22 +158,37 @@ class TrainConfig:
     def __post_init__(self):
         object.__setattr__(self, "compile", _COMPILE_ALIASES.get(self.compile, self.compile))
         if self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile={self.compile!r}; choose from {', '.join(COMPILE_MODES)} (or True/False)")
-        if self.log_every < 1:
-            raise ValueError(f"log_every={self.log_every} must be >= 1")
+            raise ConfigError(f"compile={self.compile!r}; choose from {', '.join(COMPILE_MODES)} (or True/False)")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r}; choose from {', '.join(DTYPES)}")
+            raise ConfigError(f"dtype={self.dtype!r}; choose from {', '.join(DTYPES)}")
+        _check(self.device in DEVICES, f"--device={self.device!r}; choose from {', '.join(DEVICES)}")
+        # every count, each with the smallest value that means something (a negative max_steps looped forever,
+        # val_every=0 divided by zero)
+        for name, least in (("max_steps", 0), ("schedule_steps", 0), ("warmup_steps", 0), ("batch_size", 1),
+                            ("seq_len", 1), ("grad_accum", 1), ("reference_world_size", 0), ("val_every", 1),
+                            ("val_every_late", 0), ("val_tokens", 1), ("log_every", 1), ("threads", 0),
+                            ("checkpoint_every", 0), ("shard_margin", 0), ("seed", 0)):
+            _check(getattr(self, name) >= least, f"--{name}={getattr(self, name)} must be >= {least}")
+        for name in ("cooldown_frac", "val_late_frac"):
+            _check(0 <= getattr(self, name) <= 1, f"--{name}={getattr(self, name)} must lie in [0, 1]")
+        for name in ("grad_clip", "target_val_loss", "target_sigma"):
+            _check(_non_negative(getattr(self, name)), f"--{name}={getattr(self, name)} must be a number >= 0 "
+                                                      "(0 switches it off)")
+        for name in ("dist_timeout_s", "dist_bucket_mb"):
+            _check(_positive(getattr(self, name)), f"--{name}={getattr(self, name)} must be a number > 0")
+        _check(self.seq_len <= self.model.max_seq_len,
+               f"--seq_len={self.seq_len} exceeds --model.max_seq_len={self.model.max_seq_len}")
+        _check(self.run_name == "" or (self.run_name not in (".", "..") and "/" not in self.run_name),
+               f"--run_name={self.run_name!r} must be a plain folder name (it is created under --out_dir)")
         if self.schedule_steps and self.schedule_steps < self.max_steps:
-            raise ValueError(f"schedule_steps={self.schedule_steps} < max_steps={self.max_steps}: the lr would reach 0 "
-                             "before the end (schedule_steps=0 uses max_steps)")
-        if self.val_every < 1 or self.val_every_late < 0 or self.shard_margin < 0:
-            raise ValueError(f"val_every={self.val_every} must be >= 1, val_every_late={self.val_every_late} and "
-                             f"shard_margin={self.shard_margin} >= 0")
+            raise ConfigError(f"schedule_steps={self.schedule_steps} < max_steps={self.max_steps}: the lr would reach "
+                              "0 before the end (schedule_steps=0 uses max_steps)")
 
     @property
     def horizon(self) -> int:
-        """The step count the lr schedule and the late validation cadence are defined over."""
-        return self.schedule_steps or self.max_steps
+        """The step count the lr schedule and the late validation cadence are defined over (1 for a 0-step run,
+        whose warm-up step still reads the schedule)."""
+        return self.schedule_steps or self.max_steps or 1
 
 
 # The GPU presets' implementation names: resolved by resolve_auto from the device the run is on.
@@ -207,17 +260,17 @@ def _parse_value(text, current, name: str):
         except (ValueError, SyntaxError):
             if isinstance(current, bool) and text.lower() in ("true", "false"):
                 return text.lower() == "true"
-            raise ValueError(f"--{name}={text}: not a Python literal") from None
+            raise ConfigError(f"--{name}={text}: not a Python literal") from None
     if isinstance(current, bool):
         if not isinstance(value, bool):
-            raise ValueError(f"--{name}={text}: expected True/False")
+            raise ConfigError(f"--{name}={text}: expected True/False")
         return value
     if isinstance(current, float) and isinstance(value, int):
         value = float(value)
     if current is not None and not isinstance(value, type(current)):
         if isinstance(current, tuple) and isinstance(value, list):
             return tuple(value)
-        raise ValueError(f"--{name}={text}: expected {type(current).__name__}, got {type(value).__name__}")
+        raise ConfigError(f"--{name}={text}: expected {type(current).__name__}, got {type(value).__name__}")
     return value
 
 
@@ -228,11 +281,11 @@ def _apply(obj, overrides: dict, prefix: str = ""):
     changes = {}
     for key, value in overrides.items():
         if key not in names:
-            raise ValueError(f"unknown option --{prefix}{key}; {type(obj).__name__} has: {', '.join(sorted(names))}")
+            raise ConfigError(f"unknown option --{prefix}{key}; {type(obj).__name__} has: {', '.join(sorted(names))}")
         current = getattr(obj, key)
         if isinstance(value, dict):
             if not dataclasses.is_dataclass(current):
-                raise ValueError(f"--{prefix}{key}: {key} has no sub-options")
+                raise ConfigError(f"--{prefix}{key}: {key} has no sub-options")
             changes[key] = _apply(current, value, f"{prefix}{key}.")
         else:
             changes[key] = _parse_value(value, current, prefix + key)
@@ -256,14 +309,14 @@ def recipe_overrides(name: str, preset: str) -> dict:
     """The recipe's dotted overrides {key: value}, step counts scaled to the preset's budget."""
     available = recipes()
     if name not in available:
-        raise ValueError(f"unknown optimizer recipe {name!r}; optim/recipes.py has: {', '.join(sorted(available))}")
+        raise ConfigError(f"unknown optimizer recipe {name!r}; optim/recipes.py has: {', '.join(sorted(available))}")
     overrides = dict(available[name]())
     scale = PRESETS[preset].get("max_steps", TrainConfig.max_steps) / RECIPE_REFERENCE_STEPS
     for key in RECIPE_STEP_KEYS:
         if key not in overrides:
             continue
         if isinstance(overrides[key], bool) or not isinstance(overrides[key], int):
-            raise ValueError(f"recipe {name!r}: {key} must be an int, got {overrides[key]!r}")
+            raise ConfigError(f"recipe {name!r}: {key} must be an int, got {overrides[key]!r}")
         overrides[key] = round(overrides[key] * scale)
     return overrides
 
@@ -275,9 +328,9 @@ def _nest(overrides: dict, key: str, value):
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"--{key}: {part} is given both a value and sub-options")
+            raise ConfigError(f"--{key}: {part} is given both a value and sub-options")
     if isinstance(node.get(leaf), dict):
-        raise ValueError(f"--{key}: {leaf} is given both a value and sub-options")
+        raise ConfigError(f"--{key}: {leaf} is given both a value and sub-options")
     node[leaf] = value
 
 
@@ -294,19 +347,19 @@ def resolve(argv: list[str]) -> TrainConfig:
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--"):
-            raise ValueError(f"unexpected argument {arg!r}; options look like --key=value")
+            raise ConfigError(f"unexpected argument {arg!r}; options look like --key=value")
         if "=" in arg:
             key, value = arg[2:].split("=", 1)
         else:
             if i + 1 >= len(argv):
-                raise ValueError(f"{arg} needs a value")
+                raise ConfigError(f"{arg} needs a value")
             key, value = arg[2:], argv[i + 1]
             i += 1
         pairs.append((aliases.get(key, key), value))
         i += 1
     preset = dict(pairs).get("preset", "cpu")
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     recipe, user = PRESETS[preset].get("recipe", ""), {}
     for key, value in pairs:
         if key == "preset":
@@ -325,7 +378,30 @@ def resolve(argv: list[str]) -> TrainConfig:
         for key, value in recipe_overrides(recipe, preset).items():
             _nest(overrides, key, value)
     _merge(overrides, user)
-    return _apply(TrainConfig(preset=preset, **PRESETS[preset]), overrides)
+    cfg = _apply(TrainConfig(preset=preset, **PRESETS[preset]), overrides)
+    check_names(cfg)
+    return cfg
+
+
+def check_names(cfg: TrainConfig):
+    """Every implementation, optimizer and option name in `cfg` exists (the ranges are checked by the dataclasses
+    themselves; the names live in the registries, which import torch, so they are checked here)."""
+    import optim
+    from kernels import attention_select, reference, registry
+    from optim import muon, normuon
+
+    def choose(option: str, value, allowed):
+        _check(value in allowed, f"--{option}={value!r}; choose from {', '.join(map(str, allowed))}")
+
+    m, o = cfg.model, cfg.optim
+    choose("model.attn_impl", m.attn_impl, (*attention_select.BACKENDS, "auto"))
+    choose("model.mlp_impl", m.mlp_impl, (*registry.names("relu2_mlp"), "auto"))
+    choose("model.ce_impl", m.ce_impl, (*registry.names("linear_cross_entropy"), "auto"))
+    choose("optim.ns_impl", o.ns_impl, (*registry.names("newton_schulz"), "auto"))
+    choose("optim.name", o.name, sorted(optim.OPTIMIZERS))
+    choose("optim.ns_coefficients", o.ns_coefficients, tuple(reference.NS_DEFAULT_STEPS))
+    choose("optim.normuon_axis", o.normuon_axis, normuon.AXES)
+    choose("optim.muon_lr_scaling", o.muon_lr_scaling, muon.LR_SCALINGS)
 
 
 def _merge(base: dict, top: dict):
@@ -334,7 +410,7 @@ def _merge(base: dict, top: dict):
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value)
         elif key in base and isinstance(value, dict) != isinstance(base[key], dict):
-            raise ValueError(f"--{key} is given both a value and sub-options")
+            raise ConfigError(f"--{key} is given both a value and sub-options")
         else:
             base[key] = value
 
@@ -371,10 +447,52 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
 
     dtype = precision(cfg.dtype)
     compute = torch.bfloat16 if dtype == "bf16" else torch.float32
-    attention = attention_select.select_backend(cfg.model.attn_impl, device, compute, cfg.model.head_dim)
+    try:
+        attention = attention_select.select_backend(cfg.model.attn_impl, device, compute, cfg.model.head_dim)
+    except (TypeError, ValueError) as e:  # an explicit backend that does not take this dtype or head dim
+        raise ConfigError(f"--model.attn_impl: {e}") from e
     model = dataclasses.replace(cfg.model, attn_impl=attention, mlp_impl=kernel(cfg.model.mlp_impl),
                                 ce_impl=kernel(cfg.model.ce_impl))
     optim = dataclasses.replace(cfg.optim, ns_impl=kernel(cfg.optim.ns_impl), ns_dtype=precision(cfg.optim.ns_dtype))
     compile_mode = ("fullgraph" if cuda else "off") if cfg.compile == "auto" else cfg.compile
     return dataclasses.replace(cfg, device=device.type, dtype=dtype, model=model, optim=optim, compile=compile_mode)
 
+
+
+def _field_comments(cls) -> dict:
+    """{field: its end-of-line comment} from the dataclass's source: the help text is the documentation."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s{4}(\w+): [^=]+=.*?  # (.*)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2)
+    return comments
+
+
+def help_text() -> str:
+    """`python train.py --help`: every option, dotted, with the default preset's value and its comment."""
+    cfg = resolve([])
+    lines = [
+        "usage: python train.py [--key=value | --key value ...] [--debug]",
+        "",
+        "Options override the preset's values (--preset=NAME first; values are Python literals, text for str",
+        "options). --optimizer NAME takes an optimizer recipe (optim/recipes.py) or an optimizer name;",
+        "--attention NAME is short for --model.attn_impl. --debug (or SPEEDRUN_DEBUG=1) shows tracebacks.",
+        f"Presets: {', '.join(PRESETS)}. Recipes: {', '.join(sorted(recipes()))}.",
+        "",
+        f"Options and their values in the default preset ({cfg.preset}):",
+    ]
+
+    def walk(obj, prefix):
+        comments = _field_comments(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+                continue
+            entry = f"  --{prefix}{f.name}={value if isinstance(value, str) else repr(value)}"
+            comment = comments.get(f.name)
+            lines.append(f"{entry:<44} {comment}" if comment else entry)
+
+    walk(cfg, "")
+    return "\n".join(lines)

@@ -34,6 +34,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
+from cli import UserError
+
 GB = 1e9
 # What the estimate leaves out, added on top of it by check_fit. Fixed: the CUDA context (~0.5 GB), cuBLAS and
 # cuDNN workspaces, NCCL's buffers and DataParallel's flat bucket copies of the replicated gradients. Relative: the
@@ -174,7 +176,7 @@ def margin_bytes(peak_bytes: int) -> int:
     return int(MARGIN_FRACTION * peak_bytes) + MARGIN_FIXED_BYTES
 
 
-class StepDoesNotFit(RuntimeError):
+class StepDoesNotFit(UserError, RuntimeError):
     """The estimated peak of a training step plus the margin exceeds the device's memory."""
 
 

@@ -5,10 +5,23 @@
     torchrun --nproc_per_node=8 train.py --preset track3                 # modded-nanogpt's optimization track
     python train.py --preset track3-cpu                                  # the same track, scaled to 2 CPU cores
 
-Options are `--key=value` overrides of configs.TrainConfig (`--optim.lr=0.02`, `--model.n_layer=6`).
-Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and, with --checkpoint_every=K, an atomic
-checkpoint.pt every K steps and at the end; `--resume=True` continues it and produces the same trajectory as an
-uninterrupted run (bitwise on the CPU with a fixed thread count).
+Options are `--key=value` overrides of configs.TrainConfig (`--optim.lr=0.02`, `--model.n_layer=6`); `--help`
+lists them with their defaults. Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and, with
+--checkpoint_every=K, an atomic checkpoint.pt every K steps and at the end; `--resume=True` continues it and
+produces the same trajectory as an uninterrupted run (bitwise on the CPU with a fixed thread count). A resumed run
+may change the options in RESUMABLE_OPTIONS (cadences, threads, paths); any other difference is refused, named.
+
+Errors. Everything the user can get wrong is checked before the warm-up: the options' ranges and names (configs),
+the data (shards present and well-formed, enough train windows for --max_steps, a val set of --val_tokens), the
+checkpoint to resume (readable, same trajectory options, same data) and the run directory (writable, not in use:
+rank 0 holds runs/<name>/lock while it runs; a lock left by a dead process is taken over with a note). Token ids
+are checked against the vocabulary as each shard is opened. Each ends the command with one line,
+`error: ...`, and exit status 2 (options) or 1 (anything else); --debug shows the traceback (cli.py).
+
+Interruption. SIGINT (Ctrl-C) or SIGTERM (preemption; torchrun passes it to every rank) stops the run at the next
+boundary (below): the ranks agree on it there, a checkpoint is written, and the last line is
+`interrupted at step N; resume with: <the command with --resume=True>`; exit status 130 (SIGINT) or 143 (SIGTERM).
+A second signal stops at once, without a checkpoint.
 
 Implementations: "auto" values (the GPU presets' attention, MLP, loss and Newton-Schulz kernels, compile, dtype)
 are resolved once, from the device, before anything is built (configs.resolve_auto): the Triton kernels, the best
@@ -67,21 +80,36 @@ import dataclasses
 import json
 import math
 import os
+import shlex
+import signal
 import sys
+import threading
 import time
 
 import torch
 import torch.distributed as dist
 
 import checkpoint
+import cli
 import memory
-from configs import TrainConfig, resolve, resolve_auto
-from data.loader import TokenLoader, val_batches
+from configs import TrainConfig, help_text, resolve, resolve_auto
+from data.loader import DataExhausted, TokenLoader, val_batches
 from data.shards import list_shards
 from model.gpt import GPT
 from optim import build_optimizer
 from optim.distributed import DataParallel, accumulation_steps, all_reduce_mean, init_process_group
 from optim.muon import Muon
+
+
+class Diverged(cli.UserError, FloatingPointError):
+    """A non-finite loss, gradient norm or weight; the message names the step (and the parameter when known)."""
+
+
+# Options a resumed run may change: they decide what is logged, validated, checkpointed and where, or how fast it
+# runs, not the sequence of weights (every other option is refused on --resume when it differs from the checkpoint).
+RESUMABLE_OPTIONS = frozenset({
+    "resume", "checkpoint_every", "val_every", "val_every_late", "val_late_frac", "log_every", "threads", "out_dir",
+    "run_name", "data_dir", "memory_check", "dist_timeout_s", "dist_bucket_mb"})
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -135,7 +163,8 @@ def train_loader(cfg: TrainConfig, files, *, rank: int, world_size: int) -> Toke
     windows, and rank r's micro-batch m is the (r*accum + m)-th block of batch_size rows of the step's window."""
     accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, world_size, cfg.batch_size)
     return TokenLoader(files, batch_size=cfg.batch_size * accum, seq_len=cfg.seq_len, rank=rank,
-                       world_size=world_size, seed=cfg.seed if cfg.shuffle_shards else 0, margin=cfg.shard_margin)
+                       world_size=world_size, seed=cfg.seed if cfg.shuffle_shards else 0, margin=cfg.shard_margin,
+                       vocab_size=cfg.model.vocab_size)
 
 
 def device_memory_bytes(device: torch.device) -> int | None:
@@ -159,21 +188,28 @@ class Trainer:
     with finite weights, so the last checkpoint is always good.
     """
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, argv: list[str] | None = None):
         self.requested = cfg  # as given; self.cfg is what runs (every "auto" resolved)
+        self.argv = argv  # the command line, for the command that resumes an interrupted run
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         if cfg.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             self.device = torch.device(cfg.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise cli.UserError("--device=cuda but no CUDA GPU is visible to torch here; use --device=auto or cpu")
         if self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
         # Implementations, precision and compile, once, before anything is built: the model's registry lookups
         # get the resolved names, and an explicit attention backend that cannot run here fails now.
         self.cfg = cfg = resolve_auto(cfg, self.device)
-        self.accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, self.world_size, cfg.batch_size)
+        try:
+            self.accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, self.world_size,
+                                            cfg.batch_size)
+        except ValueError as e:  # a global batch this many ranks cannot share
+            raise cli.ConfigError(str(e)) from e
         if self.world_size > 1 and not dist.is_initialized():
             init_process_group(self.device, cfg.dist_timeout_s)
         if cfg.threads:
@@ -186,7 +222,7 @@ class Trainer:
         self.train_files = list_shards(cfg.data_dir, cfg.train_pattern)
         val_files = list_shards(cfg.data_dir, cfg.val_pattern)
         self.val = val_batches(val_files, n_tokens=cfg.val_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
-                               rank=self.rank, world_size=self.world_size)
+                               rank=self.rank, world_size=self.world_size, vocab_size=cfg.model.vocab_size)
 
         self.dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
         self.autocast = self.dtype == torch.bfloat16 and not cfg.model.bf16_embedding
@@ -205,6 +241,9 @@ class Trainer:
         self._clock_start = None
         self._initial = None  # the state at step 0 in host memory, the rollback point until the first checkpoint
         self._checkpoint_step = None  # the step of the last checkpoint this run wrote or resumed from
+        self._stop_signal = 0  # SIGINT or SIGTERM received during the loop: stop at the next boundary
+        self._stop_at_boundary = 0  # the signal every rank agreed on at the last boundary
+        self._stop_flag = torch.zeros((), dtype=torch.float64, device=self.device)  # its all-reduced copy
 
     # --- resolved configuration ------------------------------------------------------------------------
 
@@ -260,15 +299,28 @@ class Trainer:
             }, self.checkpoint_path)
         self._checkpoint_step, self._initial = self.step, None  # the checkpoint is now the rollback point
 
-    def load_checkpoint(self):
+    def read_checkpoint(self) -> dict:
+        """The run's checkpoint, read and checked against this run: the options that shape the trajectory (all but
+        RESUMABLE_OPTIONS) and the data files must be the checkpoint's. Changes nothing."""
         state = checkpoint.load(self.checkpoint_path)
         saved, current = dict(state["config"]), dataclasses.asdict(self.cfg)
-        saved.pop("resume"), current.pop("resume")
-        if saved != current:
-            diff = _differences(saved, current)
-            raise ValueError(f"{self.checkpoint_path} was written by a different config (differs in: {diff}); "
-                             "resume with the same options on the same kind of machine (implementations chosen "
-                             "by 'auto' are part of the config), or pick another --run_name")
+        for name in RESUMABLE_OPTIONS:
+            saved.pop(name, None), current.pop(name, None)
+        diff = _differences(saved, current)
+        if diff:
+            raise checkpoint.CheckpointMismatch(
+                f"{self.checkpoint_path} was written by a different config, and these options change the "
+                f"trajectory: {'; '.join(diff)}. Resume with the checkpoint's values on the same kind of machine "
+                "(implementations chosen by 'auto' are part of the config), or pick another --run_name")
+        try:
+            self._new_loader().load_state_dict(state["loader"])
+        except ValueError as e:
+            raise checkpoint.CheckpointMismatch(f"{self.checkpoint_path} was written for other data: {e}") from e
+        return state
+
+    def load_checkpoint(self, state: dict | None = None):
+        """Continue from the checkpoint `state` (default: read and check the run's checkpoint)."""
+        state = self.read_checkpoint() if state is None else state
         self.model.load_state_dict(state["model"])
         self.parallel.load_optimizer_state_dict(state["optimizer"])
         self.loader.load_state_dict(state["loader"])
@@ -282,7 +334,7 @@ class Trainer:
         finite = torch.stack([torch.isfinite(p).all() for _, p in named])
         if not finite.all():
             name = named[int((~finite).nonzero()[0, 0])][0]
-            raise FloatingPointError(f"parameter {name} is not finite after {self.step} steps, although every "
+            raise Diverged(f"parameter {name} is not finite after {self.step} steps, although every "
                                      "loss and gradient norm was finite; no checkpoint written")
 
     # --- the step ----------------------------------------------------------------------------------------
@@ -346,9 +398,9 @@ class Trainer:
         if checked:
             loss_value = loss_per_token.item()
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"step {step}: training loss is {loss_value}; {self._first_bad_grad()}")
+                raise Diverged(f"step {step}: training loss is {loss_value}; {self._first_bad_grad()}")
             if not torch.isfinite(norm):
-                raise FloatingPointError(f"step {step}: gradient norm is {norm.item()}; {self._first_bad_grad()}")
+                raise Diverged(f"step {step}: gradient norm is {norm.item()}; {self._first_bad_grad()}")
         else:
             self._record_nonfinite(step, loss_per_token, norm)
         if cfg.grad_clip:
@@ -426,12 +478,12 @@ class Trainer:
             self._restore(self._initial)
             self.step = 0
         else:  # train_step driven by hand, without run(): nothing to roll back to
-            raise FloatingPointError(f"step {bad_step}: {what}")
+            raise Diverged(f"step {bad_step}: {what}")
         start = self.step
         while self.step <= bad_step:
             self.train_step(self.step, checked=True)
             self.step += 1
-        raise FloatingPointError(f"step {bad_step}: {what}; replayed from step {start}, the step was finite "
+        raise Diverged(f"step {bad_step}: {what}; replayed from step {start}, the step was finite "
                                  "(the device's arithmetic is not deterministic), so the parameter is not known")
 
     def warmup(self, steps: int = 1) -> float:
@@ -453,21 +505,40 @@ class Trainer:
     # --- the run -----------------------------------------------------------------------------------------
 
     def run(self) -> dict:
+        """Train; before the warm-up, the checkpoint to resume is read and checked, and rank 0 (the only writer)
+        takes the run directory's lock, so a bad --resume or a directory in use fails before any compute."""
+        cfg = self.cfg
+        if self.loader.steps_available() < cfg.max_steps:  # found now, not after hours of training
+            raise DataExhausted(
+                f"--max_steps={cfg.max_steps} needs {cfg.max_steps} windows of {self.loader.tokens_per_step + 1} "
+                f"tokens, but the train shards in {cfg.data_dir} hold {self.loader.steps_available()}; use fewer "
+                "steps or add shards")
+        resumed = self.read_checkpoint() if cfg.resume else None
+        lock = checkpoint.RunLock(self.run_dir).acquire() if self.master else None
+        try:
+            return self._run(resumed)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, resumed: dict | None) -> dict:
         cfg = self.cfg
         warmup_s = self.warmup()
-        if cfg.resume:
-            self.load_checkpoint()
+        if resumed is not None:
+            self.load_checkpoint(resumed)
         log = None
         if self.master:
-            os.makedirs(self.run_dir, exist_ok=True)
             with open(os.path.join(self.run_dir, "config.json"), "w") as f:
                 json.dump(dataclasses.asdict(cfg), f, indent=1)
             log = open(os.path.join(self.run_dir, "log.jsonl"), "r+" if cfg.resume else "w")
             log.truncate(self.log_offset)  # drop lines written after the checkpoint we resume from
             log.seek(self.log_offset)
+        previous_handlers = self._catch_stop_signals()
         try:
             self._loop(log)
         finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             if log is not None:
                 log.close()
         summary = self.summary(warmup_s)
@@ -475,6 +546,45 @@ class Trainer:
             with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=1)
         return summary
+
+    # --- interruption --------------------------------------------------------------------------------------
+
+    def _catch_stop_signals(self) -> dict:
+        """SIGINT and SIGTERM (Ctrl-C, a scheduler's preemption, torchrun stopping its workers) during the loop end
+        the run at the next boundary with a checkpoint; a second signal stops at once. Returns the handlers to
+        put back. Signals can only be caught on the main thread; elsewhere they keep their handlers."""
+        self._stop_signal = self._stop_at_boundary = 0
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            if self._stop_signal:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            if self.master:
+                print(f"{signal.Signals(signum).name}: stopping after the next logged step with a checkpoint "
+                      "(send it again to stop at once, without one)", file=sys.stderr, flush=True)
+
+        return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def resume_command(self) -> str:
+        """The command line that resumes this run: its own, with --resume=True."""
+        args, skip = [], False
+        for arg in self.argv or []:
+            if skip:
+                skip = False
+            elif arg == "--resume":
+                skip = True
+            elif not arg.startswith("--resume="):
+                args.append(arg)
+        here = os.path.relpath(os.path.abspath(__file__))
+        script = [here if not here.startswith("..") else os.path.abspath(__file__), *args, "--resume=True"]
+        if self.world_size == 1:
+            return shlex.join([sys.executable, *script])
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+        if local == self.world_size:
+            return shlex.join(["torchrun", "--standalone", f"--nproc_per_node={local}", *script])
+        return "the same torchrun command on every node, with: " + shlex.join(script)
 
     def is_boundary(self, step: int) -> bool:
         return is_boundary(step, self.cfg)
@@ -486,9 +596,16 @@ class Trainer:
             self.log_offset = log.tell()
 
     def _end_interval(self, log) -> float:
-        """At a boundary, with the clock stopped: one read of the device (the interval's loss sum and the guard's
-        record), the replay if the guard tripped, and the train record; returns the interval's mean loss."""
-        loss_sum, bad_step, bad_loss, bad_norm = torch.cat((self._loss_sum.view(1), self._nonfinite)).tolist()
+        """At a boundary, with the clock stopped: one read of the device (the interval's loss sum, the guard's
+        record and, on several ranks, the stop flag), the replay if the guard tripped, and the train record;
+        returns the interval's mean loss."""
+        values = [self._loss_sum.view(1), self._nonfinite]
+        if self.world_size > 1:  # every rank stops at the same boundary: the largest signal number any rank got
+            self._stop_flag.fill_(self._stop_signal)
+            dist.all_reduce(self._stop_flag, op=dist.ReduceOp.MAX)
+            values.append(self._stop_flag.view(1))
+        loss_sum, bad_step, bad_loss, bad_norm, *stop = torch.cat(values).tolist()
+        self._stop_at_boundary = int(stop[0]) if stop else self._stop_signal
         if bad_step >= 0:
             self._replay_to_failure(int(bad_step), bad_loss, bad_norm)
         steps, tokens_per_step = self._interval_steps, self.loader.tokens_per_step
@@ -539,6 +656,13 @@ class Trainer:
                 progress.set_postfix(loss=f"{train_loss:.4f}", val=f"{self.val_loss:.4f}")
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
+            if self._stop_at_boundary and self.step < cfg.max_steps:
+                if progress is not None:
+                    progress.close()
+                if self._checkpoint_step != self.step:
+                    self.save_checkpoint()
+                raise cli.Interrupted(f"interrupted at step {self.step}; resume with: {self.resume_command()}",
+                                      self._stop_at_boundary)
         if progress is not None:
             progress.close()
         self.save_checkpoint()
@@ -566,14 +690,14 @@ class Trainer:
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the config fields whose values differ."""
+    """'name: saved -> current' for each config field (dotted) whose value differs."""
     out = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _differences(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key}")
+            out.append(f"--{prefix}{key}: {a!r} in the checkpoint, {b!r} now")
     return out
 
 
@@ -590,9 +714,14 @@ def format_summary(s: dict) -> str:
             f"warm-up {s['warmup_s']:.1f}s excluded); {outcome}")
 
 
-def main(argv=None) -> dict:
-    cfg = resolve(sys.argv[1:] if argv is None else argv)
-    trainer = Trainer(cfg)
+def main(argv=None) -> dict | None:
+    """Train with the options in argv (default sys.argv[1:]); returns the summary. `--help` lists the options."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--help" in argv or "-h" in argv:
+        print(help_text())
+        return None
+    cfg = resolve(argv)
+    trainer = Trainer(cfg, argv)
     if trainer.master:
         print(json.dumps(dataclasses.asdict(trainer.cfg)))
         print(f"precision: dtype={cfg.dtype} -> {trainer.precision}")
@@ -611,4 +740,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

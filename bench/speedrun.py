@@ -32,7 +32,6 @@ runs every seed on the same data order. Writes results.json (with the command li
 records.md, curves.png and steps.png. Remaining arguments are train.py overrides (e.g. --max_steps=200).
 """
 
-import argparse
 import dataclasses
 import itertools
 import json
@@ -41,6 +40,7 @@ import os
 import statistics
 import sys
 
+import cli
 from bench import harness
 
 LR_MULTIPLIERS = (0.5, 1.0, 2.0)
@@ -59,9 +59,9 @@ class Rule:
         for name in ("sigma", "z", "loss_per_100_steps"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value}")
+                raise cli.ConfigError(f"{name} must be a positive number, got {value}")
         if not math.isfinite(self.target):
-            raise ValueError(f"target must be a finite val loss, got {self.target}")
+            raise cli.ConfigError(f"target must be a finite val loss, got {self.target}")
 
     @property
     def threshold(self) -> float:
@@ -276,7 +276,7 @@ def _rule_sigma(parser, args, cfg) -> float:
 def report(results: dict, out: str) -> str:
     """Judge the runs in `results` by its rule; write records.md, results.json and the plots; return the table."""
     if results["rule_params"].get("target") is None:
-        raise SystemExit("error: no target val loss recorded for these runs: pass --target VALUE")
+        raise cli.UsageError("no target val loss recorded for these runs: pass --target VALUE")
     rule = Rule(**results["rule_params"])
     baseline = results.get("baseline")
     rows = aggregate(results["runs"], rule, baseline)
@@ -295,10 +295,15 @@ def report(results: dict, out: str) -> str:
 
 def _load_one(path) -> dict:
     """A results.json, also one written before the rule was recorded (target only, curves as [step, loss])."""
-    with open(path) as f:
-        results = json.load(f)
-    if not results.get("runs"):
-        raise SystemExit(f"error: {path} holds no runs to judge")
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except OSError as e:
+        raise cli.UserError(f"cannot read --from-results {path}: {e.strerror}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise cli.UserError(f"--from-results {path} is not JSON ({e}); pass a results.json this command wrote") from e
+    if not isinstance(results, dict) or not results.get("runs"):
+        raise cli.UserError(f"{path} holds no runs to judge")
     results.setdefault("rule_params", {"target": results.get("target")})
     results.setdefault("commit", "not recorded")
     results.setdefault("machine", {"cpu": "not recorded", "cores": "?", "cpu_capability": "?", "threads": "?",
@@ -321,12 +326,12 @@ def _load_results(paths: list[str]) -> dict:
             merged = results | {"sources": [source]}
             continue
         if results.get("preset") != merged.get("preset"):
-            raise SystemExit(f"error: {path} holds preset {results.get('preset')!r} runs, "
-                             f"{paths[0]} {merged.get('preset')!r}: judge one preset at a time")
+            raise cli.UserError(f"{path} holds preset {results.get('preset')!r} runs, "
+                              f"{paths[0]} {merged.get('preset')!r}: judge one preset at a time")
         twice = sorted(set(results["runs"]) & set(merged["runs"]))
         if twice:
-            raise SystemExit(f"error: {', '.join(twice)} has runs in {path} and in an earlier file; "
-                             "pass each optimizer's runs once")
+            raise cli.UserError(f"{', '.join(twice)} has runs in {path} and in an earlier file; "
+                              "pass each optimizer's runs once")
         merged["runs"].update(results["runs"])
         merged.setdefault("tuning", {}).update(results.get("tuning", {}))
         merged["sources"].append(source)
@@ -335,9 +340,32 @@ def _load_results(paths: list[str]) -> dict:
     return merged
 
 
+def _target(parser, text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        parser.error(f"--target {text!r} is neither a val loss nor 'auto'")
+
+
+def _make_out(out: str):
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise cli.UserError(f"cannot create --out {out} ({e.strerror}); choose another folder") from e
+
+
+# train.py options bench.speedrun sets for every run, and what to use instead
+OWN_OPTIONS = {
+    "seed": "the seeds are chosen here (--seeds N runs seeds 1000..1000+N-1)",
+    "optimizer": "use --optimizers", "recipe": "use --optimizers", "optim.name": "use --optimizers",
+    "out_dir": "use --out", "run_name": "each run is named here", "stop_at_target": "every seed runs its full budget",
+    "target_val_loss": "use --target",
+}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m bench.speedrun", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--optimizers", default="adamw,muon,normuon")
     parser.add_argument("--seeds", type=int, default=3)
@@ -362,18 +390,22 @@ def main(argv=None):
                              "list judges the runs of several files of one preset together")
     parser.add_argument("--out", default="out/speedrun")
     args, extra = parser.parse_known_args(argv)
-    os.makedirs(args.out, exist_ok=True)
+    for arg in extra:  # train.py options; those this command sets itself would be overridden silently
+        key = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
+        if key in OWN_OPTIONS:
+            parser.error(f"{arg}: {OWN_OPTIONS[key]}")
     rule_params = {"sigma": args.sigma, "z": args.z, "loss_per_100_steps": args.loss_per_100_steps}
 
     if args.from_results:
         results = _load_results(args.from_results.split(","))
         if args.target not in (None, "auto"):
-            results["rule_params"]["target"] = float(args.target)
+            results["rule_params"]["target"] = _target(parser, args.target)
         results["rule_params"].update({k: v for k, v in rule_params.items() if v is not None})
         results["rejudged"] = {"command": [sys.executable, "-m", "bench.speedrun", *argv],
                                "commit": harness.git_commit(), "from": args.from_results}
         results["pairs"] = args.pairs
         results["baseline"] = args.baseline or results.get("baseline") or next(iter(results["runs"]))
+        _make_out(args.out)
         table = report(results, args.out)
         print(table)
         return results
@@ -386,10 +418,14 @@ def main(argv=None):
     baseline = args.baseline or optimizers[0]
     if baseline not in optimizers:
         parser.error(f"--baseline {baseline} is not in --optimizers {args.optimizers}")
-    tuned = set(optimizers if args.tune == "all" else (args.tune or "").split(","))
+    tuned = set(optimizers if args.tune == "all" else (args.tune or "").split(",")) - {""}
+    if tuned - set(optimizers):
+        parser.error(f"--tune {args.tune}: {', '.join(sorted(tuned - set(optimizers)))} not in --optimizers")
     if args.target == "auto" and ("adamw" not in tuned or optimizers[0] != "adamw"):
         parser.error("--target auto needs --tune and adamw first in --optimizers")
     cfg = resolve([f"--preset={args.preset}", *extra])
+    for opt in optimizers:  # every run's options resolve before the first one trains
+        resolve([f"--preset={args.preset}", f"--optimizer={opt}", *extra])
     rule_params["sigma"] = _rule_sigma(parser, args, cfg)
     for name in ("z", "loss_per_100_steps"):  # the track's unless given
         if rule_params[name] is None:
@@ -400,9 +436,10 @@ def main(argv=None):
         if target is None:
             parser.error(f"preset {args.preset} has no target_val_loss: pass --target VALUE or --target auto")
     elif args.target != "auto":
-        target = float(args.target)
+        target = _target(parser, args.target)
     if target is not None:
         Rule(target=target, **rule_params)  # bad parameters fail before any training
+    _make_out(args.out)
     results = {"command": [sys.executable, "-m", "bench.speedrun", *argv], "commit": harness.git_commit(),
                "machine": harness.machine(), "preset": args.preset, "extra_args": extra, "baseline": baseline,
                "pairs": args.pairs, "rule_params": {"target": target, **rule_params}, "tuning": {}, "runs": {}}
@@ -425,4 +462,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

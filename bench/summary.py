@@ -3,8 +3,9 @@
     pytest bench/ --benchmark-json=out/bench.json && python -m bench.summary out/bench.json
 """
 
-import argparse
 import json
+
+import cli
 
 
 def rows(data: dict) -> list[dict]:
@@ -46,13 +47,30 @@ def format_rows(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def load(path) -> dict:
+    """A pytest-benchmark JSON file; a missing, unreadable or foreign file is a UserError naming it."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as e:
+        raise cli.UserError(f"cannot read {path}: {e.strerror}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise cli.UserError(f"{path} is not JSON ({e}); pass the file written by pytest --benchmark-json") from e
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise cli.UserError(f"{path} has no 'benchmarks' list: it is not a pytest-benchmark JSON file (write one "
+                            "with pytest bench/ --benchmark-json=PATH)")
+    for i, b in enumerate(data["benchmarks"]):
+        if not isinstance(b, dict) or "name" not in b:
+            raise cli.UserError(f"{path}: benchmarks[{i}] has no 'name': not a pytest-benchmark record")
+    return data
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m bench.summary", description=__doc__.splitlines()[0])
     parser.add_argument("json_path")
     args = parser.parse_args(argv)
-    with open(args.json_path) as f:
-        print(format_rows(rows(json.load(f))))
+    print(format_rows(rows(load(args.json_path))))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

@@ -24,18 +24,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cli import ConfigError, UserError
 from data.shards import load_shard, read_header
 
 STATE_VERSION = 2  # 2: the margin
 
 
-class DataExhausted(RuntimeError):
+class DataExhausted(UserError, RuntimeError):
     """The train shards hold no further full window; raised instead of wrapping around silently."""
 
 
+class ValDataError(UserError, ValueError):
+    """The val shards cannot supply the requested validation set."""
+
+
 class TokenLoader:
+    """vocab_size: every token id of a shard is checked against it when the shard is opened (None: unchecked)."""
+
     def __init__(self, files, *, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 margin: int = 0):
+                 margin: int = 0, vocab_size: int | None = None):
         files = [Path(f) for f in files]
         if not files:
             raise ValueError("TokenLoader needs at least one shard file")
@@ -45,6 +52,7 @@ class TokenLoader:
         self.files = files
         self.batch_size, self.seq_len = batch_size, seq_len
         self.rank, self.world_size, self.seed, self.margin = rank, world_size, seed, margin
+        self.vocab_size = vocab_size
         self.num_tokens = [read_header(f).num_tokens for f in files]  # validates every shard up front
         self.order = _shard_order(len(files), seed)
         # position: the next window starts at `offset` in shard order[shard]
@@ -55,6 +63,12 @@ class TokenLoader:
     def tokens_per_step(self) -> int:
         """Input tokens of one step over all ranks: world_size * batch_size * seq_len."""
         return self.world_size * self.batch_size * self.seq_len
+
+    def steps_available(self) -> int:
+        """How many steps the shards hold from the start, by next_batch's rule (a window never straddles shards)."""
+        window = self.tokens_per_step + 1
+        return sum((n - window - self.margin) // self.tokens_per_step + 1 for n in self.num_tokens
+                   if n >= window + self.margin)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's (x, y) for the next step, int64 of shape (batch_size, seq_len), y = x shifted by one."""
@@ -107,12 +121,14 @@ class TokenLoader:
 
     def _shard_tokens(self, index: int) -> np.ndarray:
         if self._tokens_shard != index:
-            self._tokens, self._tokens_shard = load_shard(self.files[index]), index
+            self._tokens, self._tokens_shard = load_shard(self.files[index], self.vocab_size), index
         return self._tokens
 
 
-def val_batches(files, *, n_tokens: int, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1):
-    """This rank's list of (x, y) over a fixed held-out set: the first n_tokens of the val shards, in file order.
+def val_batches(files, *, n_tokens: int, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1,
+                vocab_size: int | None = None):
+    """This rank's list of (x, y) over a fixed held-out set: the first n_tokens of the val shards, in file order
+    (train.py's --val_tokens, which the errors name).
 
     Steps are windows of world_size*batch_size*seq_len (+1 for the last target) laid end to end, split
     across ranks like TokenLoader, so the ranks together cover exactly the first n_tokens tokens.
@@ -120,13 +136,15 @@ def val_batches(files, *, n_tokens: int, batch_size: int, seq_len: int, rank: in
     _check_layout(batch_size, seq_len, rank, world_size)
     per_step = world_size * batch_size * seq_len
     if n_tokens <= 0 or n_tokens % per_step:
-        raise ValueError(f"n_tokens={n_tokens} must be a positive multiple of world_size*batch_size*seq_len={per_step}")
+        raise ConfigError(f"--val_tokens={n_tokens} must be a positive multiple of the tokens of one validation "
+                           f"step, world_size*batch_size*seq_len = {world_size}*{batch_size}*{seq_len} = {per_step}")
     files = [Path(f) for f in files]
     available = sum(read_header(f).num_tokens for f in files)
     if available < n_tokens + 1:
-        raise ValueError(f"the val shards hold {available} tokens in {len(files)} file(s); n_tokens={n_tokens} needs "
-                         f"{n_tokens + 1} (one extra token for the last target). Lower n_tokens or add val data.")
-    stream = _read_prefix(files, n_tokens + 1)
+        raise ValDataError(f"the val shards hold {available} tokens in {len(files)} file(s); --val_tokens={n_tokens} "
+                           f"needs {n_tokens + 1} (one extra token for the last target). Lower --val_tokens or add "
+                           "val data.")
+    stream = _read_prefix(files, n_tokens + 1, vocab_size)
     local = batch_size * seq_len
     batches = []
     for step in range(n_tokens // per_step):
@@ -149,13 +167,13 @@ def _shard_order(n: int, seed: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(seed).permutation(n)]
 
 
-def _read_prefix(files, n: int) -> np.ndarray:
-    """The first n tokens of the concatenated shards, as int64."""
+def _read_prefix(files, n: int, vocab_size: int | None = None) -> np.ndarray:
+    """The first n tokens of the concatenated shards, as int64 (each shard's ids checked against vocab_size)."""
     parts, need = [], n
     for f in files:
         if need == 0:
             break
-        part = load_shard(f)[:need]
+        part = load_shard(f, vocab_size)[:need]
         parts.append(part.astype(np.int64))
         need -= len(part)
     return np.concatenate(parts)

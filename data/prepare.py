@@ -29,7 +29,6 @@ pydocs   The text pipeline over Debian's python3-doc sources (/usr/share/doc/pyt
          **/*.rst.txt, ~3.55M tokens), name "pydocs": the offline default corpus of the CPU track.
 """
 
-import argparse
 import hashlib
 import itertools
 import json
@@ -44,6 +43,7 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
+import cli
 from data.shards import ShardError, read_header, write_shard
 from data.tokenizer import EOT_ID, gpt2_encoding
 
@@ -54,8 +54,14 @@ DEFAULT_SHARD_TOKENS = 100_000_000  # FineWeb's shard size
 CHUNK_DOCS, CHUNK_CHARS = 256, 4_000_000  # documents per tokenizer task: enough work to amortise the pickling
 
 
-class PrepareError(RuntimeError):
-    """A problem with the inputs or a download; main() prints it and exits with status 1."""
+class PrepareError(cli.UserError, RuntimeError):
+    """A problem with the inputs or a download: one line on stderr, exit status 1 (cli.run_main)."""
+
+
+class BadOption(PrepareError):
+    """An option value out of range: a usage error, exit status 2."""
+
+    exit_code = 2
 
 
 # ----------------------------------------------------------------------------------------------- fineweb
@@ -64,19 +70,20 @@ class PrepareError(RuntimeError):
 def fineweb_filenames(train_shards: int, prefix: str = "fineweb") -> list[str]:
     """The val shard, then train shards 1..train_shards, named as in the hub repository."""
     if train_shards < 1:
-        raise PrepareError(f"--train-shards must be >= 1, got {train_shards}")
+        raise BadOption(f"--train-shards must be >= 1, got {train_shards}")
     return [f"{prefix}_val_{0:06d}.bin"] + [f"{prefix}_train_{i:06d}.bin" for i in range(1, train_shards + 1)]
 
 
 def download_fineweb(out, *, train_shards: int, repo_id: str = FINEWEB_REPO, source: str | None = None,
                      prefix: str = "fineweb", revision: str | None = None) -> list[Path]:
     """Fetch the shards into `out` (from the hub, another endpoint URL, or a local folder) and validate them."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    names = fineweb_filenames(train_shards, prefix)
     if source is not None and not source.startswith(("http://", "https://")) and not Path(source).is_dir():
         raise PrepareError(f"--source {source!r} is neither an http(s) hub endpoint nor an existing folder")
+    out = Path(out)  # created once the options are known to be good
+    out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in tqdm(fineweb_filenames(train_shards, prefix), desc=f"fineweb -> {out}", unit="shard"):
+    for name in tqdm(names, desc=f"fineweb -> {out}", unit="shard"):
         dest = out / name
         if dest.exists():
             try:
@@ -259,15 +266,16 @@ def prepare_text(paths, out, *, name: str = "text", val_fraction: float = 0.05, 
     """Tokenize documents into train/val shards in `out`; returns the manifest (also written as JSON).
     `seed` decides the split, `shuffle_seed` the order (None: sorted order)."""
     if not 0 <= val_fraction < 1:
-        raise PrepareError(f"--val-fraction must lie in [0, 1), got {val_fraction}")
+        raise BadOption(f"--val-fraction must lie in [0, 1), got {val_fraction}")
     if shard_tokens < 1:
-        raise PrepareError(f"--shard-tokens must be >= 1, got {shard_tokens}")
+        raise BadOption(f"--shard-tokens must be >= 1, got {shard_tokens}")
     if not re.fullmatch(r"[\w.-]+", name):
-        raise PrepareError(f"--name {name!r} must be letters, digits, '.', '-' or '_'")
+        raise BadOption(f"--name {name!r} must be letters, digits, '.', '-' or '_'")
+    if workers is not None and workers < 1:
+        raise BadOption(f"--workers must be >= 1, got {workers} (leave it out for one per CPU core)")
+    if limit_files is not None and limit_files < 1:
+        raise BadOption(f"--limit-files must be >= 1, got {limit_files}")
     workers = workers or os.cpu_count() or 1
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-
     docs = list_documents(paths, glob=glob, limit_files=limit_files)
     if shuffle_seed is not None:
         docs = shuffled(docs, shuffle_seed)
@@ -278,6 +286,8 @@ def prepare_text(paths, out, *, name: str = "text", val_fraction: float = 0.05, 
     if "train" not in splits:
         raise PrepareError(f"all {len(docs)} documents fell in val; lower --val-fraction or add documents")
 
+    out = Path(out)  # created only once the inputs are known to be good
+    out.mkdir(parents=True, exist_ok=True)
     writers = {split: _ShardWriter(out, name, split, shard_tokens) for split in ("train", "val")}
     tasks = _chunks(zip(splits, _read_texts(docs, text_field)))
     gpt2_encoding()  # build (or fetch) the tokenizer once, before any worker forks
@@ -346,8 +356,8 @@ def _summary(manifest: dict) -> str:
                      for split, s in manifest["splits"].items())
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     fw = sub.add_parser("fineweb", help="download pre-tokenized FineWeb shards from the Hugging Face hub")
@@ -363,7 +373,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="chooses the val documents")
         p.add_argument("--shuffle-seed", type=int, default=0, help="chooses the document order")
         p.add_argument("--no-shuffle", action="store_true", help="sorted document order instead of a shuffle")
-        p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: os.cpu_count())")
+        p.add_argument("--workers", type=int, default=None, help="tokenizer processes, >= 1 (default: os.cpu_count())")
         p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS)
         p.add_argument("--limit-files", type=int, default=None, help="only the first N files (sorted)")
 
@@ -400,9 +410,9 @@ def main(argv=None) -> None:
         else:
             manifest = prepare_pydocs(args.out, docs_dir=args.docs_dir, **common)
         print(_summary(manifest))
-    except PrepareError as e:
-        raise SystemExit(f"error: {e}") from e
+    except OSError as e:  # an output folder that cannot be created or written
+        raise PrepareError(f"{e.filename or args.out}: {e.strerror}") from e
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_main(main)

@@ -10,6 +10,8 @@ downloads (kjj0/fineweb10B-gpt2) and of what modded-nanogpt's `_load_data_shard`
 
 Every reader goes through `read_header`, which checks the header and the file size and raises `ShardError`
 naming the file and the exact problem, so a corrupt or foreign file never reaches training as garbage tokens.
+`load_shard(path, vocab_size=V)` also checks every token id against the model's vocabulary (one vectorized
+max over the shard when it is opened), naming the file, the offset and the id of the first one out of range.
 """
 
 import os
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from cli import UserError
 
 MAGIC = 20240520
 VERSION = 1
@@ -28,8 +32,12 @@ TOKEN_DTYPE = np.dtype("<u2")  # 2 bytes per token
 MAX_TOKENS = 2**31 - 1  # the count is stored in an int32
 
 
-class ShardError(ValueError):
+class ShardError(UserError, ValueError):
     """A file that is not a well-formed token shard; the message names the file and the problem."""
+
+
+class MissingShards(UserError, FileNotFoundError):
+    """No shard matches the pattern; the message gives the command that creates them."""
 
 
 @dataclass(frozen=True)
@@ -99,12 +107,20 @@ def read_header(path) -> ShardHeader:
     return shard
 
 
-def load_shard(path) -> np.ndarray:
-    """Memory-map the tokens of a validated shard: a read-only uint16 np.memmap of length num_tokens."""
+def load_shard(path, vocab_size: int | None = None) -> np.ndarray:
+    """Memory-map the tokens of a validated shard: a read-only uint16 np.memmap of length num_tokens.
+    With vocab_size, every token id must be below it (an embedding lookup of a larger id fails deep inside the
+    model, on a GPU as an asynchronous device assert)."""
     shard = read_header(path)
     if shard.num_tokens == 0:  # numpy cannot memory-map zero bytes
         return np.zeros(0, dtype=TOKEN_DTYPE)
-    return np.memmap(shard.path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(shard.num_tokens,))
+    tokens = np.memmap(shard.path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(shard.num_tokens,))
+    if vocab_size is not None and int(tokens.max()) >= vocab_size:
+        offset = int(np.argmax(tokens >= vocab_size))
+        raise ShardError(f"{shard.path}: token id {int(tokens[offset])} at offset {offset} (tokens after the header) "
+                         f"is outside the model's vocabulary [0, {vocab_size}): the shard was made with another "
+                         "tokenizer, or --model.vocab_size is too small")
+    return tokens
 
 
 def list_shards(directory, pattern: str) -> list[Path]:
@@ -113,7 +129,7 @@ def list_shards(directory, pattern: str) -> list[Path]:
     files = sorted(p for p in directory.glob(pattern) if p.is_file())
     if not files:
         where = f"{directory}" if directory.is_dir() else f"{directory} (the folder does not exist)"
-        raise FileNotFoundError(
+        raise MissingShards(
             f"no shards matching {pattern!r} in {where}. Create them with "
             f"`python -m data.prepare pydocs --out {directory}` (offline Python docs), "
             f"`python -m data.prepare text PATHS... --out {directory}` (your own text) or "

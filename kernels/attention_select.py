@@ -8,6 +8,7 @@ import importlib
 
 import torch
 
+from cli import UserError
 from kernels._common import dtype_name
 
 # Every backend name, in the order available_backends reports them; "auto" resolves to one of these.
@@ -19,7 +20,7 @@ FA_DTYPES = (torch.bfloat16, torch.float16)
 FA_MAX_HEAD_DIM = 256
 
 
-class AttentionBackendUnavailable(RuntimeError):
+class AttentionBackendUnavailable(UserError, RuntimeError):
     """An explicitly requested attention backend cannot run here (module missing, wrong device or GPU)."""
 
 

@@ -7,6 +7,8 @@ the interpreter), so kernels drop in without touching the model.
 
 from dataclasses import dataclass, replace
 
+from cli import ConfigError
+
 CHOICES = {"softcap_kind": ("tanh", "algebraic"), "rope": ("standard", "half_truncated"),
            "init": ("normal", "track3"), "loss_reduction": ("mean", "sum")}
 
@@ -47,13 +49,22 @@ class GPTConfig:
     ce_impl: str = "eager"  # eager | triton
 
     def __post_init__(self):
+        for name in ("vocab_size", "n_layer", "n_head", "n_embd", "mlp_ratio", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--model.{name}={getattr(self, name)} must be >= 1")
+        for name in ("window", "logit_softcap", "attn_scale"):  # None switches each off; 0 would give NaN or inf
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--model.{name}={value} must be > 0, or None to switch it off")
+        if self.doc_masking and not 0 <= self.eot_token < self.vocab_size:
+            raise ConfigError(f"--model.eot_token={self.eot_token} is outside the vocabulary [0, {self.vocab_size})")
         if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+            raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r}; choose from {', '.join(allowed)}")
+                raise ConfigError(f"{name}={getattr(self, name)!r}; choose from {', '.join(allowed)}")
         if self.rotary and self.head_dim % (4 if self.rope == "half_truncated" else 2):
-            raise ValueError(f"{self.rope} rotary embeddings need a head_dim divisible by "
+            raise ConfigError(f"{self.rope} rotary embeddings need a head_dim divisible by "
                              f"{4 if self.rope == 'half_truncated' else 2}, got {self.head_dim}")
 
     @property
@@ -89,5 +100,5 @@ _PRESETS = {
 
 def model_preset(name: str, **overrides) -> GPTConfig:
     if name not in _PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(_PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}; choose from {sorted(_PRESETS)}")
     return replace(_PRESETS[name], **overrides)

@@ -1,18 +1,37 @@
-"""Every public entry point rejects bad input with an error that names the problem (one table).
+"""Every public entry point rejects bad input with an error that names the problem.
 
-Each row: what is called, the exception type, and a pattern the message must contain. The per-module
-tests go deeper; this table is the one place that shows the whole surface at a glance.
+Each row: what is called, the exception type (or, for a command line, the exit status), and a pattern the
+message must contain. The per-module tests go deeper; these tables are the one place that shows the whole
+surface at a glance. A command line's rows also check that stderr is one line, "error: ...", and that no file
+was written or changed.
 """
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import checkpoint
-from configs import resolve
-from data import shards, tokenizer
+import cli
+import train
+from bench import speedrun, summary
+from cli import ConfigError
+from configs import PRESETS, resolve
+from data import prepare, shards, tokenizer
 from data.loader import TokenLoader, val_batches
 from kernels import registry
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def ns(*args, **kwargs):
@@ -107,3 +126,269 @@ DATA_CASES = [
 def test_data_config_and_checkpoint_readers(tmp_path, call, error, pattern):
     with pytest.raises(error, match=pattern):
         call(tmp_path)
+
+
+# --- the command lines: one line on stderr, the right exit status, nothing written or lost ---------------------
+
+
+@pytest.fixture(scope="module")
+def finished_run(text_shards, tmp_path_factory):
+    """A finished 2-step run with its checkpoint: the rows that resume it must leave every file of it as it is."""
+    out = tmp_path_factory.mktemp("finished")
+    train.main([*_train_args(text_shards, out), "--max_steps=2"])
+    return out
+
+
+def _train_args(data, out):
+    return ["--preset=tiny", f"--data_dir={data}", f"--out_dir={out}", "--run_name=r", "--threads=1"]
+
+
+class Ctx:
+    """What a row's argv is built from: a fresh folder, the real shards, the finished run, processes to end."""
+
+    def __init__(self, tmp, data, done):
+        self.tmp, self.data, self.done, self.procs = tmp, data, done, []
+
+    def train(self, *args):
+        return [*_train_args(self.data, self.tmp / "runs"), *args]
+
+    def resume(self, *args):
+        return [*_train_args(self.data, self.done), "--max_steps=2", "--resume=True", *args]
+
+    def file(self, name, content: bytes):
+        path = self.tmp / name
+        path.write_bytes(content)
+        return path
+
+    def data_copy(self, damage):
+        """The shards copied to a new folder, `damage(train_shard_path)` applied to the train shard."""
+        copy = self.tmp / "data"
+        shutil.copytree(self.data, copy)
+        damage(next(copy.glob("*_train_*.bin")))
+        return copy
+
+    def train_into_locked_dir(self):
+        """A run into tmp/runs/r while another live process holds its lock."""
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        self.procs.append(proc)
+        (self.tmp / "runs" / "r").mkdir(parents=True)
+        (self.tmp / "runs" / "r" / "lock").write_text(f"{proc.pid} {socket.gethostname()}\n")
+        return self.train()
+
+    def resume_damaged(self):
+        """--resume of tmp/runs/r, whose checkpoint.pt is not a checkpoint."""
+        (self.tmp / "runs" / "r").mkdir(parents=True)
+        (self.tmp / "runs" / "r" / "checkpoint.pt").write_bytes(b"junk")
+        return self.train("--resume=True")
+
+
+def _snapshot(*roots) -> dict:
+    """Every file (its bytes' hash) and folder under the roots."""
+    return {str(p): hashlib.sha1(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for root in roots for p in sorted(Path(root).rglob("*"))}
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: --device=cuda is valid here")
+TRAIN, SPEEDRUN, SUMMARY, PREPARE = train.main, speedrun.main, summary.main, prepare.main
+SUMMARY_JSON = json.dumps({"benchmarks": [{"name": "x", "extra_info": {}}]}).encode()
+
+# (id, entry point, argv from a Ctx, exit status, pattern the one stderr line must contain after "error: ")
+CLI_CASES = [
+    # train.py: the configuration (status 2)
+    ("train: unknown option", TRAIN, lambda c: c.train("--lr=1"), 2, "unknown option --lr"),
+    ("train: negative max_steps", TRAIN, lambda c: c.train("--max_steps=-1"), 2, "--max_steps=-1 must be >= 0"),
+    ("train: val_every 0", TRAIN, lambda c: c.train("--val_every=0"), 2, "--val_every=0 must be >= 1"),
+    ("train: lr 0", TRAIN, lambda c: c.train("--optim.lr=0"), 2, r"--optim.lr=0.0 must be a number > 0"),
+    ("train: negative adam lr", TRAIN, lambda c: c.train("--optim.adam_lr=-1"), 2, "--optim.adam_lr=-1.0"),
+    ("train: lr inf", TRAIN, lambda c: c.train("--optim.lr=1e999"), 2, "--optim.lr=inf must be a number > 0"),
+    ("train: no layers", TRAIN, lambda c: c.train("--model.n_layer=0"), 2, "--model.n_layer=0 must be >= 1"),
+    ("train: window 0", TRAIN, lambda c: c.train("--model.window=0"), 2, "--model.window=0 must be > 0"),
+    ("train: batch 0", TRAIN, lambda c: c.train("--batch_size=0"), 2, "--batch_size=0 must be >= 1"),
+    ("train: seq_len 0", TRAIN, lambda c: c.train("--seq_len=0"), 2, "--seq_len=0 must be >= 1"),
+    ("train: seq_len over the model's", TRAIN, lambda c: c.train("--seq_len=65"), 2, "exceeds --model.max_seq_len=64"),
+    ("train: grad_accum 0", TRAIN, lambda c: c.train("--grad_accum=0"), 2, "--grad_accum=0 must be >= 1"),
+    ("train: val_tokens 0", TRAIN, lambda c: c.train("--val_tokens=0"), 2, "--val_tokens=0 must be >= 1"),
+    ("train: negative warm-up", TRAIN, lambda c: c.train("--warmup_steps=-1"), 2, "--warmup_steps=-1"),
+    ("train: cooldown over 1", TRAIN, lambda c: c.train("--cooldown_frac=2"), 2, r"--cooldown_frac=2.0 must lie in"),
+    ("train: beta of 1.5", TRAIN, lambda c: c.train("--optim.betas=(0.9,1.5)"), 2, r"--optim.betas=\(0.9, 1.5\)"),
+    ("train: momentum 1", TRAIN, lambda c: c.train("--optim.momentum=1.0"), 2, r"--optim.momentum=1.0 must lie"),
+    ("train: schedule shorter than the run", TRAIN, lambda c: c.train("--max_steps=10", "--schedule_steps=5"), 2,
+     "schedule_steps=5 < max_steps=10"),
+    ("train: heads do not divide the width", TRAIN, lambda c: c.train("--model.n_embd=33"), 2,
+     "n_embd=33 is not divisible by n_head=2"),
+    ("train: unknown preset", TRAIN, lambda c: c.train("--preset=huge"), 2, "unknown preset 'huge'"),
+    ("train: unknown optimizer", TRAIN, lambda c: c.train("--optimizer=adam"), 2, "--optim.name='adam'; choose"),
+    ("train: unknown kernel", TRAIN, lambda c: c.train("--model.mlp_impl=cuda"), 2, "--model.mlp_impl='cuda'"),
+    ("train: unknown coefficients", TRAIN, lambda c: c.train("--optim.ns_coefficients=quartic"), 2, "quartic"),
+    ("train: unknown dtype", TRAIN, lambda c: c.train("--dtype=fp16"), 2, "dtype='fp16'; choose from"),
+    ("train: unknown device", TRAIN, lambda c: c.train("--device=tpu"), 2, "--device='tpu'; choose from"),
+    ("train: compile maybe", TRAIN, lambda c: c.train("--compile=maybe"), 2, "compile='maybe'"),
+    ("train: not a literal", TRAIN, lambda c: c.train("--max_steps=ten"), 2, "--max_steps=ten: not a Python literal"),
+    ("train: wrong type", TRAIN, lambda c: c.train("--max_steps=1.5"), 2, "expected int, got float"),
+    ("train: bare word", TRAIN, lambda c: c.train("steps"), 2, "unexpected argument 'steps'"),
+    ("train: option without a value", TRAIN, lambda c: c.train("--max_steps"), 2, "--max_steps needs a value"),
+    ("train: run_name with a path", TRAIN, lambda c: c.train("--run_name=../x"), 2, "must be a plain folder name"),
+    ("train: val_tokens not whole steps", TRAIN, lambda c: c.train("--val_tokens=100"), 2,
+     "--val_tokens=100 must be a positive multiple"),
+    # train.py: the data, the checkpoint, the machine (status 1)
+    ("train: no data", TRAIN, lambda c: c.train(f"--data_dir={c.tmp / 'none'}"), 1, "no shards matching.*data.prepare"),
+    ("train: val set too small", TRAIN, lambda c: c.train("--val_tokens=1280000"), 1,
+     "--val_tokens=1280000 needs 1280001.*Lower --val_tokens"),
+    ("train: more steps than data", TRAIN, lambda c: c.train("--max_steps=1000000"), 1,
+     "--max_steps=1000000 needs 1000000 windows"),
+    ("train: token id outside the vocabulary", TRAIN, lambda c: c.train("--model.vocab_size=256"), 1,
+     r"_val_000000.bin: token id \d+ at offset \d+ .*outside the model's vocabulary \[0, 256\)"),
+    ("train: truncated shard", TRAIN, lambda c: c.train(f"--data_dir={c.data_copy(_truncate)}"), 1, "truncated"),
+    ("train: foreign shard", TRAIN, lambda c: c.train(f"--data_dir={c.data_copy(_foreign)}"), 1,
+     "not a speedrun token shard"),
+    ("train: attention backend missing", TRAIN, lambda c: c.train("--attention=fa3"), 1, "'fa3' is not available"),
+    ("train: cuda without a GPU", TRAIN, lambda c: c.train("--device=cuda"), 1, "no CUDA GPU"),
+    ("train: run directory in use", TRAIN, lambda c: c.train_into_locked_dir(), 1, r"runs/r is in use by PID \d+"),
+    ("train: out_dir is a file", TRAIN, lambda c: [*c.train(), f"--out_dir={c.file('f', b'x')}"], 1,
+     "cannot create the run directory"),
+    ("train: resume without a checkpoint", TRAIN, lambda c: [*c.resume(), "--run_name=other"], 1, "nothing to resume"),
+    ("train: resume a damaged checkpoint", TRAIN, lambda c: c.resume_damaged(), 1, "could not be read"),
+    ("train: resume with another lr", TRAIN, lambda c: c.resume("--optim.lr=0.5"), 2,
+     r"change the trajectory: --optim.lr: 0.003 in the checkpoint, 0.5 now"),
+    ("train: resume with another seed", TRAIN, lambda c: c.resume("--seed=7"), 2, "--seed: 1337 in the checkpoint"),
+    ("train: resume on other data", TRAIN, lambda c: c.resume(f"--data_dir={c.data_copy(_shorter)}"), 2,
+     "was written for other data"),
+    # bench.speedrun
+    ("speedrun: --seed is not --seeds", SPEEDRUN, lambda c: ["--seed", "5", f"--out={c.tmp / 'o'}"], 2,
+     "--seed: the seeds are chosen here"),
+    ("speedrun: no seeds", SPEEDRUN, lambda c: ["--seeds=0", "--target=4", f"--out={c.tmp / 'o'}"], 2,
+     "--seeds must be >= 1"),
+    ("speedrun: seeds not a number", SPEEDRUN, lambda c: ["--seeds=x", f"--out={c.tmp / 'o'}"], 2,
+     "argument --seeds: invalid int value"),
+    ("speedrun: unknown optimizer", SPEEDRUN, lambda c: ["--optimizers=adamw,adam", "--target=4",
+                                                         f"--out={c.tmp / 'o'}"], 2, "--optim.name='adam'"),
+    ("speedrun: target not a number", SPEEDRUN, lambda c: ["--target=low", f"--out={c.tmp / 'o'}"], 2,
+     "--target 'low' is neither"),
+    ("speedrun: z of 0", SPEEDRUN, lambda c: ["--target=4", "--z=0", f"--out={c.tmp / 'o'}"], 2,
+     "z must be a positive number"),
+    ("speedrun: tune one not run", SPEEDRUN, lambda c: ["--optimizers=adamw", "--tune=sgd", "--target=4",
+                                                        f"--out={c.tmp / 'o'}"], 2, "--tune sgd: sgd not in"),
+    ("speedrun: its own option passed to train", SPEEDRUN, lambda c: ["--target=4", f"--out_dir={c.tmp}",
+                                                                       f"--out={c.tmp / 'o'}"], 2, "use --out"),
+    ("speedrun: bad train option", SPEEDRUN, lambda c: ["--target=4", "--max_steps=-5", f"--out={c.tmp / 'o'}"], 2,
+     "--max_steps=-5 must be >= 0"),
+    ("speedrun: results missing", SPEEDRUN, lambda c: [f"--from-results={c.tmp / 'no.json'}", f"--out={c.tmp / 'o'}"],
+     1, "cannot read --from-results"),
+    ("speedrun: results not JSON", SPEEDRUN, lambda c: [f"--from-results={c.file('r.json', b'{')}",
+                                                        f"--out={c.tmp / 'o'}"], 1, "is not JSON"),
+    ("speedrun: results without runs", SPEEDRUN, lambda c: [f"--from-results={c.file('r.json', b'{}')}",
+                                                            f"--out={c.tmp / 'o'}"], 1, "holds no runs to judge"),
+    # bench.summary
+    ("summary: no file given", SUMMARY, lambda c: [], 2, "the following arguments are required: json_path"),
+    ("summary: unknown flag", SUMMARY, lambda c: [f"{c.file('b.json', SUMMARY_JSON)}", "--wide"], 2,
+     "unrecognized arguments: --wide"),
+    ("summary: missing file", SUMMARY, lambda c: [str(c.tmp / "none.json")], 1, "cannot read .*none.json"),
+    ("summary: not JSON", SUMMARY, lambda c: [str(c.file("b.json", b"\x00\x01"))], 1, "is not JSON"),
+    ("summary: not a benchmark file", SUMMARY, lambda c: [str(c.file("b.json", b"[1, 2]"))], 1,
+     "no 'benchmarks' list"),
+    ("summary: record without a name", SUMMARY, lambda c: [str(c.file("b.json", b'{"benchmarks": [{}]}'))], 1,
+     r"benchmarks\[0\] has no 'name'"),
+    # data.prepare
+    ("prepare: no command", PREPARE, lambda c: [], 2, "the following arguments are required: command"),
+    ("prepare: abbreviated option", PREPARE, lambda c: ["text", str(c.data), "--out", str(c.tmp / "o"), "--val",
+                                                        "0.1"], 2, "unrecognized arguments: --val"),
+    ("prepare: workers 0", PREPARE, lambda c: ["text", str(c.data), "--out", str(c.tmp / "o"), "--workers", "0"], 2,
+     "--workers must be >= 1"),
+    ("prepare: val fraction 1.5", PREPARE, lambda c: ["text", str(c.data), "--out", str(c.tmp / "o"),
+                                                      "--val-fraction", "1.5"], 2, r"--val-fraction must lie in"),
+    ("prepare: shard tokens 0", PREPARE, lambda c: ["text", str(c.data), "--out", str(c.tmp / "o"), "--shard-tokens",
+                                                    "0"], 2, "--shard-tokens must be >= 1"),
+    ("prepare: name with a space", PREPARE, lambda c: ["text", str(c.data), "--out", str(c.tmp / "o"), "--name",
+                                                       "a b"], 2, "--name 'a b' must be"),
+    ("prepare: limit-files 0", PREPARE, lambda c: ["text", str(c.data), "--out", str(c.tmp / "o"), "--limit-files",
+                                                   "0"], 2, "--limit-files must be >= 1"),
+    ("prepare: no train shards", PREPARE, lambda c: ["fineweb", "--train-shards", "0", "--out", str(c.tmp / "o")], 2,
+     "--train-shards must be >= 1"),
+    ("prepare: missing input", PREPARE, lambda c: ["text", str(c.tmp / "nope"), "--out", str(c.tmp / "o")], 1,
+     "no such file or folder"),
+    ("prepare: no docs installed", PREPARE, lambda c: ["pydocs", "--out", str(c.tmp / "o"), "--docs-dir",
+                                                       str(c.tmp / "nodocs")], 1, "apt-get install -y python3-doc"),
+    ("prepare: hub source neither URL nor folder", PREPARE, lambda c: ["fineweb", "--train-shards", "1", "--out",
+                                                                       str(c.tmp / "o"), "--source", "ftp:x"], 1,
+     "neither an http"),
+]
+
+
+def _shorter(path):
+    """The same shard name with other contents: a run resumed on it would read other tokens."""
+    shards.write_shard(path, shards.load_shard(path)[:-1000])
+    return path
+
+
+@pytest.mark.parametrize("main, argv, status, pattern", [
+    pytest.param(*c[1:], id=c[0], marks=[NO_GPU] if "without a GPU" in c[0] else []) for c in CLI_CASES])
+def test_command_lines(main, argv, status, pattern, text_shards, finished_run, tmp_path, capsys):
+    ctx = Ctx(tmp_path, text_shards, finished_run)
+    try:
+        args = argv(ctx)
+        before = _snapshot(tmp_path, text_shards, finished_run)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            cli.run_main(main, args)
+        err = capsys.readouterr().err
+        lines = err.splitlines()
+        assert exc.value.code == status, err
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert re.search(pattern, lines[0]), lines[0]
+        assert _snapshot(tmp_path, text_shards, finished_run) == before  # nothing written, nothing lost
+    finally:
+        for proc in ctx.procs:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_table_covers_every_entry_point():
+    counts = {m: sum(1 for c in CLI_CASES if c[1] is m) for m in (TRAIN, SPEEDRUN, SUMMARY, PREPARE)}
+    assert len(CLI_CASES) + len(KERNEL_CASES) >= 50 and min(counts.values()) >= 5, counts
+
+
+def test_a_stale_lock_is_taken_over_with_a_note(text_shards, tmp_path, capsys):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "lock").write_text(f"{dead.pid} {socket.gethostname()}\n")
+    summary = train.main([*_train_args(text_shards, tmp_path), "--max_steps=1", "--val_every=1"])
+    assert summary["steps"] == 1
+    assert f"taking over the stale lock {tmp_path / 'r' / 'lock'} of PID {dead.pid}" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "lock").exists()  # released at the end
+
+
+def _python(*args):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_a_process_shows_one_line_and_a_traceback_only_with_debug():
+    """Through the real process boundary: the exit status, one stderr line, --debug and SPEEDRUN_DEBUG."""
+    plain = _python("train.py", "--max_steps=-1")
+    assert plain.returncode == 2 and plain.stderr == "error: --max_steps=-1 must be >= 0\n", plain.stderr
+    debug = _python("train.py", "--max_steps=-1", "--debug")
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
+    prepare_bad = _python("-m", "data.prepare", "text", "x", "--out", "o", "--workers", "0")
+    assert prepare_bad.returncode == 2 and prepare_bad.stderr.count("\n") == 1 and "--workers" in prepare_bad.stderr
+
+
+def test_help_lists_every_option_with_its_default():
+    proc = _python("train.py", "--help")
+    assert proc.returncode == 0 and not proc.stderr
+    for option in ("--max_steps=100", "--optim.lr=0.003", "--model.n_layer=4", "--model.attn_impl=eager",
+                   "--val_tokens=16384", "--resume=False"):
+        assert option in proc.stdout, option
+    assert "rows per micro-batch per rank" in proc.stdout  # the options' comments are their help
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_no_preset_can_loop_forever(preset, text_shards, tmp_path):
+    """A negative step count is refused; a 0-step run of every preset (at a tiny size) returns."""
+    with pytest.raises(ConfigError, match="max_steps=-1"):
+        resolve([f"--preset={preset}", "--max_steps=-1"])
+    summary = train.main([f"--preset={preset}", f"--data_dir={text_shards}", f"--out_dir={tmp_path}",
+                          "--train_pattern=*_train_*.bin", "--val_pattern=*_val_*.bin", "--max_steps=0",
+                          "--model.n_layer=1", "--model.n_head=1", "--model.n_embd=32", "--batch_size=1",
+                          "--seq_len=16", "--val_tokens=16", "--grad_accum=1", "--reference_world_size=0",
+                          "--compile=off", "--dtype=fp32", "--threads=1"])
+    assert summary["steps"] == 0 and math.isfinite(summary["final_val_loss"])

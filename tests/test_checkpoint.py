@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -50,10 +51,58 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(text_shards, tmp_path,
     assert _log_without_timings(out / "r") == _log_without_timings(tmp_path / "ref" / "r")
 
 
+def _wait_for_train_step(proc, log, step: int, timeout_s: float = 120):
+    """Wait until the run logged a train record at or past `step`; False if it ended first."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and any(json.loads(line).get("step", 0) >= step and "train_loss" in json.loads(line)
+                                for line in log.read_text().splitlines() if line.endswith("}")):
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_sigterm_checkpoints_and_the_printed_command_resumes_the_same_trajectory(text_shards, tmp_path):
+    """SIGTERM (a scheduler's preemption) ends the run after its current step with a checkpoint, one line naming
+    the step and the command that resumes it, and exit status 143; that command continues bit for bit. SIGINT
+    (Ctrl-C) does the same with status 130."""
+    common = ["--preset=tiny", f"--data_dir={text_shards}", "--threads=1", "--max_steps=24", "--val_every=5",
+              "--optim.lr=0.01", "--run_name=r"]
+    reference = train.main([*common, f"--out_dir={tmp_path / 'ref'}"])
+    for signum, status in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        out = tmp_path / signum.name
+        argv = [*common, f"--out_dir={out}"]
+        proc = subprocess.Popen([sys.executable, "train.py", *argv], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        assert _wait_for_train_step(proc, out / "r" / "log.jsonl", 3), "the run ended before it could be signalled"
+        proc.send_signal(signum)
+        stderr = proc.communicate(timeout=120)[1]
+        assert proc.returncode == status, stderr
+        last = stderr.splitlines()[-1]
+        step = torch.load(out / "r" / "checkpoint.pt", weights_only=False)["step"]
+        assert 3 <= step < 24 and last.startswith(f"interrupted at step {step}; resume with: "), stderr
+        command = shlex.split(last.split("resume with: ", 1)[1])
+        assert command == [sys.executable, "train.py", *argv, "--resume=True"]
+        assert not (out / "r" / "lock").exists() and not (out / "r" / "summary.json").exists()
+        if signum == signal.SIGTERM:
+            resumed = train.main(command[2:])
+            assert resumed["steps"] == 24 and resumed["final_val_loss"] == reference["final_val_loss"]
+            assert _log_without_timings(out / "r") == _log_without_timings(tmp_path / "ref" / "r")
+
+
+def test_resume_may_change_what_does_not_shape_the_trajectory(text_shards, tmp_path):
+    args = ["--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}", "--max_steps=2", "--run_name=r",
+            "--threads=1"]
+    train.main([*args, "--checkpoint_every=1"])
+    resumed = train.main([*args, "--resume=True", "--max_steps=2", "--val_every=1", "--log_every=2",
+                          "--threads=2", "--memory_check=False"])
+    assert resumed["steps"] == 2
+
+
 def test_resume_refuses_a_different_config(text_shards, tmp_path):
     args = ["--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}", "--max_steps=2", "--run_name=r"]
     train.main(args)
-    with pytest.raises(ValueError, match="different config.*optim"):
+    with pytest.raises(ValueError, match="different config.*--optim.lr: 0.003 in the checkpoint, 0.5 now"):
         train.main([*args, "--resume=True", "--optim.lr=0.5"])
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train.main([*args, "--resume=True", "--run_name=other"])

@@ -255,7 +255,7 @@ def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(text_shards, tmp
         stderr = open(tmp_path / f"rank{rank}.err", "w")
         procs.append(subprocess.Popen(
             [sys.executable, "train.py", "--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}",
-             "--threads=1", "--max_steps=100000", "--val_every=100000", f"--dist_timeout_s={timeout_s}",
+             "--threads=1", "--max_steps=400", "--val_every=100000", f"--dist_timeout_s={timeout_s}",
              "--run_name=r"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr))
     survivor = procs[1 - victim]
     try:
@@ -283,6 +283,38 @@ def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(text_shards, tmp
     else:
         assert timeout_s - 1 < elapsed < timeout_s + 30 and re.search(r"[Tt]ime ?out|[Tt]imed out", error), \
             error[-3000:]
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_logged_step(text_shards, tmp_path):
+    """SIGTERM to rank 1 only: the ranks agree on the stop at the next log boundary (a multiple of --log_every),
+    write one checkpoint there and both exit with status 143."""
+    port, procs = _free_port(), []
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                   LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+        stderr = open(tmp_path / f"rank{rank}.err", "w")
+        procs.append(subprocess.Popen(
+            [sys.executable, "train.py", "--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}",
+             "--threads=1", "--max_steps=400", "--val_every=100000", "--log_every=4", "--run_name=r"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr))
+    try:
+        log, deadline = tmp_path / "r" / "log.jsonl", time.time() + 120
+        while not (log.exists() and "train_loss" in log.read_text()):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), "the run did not start"
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=120) for p in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    errors = [(tmp_path / f"rank{rank}.err").read_text() for rank in range(2)]
+    assert codes == [143, 143], errors
+    step = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"]
+    assert step % 4 == 0 and 0 < step < 400
+    for error in errors:
+        assert error.splitlines()[-1].startswith(f"interrupted at step {step}; resume with: torchrun "), error[-2000:]
 
 
 if __name__ == "__main__":  # a rank of the two_ranks fixture's torchrun job

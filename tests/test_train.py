@@ -150,6 +150,7 @@ def test_track3_data_windows_on_any_number_of_ranks(tmp_path, world):
         assert len(xs) == 8 and torch.equal(torch.cat(xs), x1) and torch.equal(torch.cat(ys), y1), step
     with pytest.raises(DataExhausted):
         single.next_batch()
+    assert single.steps_available() == steps  # the up-front count a run checks --max_steps against
 
 
 def test_track3_runs_at_tiny_size_with_a_summed_loss(shards, tmp_path, capsys):
@@ -186,7 +187,7 @@ def test_summed_loss_gradient_is_tokens_times_the_mean_gradient(shards, tmp_path
     grads, losses = {}, {}
     for reduction in ("mean", "sum"):
         cfg = train.resolve(["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--dtype=fp32",
-                             "--reference_world_size=2", f"--model.loss_reduction={reduction}", "--optim.lr=0",
+                             "--reference_world_size=2", f"--model.loss_reduction={reduction}", "--optim.lr=1e-9",
                              "--grad_clip=0"])
         trainer = train.Trainer(cfg)
         with torch.no_grad():  # away from the zero-initialised head, so that every gradient is non-zero

@@ -10,6 +10,7 @@ import pytest
 
 from bench import speedrun
 from bench.speedrun import Point, Rule
+from cli import UsageError, UserError
 
 TRACK = Rule()
 
@@ -221,16 +222,19 @@ def test_runs_go_the_full_budget_and_results_are_traceable(text_shards, tmp_path
     merged = speedrun.main([f"--from-results={files}", f"--out={tmp_path / 'merged'}"])
     assert json.load(open(tmp_path / "merged" / "results.json"))["aggregate"] == saved["aggregate"]
     assert [s["file"] for s in merged["sources"]] == files.split(",")
-    with pytest.raises(SystemExit, match="muon has runs in"):
+    with pytest.raises(UserError, match="muon has runs in"):
         speedrun.main([f"--from-results={files},{tmp_path / 'muon' / 'results.json'}", f"--out={tmp_path / 'x'}"])
 
 
 def test_bad_arguments(tmp_path):
-    with pytest.raises(SystemExit):  # --target auto needs a tuned AdamW first
+    with pytest.raises(UsageError, match="--target auto needs"):  # a tuned AdamW first
         speedrun.main(["--optimizers=muon,adamw", "--tune", "--target=auto", f"--out={tmp_path}"])
-    with pytest.raises(SystemExit):  # the tiny preset has no target
+    with pytest.raises(UsageError, match="no target_val_loss"):
         speedrun.main(["--preset=tiny", "--optimizers=adamw", f"--out={tmp_path}"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="--baseline sgd"):
         speedrun.main(["--optimizers=adamw", "--baseline=sgd", "--target=4", f"--out={tmp_path}"])
-    with pytest.raises(ValueError, match="sigma must be a positive number"):
+    with pytest.raises(ValueError, match="target_sigma=-0.01 must be a number >= 0"):
         speedrun.main(["--optimizers=adamw", "--target=4", "--target_sigma=-0.01", f"--out={tmp_path}"])
+    with pytest.raises(ValueError, match="z must be a positive number"):
+        speedrun.main(["--optimizers=adamw", "--target=4", "--z=0", f"--out={tmp_path / 'z'}"])
+    assert not (tmp_path / "z").exists()  # refused before anything is written

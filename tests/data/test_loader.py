@@ -158,7 +158,7 @@ def test_val_batches_cover_prefix_across_shards(shard_files):
 
 
 def test_val_batches_too_few_tokens(shard_files):
-    with pytest.raises(ValueError, match=r"hold 500 tokens in 1 file\(s\); n_tokens=512 needs 513"):
+    with pytest.raises(ValueError, match=r"hold 500 tokens in 1 file\(s\); --val_tokens=512 needs 513"):
         val_batches(shard_files[:1], n_tokens=512, batch_size=B, seq_len=T, world_size=WORLD)
     with pytest.raises(ValueError, match="multiple of"):
         val_batches(shard_files, n_tokens=100, batch_size=B, seq_len=T, world_size=WORLD)

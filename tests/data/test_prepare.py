@@ -195,15 +195,16 @@ def test_cli_text(corpus, tmp_path, capsys):
 
 
 def test_cli_missing_input(tmp_path):
-    with pytest.raises(SystemExit, match="no such file or folder"):
+    with pytest.raises(PrepareError, match="no such file or folder"):
         main(["text", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # nothing is created before the inputs are known to be good
 
 
 # ----------------------------------------------------------------------------------------------- pydocs
 
 
 def test_pydocs_missing_says_how_to_install(tmp_path):
-    with pytest.raises(SystemExit) as exc:
+    with pytest.raises(PrepareError) as exc:
         main(["pydocs", "--out", str(tmp_path / "out"), "--docs-dir", str(tmp_path / "no-docs")])
     assert PYDOCS_INSTALL == "apt-get update && apt-get install -y python3-doc" and PYDOCS_INSTALL in str(exc.value)
 

@@ -119,8 +119,22 @@ def test_role_table_per_role_overrides():
     (dict(head_lr=-0.1), r"role head: lr=-0.1"), (dict(weight_decay=-1.0), r"role hidden: .*weight_decay=-1.0"),
     (dict(adam_betas=(0.9,)), r"role embed: .*betas=\(0.9,\)"), (dict(betas=(1.0, 0.9)), r"role hidden: .*betas")])
 def test_role_table_refuses_bad_values(overrides, message):
+    """The table's own check, for a config that skipped OptimConfig's (which refuses these values first)."""
+    cfg = OptimConfig()
+    for key, value in overrides.items():
+        object.__setattr__(cfg, key, value)
     with pytest.raises(ValueError, match=message):
-        role_table(OptimConfig(**overrides), 0.01)
+        role_table(cfg, 0.01)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(head_lr=-0.1), r"--optim.head_lr=-0.1 must be a number >= 0"),
+    (dict(weight_decay=-1.0), r"--optim.weight_decay=-1.0 must be"),
+    (dict(adam_betas=(0.9,)), r"--optim.adam_betas=\(0.9,\) must be two numbers"),
+    (dict(betas=(1.0, 0.9)), r"--optim.betas=\(1.0, 0.9\) must be two numbers in \[0, 1\)")])
+def test_the_config_refuses_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        OptimConfig(**overrides)
 
 
 @pytest.mark.parametrize("name", ["adamw", "sgd", "muon", "normuon"])
