@@ -158,6 +158,11 @@ def keep_freed_memory():
     mallopt(m_trim_threshold, -1)
 
 
+def run_directory(cfg: TrainConfig) -> str:
+    """Where a run writes: out_dir/run_name, by default out_dir/<preset>-<optimizer>-s<seed>."""
+    return os.path.join(cfg.out_dir, cfg.run_name or f"{cfg.preset}-{cfg.optim.name}-s{cfg.seed}")
+
+
 def train_loader(cfg: TrainConfig, files, *, rank: int, world_size: int) -> TokenLoader:
     """One step's rows per rank (accum micro-batches of batch_size rows): every world size reads the same global
     windows, and rank r's micro-batch m is the (r*accum + m)-th block of batch_size rows of the step's window."""
@@ -217,7 +222,7 @@ class Trainer:
         if self.device.type == "cpu":
             keep_freed_memory()
         self.master = self.rank == 0
-        self.run_dir = os.path.join(cfg.out_dir, cfg.run_name or f"{cfg.preset}-{cfg.optim.name}-s{cfg.seed}")
+        self.run_dir = run_directory(cfg)
 
         self.train_files = list_shards(cfg.data_dir, cfg.train_pattern)
         val_files = list_shards(cfg.data_dir, cfg.val_pattern)

@@ -26,7 +26,9 @@ too), else from --sigma; a track with another noise level (the CPU track) must s
 gives each optimizer's observed seed spread beside σ: a spread well above σ means the z-test is overconfident.
 
 Each optimizer gets the same tuning budget (`--tune`: one seed over the same learning-rate multipliers of
-its configured lr, best final val loss wins; the sweep is recorded). `--tune adamw` tunes the baseline only;
+its configured lr, --lr-multipliers, default 0.5,1,2; best final val loss wins; the sweep is recorded; report
+a sweep whose best point sits at an edge as such and widen it). A run whose directory already holds it finished
+with the same config is reused, not trained again (an interrupted command, or a widened sweep, resumes cheaply). `--tune adamw` tunes the baseline only;
 the comparison is then tuned AdamW against untuned others, and the report says so. Then every optimizer
 runs every seed on the same data order. Writes results.json (with the command line, commit and machine),
 records.md, curves.png and steps.png. Remaining arguments are train.py overrides (e.g. --max_steps=200).
@@ -245,10 +247,39 @@ def _run(preset, optimizer, seed, out, extra, lr=None):
     if lr is not None:
         args.append(f"--optim.lr={lr}")
         args.append(f"--run_name={preset}-{optimizer}-lr{lr:g}-s{seed}")
-    summary = train.main(args)
+    summary = finished_run(args)
+    if summary is None:
+        summary = train.main(args)
+    else:
+        print(f"reusing the finished run {summary['run_dir']} (same config)")
     with open(os.path.join(summary["run_dir"], "log.jsonl")) as f:
         summary["curve"] = [{k: r[k] for k in ("step", "val_loss", "train_time_s")}
                             for r in map(json.loads, f) if "val_loss" in r]
+    return summary
+
+
+def finished_run(args) -> dict | None:
+    """The summary of the run that train.py `args` describe, when its directory already holds it finished with the
+    config those arguments resolve to here (config.json equal, summary.json written at its end); else None. So
+    an interrupted bench.speedrun, or one given more --lr-multipliers, does not train a finished run again."""
+    import torch
+
+    import train
+    from configs import resolve, resolve_auto
+
+    cfg = resolve(args)
+    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = resolve_auto(cfg, device)
+    run_dir = train.run_directory(cfg)
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            saved = json.load(f)
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    if saved != json.loads(json.dumps(dataclasses.asdict(cfg))) or summary.get("steps") != cfg.max_steps:
+        return None
     return summary
 
 
@@ -369,6 +400,8 @@ def main(argv=None):
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--optimizers", default="adamw,muon,normuon")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--lr-multipliers", default=",".join(f"{m:g}" for m in LR_MULTIPLIERS),
+                        help="the tuning sweep: multiples of each tuned optimizer's configured lr (comma list)")
     parser.add_argument("--tune", nargs="?", const="all", default=None,
                         help="the same lr sweep before the runs: for every optimizer (bare --tune) or for a comma "
                              "list (--tune adamw: tune the baseline only)")
@@ -419,6 +452,12 @@ def main(argv=None):
     if baseline not in optimizers:
         parser.error(f"--baseline {baseline} is not in --optimizers {args.optimizers}")
     tuned = set(optimizers if args.tune == "all" else (args.tune or "").split(",")) - {""}
+    try:
+        multipliers = tuple(float(m) for m in args.lr_multipliers.split(","))
+    except ValueError:
+        parser.error(f"--lr-multipliers {args.lr_multipliers!r} is not a comma list of numbers")
+    if not all(math.isfinite(m) and m > 0 for m in multipliers) or len(set(multipliers)) != len(multipliers):
+        parser.error(f"--lr-multipliers must be distinct positive numbers, got {args.lr_multipliers}")
     if tuned - set(optimizers):
         parser.error(f"--tune {args.tune}: {', '.join(sorted(tuned - set(optimizers)))} not in --optimizers")
     if args.target == "auto" and ("adamw" not in tuned or optimizers[0] != "adamw"):
@@ -446,7 +485,7 @@ def main(argv=None):
     for opt in optimizers:
         lr = None
         if opt in tuned:
-            lr, sweep = tune(args.preset, opt, args.out, extra)
+            lr, sweep = tune(args.preset, opt, args.out, extra, multipliers)
             results["tuning"][opt] = {"chosen_lr": lr, "sweep": sweep}
             if target is None:  # --target auto: the tuned AdamW baseline's final val loss (seed 0, full budget)
                 target = min(r["final_val_loss"] for r in sweep)

@@ -190,6 +190,20 @@ def test_end_to_end_with_tuning(text_shards, tmp_path):
     assert saved["rule"]["sigma"] == Rule.sigma and saved["rule"]["threshold"] == pytest.approx(0.004)
     assert set(saved["aggregate"]) == {"adamw", "muon"} and len(saved["pairwise"]) == 1
 
+    # a widened sweep trains only its new point; the finished runs (same config) are reused as they are
+    logs = {p: p.stat().st_mtime_ns for p in out.glob("**/log.jsonl")}
+    again = speedrun.main(["--optimizers=adamw", "--seeds=2", "--tune", "--lr-multipliers=0.25,0.5,1,2",
+                           f"--out={out}", "--target=auto", f"--data_dir={text_shards}", *TINY])
+    sweep = again["tuning"]["adamw"]["sweep"]
+    assert [r["lr"] for r in sweep] == [0.0025, 0.005, 0.01, 0.02]
+    assert sweep[1:] == results["tuning"]["adamw"]["sweep"]
+    new = sorted(p.parent.name for p in out.glob("**/log.jsonl") if p not in logs)
+    if again["tuning"]["adamw"]["chosen_lr"] == 0.0025:  # the new point won: its seeds are new runs too
+        assert new == ["tiny-adamw-lr0.0025-s0", "tiny-adamw-lr0.0025-s1000", "tiny-adamw-lr0.0025-s1001"]
+    else:
+        assert new == ["tiny-adamw-lr0.0025-s0"] and again["runs"]["adamw"] == results["runs"]["adamw"]
+    assert all(p.stat().st_mtime_ns == t for p, t in logs.items() if "lr0.0025" not in str(p))
+
 
 def test_runs_go_the_full_budget_and_results_are_traceable(text_shards, tmp_path):
     out = tmp_path / "sr"
