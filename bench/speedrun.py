@@ -26,12 +26,13 @@ too), else from --sigma; a track with another noise level (the CPU track) must s
 gives each optimizer's observed seed spread beside σ: a spread well above σ means the z-test is overconfident.
 
 Each optimizer gets the same tuning budget (`--tune`: one seed over the same learning-rate multipliers of
-its configured lr, --lr-multipliers, default 0.5,1,2; best final val loss wins; the sweep is recorded; report
-a sweep whose best point sits at an edge as such and widen it). A run whose directory already holds it finished
-with the same config is reused, not trained again (an interrupted command, or a widened sweep, resumes cheaply). `--tune adamw` tunes the baseline only;
-the comparison is then tuned AdamW against untuned others, and the report says so. Then every optimizer
-runs every seed on the same data order. Writes results.json (with the command line, commit and machine),
-records.md, curves.png and steps.png. Remaining arguments are train.py overrides (e.g. --max_steps=200).
+its configured lr, --lr-multipliers, default 0.5,1,2; best final val loss wins; the sweep is recorded; a sweep
+whose best point sits at an edge should be widened). A run whose directory already holds it finished with the
+same config is reused, not trained again (an interrupted command, or a widened sweep, resumes cheaply).
+`--tune adamw` tunes the baseline only; the comparison is then tuned AdamW against untuned others, and the
+report says so. Then every optimizer runs every seed on the same data order. Writes results.json (with the
+command line, commit and machine), records.md, curves.png and steps.png. Remaining arguments are train.py
+overrides (e.g. --max_steps=200).
 """
 
 import dataclasses
@@ -304,6 +305,10 @@ def _rule_sigma(parser, args, cfg) -> float:
     return args.sigma if args.sigma is not None else Rule.sigma
 
 
+def run_threads(threads: set) -> dict:
+    return {"threads": "/".join(map(str, sorted(threads)))} if threads else {}
+
+
 def report(results: dict, out: str) -> str:
     """Judge the runs in `results` by its rule; write records.md, results.json and the plots; return the table."""
     if results["rule_params"].get("target") is None:
@@ -313,7 +318,9 @@ def report(results: dict, out: str) -> str:
     rows = aggregate(results["runs"], rule, baseline)
     pairs = pairwise_table(rows, rule, None if results.get("pairs") == "all" else baseline)
     results.update(rule={**results["rule_params"], "threshold": rule.threshold}, aggregate=rows, pairwise=pairs)
-    where = "; ".join(f"{harness.machine_line(s['machine'])} at start; commit {s['commit']}"
+    # the runs' own torch thread count (a --threads override), not this process's
+    threads = {r.get("threads") for runs in results["runs"].values() for r in runs} - {None}
+    where = "; ".join(f"{harness.machine_line(s['machine'] | run_threads(threads))} at start; commit {s['commit']}"
                       for s in results.get("sources") or [results])
     table = records_table(rows, pairs, rule, where, baseline, tuple(results.get("tuning", {})))
     with open(os.path.join(out, "results.json"), "w") as f:
