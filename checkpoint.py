@@ -13,11 +13,11 @@ import os
 import random
 import socket
 import sys
-import tempfile
 
 import numpy as np
 import torch
 
+from atomic import atomic_write
 from cli import UsageError, UserError
 
 
@@ -58,24 +58,8 @@ def set_rng_state(state: dict):
 
 def save_atomic(obj, path: str):
     """torch.save(obj) to `path` so that readers only ever see the old or the complete new file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def load(path: str) -> dict:

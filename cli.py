@@ -16,6 +16,7 @@ a user error too. A run stopped by a signal ends with an `Interrupted`, printed 
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -61,6 +62,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def read_json(path, *, what: str, hint: str):
+    """The JSON in the file at `path`; a missing, unreadable or non-JSON file is a UserError naming `what` it was
+    meant to be and, as `hint`, which file to pass instead."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} {path} is not JSON ({e}); {hint}") from e
 
 
 def debug_requested(argv) -> bool:

@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["kernels", "kernels.*", "model", "model.*", "optim", "optim.*",
                                     "data", "data.*", "bench", "bench.*"]),
-    py_modules=["train", "configs", "checkpoint", "memory", "cli"],
+    py_modules=["train", "configs", "checkpoint", "memory", "cli", "atomic"],
     # GPU images ship torch 2.11 / triton 3.6; CPU CI pins torch==2.13.0 in .ci/run.
     install_requires=[
         "torch>=2.11",

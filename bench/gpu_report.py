@@ -54,6 +54,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
+from atomic import atomic_write
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = 1
 
@@ -177,18 +179,8 @@ def _json_safe(value):
 
 def write_atomic(path: str, text: str):
     """Write text to path so that a reader (or a kill at any instant) sees the old file or the new one, whole."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        f.write(text)
 
 
 def _die_with_parent(parent_pid: int | None = None):

@@ -333,13 +333,7 @@ def report(results: dict, out: str) -> str:
 
 def _load_one(path) -> dict:
     """A results.json, also one written before the rule was recorded (target only, curves as [step, loss])."""
-    try:
-        with open(path) as f:
-            results = json.load(f)
-    except OSError as e:
-        raise cli.UserError(f"cannot read --from-results {path}: {e.strerror}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise cli.UserError(f"--from-results {path} is not JSON ({e}); pass a results.json this command wrote") from e
+    results = cli.read_json(path, what="--from-results", hint="pass a results.json this command wrote")
     if not isinstance(results, dict) or not results.get("runs"):
         raise cli.UserError(f"{path} holds no runs to judge")
     results.setdefault("rule_params", {"target": results.get("target")})

@@ -3,7 +3,6 @@
     pytest bench/ --benchmark-json=out/bench.json && python -m bench.summary out/bench.json
 """
 
-import json
 
 import cli
 
@@ -49,13 +48,7 @@ def format_rows(table: list[dict]) -> str:
 
 def load(path) -> dict:
     """A pytest-benchmark JSON file; a missing, unreadable or foreign file is a UserError naming it."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except OSError as e:
-        raise cli.UserError(f"cannot read {path}: {e.strerror}") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise cli.UserError(f"{path} is not JSON ({e}); pass the file written by pytest --benchmark-json") from e
+    data = cli.read_json(path, what="the benchmark file", hint="pass the file written by pytest --benchmark-json")
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise cli.UserError(f"{path} has no 'benchmarks' list: it is not a pytest-benchmark JSON file (write one "
                             "with pytest bench/ --benchmark-json=PATH)")

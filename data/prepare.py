@@ -36,7 +36,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 import cli
+from atomic import atomic_write
 from data.shards import ShardError, read_header, write_shard
 from data.tokenizer import EOT_ID, gpt2_encoding
 
@@ -121,13 +121,8 @@ def _hub_download(repo_id, filename, out, *, endpoint, revision):
 def _copy_from_folder(src: Path, dest: Path):
     if not src.is_file():
         raise PrepareError(f"{src} not found in the --source folder")
-    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with open(src, "rb") as source, atomic_write(dest) as f:
+        shutil.copyfileobj(source, f)
 
 
 # ----------------------------------------------------------------------------------------------- text

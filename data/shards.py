@@ -14,13 +14,12 @@ naming the file and the exact problem, so a corrupt or foreign file never reache
 max over the shard when it is opened), naming the file, the offset and the id of the first one out of range.
 """
 
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from atomic import atomic_write
 from cli import UserError
 
 MAGIC = 20240520
@@ -68,16 +67,9 @@ def write_shard(path, tokens) -> ShardHeader:
 
     header = np.zeros(HEADER_INTS, dtype=HEADER_DTYPE)
     header[0], header[1], header[2] = MAGIC, VERSION, tokens.size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"  # open(), unlike mkstemp, honours the umask
-    try:
-        with open(tmp, "xb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        f.write(header.tobytes())
+        f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
     return ShardHeader(path=path, version=VERSION, num_tokens=int(tokens.size))
 
 
