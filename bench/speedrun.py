@@ -262,7 +262,8 @@ def _run(preset, optimizer, seed, out, extra, lr=None):
 def finished_run(args) -> dict | None:
     """The summary of the run that train.py `args` describe, when its directory already holds it finished with the
     config those arguments resolve to here (config.json equal, summary.json written at its end); else None. So
-    an interrupted bench.speedrun, or one given more --lr-multipliers, does not train a finished run again."""
+    an interrupted bench.speedrun, or one given more --lr-multipliers, does not train a finished run again. The
+    options in REUSE_MAY_DIFFER may differ."""
     import torch
 
     import train
@@ -279,9 +280,17 @@ def finished_run(args) -> dict | None:
             summary = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    if saved != json.loads(json.dumps(dataclasses.asdict(cfg))) or summary.get("steps") != cfg.max_steps:
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    same = {k for k in now if saved.get(k) == now[k]} | REUSE_MAY_DIFFER
+    if set(now) - same or set(saved) != set(now) or summary.get("steps") != cfg.max_steps:
         return None
     return summary
+
+
+# Options that change neither a full-budget run's trajectory nor its logged val curve (the target only labels the
+# summary: bench.speedrun judges the curves itself). Everything else, the thread count included, must be equal.
+REUSE_MAY_DIFFER = frozenset({"target_val_loss", "target_sigma", "checkpoint_every", "memory_check", "dist_timeout_s",
+                              "dist_bucket_mb", "resume"})
 
 
 def tune(preset, optimizer, out, extra, multipliers=LR_MULTIPLIERS):

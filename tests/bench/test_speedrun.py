@@ -197,6 +197,13 @@ def test_end_to_end_with_tuning(text_shards, tmp_path):
     sweep = again["tuning"]["adamw"]["sweep"]
     assert [r["lr"] for r in sweep] == [0.0025, 0.005, 0.01, 0.02]
     assert sweep[1:] == results["tuning"]["adamw"]["sweep"]
+    # what may differ for a reuse: options that change neither the trajectory nor the val curve
+    seed0 = [f"--out_dir={out / 'tune'}", "--seed=0", "--optimizer=adamw", "--optim.lr=0.01",
+             "--run_name=tiny-adamw-lr0.01-s0", "--stop_at_target=False", f"--data_dir={text_shards}", *TINY]
+    assert speedrun.finished_run(seed0)["final_val_loss"] == sweep[2]["final_val_loss"]
+    assert speedrun.finished_run([*seed0, "--target_val_loss=9", "--checkpoint_every=2"]) is not None
+    assert speedrun.finished_run([*seed0, "--threads=2"]) is None
+    assert speedrun.finished_run([*seed0, "--seed=1"]) is None
     new = sorted(p.parent.name for p in out.glob("**/log.jsonl") if p not in logs)
     if again["tuning"]["adamw"]["chosen_lr"] == 0.0025:  # the new point won: its seeds are new runs too
         assert new == ["tiny-adamw-lr0.0025-s0", "tiny-adamw-lr0.0025-s1000", "tiny-adamw-lr0.0025-s1001"]
