@@ -236,6 +236,7 @@ PRESETS = {
     #   python -m bench.speedrun --preset track3-cpu --optimizers track3-muon --seeds 8 --threads=1
     # σ = 0.0304, the std of their final val loss; the target 4.77 is the loss the 8 seeds' mean reaches at step
     # 112 (70% of the budget) by the track's rule: (4.77 - 4.7332)·√8 = 0.104 >= z·σ = 0.0935, not at step 96.
+    # Pairwise comparisons at this scale take --loss-per-100-steps 0.62 (measured there), not the track's 0.0045.
     "track3-cpu": dict(model=model_preset("track3-cpu", **GPU_AUTO), recipe="track3-muon",
                        data_dir="shards/pydocs", optim=OptimConfig(ns_impl="auto"),
                        shuffle_shards=False, shard_margin=1, batch_size=4, seq_len=256, reference_world_size=1,
