@@ -242,12 +242,9 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("signum, victim, timeout_s", [(signal.SIGKILL, 1, 60), (signal.SIGSTOP, 0, 10)],
-                         ids=["rank-killed", "rank-hangs"])
-def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(text_shards, tmp_path, signum, victim, timeout_s):
-    """Two plain processes (torchrun's environment, no torchrun to clean up): one is killed (its sockets close:
-    the other must fail at its next collective, well inside the timeout) or stopped (it hangs: the other must
-    fail once the timeout has passed)."""
+def _two_plain_ranks(text_shards, tmp_path, *extra) -> list[subprocess.Popen]:
+    """Ranks 0 and 1 of a tiny 400-step run "r" in tmp_path, started as torchrun would start them (its environment,
+    no torchrun); each rank's stderr goes to tmp_path/rank<N>.err."""
     port, procs = _free_port(), []
     for rank in range(2):
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
@@ -255,8 +252,18 @@ def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(text_shards, tmp
         stderr = open(tmp_path / f"rank{rank}.err", "w")
         procs.append(subprocess.Popen(
             [sys.executable, "train.py", "--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}",
-             "--threads=1", "--max_steps=400", "--val_every=100000", f"--dist_timeout_s={timeout_s}",
-             "--run_name=r"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr))
+             "--threads=1", "--max_steps=400", "--val_every=100000", "--run_name=r", *extra],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr))
+    return procs
+
+
+@pytest.mark.parametrize("signum, victim, timeout_s", [(signal.SIGKILL, 1, 60), (signal.SIGSTOP, 0, 10)],
+                         ids=["rank-killed", "rank-hangs"])
+def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(text_shards, tmp_path, signum, victim, timeout_s):
+    """Two plain processes (torchrun's environment, no torchrun to clean up): one is killed (its sockets close:
+    the other must fail at its next collective, well inside the timeout) or stopped (it hangs: the other must
+    fail once the timeout has passed)."""
+    procs = _two_plain_ranks(text_shards, tmp_path, f"--dist_timeout_s={timeout_s}")
     survivor = procs[1 - victim]
     try:
         log, deadline = tmp_path / "r" / "log.jsonl", time.time() + 120
@@ -288,15 +295,7 @@ def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(text_shards, tmp
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_logged_step(text_shards, tmp_path):
     """SIGTERM to rank 1 only: the ranks agree on the stop at the next log boundary (a multiple of --log_every),
     write one checkpoint there and both exit with status 143."""
-    port, procs = _free_port(), []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                   LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
-        stderr = open(tmp_path / f"rank{rank}.err", "w")
-        procs.append(subprocess.Popen(
-            [sys.executable, "train.py", "--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}",
-             "--threads=1", "--max_steps=400", "--val_every=100000", "--log_every=4", "--run_name=r"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr))
+    procs = _two_plain_ranks(text_shards, tmp_path, "--log_every=4")
     try:
         log, deadline = tmp_path / "r" / "log.jsonl", time.time() + 120
         while not (log.exists() and "train_loss" in log.read_text()):
