@@ -419,6 +419,15 @@ def _merge(base: dict, top: dict):
             base[key] = value
 
 
+def device_type(device: str) -> str:
+    """The device type a run with --device=`device` uses: "auto" is CUDA when torch sees a GPU, else the CPU."""
+    import torch
+
+    if device != "auto":
+        return torch.device(device).type
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -> TrainConfig:
     """The config a run on `device` executes: every "auto" replaced by that device's choice, explicit values kept.
 

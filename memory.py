@@ -127,12 +127,13 @@ def estimate_step_memory(cfg, *, device_type: str | None = None, micro_batches: 
     two when a rank accumulates, else one: the second micro-batch runs with the first one's gradients alive, and
     further ones repeat it).
     """
+    from configs import device_type as run_device_type
     from configs import resolve_auto
     from model.gpt import GPT  # here, not at import: train.py imports this module
     from optim import build_optimizer
 
     if device_type is None:
-        device_type = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        device_type = run_device_type(cfg.device)
     rows = cfg.batch_size if batch_size is None else batch_size
     if micro_batches is None:  # gradients persist across micro-batches, activations do not: two show the peak
         micro_batches = min(2, cfg.grad_accum * max(1, cfg.reference_world_size))

@@ -92,7 +92,7 @@ import torch.distributed as dist
 import checkpoint
 import cli
 import memory
-from configs import TrainConfig, help_text, resolve, resolve_auto
+from configs import TrainConfig, device_type, help_text, resolve, resolve_auto
 from data.loader import DataExhausted, TokenLoader, val_batches
 from data.shards import list_shards
 from model.gpt import GPT
@@ -198,10 +198,7 @@ class Trainer:
         self.argv = argv  # the command line, for the command that resumes an interrupted run
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        if cfg.device == "auto":
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(cfg.device)
+        self.device = torch.device(cfg.device if cfg.device != "auto" else device_type("auto"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise cli.UserError("--device=cuda but no CUDA GPU is visible to torch here; use --device=auto or cpu")
         if self.device.type == "cuda":

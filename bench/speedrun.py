@@ -264,14 +264,11 @@ def finished_run(args) -> dict | None:
     config those arguments resolve to here (config.json equal, summary.json written at its end); else None. So
     an interrupted bench.speedrun, or one given more --lr-multipliers, does not train a finished run again. The
     options in REUSE_MAY_DIFFER may differ."""
-    import torch
-
     import train
-    from configs import resolve, resolve_auto
+    from configs import device_type, resolve, resolve_auto
 
     cfg = resolve(args)
-    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = resolve_auto(cfg, device)
+    cfg = resolve_auto(cfg, device_type(cfg.device))
     run_dir = train.run_directory(cfg)
     try:
         with open(os.path.join(run_dir, "config.json")) as f:
