@@ -435,7 +435,8 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
         device                          the device's type
         dtype                           bf16 where bf16 matmuls are native (kernels._common.native_bf16), else fp32
         model.attn_impl                 fa3 > fa2 > sdpa, the best that runs   sdpa
-        model.mlp_impl, model.ce_impl   triton                                 eager
+        model.mlp_impl                  triton                                 eager
+        model.ce_impl                   triton                                 chunked (its gradient in L2-sized blocks)
         optim.ns_impl                   triton                                 eager
         optim.ns_dtype                  as dtype (optim.muon.resolve_ns_dtype's rule)
         compile                         fullgraph                              off
@@ -464,8 +465,8 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
         attention = attention_select.select_backend(cfg.model.attn_impl, device, compute, cfg.model.head_dim)
     except (TypeError, ValueError) as e:  # an explicit backend that does not take this dtype or head dim
         raise ConfigError(f"--model.attn_impl: {e}") from e
-    model = dataclasses.replace(cfg.model, attn_impl=attention, mlp_impl=kernel(cfg.model.mlp_impl),
-                                ce_impl=kernel(cfg.model.ce_impl))
+    ce_impl = ("triton" if cuda else "chunked") if cfg.model.ce_impl == "auto" else cfg.model.ce_impl
+    model = dataclasses.replace(cfg.model, attn_impl=attention, mlp_impl=kernel(cfg.model.mlp_impl), ce_impl=ce_impl)
     optim = dataclasses.replace(cfg.optim, ns_impl=kernel(cfg.optim.ns_impl), ns_dtype=precision(cfg.optim.ns_dtype))
     compile_mode = ("fullgraph" if cuda else "off") if cfg.compile == "auto" else cfg.compile
     return dataclasses.replace(cfg, device=device.type, dtype=dtype, model=model, optim=optim, compile=compile_mode)

@@ -14,6 +14,7 @@ autocast dtype under torch.autocast, so callers do not cast by hand.
 from kernels import (  # noqa: F401
     attention,
     attention_select,
+    chunked_cross_entropy,
     fused_linear_cross_entropy,
     newton_schulz,
     reference,

@@ -78,16 +78,21 @@ def check_tensor(t, name: str, *, ndim=None, dtypes=None, contiguous: bool = Fal
                          "call .contiguous()")
 
 
+def check_same_device(*tensors_and_names) -> torch.device:
+    """The one device of every tensor; called as check_same_device((x, "x"), (w, "w"), ...)."""
+    devices = {t.device for t, _ in tensors_and_names}
+    if len(devices) > 1:
+        listing = ", ".join(f"{n} on {t.device}" for t, n in tensors_and_names)
+        raise ValueError(f"all inputs must be on one device: {listing}")
+    return devices.pop()
+
+
 def check_triton_device(*tensors_and_names):
     """Triton kernels need CUDA tensors, or CPU tensors under the interpreter; all on one device.
 
     Called as check_triton_device((x, "x"), (w, "w"), ...).
     """
-    devices = {t.device for t, _ in tensors_and_names}
-    if len(devices) > 1:
-        listing = ", ".join(f"{n} on {t.device}" for t, n in tensors_and_names)
-        raise ValueError(f"all inputs must be on one device: {listing}")
-    device = devices.pop()
+    device = check_same_device(*tensors_and_names)
     if device.type == "cuda":
         return device
     # memory.py's trace runs on fake tensors: no data, the ops' fake implementations run. (Under torch.compile

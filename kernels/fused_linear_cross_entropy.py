@@ -222,8 +222,9 @@ def flce_workspace(N: int, V: int, H: int, dtype: torch.dtype, device, *, config
 
 
 def check_inputs(hidden, weight, targets, *, bias=None, softcap, softcap_kind="tanh", ignore_index, reduction,
-                 z_loss):
-    """Validate shapes, dtypes, devices, contiguity and hyper-parameters; returns (N, H, V)."""
+                 z_loss, device_rule="triton"):
+    """Validate shapes, dtypes, devices, contiguity and hyper-parameters; returns (N, H, V). device_rule "triton":
+    where the Triton kernels run (kernels._common.check_triton_device); "same": any device, one for all."""
     _common.check_tensor(hidden, "hidden", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
     _common.check_tensor(weight, "weight", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
     _common.check_tensor(targets, "targets", ndim=1, dtypes=TARGET_DTYPES, contiguous=True)
@@ -243,7 +244,7 @@ def check_inputs(hidden, weight, targets, *, bias=None, softcap, softcap_kind="t
         if bias.dtype != hidden.dtype:
             raise TypeError(f"hidden ({hidden.dtype}) and bias ({bias.dtype}) must share one dtype; cast first")
         tensors.append((bias, "bias"))
-    _common.check_triton_device(*tensors)
+    (_common.check_triton_device if device_rule == "triton" else _common.check_same_device)(*tensors)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if softcap is not None and not (float(softcap) > 0 and float(softcap) != float("inf")):

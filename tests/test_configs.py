@@ -174,13 +174,13 @@ RESOLUTION_TABLE = [
     ("gpt2-124m", "h100+fa3", _row("fa3", "triton", "triton", "triton", "fullgraph", "bf16", "bf16", "cuda")),
     ("gpt2-124m", "h100", _row("sdpa", "triton", "triton", "triton", "fullgraph", "bf16", "bf16", "cuda")),
     ("gpt2-124m", "a100+fa2", _row("fa2", "triton", "triton", "triton", "fullgraph", "bf16", "bf16", "cuda")),
-    ("gpt2-124m", "cpu-amx", _row("sdpa", "eager", "eager", "eager", "off", "bf16", "bf16", "cpu")),
-    ("gpt2-124m", "cpu-avx2", _row("sdpa", "eager", "eager", "eager", "off", "fp32", "fp32", "cpu")),
+    ("gpt2-124m", "cpu-amx", _row("sdpa", "eager", "chunked", "eager", "off", "bf16", "bf16", "cpu")),
+    ("gpt2-124m", "cpu-avx2", _row("sdpa", "eager", "chunked", "eager", "off", "fp32", "fp32", "cpu")),
     ("track3", "h100+fa3", _row("fa3", "triton", "triton", "triton", "fullgraph", "bf16", "bf16", "cuda")),
-    ("track3", "cpu-avx2", _row("sdpa", "eager", "eager", "eager", "off", "fp32", "bf16", "cpu")),
+    ("track3", "cpu-avx2", _row("sdpa", "eager", "chunked", "eager", "off", "fp32", "bf16", "cpu")),
     ("cpu", "cpu-amx", _row("eager", "eager", "eager", "eager", "off", "bf16", "bf16", "cpu")),
     ("cpu", "cpu-avx2", _row("eager", "eager", "eager", "eager", "off", "fp32", "fp32", "cpu")),
-    ("track3-cpu", "cpu-amx", _row("sdpa", "eager", "eager", "eager", "off", "fp32", "bf16", "cpu")),
+    ("track3-cpu", "cpu-amx", _row("sdpa", "eager", "chunked", "eager", "off", "fp32", "bf16", "cpu")),
     ("tiny", "cpu-avx2", _row("eager", "eager", "eager", "eager", "off", "fp32", "fp32", "cpu")),
 ]
 
@@ -196,7 +196,9 @@ def test_cpu_presets_resolve_to_eager_without_compile_on_this_machine():
 
     for preset in ("cpu", "track3-cpu", "tiny", "gpt2-124m", "track3"):
         cfg = resolve_auto(resolve([f"--preset={preset}"]), "cpu")
-        assert (cfg.model.mlp_impl, cfg.model.ce_impl, cfg.optim.ns_impl, cfg.compile) == ("eager",) * 3 + ("off",)
+        assert (cfg.model.mlp_impl, cfg.optim.ns_impl, cfg.compile) == ("eager", "eager", "off")
+        # The GPU presets' "auto" loss is the chunked PyTorch one on the CPU; the others name eager.
+        assert cfg.model.ce_impl == ("eager" if preset in ("cpu", "tiny") else "chunked")
         assert cfg.model.attn_impl in ("eager", "sdpa") and "auto" not in (cfg.dtype, cfg.optim.ns_dtype, cfg.device)
 
 
