@@ -187,15 +187,14 @@ def _resolve_config(name, N, V, dtype) -> tuple[str, FLCEConfig]:
 
 @dataclass
 class FLCEWorkspace:
-    """Work buffers of one call, reusable across calls of the same shape (tests fill them with NaN):
-    logits (C, V) fp32 chunk buffer (capped logits, then dz); pmax / psum (C, cdiv(V, logits.block_n)) fp32
-    log-sum-exp partials; gw_acc (V, H) fp32 grad_weight running sum, or None when it is not needed
-    (fp32 inputs accumulate in grad_weight itself; a single chunk stores the result directly)."""
+    """Work buffers of one call, all fp32, reusable across calls of the same shape (tests fill them with NaN)."""
 
     config: str
-    logits: torch.Tensor
-    pmax: torch.Tensor
-    psum: torch.Tensor
+    logits: torch.Tensor  # (C, V) chunk buffer: capped logits, then dz
+    pmax: torch.Tensor  # (C, cdiv(V, logits.block_n)) log-sum-exp partials: per-tile row max
+    psum: torch.Tensor  # (C, cdiv(V, logits.block_n)) log-sum-exp partials: per-tile Σexp(c - max)
+    # (V, H) grad_weight running sum, or None when it is not needed (fp32 inputs accumulate in grad_weight itself;
+    # a single chunk stores the result directly)
     gw_acc: torch.Tensor | None
 
 
@@ -222,9 +221,10 @@ def flce_workspace(N: int, V: int, H: int, dtype: torch.dtype, device, *, config
 
 
 def check_inputs(hidden, weight, targets, *, bias=None, softcap, softcap_kind="tanh", ignore_index, reduction,
-                 z_loss, device_rule="triton"):
-    """Validate shapes, dtypes, devices, contiguity and hyper-parameters; returns (N, H, V). device_rule "triton":
-    where the Triton kernels run (kernels._common.check_triton_device); "same": any device, one for all."""
+                 z_loss, validate_targets=False, device_rule="triton"):
+    """Validate shapes, dtypes, devices, contiguity and hyper-parameters; returns (N, H, V). validate_targets: also
+    raise if a target outside [0, V) is not ignore_index (an opt-in; its cost is in the module doc). device_rule
+    "triton": where the Triton kernels run (kernels._common.check_triton_device); "same": any device, one for all."""
     _common.check_tensor(hidden, "hidden", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
     _common.check_tensor(weight, "weight", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
     _common.check_tensor(targets, "targets", ndim=1, dtypes=TARGET_DTYPES, contiguous=True)
@@ -234,16 +234,15 @@ def check_inputs(hidden, weight, targets, *, bias=None, softcap, softcap_kind="t
         raise ValueError(f"hidden (N={N}, H={H}) and weight (V={V}, H={Hw}) disagree on the hidden dim H")
     if targets.shape[0] != N:
         raise ValueError(f"targets has {targets.shape[0]} entries but hidden has N={N} rows")
-    if weight.dtype != hidden.dtype:
-        raise TypeError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must share one dtype; cast first")
     tensors = [(hidden, "hidden"), (weight, "weight"), (targets, "targets")]
     if bias is not None:
         _common.check_tensor(bias, "bias", ndim=1, dtypes=SUPPORTED_DTYPES, contiguous=True)
         if bias.shape[0] != V:
             raise ValueError(f"bias has {bias.shape[0]} entries but weight (V={V}, H={H}) has V={V} rows")
-        if bias.dtype != hidden.dtype:
-            raise TypeError(f"hidden ({hidden.dtype}) and bias ({bias.dtype}) must share one dtype; cast first")
         tensors.append((bias, "bias"))
+    for t, name in ((weight, "weight"), (bias, "bias")):
+        if t is not None and t.dtype != hidden.dtype:
+            raise TypeError(f"hidden ({hidden.dtype}) and {name} ({t.dtype}) must share one dtype; cast first")
     (_common.check_triton_device if device_rule == "triton" else _common.check_same_device)(*tensors)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -255,18 +254,13 @@ def check_inputs(hidden, weight, targets, *, bias=None, softcap, softcap_kind="t
         raise ValueError(f"z_loss must be finite, got {z_loss!r}")
     if not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index must be an int, got {type(ignore_index).__name__}")
+    if validate_targets:  # one pass over N targets, a device->host sync (the bool()), a graph break under compile
+        bad = ((targets < 0) | (targets >= V)) & (targets != ignore_index)
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+            raise ValueError(f"targets[{first}] = {int(targets[first])} is outside [0, V={V}) and is not "
+                             f"ignore_index={ignore_index}")
     return N, H, V
-
-
-def validate_target_range(targets: torch.Tensor, V: int, ignore_index: int):
-    """Raise if a target outside [0, V) is not ignore_index. Costs one pass over N targets and one device->host
-    sync (the bool()), and under torch.compile a graph break: an opt-in (validate_targets=True) for direct callers,
-    off on the training path, where the data loader checks the token ids once per shard."""
-    bad = ((targets < 0) | (targets >= V)) & (targets != ignore_index)
-    if bool(bad.any()):
-        first = int(bad.nonzero()[0, 0])
-        raise ValueError(f"targets[{first}] = {int(targets[first])} is outside [0, V={V}) and is not "
-                         f"ignore_index={ignore_index}")
 
 
 def _launch_grad(dz, b, acc, out, tile: Tile, *, dz_t: bool, accumulate: bool, flags: dict):
@@ -294,46 +288,37 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softca
     output buffers, every element of which is written; `workspace` (flce_workspace) avoids allocating the chunk
     buffers and fixes the tile family and chunk height (then `config` and `chunk_rows` are not used); otherwise
     `config` forces a tile family of CONFIGS and `chunk_rows` the chunk height. validate_targets: see
-    validate_target_range (off by default). No autograd (see fused_linear_cross_entropy).
+    check_inputs (off by default). No autograd (see fused_linear_cross_entropy).
     """
     # 1. check
     N, H, V = check_inputs(hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind,
-                           ignore_index=ignore_index, reduction=reduction, z_loss=z_loss)
+                           ignore_index=ignore_index, reduction=reduction, z_loss=z_loss,
+                           validate_targets=validate_targets)
     device, dtype = hidden.device, hidden.dtype
     compute_grad_bias = compute_grad_bias and bias is not None
     if reduction == "none":
         compute_grad_hidden = compute_grad_weight = compute_grad_bias = False
     compute_grad = compute_grad_hidden or compute_grad_weight or compute_grad_bias
-    if validate_targets:
-        validate_target_range(targets, V, ignore_index)
 
     # 2. allocate
-    ws = workspace
-    if ws is None:
-        ws = flce_workspace(N, V, H, dtype, device, config=config, chunk_rows=chunk_rows,
-                            grad_weight=compute_grad_weight)
+    ws = workspace if workspace is not None else flce_workspace(N, V, H, dtype, device, config=config,
+                                                                 chunk_rows=chunk_rows, grad_weight=compute_grad_weight)
     _, cfg = _resolve_config(ws.config, N, V, dtype)
     C = max(1, ws.logits.shape[0]) if ws.logits.ndim == 2 else 1
     _common.check_workspace(ws, _workspace_shapes(C, N, V, H, dtype, cfg, compute_grad_weight), dtype=torch.float32,
                             device=device, builder="flce_workspace")
-    T = ws.pmax.shape[1]
     loss_rows = _common.check_out(loss_rows, "loss_rows", (N,), dtype=torch.float32, device=device)
-    grad_hidden = (_common.check_out(grad_hidden, "grad_hidden", (N, H), dtype=dtype, device=device)
-                   if compute_grad_hidden else None)
-    grad_weight = (_common.check_out(grad_weight, "grad_weight", (V, H), dtype=dtype, device=device)
-                   if compute_grad_weight else None)
-    grad_bias = (_common.check_out(grad_bias, "grad_bias", (V,), dtype=dtype, device=device)
-                 if compute_grad_bias else None)
+    grad_hidden, grad_weight, grad_bias = (
+        _common.check_out(buf, name, shape, dtype=dtype, device=device) if need else None
+        for buf, name, shape, need in ((grad_hidden, "grad_hidden", (N, H), compute_grad_hidden),
+                                       (grad_weight, "grad_weight", (V, H), compute_grad_weight),
+                                       (grad_bias, "grad_bias", (V,), compute_grad_bias)))
     # grad_bias sums dz over every token: a (V,) fp32 running sum across chunks (small: 4·V bytes).
     bias_sum = torch.zeros(V, dtype=torch.float32, device=device) if compute_grad_bias else None
 
     # The mean's denominator stays on the device (no sync): scale = 1 / max(#non-ignored, 1).
-    valid = (targets != ignore_index).sum()
-    if reduction == "mean":
-        count = valid.clamp(min=1).to(torch.float32)
-        scale = (1.0 / count).reshape(1)
-    else:
-        scale = torch.ones(1, dtype=torch.float32, device=device)
+    count = (targets != ignore_index).sum().clamp(min=1).to(torch.float32)
+    scale = (1.0 / count).reshape(1) if reduction == "mean" else torch.ones(1, dtype=torch.float32, device=device)
 
     interp = _common.is_interpreter()
     flags = _common.precision_flags(dtype, interpreter=interp)
@@ -341,8 +326,7 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softca
     s = 1.0 if softcap is None else float(softcap)
 
     # 3. launch, chunk by chunk
-    chunks = list(range(0, N, C))
-    for index, r0 in enumerate(chunks):
+    for r0 in range(0, N, C):
         r1 = min(r0 + C, N)
         M = r1 - r0
         h, z = hidden[r0:r1], ws.logits[:M]
@@ -359,7 +343,7 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softca
         flce_loss_grad_kernel[(M,)](
             z_ptr=z, pmax_ptr=ws.pmax, psum_ptr=ws.psum, tgt_ptr=targets[r0:r1], scale_ptr=scale,
             loss_ptr=loss_rows[r0:r1],
-            V=V, T=T,
+            V=V, T=ws.pmax.shape[1],
             stride_zm=z.stride(0), stride_pm=ws.pmax.stride(0),
             ignore_index=ignore_index, softcap=s, inv_softcap=1.0 / s, z_loss=float(z_loss),
             BLOCK_V=cfg.loss.block_v, BLOCK_T=cfg.loss.block_t, SOFTCAP=cap, COMPUTE_GRAD=compute_grad,
@@ -371,20 +355,17 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softca
         if compute_grad_weight:
             # fp32: accumulate in grad_weight itself; 16-bit: in the fp32 buffer, the last chunk stores dtype.
             running = grad_weight if ws.gw_acc is None else ws.gw_acc
-            out = grad_weight if index == len(chunks) - 1 else running
-            _launch_grad(z, h, running, out, cfg.grad_weight, dz_t=True, accumulate=index > 0, flags=flags)
+            out = grad_weight if r1 == N else running
+            _launch_grad(z, h, running, out, cfg.grad_weight, dz_t=True, accumulate=r0 > 0, flags=flags)
         if compute_grad_bias:
             bias_sum += z.sum(dim=0)  # column sums of the chunk's dz, fp32 (one more read of the chunk buffer)
 
     # 4. reduce the per-token losses (no sync)
     if compute_grad_bias:
         grad_bias.copy_(bias_sum)
-    if reduction == "none":
-        loss = loss_rows
-    elif reduction == "sum":
-        loss = loss_rows.sum()
-    else:
-        loss = loss_rows.sum() / valid.clamp(min=1)
+    loss = loss_rows if reduction == "none" else loss_rows.sum()
+    if reduction == "mean":
+        loss = loss / count
     return loss, grad_hidden, grad_weight, grad_bias
 
 
@@ -411,12 +392,10 @@ def _flce_op(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, 
 def _(hidden, weight, targets, bias, softcap, softcap_kind, ignore_index, reduction, z_loss, grad_hidden,
       grad_weight, grad_bias, config, chunk_rows):
     (N, H), V = hidden.shape, weight.shape[0]
-    grads = reduction != "none"
     loss = hidden.new_empty((N,) if reduction == "none" else (), dtype=torch.float32)
-    return (loss,
-            hidden.new_empty(N, H) if grads and grad_hidden else _common.absent(hidden),
-            hidden.new_empty(V, H) if grads and grad_weight else _common.absent(hidden),
-            hidden.new_empty(V) if grads and grad_bias and bias is not None else _common.absent(hidden))
+    needs = (grad_hidden, grad_weight, grad_bias and bias is not None)
+    return (loss, *(hidden.new_empty(shape) if reduction != "none" and need else _common.absent(hidden)
+                    for shape, need in zip(((N, H), (V, H), (V,)), needs)))
 
 
 def _setup_context(ctx, inputs, output):
@@ -464,13 +443,9 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     torch.ops.speedrun.linear_cross_entropy: torch.compile keeps it whole in its graph.
     """
     hidden, weight, bias = _common.autocast_inputs(hidden, weight, bias)
-    _, _, V = check_inputs(hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind,
-                           ignore_index=ignore_index, reduction=reduction, z_loss=z_loss)
-    if validate_targets:
-        validate_target_range(targets, V, ignore_index)
-    grad = torch.is_grad_enabled()
-    needs = (grad and hidden.requires_grad, grad and weight.requires_grad,
-             grad and bias is not None and bias.requires_grad)
+    check_inputs(hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind,
+                 ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, validate_targets=validate_targets)
+    needs = tuple(torch.is_grad_enabled() and t is not None and t.requires_grad for t in (hidden, weight, bias))
     if reduction == "none" and any(needs):
         raise NotImplementedError(
             "fused_linear_cross_entropy computes gradients during forward, summed over tokens, so it cannot apply "

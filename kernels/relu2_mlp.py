@@ -1,15 +1,15 @@
 """ReLU² MLP: a Triton matmul whose epilogue applies relu(·)² (forward) or its derivative (backward).
 
-Op (the speedrun's MLP; kernels.reference.relu2_mlp is the test oracle and the eager peer). The biases are
+Op (the speedrun's MLP; kernels.reference.relu2_mlp is the test oracle and the eager peer); the biases are
 optional (the track-3 MLP has both):
 
     h = x w_fcᵀ + b_fc       (N, F)   pre-activation, never stored
-    a = relu(h)²             (N, F)   _relu2_mm_kernel, EPILOGUE_RELU2 (+ b_fc in fp32 in the same epilogue):
-                                      written once, saved for backward
+    a = relu(h)²             (N, F)   Triton, EPILOGUE_RELU2 (+ b_fc in fp32 in the same epilogue): written once,
+                                      saved for backward
     y = a w_projᵀ + b_proj   (N, H)   torch.matmul / torch.addmm (cuBLAS)
 
     dA = dy w_proj           (N, F)
-    dH = dA · 2·relu(h)      (N, F)   _relu2_mm_kernel, EPILOGUE_DRELU2, with relu(h) = sqrt(a) (see below)
+    dH = dA · 2·relu(h)      (N, F)   Triton, EPILOGUE_DRELU2, with relu(h) = sqrt(a) (see below)
     dx = dH w_fc             (N, H)   torch.matmul
     dW_fc = dHᵀ x            (F, H)   torch.matmul
     dW_proj = dyᵀ a          (H, F)   torch.matmul
@@ -20,37 +20,28 @@ Shapes: x (N, H), w_fc (F, H), w_proj (H, F), b_fc (F,), b_proj (H,), all one dt
 torch.autocast the entry point casts them to the autocast dtype), all contiguous; y (N, H). At the 124M shape
 H = 768, F = 3072, N = tokens of one micro-batch.
 
+Which matmuls are Triton: the two whose epilogue fuses an elementwise op (the up projection with relu²; dA with
+the 2·relu(h) factor), each saving the write and re-read of an (N, F) tensor. The other four are plain GEMMs with
+nothing to fuse: torch (cuBLAS, no autotuning; torch.matmul(…, out=) keeps the launchers' `out=` contract). The
+kernel, relu2_mm_kernel (C = epilogue(A·B), GROUP_M tile order, fp32 epilogue, NaN/inf where eager's land), and
+its design are in kernels/_relu2_kernels.py; this file has the configs, launchers, autograd and custom ops.
+
+Saved for backward: only `a` (plus the inputs, which are alive anyway, each saved only when a requested gradient
+needs it). The backward needs a for dW_proj = dyᵀ a whatever else is saved, and the only other thing it needs,
+relu(h), is sqrt(a), exactly 0 where h <= 0: one (N, F) tensor is the minimum for a recompute-free backward, and
+costs no extra write (the forward writes a for the down projection anyway). Alternatives: saving h as well costs one
+more (N, F) write and buffer (50 MB a layer at N = 8192 in bf16, 400 MB at the 64k-token micro-batch); saving h
+instead of a makes dW_proj need relu(h)² on the fly or a re-materialised a; saving nothing means recomputing x w_fcᵀ
+(2NHF FLOPs, +17 % on the 12NHF of forward + backward) to save that one buffer, a bad trade on an 80 GB H100 where
+the 124M model's activations fit. Precision of sqrt(a): a = relu(h)²·(1 + ε), |ε| <= u (the dtype's unit roundoff),
+so sqrt(a) = relu(h)·(1 + ε/2), half the relative error of rounding h itself to the dtype: dH is at least as
+accurate as the eager peer's dA · 2·relu(h_rounded). (In fp16, h above 256 overflows a to inf, as the eager fp16
+forward does, and h below ~8e-3 makes a subnormal, which loses relative precision on entries whose gradient is tiny
+in absolute terms.)
+
 Custom ops: relu2_mlp runs as torch.ops.speedrun.relu2_mlp ((y, a) = relu2_mlp_fwd) with an autograd formula
 that calls torch.ops.speedrun.relu2_mlp_backward (relu2_mlp_bwd): torch.compile keeps both whole in its graph
 (no graph break; Dynamo never traces the launches), their fake implementations give the shapes.
-
-What is saved for backward, and why: only `a` (plus the inputs, which are alive anyway; each is saved only
-when a requested gradient needs it). The backward needs a for dW_proj = dyᵀ a whatever else is saved, and
-relu(h) — the only other thing it needs — is sqrt(a), exactly 0 where h <= 0. So one (N, F) tensor is the
-minimum for a recompute-free backward; it costs no extra write either (the forward must write a for the
-down projection). The alternatives: saving h as well costs one more (N, F) write and buffer (50 MB a layer
-at N = 8192 in bf16, 400 MB at the 64k-token micro-batch); saving h instead of a makes dW_proj need
-relu(h)² on the fly or a re-materialised a; saving nothing means recomputing x w_fcᵀ (2NHF FLOPs, +17 %
-on the 12NHF of forward + backward) to save that one buffer, a bad trade on an 80 GB H100 where the 124M
-model's activations fit. Precision of sqrt(a): a = relu(h)²·(1 + ε), |ε| <= u (the dtype's unit roundoff),
-so sqrt(a) = relu(h)·(1 + ε/2): half the relative error of rounding h itself to the dtype, i.e. dH is at
-least as accurate as the eager peer's dA · 2·relu(h_rounded). (In fp16, h above 256 overflows a to inf —
-the eager fp16 forward overflows there too — and h below ~8e-3 makes a subnormal, which loses relative
-precision on entries whose gradient is tiny in absolute terms.)
-
-Which matmuls are Triton: the two whose epilogue fuses an elementwise op (the up projection with relu²;
-dA with the 2·relu(h) factor), which saves writing and re-reading an (N, F) tensor each. The other four are
-plain GEMMs with nothing to fuse, so they stay in torch (cuBLAS, no autotuning; torch.matmul(…, out=) keeps
-the launchers' `out=` contract).
-
-Kernel: C = epilogue(A·B) with A (M, K) and B addressed as B[k, n] through strides (forward: B = w_fcᵀ,
-K-contiguous; backward: B = w_proj, N-contiguous). One (BLOCK_M, BLOCK_N) tile per program, fp32
-accumulation on the tensor cores, fp32 epilogue, one rounding at the store. Tile order: GROUP_M-swizzled
-(programs walk GROUP_M tile-rows column by column, so a wave of programs shares A row-blocks and B
-column-blocks in L2). Edges are masked (loads with other=0, masked stores): no alignment assumption.
-The backward epilogue runs on two column halves of the tile (fewer live registers: no spills on sm_90).
-The epilogues select rather than take maxima, so NaN and inf land where eager's do. Interpreter and fp32
-switches (UPCAST, RNE_BF16, TF32X3): kernels._common.precision_flags.
 
 Configs: CONFIGS is the autotune space on the GPU (pruned per dtype and problem size by prune_configs;
 `config=` on the launchers forces one); under the interpreter one pinned small tile runs (autotune with
@@ -62,13 +53,11 @@ FusedLinearReLUSquareFunction in KellerJordan/modded-nanogpt (PR #197, @andrewbr
 tile 128×256×64, 8 warps, 4 stages forward / 3 backward is in CONFIGS). The GROUP_M ordering is the one
 described in Triton's tutorial 03-matrix-multiplication. This code is written from scratch.
 """
-
 import functools
 from typing import Optional
 
 import torch
 import triton
-import triton.language as tl
 
 from kernels import registry
 from kernels._common import (
@@ -83,19 +72,14 @@ from kernels._common import (
     op_name,
     precision_flags,
     same_dtype,
-    store_tile,
-    tile_matmul,
 )
+from kernels._relu2_kernels import EPILOGUE_DRELU2, EPILOGUE_RELU2, relu2_mm_kernel
 
 # ---------------------------------------------------------------------------------------------------
 # Constants
 # ---------------------------------------------------------------------------------------------------
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-
-# Epilogue selectors (a tl.constexpr: the unused branch is not compiled).
-EPILOGUE_RELU2 = 1  # C = relu(acc)²
-EPILOGUE_DRELU2 = 2  # C = acc · 2·sqrt(AUX), AUX = relu(h)² saved by the forward
 
 # The prune filter keeps the pipelined operand tiles 8 KB below the sm_90 shared-memory limit, for what
 # Triton adds (barriers, the epilogue's layout conversion).
@@ -170,108 +154,16 @@ def prune_configs(configs, named_args, **kwargs):
     return kept or list(configs)[:1]
 
 
-# ---------------------------------------------------------------------------------------------------
-# Kernel
-# ---------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _epilogue(acc, rm, rn, M, N, aux_ptr, bias_ptr, c_ptr, stride_xm, stride_xn, stride_cm, stride_cn,
-              EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, RNE_BF16: tl.constexpr):
-    """Store epilogue(acc) at rows rm, columns rn of C (masked); acc is fp32 (len(rm), len(rn))."""
-    tile_mask = (rm < M)[:, None] & (rn < N)[None, :]
-    rm64 = rm.to(tl.int64)
-    rn64 = rn.to(tl.int64)
-    # NaN and inf go where eager's go: selects on the finite condition, not tl.maximum (which drops a NaN).
-    if EPILOGUE == 1:  # EPILOGUE_RELU2: a = relu(h)², h = acc (+ bias[n]); NaN for a NaN h
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        r = tl.where(acc < 0.0, 0.0, acc)
-        out = r * r
-    else:  # EPILOGUE_DRELU2: dH = dA · 2·relu(h), relu(h) = sqrt(a); exactly 0 where a = 0 (h <= 0), whatever dA
-        # is (a NaN or inf dA too: eager's relu backward selects 0 there), NaN where a is NaN
-        aux = tl.load(aux_ptr + rm64[:, None] * stride_xm + rn64[None, :] * stride_xn, mask=tile_mask, other=0.0)
-        two_r = 2.0 * tl.sqrt_rn(aux.to(tl.float32))  # 0 exactly where a = 0; NaN where a is NaN
-        out = tl.where(two_r == 0.0, 0.0, acc * two_r)
-    store_tile(c_ptr + rm64[:, None] * stride_cm + rn64[None, :] * stride_cn, out, tile_mask, RNE_BF16)
-
-
-@triton.jit
-def _relu2_mm_kernel(
-    # pointers: A (M, K); B addressed as B[k, n]; AUX (M, N) (read by EPILOGUE_DRELU2 only); BIAS (N,) (read by
-    # EPILOGUE_RELU2 with HAS_BIAS only); C (M, N)
-    a_ptr, b_ptr, aux_ptr, bias_ptr, c_ptr,
-    # sizes
-    M, N, K,
-    # strides, in elements
-    stride_am, stride_ak, stride_bk, stride_bn, stride_xm, stride_xn, stride_cm, stride_cn,
-    # meta-parameters
-    EPILOGUE: tl.constexpr,  # EPILOGUE_RELU2 (forward) or EPILOGUE_DRELU2 (backward)
-    HAS_BIAS: tl.constexpr,  # forward: h = A·B + BIAS (the up projection's bias), before relu²
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,  # tile-rows per swizzle group (L2 reuse)
-    UPCAST: tl.constexpr,  # see kernels._common.precision_flags
-    TF32X3: tl.constexpr,
-    RNE_BF16: tl.constexpr,
-):
-    """C = relu(A·B [+ BIAS])² (EPILOGUE_RELU2) or C = (A·B) · 2·sqrt(AUX) (EPILOGUE_DRELU2); one tile per program.
-
-    Grid: (cdiv(M, BLOCK_M) · cdiv(N, BLOCK_N),), ordered in GROUP_M-row groups.
-    """
-    # --- grouped tile order: program p -> tile (pid_m, pid_n)
-    pid = tl.program_id(0)
-    tiles_m = tl.cdiv(M, BLOCK_M)
-    tiles_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * tiles_n  # programs in one full group
-    group = pid // per_group
-    first_m = group * GROUP_M
-    rows_here = tl.minimum(tiles_m - first_m, GROUP_M)  # the last group may be short
-    in_group = pid % per_group
-    pid_m = first_m + in_group % rows_here
-    pid_n = in_group // rows_here
-
-    # --- offsets; row/column indices in int64 so that index × stride cannot overflow
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BLOCK_N,)
-    rk = tl.arange(0, BLOCK_K)  # (BLOCK_K,)
-    rm64 = rm.to(tl.int64)
-    rn64 = rn.to(tl.int64)
-    a_ptrs = a_ptr + rm64[:, None] * stride_am + rk[None, :] * stride_ak  # (BLOCK_M, BLOCK_K)
-    b_ptrs = b_ptr + rk[:, None] * stride_bk + rn64[None, :] * stride_bn  # (BLOCK_K, BLOCK_N)
-    acc = tile_matmul(tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), a_ptrs, b_ptrs, rm < M, rn < N, K,
-                      BLOCK_K * stride_ak, BLOCK_K * stride_bk, BLOCK_K=BLOCK_K, A_T=False, B_T=False,
-                      ROUND_A=False, UPCAST=UPCAST, TF32X3=TF32X3)
-
-    # --- epilogue in fp32, one rounding at the store. The backward one runs on two column halves, so that
-    # the AUX tile, its pointers and the converted output of only half the tile are live at once: on sm_90
-    # that took 128x256 (8 warps) and 128x128 (4 warps) from 255 registers + 65-99 spill stores to 234-240
-    # registers and no spills, and the other backward tiles from ~160 to ~125 registers (bench.codegen).
-    # The forward epilogue reads no AUX; halving it changed nothing there (±14 registers).
-    if EPILOGUE == 2:
-        halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))  # (BLOCK_M, BLOCK_N/2, 2)
-        acc0, acc1 = tl.split(halves)  # columns [0, BLOCK_N/2) and [BLOCK_N/2, BLOCK_N)
-        rn0 = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
-        _epilogue(acc0, rm, rn0, M, N, aux_ptr, bias_ptr, c_ptr, stride_xm, stride_xn, stride_cm, stride_cn, EPILOGUE,
-                  False, RNE_BF16)
-        _epilogue(acc1, rm, rn0 + BLOCK_N // 2, M, N, aux_ptr, bias_ptr, c_ptr, stride_xm, stride_xn, stride_cm,
-                  stride_cn, EPILOGUE, False, RNE_BF16)
-    else:
-        _epilogue(acc, rm, rn, M, N, aux_ptr, bias_ptr, c_ptr, stride_xm, stride_xn, stride_cm, stride_cn, EPILOGUE,
-                  HAS_BIAS, RNE_BF16)
-
-
 @functools.cache
 def _autotuned_kernel(do_bench=None):
-    """_relu2_mm_kernel under triton.autotune over CONFIGS, built on first GPU use (nothing at import).
+    """relu2_mm_kernel under triton.autotune over CONFIGS, built on first GPU use (nothing at import).
 
     The key has the problem size and the epilogue; Triton adds the tensors' dtypes itself. `do_bench`
     replaces Triton's CUDA timer (the tests pass a CPU one to run this path under the interpreter)."""
     extra = {} if do_bench is None else {"do_bench": do_bench}
     configs = [triton.Config(c.meta(), **c.launch()) for c in CONFIGS]
     return triton.autotune(configs=configs, key=["M", "N", "K", "EPILOGUE", "HAS_BIAS"],
-                           prune_configs_by={"early_config_prune": prune_configs}, **extra)(_relu2_mm_kernel)
+                           prune_configs_by={"early_config_prune": prune_configs}, **extra)(relu2_mm_kernel)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -313,7 +205,7 @@ def _launch(A, B_kn, aux, C, *, epilogue: int, config: str | None, bias=None):
                          f"tiles exceed shared memory); for {A.dtype}: {[c.name for c in usable]}")
     grid = (triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n),)
     group_m = INTERPRETER_GROUP_M if tile == INTERPRETER_CONFIG else GROUP_M
-    _relu2_mm_kernel[grid](**args, **tile.meta(), GROUP_M=group_m, **tile.launch())
+    relu2_mm_kernel[grid](**args, **tile.meta(), GROUP_M=group_m, **tile.launch())
     return C
 
 

@@ -1,8 +1,10 @@
-"""ReLU² MLP (kernels/relu2_mlp.py): FLOP and byte models, sm_90 codegen cases."""
+"""ReLU² MLP (kernels/relu2_mlp.py, its kernel in kernels/_relu2_kernels.py): FLOP and byte models, sm_90 codegen
+cases."""
 
 import torch
 
 from bench.cases import jit_case
+from kernels import _relu2_kernels as K
 from kernels import relu2_mlp as r2
 from kernels._common import TRITON_DTYPE, precision_flags
 
@@ -34,8 +36,8 @@ def codegen_cases() -> list:
     cases = []
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         ty, size = TRITON_DTYPE[dtype], dtype.itemsize
-        for epilogue, bias in ((r2.EPILOGUE_RELU2, False), (r2.EPILOGUE_RELU2, True), (r2.EPILOGUE_DRELU2, False)):
-            backward = epilogue == r2.EPILOGUE_DRELU2
+        for epilogue, bias in ((K.EPILOGUE_RELU2, False), (K.EPILOGUE_RELU2, True), (K.EPILOGUE_DRELU2, False)):
+            backward = epilogue == K.EPILOGUE_DRELU2
             stride_bk, stride_bn = (F, 1) if backward else (1, H)
             for tile in r2.usable_configs(dtype):
                 args = dict(a_ptr=dtype, b_ptr=dtype, aux_ptr=dtype, bias_ptr=dtype, c_ptr=dtype, M=N, N=F, K=H,
@@ -44,7 +46,7 @@ def codegen_cases() -> list:
                             GROUP_M=r2.GROUP_M, **precision_flags(dtype, interpreter=False))
                 cases.append(jit_case(
                     f"relu2_mm_{'bwd' if backward else 'fwd'}", f"{ty} {tile.name}" + (" bias" if bias else ""),
-                    r2._relu2_mm_kernel, args, num_warps=tile.warps, num_stages=tile.stages, flops=2 * N * H * F,
+                    K.relu2_mm_kernel, args, num_warps=tile.warps, num_stages=tile.stages, flops=2 * N * H * F,
                     bytes=size * (N * H + H * F + (2 if backward else 1) * N * F + (F if bias else 0)),
                     extra={"epilogue": "bwd drelu2" if backward else "fwd relu2" + (" + bias" if bias else "")}))
     return cases
