@@ -1,35 +1,39 @@
 """LM head + softcap + cross-entropy in PyTorch, its gradient finished in cache-sized blocks of rows: the CPU's loss.
 
-Op (same semantics as kernels.reference.linear_cross_entropy, the test oracle; the formulas are those of
+Op (same semantics as kernels.reference.linear_cross_entropy, the test oracle; the formulas of
 kernels/fused_linear_cross_entropy.py, the GPU's implementation):
 
-    z      = hidden @ weightᵀ + bias          (N, V), one GEMM in the input dtype, then fp32
+    z      = hidden @ weightᵀ + bias          (N, V), the GEMM in the input dtype, then fp32
     c      = cap(z)                           tanh, algebraic or none (kernels.reference.softcap_logits)
     loss_i = lse(c_i) - c_i,t(i) + z_loss · lse(c_i)²
-    G_ij   = ∂loss_i/∂z_ij = (softmax(c_i)_j · (1 + 2·z_loss·lse_i) - [j == t(i)]) · cap'(z_ij)
+    ∂loss_i/∂z_ij = (softmax(c_i)_j · (1 + 2·z_loss·lse_i) - [j == t(i)]) · cap'(z_ij)  =  ρ_i · G'_ij
 
 Why: on a CPU the eager loss is bound by memory, not by its three GEMMs. Eager autograd walks the (N, V) fp32
-logits a dozen times between them (the softcap's products, log_softmax and its backward, the one-hot gradient
-of nll_loss, the softcap's backward), each a full read and write of N·V·4 bytes: 824 MB at 4096 tokens of a
-50304-token vocabulary. Here one GEMM writes the logits; then, BLOCK_BYTES of rows at a time (two blocks fit in
-a core's L2), softcap, log-sum-exp, softmax and the gradient are computed in place, so every element leaves the
-cache once, as G. The backward is then three products with per-row weights w_i = ∂L/∂loss_i (the reduction's
-gradient, 0 on ignored rows):
+logits a dozen times between them (the bias broadcast, the softcap's products, log_softmax and its backward,
+nll_loss's one-hot gradient, the softcap's backward), each a full read and write of N·V·4 bytes: 824 MB at 4096
+tokens of a 50304-token vocabulary. Here one GEMM writes the logits; then, BLOCK_BYTES of rows at a time (the
+block and its scratch stay in a core's L2), the bias, the softcap and its derivative, exp, the row sums and the
+gradient are computed in place, so every element leaves the cache once, as
 
-    grad_hidden = (G @ weight) · w      grad_weight = Gᵀ @ (hidden · w)      grad_bias = Gᵀ @ w
+    G'_ij = (e_ij - [j == t(i)] / ρ_i) · cap'(z_ij)     e = exp(c - m),  ρ_i = (1 + 2·z_loss·lse_i) / Σ_j e_ij
 
-Scaling the N-row factors instead of G keeps G untouched (a second backward with retain_graph=True is right)
-and costs no pass over N×V. `python -m bench.cpu_step` measures the training step this is part of; the
-eager-versus-chunked loss alone is tests/kernels/test_chunked_cross_entropy.py's parity and the step's phases.
+m is the row max, or 0 where a softcap <= UNSHIFTED_SOFTCAP bounds every c (no overflow: one pass saved), and
+the softmax's division is left to ρ, a factor per row (another pass saved). The backward is three products with
+the row factors w_i = ∂L/∂loss_i · ρ_i (0 on ignored rows) on the N-row side:
 
-Memory: G (N×V fp32, the logits' own buffer) and one block; eager holds several N×V tensors.
-Numerics: fp32 from the GEMM's output on, as the reference. 16-bit inputs: the logits GEMM runs in their dtype and
-G is rounded to it for the backward GEMMs, as eager autograd rounds the logits' gradient. Sums run in another
-order than eager's: results agree to rounding (the tests state the tolerance), not bit for bit.
+    grad_hidden = (G' @ weight) · w      grad_weight = G'ᵀ @ (hidden · w)      grad_bias = G'ᵀ @ w
 
-Runs as the custom op torch.ops.speedrun.chunked_cross_entropy (per-row losses and G; the reduction is plain
-PyTorch outside it), so torch.compile keeps it whole. Any device; CUDA has the Triton kernel, which needs no
-N×V buffer.
+so G' is read by the GEMMs only and stays as it is (a second backward with retain_graph=True is right).
+`python -m bench.cpu_step` measures the training step this is part of, beside nanoGPT's.
+
+Memory: G' (N×V fp32, the logits' own buffer), one block of scratch and a few (N,) vectors; eager holds several
+N×V tensors. Numerics: fp32 from the GEMM's output on, as the reference. 16-bit inputs: the logits GEMM runs in
+their dtype and G' is rounded to it for the backward GEMMs, as eager autograd rounds the logits' gradient. Sums
+run in another order than eager's: results agree to rounding (the tests state the tolerance), not bit for bit.
+
+Runs as the custom op torch.ops.speedrun.chunked_cross_entropy (per-row losses, G' and ρ; the reduction is plain
+PyTorch outside it, so autograd gives the backward its w), and torch.compile keeps it whole. Any device; on CUDA
+the Triton kernel needs no N×V buffer.
 """
 
 from typing import Optional

@@ -54,9 +54,10 @@ def parity(hidden, weight, targets, bias=None, *, rows_per_block=None, reduction
 SHAPES = [(1, 24, 97), (7, 40, 131), (37, 24, 131)]
 
 
+# Softcaps on both sides of UNSHIFTED_SOFTCAP (50): the row max is subtracted without one and above it.
 @pytest.mark.parametrize("rows_per_block", [None, 1, 5], ids=["one-block", "rows1", "rows5"])
-@pytest.mark.parametrize("softcap, kind", [(None, "tanh"), (30.0, "tanh"), (15.0, "algebraic")],
-                         ids=["nocap", "tanh", "algebraic"])
+@pytest.mark.parametrize("softcap, kind", [(None, "tanh"), (30.0, "tanh"), (15.0, "algebraic"), (60.0, "algebraic")],
+                         ids=["nocap", "tanh", "algebraic", "algebraic60"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_parity_fp32(shape, softcap, kind, rows_per_block):
     N, H, V = shape
@@ -79,6 +80,19 @@ def test_track3_head_bf16():
     inputs = make_inputs(37, 40, 131, torch.bfloat16, "cpu", ignore_rows=(3,), weight_scale=8.0)
     parity(*inputs, make_bias(131, torch.bfloat16, "cpu"), softcap=15.0, softcap_kind="algebraic", reduction="sum",
            rows_per_block=4)
+
+
+def test_algebraic_softcap_far_from_zero_and_saturated():
+    """Logits up to ~±2e5 (z² + s² rounds to z² in fp32): value and derivative within the peer's error."""
+    hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, "cpu", weight_scale=1.0)
+    weight = weight * torch.logspace(0, 5, 97)[:, None]  # rows from ~1 to ~2e5 in logit scale
+    parity(hidden, weight, targets, softcap=15.0, softcap_kind="algebraic", reduction="sum", rows_per_block=3)
+
+
+def test_large_logits_without_softcap_do_not_overflow():
+    """No softcap: the row max is subtracted, so logits of ~±1e3 (exp overflows fp32 at 88) stay finite."""
+    hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, "cpu", weight_scale=1e3)
+    parity(hidden, weight, targets, reduction="sum", rows_per_block=2)
 
 
 def test_block_rows_from_the_byte_budget():
