@@ -154,7 +154,7 @@ class Muon(torch.optim.Optimizer):
 
     # --- Muon side ---------------------------------------------------------------------------------
 
-    def compile_update(self, backend: str = "inductor"):
+    def compile_update(self, backend="inductor"):
         """Run each shape's update (muon_shape_update) as torch.compile(fullgraph=True, dynamic=False) from now on.
 
         lr, momentum and weight decay then reach the graph as 0-D fp32 tensors whose values are refilled every
