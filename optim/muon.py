@@ -17,6 +17,19 @@ Same-shape matrices are stacked and orthogonalized in one batched call (the Trit
 momentum, decay and update are foreach ops over them. ns_dtype "auto" is bf16 where the device multiplies bf16
 natively (kernels._common.native_bf16) and fp32 elsewhere; the choice is `optimizer.ns_dtype`.
 
+The whole update of one shape (momentum, stack, Newton-Schulz, NorMuon's normalization, decay, step) is one pure
+function, muon_shape_update, which runs eagerly by default. optimizer.compile_update() (the trainer calls it when
+--compile resolves to fullgraph: on CUDA by default) runs it as torch.compile(fullgraph=True, dynamic=False)
+instead: one graph per shape (a Triton Newton-Schulz stays one opaque custom op inside it; the eager one is traced
+and fused). The hyper-parameters a schedule changes reach that graph as 0-D fp32 tensors on the parameters'
+device, refilled with fill_ each step (no host sync), so new values do not recompile; eagerly they are python
+floats (the foreach ops' Scalar overloads, the numbers of a plain eager Muon). Compiled, the momentum
+buffers and NorMuon's moments are the eager ones bit for bit under aot_eager, and the weights differ by the
+rounding of the fused step (tests/optim/test_muon.py). NorMuon's beta2, eps and axis, nesterov, the coefficient
+set and the shape are constants of the graph. The graphs count against torch._dynamo's recompile limit (8 per
+function by default): one per (shape, number of matrices of that shape a rank updates), 3 for the gpt2-124m and
+track3 models.
+
 The embeddings, the head and the gains take AdamW (torch's functional AdamW: the fused kernel on CPU and CUDA,
 foreach elsewhere) in the same Optimizer, so one state_dict holds everything; each Adam group carries its
 own lr, betas and decoupled weight decay (optim.role_table).
