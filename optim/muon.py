@@ -170,10 +170,11 @@ class Muon(torch.optim.Optimizer):
     def compile_update(self, backend="inductor"):
         """Run each shape's update (muon_shape_update) as torch.compile(fullgraph=True, dynamic=False) from now on.
 
-        lr, momentum and weight decay then reach the graph as 0-D fp32 tensors whose values are refilled every
-        step, so a schedule changes them without a recompile: one graph per (shape, matrices of that shape) of
-        the share a rank updates (3 for the gpt2-124m and track3 models, within torch._dynamo's default recompile
-        limit of 8)."""
+        lr, momentum and weight decay then reach the graph as 0-D fp32 tensors (momentum, 1 - momentum,
+        1 - lr·wd, -lr·s) refilled every step, so a schedule changes them without a recompile (a weight decay
+        going to or from 0 does: no decay is no op in the graph). One graph per (shape, matrices of that shape)
+        of the share a rank updates: 3 for the gpt2-124m and track3 models, within torch._dynamo's default
+        recompile limit of 8. `backend` is torch.compile's (the trainer: inductor)."""
         self._shape_update = torch.compile(muon_shape_update, fullgraph=True, dynamic=False, backend=backend)
 
     @torch.no_grad()

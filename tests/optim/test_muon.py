@@ -2,6 +2,8 @@
 shape, the Newton-Schulz precision is chosen by the device, the Adam side is torch's AdamW, and any subset of the
 matrices can be updated on its own."""
 
+import copy
+
 import pytest
 import torch
 import torch.optim._muon as torch_muon
@@ -379,6 +381,8 @@ def test_compiled_update_is_one_graph_per_shape_and_lr_changes_do_not_recompile(
     assert counter.graphs == 3  # (16, 32) ×2, (32, 16), (24, 24)
     with torch._dynamo.config.patch(error_on_recompile=True):
         _scheduled_steps(params, opt, steps=3)  # new lr and momentum each step: new data, the same graphs
+        opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # new state tensors (a resume, the trainer's rollback)
+        _scheduled_steps(params, opt, steps=1)
     assert counter.graphs == 3
 
 
@@ -424,6 +428,8 @@ def test_the_compiled_update_is_fullgraph(fresh_dynamo):
             ns_dtype=torch.float32, orthogonalize=opt.orthogonalize, ns_steps=5, ns_coefficients="quintic",
             normalize=normalize, moments=moments)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    with pytest.raises(torch._dynamo.exc.InvalidBackend, match="'nope'"):
+        opt.compile_update(backend="nope")  # refused when asked, not at the first step
 
 
 def test_compiled_updates_of_subsets_match_eager(fresh_dynamo):
