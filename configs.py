@@ -88,8 +88,8 @@ class OptimConfig:
 # An optimizer chosen with --optimizer / --optim.name starts from its own learning rate unless --optim.lr is given.
 DEFAULT_LR = {"adamw": 3e-3, "sgd": 0.1, "muon": 0.02, "normuon": 0.02}
 
-# torch.compile of the model: fullgraph (one graph, an error at any graph break) | off | auto (fullgraph on CUDA,
-# off elsewhere); True and False are accepted for fullgraph and off
+# torch.compile of the model and of Muon/NorMuon's per-shape update: fullgraph (one graph each, an error at any
+# graph break) | off | auto (fullgraph on CUDA, off elsewhere); True and False are accepted for fullgraph and off
 COMPILE_MODES = ("auto", "fullgraph", "off")
 _COMPILE_ALIASES = {True: "fullgraph", False: "off", "True": "fullgraph", "False": "off", "true": "fullgraph",
                     "false": "off"}

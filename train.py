@@ -25,10 +25,11 @@ A second signal stops at once, without a checkpoint.
 
 Implementations: "auto" values (the GPU presets' attention, MLP, loss and Newton-Schulz kernels, compile, dtype)
 are resolved once, from the device, before anything is built (configs.resolve_auto): the Triton kernels, the best
-FlashAttention and torch.compile(fullgraph=True) on CUDA, eager PyTorch and no compile on the CPU; an explicit
-value wins. The result is printed ("implementations: attention fa3, mlp triton, ...") and config.json holds the
-resolved config. On a GPU the step's memory is estimated first (memory.check_fit): a step whose estimated peak
-plus a margin exceeds the GPU's memory is refused before the model is built, naming a micro-batch that fits.
+FlashAttention and torch.compile(fullgraph=True) on CUDA (of the model, and of Muon/NorMuon's per-shape update:
+Muon.compile_update), eager PyTorch and no compile on the CPU; an explicit value wins. The result is printed
+("implementations: attention fa3, mlp triton, ...") and config.json holds the resolved config. On a GPU the step's
+memory is estimated first (memory.check_fit): a step whose estimated peak plus a margin exceeds the GPU's memory is
+refused before the model is built, naming a micro-batch that fits.
 
 The hot path does not wait for the device. The loss stays on it, summed there; the host reads it (one sync) only
 at a boundary: every --log_every steps (1 on the CPU presets, 25 on the GPU presets), before each validation and
@@ -234,6 +235,8 @@ class Trainer:
         self.model = GPT(cfg.model, dtype=self.dtype).to(self.device)
         self.step_model = torch.compile(self.model, fullgraph=True) if cfg.compile == "fullgraph" else self.model
         self.optimizer = build_optimizer(cfg.optim, self.model)
+        if cfg.compile == "fullgraph" and isinstance(self.optimizer, Muon):
+            self.optimizer.compile_update()  # Muon/NorMuon's per-shape update too; lr and momentum as 0-D tensors
         self.parallel = DataParallel(self.model, self.optimizer, world_size=self.world_size, rank=self.rank,
                                      bucket_mb=cfg.dist_bucket_mb)
         self.loader = self._new_loader()

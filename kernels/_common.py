@@ -52,10 +52,17 @@ def native_bf16(device) -> bool:
     """True when `device` runs bf16 matmuls natively (fast): CUDA GPUs with bf16, and CPUs where oneDNN has a
     bf16 path (AVX-512 bf16 / AMX). On other CPUs (AVX2 only) torch's bf16 matmul is emulated and runs about
     100-300x slower than fp32, so every "auto" precision choice falls back to fp32 there."""
-    device = torch.device(device)
-    if device.type == "cuda":
+    return _native_bf16(torch.device(device).type)
+
+
+# A constant of the process (the hardware does not change under it): torch.compile takes the answer at trace time
+# instead of tracing the probe, which returns a bool and would break a fullgraph trace (the eager Newton-Schulz
+# asks it inside the optimizer's compiled update).
+@torch.compiler.assume_constant_result
+def _native_bf16(device_type: str) -> bool:
+    if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
+    if device_type == "cpu":
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
 

@@ -17,6 +17,19 @@ Same-shape matrices are stacked and orthogonalized in one batched call (the Trit
 momentum, decay and update are foreach ops over them. ns_dtype "auto" is bf16 where the device multiplies bf16
 natively (kernels._common.native_bf16) and fp32 elsewhere; the choice is `optimizer.ns_dtype`.
 
+The whole update of one shape (momentum, stack, Newton-Schulz, NorMuon's normalization, decay, step) is one pure
+function, muon_shape_update, which runs eagerly by default. optimizer.compile_update() (the trainer calls it when
+--compile resolves to fullgraph: on CUDA by default) runs it as torch.compile(fullgraph=True, dynamic=False)
+instead: one graph per shape (a Triton Newton-Schulz stays one opaque custom op inside it; the eager one is traced
+and fused). The hyper-parameters a schedule changes reach that graph as 0-D fp32 tensors on the parameters'
+device, refilled with fill_ each step (no host sync), so new values do not recompile; eagerly they are python
+floats (the foreach ops' Scalar overloads, the numbers of a plain eager Muon). Compiled, the momentum
+buffers and NorMuon's moments are the eager ones bit for bit under aot_eager, and the weights differ by the
+rounding of the fused step (tests/optim/test_muon.py). NorMuon's beta2, eps and axis, nesterov, the coefficient
+set and the shape are constants of the graph. The graphs count against torch._dynamo's recompile limit (8 per
+function by default): one per (shape, number of matrices of that shape a rank updates), 3 for the gpt2-124m and
+track3 models.
+
 The embeddings, the head and the gains take AdamW (torch's functional AdamW: the fused kernel on CPU and CUDA,
 foreach elsewhere) in the same Optimizer, so one state_dict holds everything; each Adam group carries its
 own lr, betas and decoupled weight decay (optim.role_table).
@@ -60,6 +73,44 @@ def resolve_ns_dtype(ns_dtype: str, device) -> str:
     return ns_dtype
 
 
+def _per_matrix(weight, n: int):
+    """A lerp weight for n matrices: a python float as is (the Scalar overload), a 0-D tensor once per matrix."""
+    return [weight] * n if torch.is_tensor(weight) else weight
+
+
+def muon_shape_update(params, grads, buffers, *, momentum, lerp_weight, decay, alpha, nesterov: bool,
+                      ns_dtype: torch.dtype, orthogonalize, ns_steps: int, ns_coefficients: str, normalize=None,
+                      moments=None):
+    """One Muon step of same-shape matrices `params` (B of them, with `grads` and momentum `buffers`), in place.
+
+    The whole update of one shape, in one function so that it runs eagerly or as one torch.compile graph:
+
+        buffers ← lerp(buffers, grads, lerp_weight)                       lerp_weight = 1 - momentum
+        U ← lerp(grads, buffers, momentum) if nesterov else buffers
+        O ← orthogonalize(stack(U) in ns_dtype)                           (B, rows, cols)
+        O ← normalize(O, moments) when given                              NorMuon; advances `moments`
+        params ← params·decay + alpha·O                                   decay = 1 - lr·wd (None: no decay),
+                                                                          alpha = -lr·s (lr_scale)
+
+    momentum, lerp_weight, decay and alpha are python floats (eager: the foreach ops' Scalar overloads, the
+    numbers Muon has always used) or 0-D fp32 tensors on the parameters' device (compiled: a new value is new
+    data, not a new graph). The others are static: a change recompiles.
+    """
+    n = len(params)
+    torch._foreach_lerp_(buffers, grads, _per_matrix(lerp_weight, n))
+    updates = torch._foreach_lerp(grads, buffers, _per_matrix(momentum, n)) if nesterov else buffers
+    directions = orthogonalize(torch.stack(updates).to(ns_dtype), steps=ns_steps, coefficients=ns_coefficients)
+    if normalize is not None:
+        directions = normalize(directions, moments)
+    if decay is not None:
+        torch._foreach_mul_(params, decay)  # decoupled
+    steps = directions.to(params[0].dtype).unbind(0)
+    if torch.is_tensor(alpha):  # foreach add's alpha is a Scalar: a tensor would be read back to the host
+        torch._foreach_add_(params, torch._foreach_mul(steps, alpha))
+    else:
+        torch._foreach_add_(params, steps, alpha=alpha)
+
+
 class Muon(torch.optim.Optimizer):
     """Muon on `hidden` (2-D matrices) and AdamW on `adam_groups`.
 
@@ -99,6 +150,8 @@ class Muon(torch.optim.Optimizer):
         for g in groups[1:]:
             g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
         super().__init__([g for g in groups if g["params"]], {})
+        self._shape_update = muon_shape_update  # compile_update() swaps in its compiled version
+        self._scalars = {}  # (name, device) -> the 0-D tensor the compiled update reads that hyper-parameter from
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -114,6 +167,16 @@ class Muon(torch.optim.Optimizer):
 
     # --- Muon side ---------------------------------------------------------------------------------
 
+    def compile_update(self, backend="inductor"):
+        """Run each shape's update (muon_shape_update) as torch.compile(fullgraph=True, dynamic=False) from now on.
+
+        lr, momentum and weight decay then reach the graph as 0-D fp32 tensors (momentum, 1 - momentum,
+        1 - lr·wd, -lr·s) refilled every step, so a schedule changes them without a recompile (a weight decay
+        going to or from 0 does: no decay is no op in the graph). One graph per (shape, matrices of that shape)
+        of the share a rank updates: 3 for the gpt2-124m and track3 models, within torch._dynamo's default
+        recompile limit of 8. `backend` is torch.compile's (the trainer: inductor)."""
+        self._shape_update = torch.compile(muon_shape_update, fullgraph=True, dynamic=False, backend=backend)
+
     @torch.no_grad()
     def muon_update(self, group: dict, params=None):
         """Momentum, one batched orthogonalization per shape, and the update, for `params` (default: all) of
@@ -122,33 +185,38 @@ class Muon(torch.optim.Optimizer):
         for p in group["params"] if params is None else params:
             if p.grad is not None:
                 by_shape[tuple(p.shape)].append(p)
+        lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+        compiled = self._shape_update is not muon_shape_update
         for shape, same_shape in by_shape.items():
-            directions = self._orthogonalized_momentum(group, same_shape)  # (B, rows, cols), ns_dtype
-            directions = self._normalize(group, same_shape, directions)
-            lr = group["lr"]
-            if group["weight_decay"]:
-                torch._foreach_mul_(same_shape, 1 - lr * group["weight_decay"])  # decoupled, by the unscaled lr
-            steps = directions.to(same_shape[0].dtype).unbind(0)
-            torch._foreach_add_(same_shape, steps, alpha=-lr * lr_scale(shape, group["lr_scaling"]))
+            buffers = []
+            for p in same_shape:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buffers.append(state["momentum_buffer"])
+            normalize, moments = self._normalizer(group, same_shape)
+            # Python floats eagerly (the numbers the update always used); 0-D tensors when compiled, filled from
+            # the same floats (fp32 of the same double, as the eager ops take them). Decay uses the unscaled lr.
+            scalars = dict(momentum=beta, lerp_weight=1 - beta, decay=1 - lr * wd if wd else None,
+                           alpha=-lr * lr_scale(shape, group["lr_scaling"]))
+            if compiled:
+                scalars = {name: value if value is None else self._scalar(name, value, same_shape[0].device)
+                           for name, value in scalars.items()}
+            self._shape_update(same_shape, [p.grad for p in same_shape], buffers, **scalars,
+                               nesterov=group["nesterov"], ns_dtype=NS_DTYPES[self.ns_dtype],
+                               orthogonalize=self.orthogonalize, ns_steps=group["ns_steps"],
+                               ns_coefficients=group["ns_coefficients"], normalize=normalize, moments=moments)
 
-    def _orthogonalized_momentum(self, group: dict, params) -> torch.Tensor:
-        """Update the momentum buffers of same-shape `params`; return NS(U) stacked, (B, rows, cols)."""
-        beta = group["momentum"]
-        buffers = []
-        for p in params:
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            buffers.append(state["momentum_buffer"])
-        grads = [p.grad for p in params]
-        torch._foreach_lerp_(buffers, grads, 1 - beta)
-        updates = torch._foreach_lerp(grads, buffers, beta) if group["nesterov"] else buffers
-        stacked = torch.stack(updates).to(NS_DTYPES[self.ns_dtype])  # (B, rows, cols)
-        return self.orthogonalize(stacked, steps=group["ns_steps"], coefficients=group["ns_coefficients"])
+    def _scalar(self, name: str, value: float, device) -> torch.Tensor:
+        """The 0-D fp32 tensor `name` on `device`, refilled with `value` (fill_ does not wait for the device)."""
+        key = (name, device)
+        if key not in self._scalars:
+            self._scalars[key] = torch.zeros((), dtype=torch.float32, device=device)
+        return self._scalars[key].fill_(value)
 
-    def _normalize(self, group: dict, params, directions: torch.Tensor) -> torch.Tensor:
-        """Hook between orthogonalization and the update: identity for Muon; NorMuon overrides it."""
-        return directions
+    def _normalizer(self, group: dict, params):
+        """(normalize, its per-matrix state) for muon_shape_update: (None, None) for Muon; NorMuon overrides it."""
+        return None, None
 
     # --- Adam side (embeddings, head, gains) -------------------------------------------------------
 

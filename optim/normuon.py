@@ -26,6 +26,8 @@ AdamW); with --optim.muon_lr_scaling=match_rms_adamw this rule gives the same st
 gradients after 5 quintic Newton-Schulz steps in bf16).
 """
 
+from functools import partial
+
 import torch
 
 from optim.muon import Muon, muon_kwargs
@@ -46,34 +48,39 @@ class NorMuon(Muon):
             if group["use_muon"]:
                 group.update(beta2=beta2, norm_eps=norm_eps, axis=axis)
 
-    def _normalize(self, group, params, directions):
-        """directions (B, rows, cols) of same-shape `params` -> normalized directions (fp32 for "row",
-        directions' dtype for "longer"); advances each parameter's second moment."""
-        rows, cols = directions.shape[-2:]
-        row_moments = group["axis"] == "row" or rows >= cols
-        reduce_dim = -1 if row_moments else -2
+    def _normalizer(self, group, params):
+        """normalize() with this group's settings, and the second moments of same-shape `params` (created at 0)."""
+        rows, cols = params[0].shape
+        shape = (rows, 1) if group["axis"] == "row" or rows >= cols else (1, cols)  # broadcasts against the matrix
         moments = []
         for p in params:
             state = self.state[p]
-            if "second_moment" not in state:  # (rows, 1) or (1, cols): broadcasts against the matrix
-                shape = (rows, 1) if row_moments else (1, cols)
-                state["second_moment"] = torch.zeros(shape, device=directions.device, dtype=torch.float32)
+            if "second_moment" not in state:
+                state["second_moment"] = torch.zeros(shape, device=p.device, dtype=torch.float32)
             moments.append(state["second_moment"])
-        v = torch.stack(moments)  # (B, rows, 1) or (B, 1, cols)
-        eps, weight = group["norm_eps"], 1 - group["beta2"]
-        if group["axis"] == "row":
-            ortho = directions.float()
-            v.lerp_(ortho.square().mean(dim=reduce_dim, keepdim=True), weight)
-            normalized = ortho / (v.sqrt() + eps)
-            norms = ortho.norm(dim=(-2, -1), keepdim=True)
-            out = normalized * (norms / (normalized.norm(dim=(-2, -1), keepdim=True) + eps))
-        else:
-            norms = directions.norm(dim=(-2, -1), keepdim=True)  # (B, 1, 1), directions' dtype
-            v.lerp_((directions * directions).mean(dim=reduce_dim, keepdim=True).float(), weight)
-            normalized = directions * v.clamp_min(eps).rsqrt().to(directions.dtype)
-            out = normalized * (norms / normalized.norm(dim=(-2, -1), keepdim=True).clamp_min(eps))
-        torch._foreach_copy_(moments, list(v.unbind(0)))
-        return out
+        return partial(normalize, weight=1 - group["beta2"], eps=group["norm_eps"], axis=group["axis"]), moments
+
+
+def normalize(directions: torch.Tensor, moments: list, *, weight: float, eps: float, axis: str) -> torch.Tensor:
+    """directions (B, rows, cols) -> normalized directions (fp32 for "row", directions' dtype for "longer");
+    advances each matrix's second moment in `moments` ((rows, 1) or (1, cols), fp32) by lerp with `weight` = 1-β₂.
+    Part of optim.muon.muon_shape_update (eager or compiled)."""
+    rows, cols = directions.shape[-2:]
+    reduce_dim = -1 if axis == "row" or rows >= cols else -2
+    v = torch.stack(moments)  # (B, rows, 1) or (B, 1, cols)
+    if axis == "row":
+        ortho = directions.float()
+        v.lerp_(ortho.square().mean(dim=reduce_dim, keepdim=True), weight)
+        normalized = ortho / (v.sqrt() + eps)
+        norms = ortho.norm(dim=(-2, -1), keepdim=True)
+        out = normalized * (norms / (normalized.norm(dim=(-2, -1), keepdim=True) + eps))
+    else:
+        norms = directions.norm(dim=(-2, -1), keepdim=True)  # (B, 1, 1), directions' dtype
+        v.lerp_((directions * directions).mean(dim=reduce_dim, keepdim=True).float(), weight)
+        normalized = directions * v.clamp_min(eps).rsqrt().to(directions.dtype)
+        out = normalized * (norms / normalized.norm(dim=(-2, -1), keepdim=True).clamp_min(eps))
+    torch._foreach_copy_(moments, list(v.unbind(0)))
+    return out
 
 
 @register_optimizer("normuon")

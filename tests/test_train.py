@@ -20,6 +20,7 @@ from data.shards import write_shard
 from kernels._common import native_bf16
 from model.config import model_preset
 from model.gpt import GPT
+from optim.muon import muon_shape_update
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -340,9 +341,19 @@ def test_resolved_implementations_are_printed_recorded_and_used(shards, tmp_path
 
 def test_compile_on_compiles_the_whole_graph(shards, monkeypatch):
     calls = []
-    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: calls.append(kwargs) or model)
-    train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}", "--compile=fullgraph"]))
-    assert calls == [{"fullgraph": True}]
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append((fn, kwargs)) or fn)
+    trainer = train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}", "--compile=fullgraph"]))
+    assert calls == [(trainer.model, {"fullgraph": True})]  # AdamW: torch's own step
+    for optimizer in ("muon", "normuon"):  # and Muon/NorMuon's per-shape update (tests/optim/test_muon.py)
+        calls.clear()
+        trainer = train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}", "--compile=fullgraph",
+                                               f"--optimizer={optimizer}"]))
+        assert calls == [(trainer.model, {"fullgraph": True}),
+                         (muon_shape_update, {"fullgraph": True, "dynamic": False, "backend": "inductor"})]
+    calls.clear()
+    trainer = train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}", "--compile=off",
+                                           "--optimizer=muon"]))
+    assert calls == [] and trainer.optimizer._shape_update is muon_shape_update
 
 
 def test_the_clock_counts_training_steps_only(shards, tmp_path):

@@ -2,6 +2,8 @@
 shape, the Newton-Schulz precision is chosen by the device, the Adam side is torch's AdamW, and any subset of the
 matrices can be updated on its own."""
 
+import copy
+
 import pytest
 import torch
 import torch.optim._muon as torch_muon
@@ -11,7 +13,7 @@ from kernels import reference, registry
 from kernels._common import native_bf16
 from model import GPT, model_preset
 from optim import build_optimizer
-from optim.muon import Muon, lr_scale, resolve_ns_dtype
+from optim.muon import Muon, lr_scale, muon_shape_update, resolve_ns_dtype
 
 # --- parity with torch.optim.Muon --------------------------------------------------------------------
 
@@ -294,3 +296,181 @@ def test_bad_configuration_raises_at_construction(name):
             build_optimizer(OptimConfig(name=name, **overrides), model)
     with pytest.raises(ValueError, match="2-D"):
         Muon([torch.nn.Parameter(torch.zeros(2, 2, 2))], lr=1)
+
+
+# --- the compiled update (Muon.compile_update: torch.compile(muon_shape_update, fullgraph=True)) ---------------
+
+COMPILE_SHAPES = [(16, 32), (32, 16), (24, 24), (16, 32)]  # wide, tall (NorMuon "longer" takes columns), square
+
+
+def _compile_case(kind: str, nesterov: bool = True, shapes=COMPILE_SHAPES, ns_dtype="fp32"):
+    """(params, optimizer) for Muon or NorMuon with either axis, weight decay on."""
+    from optim.normuon import NorMuon
+
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    common = dict(lr=0.02, momentum=0.9, nesterov=nesterov, weight_decay=0.1, ns_dtype=ns_dtype)
+    if kind == "muon":
+        return params, Muon(params, **common)
+    return params, NorMuon(params, **common, beta2=0.9, axis=kind.split("-")[1])
+
+
+def _scheduled_steps(params, opt, steps: int = 4):
+    """`steps` steps with fresh gradients, lr and momentum changed before each (a schedule)."""
+    g = torch.Generator().manual_seed(3)
+    for k in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g)
+        group = opt.param_groups[0]
+        group["lr"], group["momentum"] = 0.02 * (1 - k / steps), 0.85 + 0.03 * k
+        opt.step()
+
+
+class GraphCounter:
+    """A torch.compile backend that counts the graphs it is given and runs them as traced (no codegen)."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, gm, example_inputs):
+        self.graphs += 1
+        return gm.forward
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Compiled-code caches emptied before and after: the graph counts below start from zero."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(("kind", "nesterov", "ns_dtype"), [
+    ("muon", True, "fp32"), ("muon", False, "fp32"), ("normuon-row", True, "fp32"), ("normuon-row", False, "fp32"),
+    ("normuon-longer", True, "fp32"), ("normuon-longer", False, "fp32"),
+    ("muon", True, "bf16"), ("normuon-longer", True, "bf16")])  # bf16: native or emulated (kernels._common)
+def test_compiled_update_matches_eager(kind, nesterov, ns_dtype, fresh_dynamo):
+    # aot_eager runs the traced aten graph: the same ops as eager except the step, p + (alpha·O) in two roundings
+    # instead of foreach add's one (tensor alpha), so weights agree to a few fp32 ulps per step; the momentum
+    # buffers and second moments see the same fp32 weights (fill_ of the same doubles) and must agree exactly.
+    torch.manual_seed(1)
+    w0 = [torch.randn(s) for s in COMPILE_SHAPES]
+    results = []
+    for compiled in (False, True):
+        params, opt = _compile_case(kind, nesterov, ns_dtype=ns_dtype)
+        with torch.no_grad():
+            for p, w in zip(params, w0):
+                p.copy_(w)
+        if compiled:
+            opt.compile_update(backend="aot_eager")
+        _scheduled_steps(params, opt)
+        results.append((params, opt))
+    (eager_params, eager_opt), (comp_params, comp_opt) = results
+    for p, q, w in zip(eager_params, comp_params, w0):
+        assert not torch.equal(p, w)  # it moved
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-6)
+        assert eager_opt.state[p].keys() == comp_opt.state[q].keys()
+        for name, value in eager_opt.state[p].items():
+            assert torch.equal(comp_opt.state[q][name], value), name
+
+
+def test_compiled_update_is_one_graph_per_shape_and_lr_changes_do_not_recompile(fresh_dynamo):
+    counter = GraphCounter()
+    params, opt = _compile_case("normuon-row")
+    opt.compile_update(backend=counter)
+    _scheduled_steps(params, opt, steps=1)
+    assert counter.graphs == 3  # (16, 32) ×2, (32, 16), (24, 24)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        _scheduled_steps(params, opt, steps=3)  # new lr and momentum each step: new data, the same graphs
+        opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # new state tensors (a resume, the trainer's rollback)
+        _scheduled_steps(params, opt, steps=1)
+    assert counter.graphs == 3
+
+
+def test_a_python_float_lr_would_recompile(fresh_dynamo):
+    # The control for the test above: the same function given the step size as a python float is specialized on
+    # its value (dynamic=False), so a schedule would compile a graph per step.
+    counter = GraphCounter()
+    update = torch.compile(muon_shape_update, fullgraph=True, dynamic=False, backend=counter)
+    params = [torch.nn.Parameter(torch.randn(8, 16))]
+    buffers = [torch.zeros(8, 16)]
+    with torch.no_grad():
+        for alpha in (-0.02, -0.01):
+            update(params, [torch.randn(8, 16)], buffers, momentum=0.9, lerp_weight=0.1, decay=None, alpha=alpha,
+                   nesterov=True, ns_dtype=torch.float32, orthogonalize=registry.get("newton_schulz", "eager"),
+                   ns_steps=5, ns_coefficients="quintic")
+    assert counter.graphs == 2
+
+
+def test_the_compiled_update_is_fullgraph(fresh_dynamo):
+    # A graph break anywhere in the update (here in the orthogonalization) is an error, not a silent split.
+    params, opt = _compile_case("muon")
+    ns = opt.orthogonalize
+
+    def breaking_ns(G, **kwargs):
+        torch._dynamo.graph_break()
+        return ns(G, **kwargs)
+
+    opt.orthogonalize = breaking_ns
+    opt.compile_update(backend="eager")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        opt.step()
+    # and the real update has no break
+    params, opt = _compile_case("normuon-longer")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    normalize, moments = opt._normalizer(opt.param_groups[0], params[:1])
+    with torch.no_grad():
+        explained = torch._dynamo.explain(muon_shape_update)(
+            params[:1], [params[0].grad], [torch.zeros_like(params[0])], momentum=torch.tensor(0.9),
+            lerp_weight=torch.tensor(0.1), decay=torch.tensor(0.99), alpha=torch.tensor(-0.02), nesterov=True,
+            ns_dtype=torch.float32, orthogonalize=opt.orthogonalize, ns_steps=5, ns_coefficients="quintic",
+            normalize=normalize, moments=moments)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    with pytest.raises(torch._dynamo.exc.InvalidBackend, match="'nope'"):
+        opt.compile_update(backend="nope")  # refused when asked, not at the first step
+
+
+def test_compiled_updates_of_subsets_match_eager(fresh_dynamo):
+    # The distributed step calls muon_update(group, each rank's share): shares of 1 and 2 same-shape matrices are
+    # separate graphs (one per (shape, count)), each compiled once.
+    shapes = [(8, 8), (8, 8), (16, 8), (8, 8), (16, 8)]
+    w0 = [torch.randn(s) for s in shapes]
+    whole = [torch.nn.Parameter(w.clone()) for w in w0]
+    split = [torch.nn.Parameter(w.clone()) for w in w0]
+    opt_whole = Muon(whole, lr=0.05, weight_decay=0.1, ns_dtype="fp32")
+    opt_split = Muon(split, lr=0.05, weight_decay=0.1, ns_dtype="fp32")
+    counter = GraphCounter()
+    opt_split.compile_update(backend=counter)
+    group = opt_split.param_groups[0]
+    for k in range(3):
+        for p, q in zip(whole, split):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        opt_whole.param_groups[0]["lr"] = group["lr"] = 0.05 / (k + 1)
+        opt_whole.step()
+        opt_split.muon_update(group, split[::2])  # (8, 8) ×2, (16, 8) ×1
+        opt_split.muon_update(group, split[1::2])  # (8, 8) ×1, (16, 8) ×1
+    assert counter.graphs == 3
+    for p, q in zip(whole, split):
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-6)
+
+
+def test_inductor_compiled_update_matches_eager(fresh_dynamo):
+    # The trainer's compile (inductor, C++ on the CPU) at one tiny shape: NorMuon with decay, 3 scheduled steps.
+    # Inductor fuses the Newton-Schulz's elementwise ops and the normalization (fp32, other rounding order).
+    torch.manual_seed(2)
+    w0 = [torch.randn(16, 32) for _ in range(2)]
+    results = []
+    for compiled in (False, True):
+        params, opt = _compile_case("normuon-row", shapes=[(16, 32)] * 2)
+        with torch.no_grad():
+            for p, w in zip(params, w0):
+                p.copy_(w)
+        if compiled:
+            opt.compile_update()
+        _scheduled_steps(params, opt, steps=3)
+        results.append(params)
+    for p, q in zip(*results):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-5)

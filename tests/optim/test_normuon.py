@@ -19,8 +19,9 @@ def rms_spread(update: torch.Tensor, dim: int) -> float:
 
 
 def normalize(opt, p, direction):
-    """NorMuon's normalization of one matrix's direction (the batched hook with a batch of one)."""
-    return opt._normalize(opt.param_groups[0], [p], direction[None])[0]
+    """NorMuon's normalization of one matrix's direction (the batched function with a batch of one)."""
+    fn, moments = opt._normalizer(opt.param_groups[0], [p])
+    return fn(direction[None], moments)[0]
 
 
 # --- the default form: per output row, fp32 ------------------------------------------------------------
