@@ -75,15 +75,18 @@ class Rotary(nn.Module):
         inv_freq = rope_frequencies(head_dim, kind)  # (D/2,)
         t = torch.arange(max_seq_len, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)  # (T, D/2)
-        self.register_buffer("cos", freqs.cos(), persistent=False)
-        self.register_buffer("sin", freqs.sin(), persistent=False)
+        cos, sin = freqs.cos(), freqs.sin()
+        # (x1, x2) -> (x1·cos + x2·sin, x2·cos - x1·sin) as x·[cos, cos] + [x2, x1]·[sin, -sin]: the same products
+        # and sums (bit for bit), in three elementwise ops instead of six.
+        self.register_buffer("cos", torch.cat((cos, cos), dim=-1), persistent=False)  # (T, D)
+        self.register_buffer("sin", torch.cat((sin, -sin), dim=-1), persistent=False)
 
     def forward(self, x):  # x: (B, T, H, D)
         T = x.size(1)
-        cos, sin = self.cos[None, :T, None, :], self.sin[None, :T, None, :]  # (1, T, 1, D/2)
-        x1, x2 = x.float().chunk(2, dim=-1)
-        out = torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
-        return out.type_as(x)
+        cos, sin = self.cos[None, :T, None, :], self.sin[None, :T, None, :]  # (1, T, 1, D)
+        xf = x.float()
+        x1, x2 = xf.chunk(2, dim=-1)
+        return (xf * cos + torch.cat((x2, x1), dim=-1) * sin).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):

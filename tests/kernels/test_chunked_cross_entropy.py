@@ -96,8 +96,9 @@ def test_large_logits_without_softcap_do_not_overflow():
 
 
 def test_block_rows_from_the_byte_budget():
-    assert cce.block_rows(50304) == cce.BLOCK_BYTES // (4 * 50304) >= 1
-    assert cce.block_rows(10**9) == 1  # a row larger than the budget still makes a block
+    assert cce.block_rows(50304, threads=1) == cce.BLOCK_BYTES // (4 * 50304) >= 1
+    assert cce.block_rows(50304, threads=4) == 4 * cce.BLOCK_BYTES // (4 * 50304)
+    assert cce.block_rows(10**9, threads=1) == 1  # a row larger than the budget still makes a block
 
 
 def test_no_grad_computes_no_gradient_buffer():
