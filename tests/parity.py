@@ -154,3 +154,14 @@ def check_nonfinite(kernel, reference, inputs, *, names, grad_output=None, kwarg
     for name, a, o in zip(names, got, oracle):
         assert_same_nonfinite(a, o, name=name)
     return got, oracle
+
+
+def check_second_backward(loss_fn, leaf: torch.Tensor):
+    """loss_fn(leaf) backpropagated twice through one graph (retain_graph=True) gives leaf the same gradient both
+    times: a backward that scaled saved tensors in place would double the second."""
+    loss = loss_fn(leaf)
+    loss.backward(torch.tensor(2.0), retain_graph=True)
+    first = leaf.grad.clone()
+    leaf.grad = None
+    loss.backward(torch.tensor(2.0))
+    assert torch.equal(leaf.grad, first)

@@ -21,7 +21,7 @@ from tests.kernels.test_fused_linear_cross_entropy import (
     make_bias,
     make_inputs,
 )
-from tests.parity import NAN_WARNINGS, assert_close, check_nonfinite, check_parity, run
+from tests.parity import NAN_WARNINGS, assert_close, check_nonfinite, check_parity, check_second_backward, run
 
 
 def kernel_fn(h, w, t, b=None, **kw):
@@ -143,13 +143,7 @@ def test_all_targets_ignored_gives_zero():
 def test_retain_graph_second_backward():
     """The backward leaves the saved G as it is: a second backward gives the same gradients."""
     hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, "cpu")
-    h = hidden.clone().requires_grad_()
-    loss = kernel_fn(h, weight, targets, softcap=30.0)
-    loss.backward(torch.tensor(2.0), retain_graph=True)
-    first = h.grad.clone()
-    h.grad = None
-    loss.backward(torch.tensor(2.0))
-    assert torch.equal(h.grad, first)
+    check_second_backward(lambda h: kernel_fn(h, weight, targets, softcap=30.0), hidden.clone().requires_grad_())
 
 
 @NAN_WARNINGS

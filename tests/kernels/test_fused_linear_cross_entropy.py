@@ -15,7 +15,15 @@ from kernels import fused_linear_cross_entropy as flce
 from kernels import registry
 from kernels._common import TRITON_DTYPE, is_interpreter
 from kernels.reference import linear_cross_entropy as eager_lce
-from tests.parity import NAN_WARNINGS, assert_close, check_nonfinite, check_parity, poisoned, run
+from tests.parity import (
+    NAN_WARNINGS,
+    assert_close,
+    check_nonfinite,
+    check_parity,
+    check_second_backward,
+    poisoned,
+    run,
+)
 
 IGNORE = -100
 
@@ -216,13 +224,8 @@ def test_all_targets_ignored_gives_zero(device):
 def test_retain_graph_second_backward(device):
     """backward scales the saved gradients out of place: a second backward gives the same gradients again."""
     hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, device)
-    h = hidden.clone().requires_grad_()
-    loss = flce.fused_linear_cross_entropy(h, weight, targets)
-    loss.backward(torch.tensor(2.0), retain_graph=True)
-    first = h.grad.clone()
-    h.grad = None
-    loss.backward(torch.tensor(2.0))
-    assert torch.equal(h.grad, first)
+    leaf = hidden.clone().requires_grad_()
+    check_second_backward(lambda h: flce.fused_linear_cross_entropy(h, weight, targets), leaf)
 
 
 # 41.0: s·fl(1/s) is not 1 in fp32, so a saturated logit's tanh derivative is exactly 0, as eager's 1 - tanh² is,
