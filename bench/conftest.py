@@ -42,15 +42,20 @@ def require_gpu(provider: str):
         pytest.skip(f"{provider}: needs a CUDA GPU (none on this machine; the interpreter is for parity, not timing)")
 
 
+# Registered implementations in plain PyTorch: they run on any device.
+ANY_DEVICE = {"chunked"}
+
+
 def provider_fn(op: str, provider: str):
     """The function a provider times for registry op `op`: "eager" (kernels.reference, the tests' peer),
-    "compile" (torch.compile of eager), or a registered implementation such as "triton" (GPU only)."""
+    "compile" (torch.compile of eager), or a registered implementation: "triton" (GPU only), "chunked" (any)."""
     eager = registry.get(op, "eager")
     if provider == "eager":
         return eager
     if provider == "compile":
         return torch.compile(eager)
-    require_gpu(provider)
+    if provider not in ANY_DEVICE:
+        require_gpu(provider)
     return registry.get(op, provider)
 
 

@@ -3,7 +3,8 @@
     pytest bench/kernels/bench_fused_linear_cross_entropy.py --benchmark-json=out/flce.json
 
 Providers: eager (kernels.reference.linear_cross_entropy in bf16, as the model calls it), compile (torch.compile
-of the same function), triton (kernels.fused_linear_cross_entropy; GPU only), liger (Liger-Kernel's fused linear
+of the same function), triton (kernels.fused_linear_cross_entropy; GPU only), chunked
+(kernels.chunked_cross_entropy, the CPU's default; any device), liger (Liger-Kernel's fused linear
 cross-entropy; GPU only, when installed). One mode, forward + backward: the Triton and Liger kernels finish the
 gradients during forward, so a forward-only time would not compare like with like. Each row stores the time,
 TFLOP/s of the 6·N·H·V matmul FLOPs, and the peak memory of one call above the inputs
@@ -69,10 +70,10 @@ def setup(case: str, provider: str, device):
     return (hidden, weight, targets), step
 
 
-@pytest.mark.parametrize("provider", ["eager", "compile", "triton", "liger"])
+@pytest.mark.parametrize("provider", ["eager", "compile", "triton", "chunked", "liger"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_fused_linear_cross_entropy(benchmark, measure, device, case, provider):
-    if device.type == "cpu" and case in BIG and provider in ("eager", "compile"):
+    if device.type == "cpu" and case in BIG and provider in ("eager", "compile", "chunked"):
         pytest.skip(f"{provider}: the 124M case needs ~10 GB and minutes per round on the CPU; see the cpu case")
     (hidden, weight, targets), fn = setup(case, provider, device)
     N, H, V, softcap = CASES[case]
