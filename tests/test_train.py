@@ -323,18 +323,18 @@ def test_resolved_implementations_are_printed_recorded_and_used(shards, tmp_path
     args = ["--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto", "--optim.ns_impl=auto",
             "--attention=auto", "--max_steps=1"]
     summary = run(shards, tmp_path, *args)
-    expected = {"attention": "sdpa", "mlp": "eager", "ce": "eager", "ns": "eager", "compile": "off"}
+    expected = {"attention": "sdpa", "mlp": "eager", "ce": "chunked", "ns": "eager", "compile": "off"}
     assert summary["implementations"] == expected
-    assert "implementations: attention sdpa, mlp eager, ce eager, ns eager, compile off" in capsys.readouterr().out
+    assert "implementations: attention sdpa, mlp eager, ce chunked, ns eager, compile off" in capsys.readouterr().out
     config = json.load(open(os.path.join(summary["run_dir"], "config.json")))
     assert (config["model"]["mlp_impl"], config["model"]["ce_impl"], config["model"]["attn_impl"]) == \
-        ("eager", "eager", "sdpa")
+        ("eager", "chunked", "sdpa")
     assert (config["optim"]["ns_impl"], config["compile"], config["device"]) == ("eager", "off", "cpu")
     assert config["dtype"] in ("bf16", "fp32") and config["optim"]["ns_dtype"] in ("bf16", "fp32")
     trainer = train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}", *args]))
     assert trainer.requested.model.mlp_impl == "auto" and trainer.step_model is trainer.model  # no compile
     assert trainer.model.blocks[0].mlp.relu2 is registry.get("relu2_mlp", "eager")
-    assert trainer.model.cross_entropy is registry.get("linear_cross_entropy", "eager")
+    assert trainer.model.cross_entropy is registry.get("linear_cross_entropy", "chunked")
     assert trainer.model.blocks[0].attn.attend is registry.get("attention", "sdpa")
     assert train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}"])).implementations["ns"] == "unused"
 
