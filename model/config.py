@@ -46,7 +46,7 @@ class GPTConfig:
     # implementation names (kernels.registry)
     attn_impl: str = "eager"  # eager | sdpa | flex | fa2 | fa3 | auto
     mlp_impl: str = "eager"  # eager | triton
-    ce_impl: str = "eager"  # eager | triton
+    ce_impl: str = "eager"  # eager | chunked (the CPU's) | triton | auto (triton on CUDA, chunked on the CPU)
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "mlp_ratio", "max_seq_len"):
