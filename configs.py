@@ -237,7 +237,7 @@ PRESETS = {
     # σ = 0.0304, the std of their final val loss; the target 4.77 is the loss the 8 seeds' mean reaches at step
     # 112 (70% of the budget) by the track's rule: (4.77 - 4.7332)·√8 = 0.104 >= z·σ = 0.0935, not at step 96.
     # Pairwise comparisons at this scale take --loss-per-100-steps 0.62 (measured there), not the track's 0.0045.
-    # One run: 192 s wall (160 steps at 968 ms, validation, 3.6 s warm-up) on 2 threads of an AVX-512 Xeon forced to
+    # One run: 136 s wall (160 steps at 633 ms, validation, 2.2 s warm-up) on 2 threads of an AVX-512 Xeon forced to
     # AVX2 (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2), quiet; not yet measured on a real AVX2-only CPU.
     "track3-cpu": dict(model=model_preset("track3-cpu", **GPU_AUTO), recipe="track3-muon",
                        data_dir="shards/pydocs", optim=OptimConfig(ns_impl="auto"),
