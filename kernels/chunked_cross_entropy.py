@@ -11,10 +11,10 @@ kernels/fused_linear_cross_entropy.py, the GPU's implementation):
 Why: on a CPU the eager loss spends more time moving the (N, V) fp32 logits than in its three GEMMs. Eager
 autograd walks them a dozen times (the bias broadcast, the softcap's products, log_softmax and its backward,
 nll_loss's one-hot gradient, the softcap's backward), each a full read and write of N·V·4 bytes (824 MB at 4096
-tokens of a 50304-token vocabulary) into freshly allocated, page-faulting memory. Here one GEMM writes the
-logits; then, BLOCK_BYTES of rows per thread at a time (the block and its scratch stay in the cores' L2), the
-bias, the softcap and its derivative, exp, the row sums and the gradient are computed in place, so every element
-leaves the cache once, as
+tokens of a 50304-token vocabulary), each into a tensor of its own. Here one GEMM writes the logits; then,
+BLOCK_BYTES of rows per thread at a time (the block and its scratch stay in the cores' L2), the bias, the softcap
+and its derivative, exp, the row sums and the gradient are computed in place, so every element leaves the cache
+once, as
 
     G'_ij = (e_ij - [j == t(i)] / ρ_i) · cap'(z_ij)     e = exp(c - m),  ρ_i = (1 + 2·z_loss·lse_i) / Σ_j e_ij
 
@@ -27,8 +27,8 @@ the row factors w_i = ∂L/∂loss_i · ρ_i (0 on ignored rows) on the N-row si
 so G' is read by the GEMMs only and stays as it is (a second backward with retain_graph=True is right).
 `python -m bench.cpu_step` measures the training step this is part of, beside nanoGPT's.
 
-Memory: G' (N×V fp32, the logits' own buffer, which the CPU keeps for the next call: see _logits_buffer), one
-block of scratch and a few (N,) vectors; eager holds several N×V tensors.
+Memory: G' (N×V fp32, the logits' own buffer), one block of scratch and a few (N,) vectors; eager holds several
+N×V tensors.
 Numerics: fp32 from the GEMM's output on, as the reference. 16-bit inputs: the logits GEMM runs in their dtype
 and G' is rounded to it for the backward GEMMs, as eager autograd rounds the logits' gradient. Sums run in another
 order than eager's: results agree to rounding (the tests state the tolerance), not bit for bit.
@@ -59,28 +59,6 @@ def block_rows(V: int, threads: int | None = None, block_bytes: int = BLOCK_BYTE
     return max(1, threads * block_bytes // (4 * V))
 
 
-# The CPU's logits buffer, kept between calls: a fresh N×V fp32 tensor pays a page fault per 4 KB page on first touch
-# (measured: a 4096×50304 GEMM took ~0.51 s into a new tensor and ~0.37 s into a reused one, 2 threads). Reused
-# only when no tensor but this one uses its storage any more: no autograd graph still saves the G' it became.
-_CPU_LOGITS = {}
-
-
-def _storage_users(t: torch.Tensor) -> int:
-    return torch._C._storage_Use_Count(t.untyped_storage()._cdata)
-
-
-def _logits_buffer(N: int, V: int, device: torch.device) -> torch.Tensor:
-    """An (N, V) fp32 tensor for the logits: on the CPU the previous call's when free, else a new one. Returned as
-    a new tensor on the buffer's storage (detach), so each caller's holding counts as a use of it."""
-    if device.type != "cpu" or not hasattr(torch._C, "_storage_Use_Count"):
-        return torch.empty(N, V, device=device)
-    held = _CPU_LOGITS.get("buffer")
-    if held is None or held.shape != (N, V) or _storage_users(held) != _CPU_LOGITS["unused"]:
-        held = torch.empty(N, V)
-        _CPU_LOGITS.update(buffer=held, unused=_storage_users(held))
-    return held.detach()
-
-
 def _softcap_in_place(c, scratch, one, softcap, kind, derivative: bool):
     """c <- cap(c) in place; with `derivative`, scratch <- cap'(z) (z: the raw logits c held)."""
     if kind == "algebraic":  # z·rsqrt(1 + z²/s²) = s·z·rsqrt(z² + s²); cap' = s³·(z² + s²)^-1.5 = rsqrt(1 + z²/s²)³
@@ -104,7 +82,7 @@ def chunked_cross_entropy_rows(hidden, weight, targets, bias, softcap, softcap_k
     bounds c) and ρ = (1 + 2·z_loss·lse)/Σe: the softmax's normalisation is left to the backward's row factors,
     which saves a pass over every block."""
     N, V = hidden.shape[0], weight.shape[0]
-    logits = _logits_buffer(N, V, hidden.device)  # (N, V) fp32, becomes G'; the bias is added per block, in cache
+    logits = hidden.new_empty(N, V, dtype=torch.float32)  # becomes G'; the bias is added per block, in cache
     with torch.autocast(hidden.device.type, enabled=False):
         if hidden.dtype == torch.float32:
             torch.mm(hidden, weight.t(), out=logits)
