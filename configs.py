@@ -456,8 +456,8 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
     def precision(name: str) -> str:
         return ("bf16" if native else "fp32") if name == "auto" else name
 
-    def kernel(name: str) -> str:
-        return ("triton" if cuda else "eager") if name == "auto" else name
+    def kernel(name: str, cpu: str = "eager") -> str:
+        return ("triton" if cuda else cpu) if name == "auto" else name
 
     dtype = precision(cfg.dtype)
     compute = torch.bfloat16 if dtype == "bf16" else torch.float32
@@ -465,8 +465,8 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
         attention = attention_select.select_backend(cfg.model.attn_impl, device, compute, cfg.model.head_dim)
     except (TypeError, ValueError) as e:  # an explicit backend that does not take this dtype or head dim
         raise ConfigError(f"--model.attn_impl: {e}") from e
-    ce_impl = ("triton" if cuda else "chunked") if cfg.model.ce_impl == "auto" else cfg.model.ce_impl
-    model = dataclasses.replace(cfg.model, attn_impl=attention, mlp_impl=kernel(cfg.model.mlp_impl), ce_impl=ce_impl)
+    model = dataclasses.replace(cfg.model, attn_impl=attention, mlp_impl=kernel(cfg.model.mlp_impl),
+                                ce_impl=kernel(cfg.model.ce_impl, cpu="chunked"))
     optim = dataclasses.replace(cfg.optim, ns_impl=kernel(cfg.optim.ns_impl), ns_dtype=precision(cfg.optim.ns_dtype))
     compile_mode = ("fullgraph" if cuda else "off") if cfg.compile == "auto" else cfg.compile
     return dataclasses.replace(cfg, device=device.type, dtype=dtype, model=model, optim=optim, compile=compile_mode)
