@@ -38,6 +38,7 @@ PyTorch outside it, so autograd gives the backward its w), and torch.compile kee
 the Triton kernel needs no N×V buffer.
 """
 
+import warnings
 from typing import Optional
 
 import torch
@@ -46,8 +47,9 @@ import torch.nn.functional as F
 from kernels import _common, registry
 from kernels.fused_linear_cross_entropy import check_inputs
 
-# fp32 bytes of logits per thread processed at once (with as many of scratch): well inside a core's L2. Measured at
-# 4096×50304, 2 threads: 2, 4, 8 and 16 rows a block took 372, 339, 330 and 361 ms beside a 330 ms logits GEMM.
+# fp32 bytes of logits per thread processed at once by the eager row pass (rows_per_block given, or no compiler):
+# inside a core's L2. Measured at 4096×50304, 2 threads: 2, 4, 8 and 16 rows a block took 372, 339, 330 and 361 ms
+# beside a 330 ms logits GEMM.
 BLOCK_BYTES = 512 << 10
 # A softcap at most this bounds every logit, so Σ exp(c) <= V·e^50 cannot overflow fp32 and needs no max shift.
 UNSHIFTED_SOFTCAP = 50.0
@@ -59,18 +61,56 @@ def block_rows(V: int, threads: int | None = None, block_bytes: int = BLOCK_BYTE
     return max(1, threads * block_bytes // (4 * V))
 
 
-def _softcap_in_place(c, scratch, one, softcap, kind, derivative: bool):
-    """c <- cap(c) in place; with `derivative`, scratch <- cap'(z) (z: the raw logits c held)."""
+def softcap_with_slope(z, kind: str | None, param):
+    """(cap(z), cap'(z)), cap' None without a softcap. param (a 0-D tensor, so a new value compiles nothing):
+    1/s² for the algebraic softcap, s for tanh."""
     if kind == "algebraic":  # z·rsqrt(1 + z²/s²) = s·z·rsqrt(z² + s²); cap' = s³·(z² + s²)^-1.5 = rsqrt(1 + z²/s²)³
-        torch.addcmul(one, c, c, value=1.0 / softcap**2, out=scratch).rsqrt_()
-        c.mul_(scratch)
-        if derivative:
-            scratch.pow_(3)
-    else:  # tanh: s·tanh(z/s); cap' = 1 - tanh²
-        c.div_(softcap).tanh_()
-        if derivative:
-            torch.addcmul(one, c, c, value=-1.0, out=scratch)
-        c.mul_(softcap)
+        r = torch.rsqrt(1 + z * z * param)
+        return z * r, r * r * r
+    if kind == "tanh":  # s·tanh(z/s); cap' = 1 - tanh²
+        t = torch.tanh(z / param)
+        return t * param, 1 - t * t
+    return z, None
+
+
+def row_pass(logits, bias, param, kind: str | None, shift: bool):
+    """In place, every element read and written once: logits <- e·cap' with e = exp(c - m), c = cap(logits + bias).
+    Returns (Σ_j e_ij, m_i) per row, shape (rows,); m is the row max with `shift`, else None (0)."""
+    z = logits + bias
+    c, slope = softcap_with_slope(z, kind, param)
+    # cap is increasing, so cap(max z) is c's max (to rounding, which any shift may carry): one pass fewer in eager
+    m = softcap_with_slope(torch.amax(z, dim=1), kind, param)[0] if shift else None
+    e = torch.exp(c - m[:, None]) if shift else torch.exp(c)
+    logits.copy_(e if slope is None else e * slope)
+    return e.sum(dim=1), m
+
+
+# The row pass as one loop per row (load, softcap, exp, row sum, store) in inductor's vectorised C++: shapes are
+# symbolic, so one compilation serves every (N, V) (a few size classes aside).
+_compiled_row_pass = torch.compile(row_pass, dynamic=True, fullgraph=True)
+_compile_failure: list[str] = []  # set once if inductor cannot build here (no C++ compiler): eager blocks then
+
+
+def _run_row_pass(logits, bias, param, kind, shift, rows_per_block):
+    """row_pass over all rows: compiled in one call, or eagerly `rows_per_block` rows at a time."""
+    if rows_per_block is None and not _compile_failure:
+        try:
+            # Softcap kinds x shift x size classes x thread counts can pass dynamo's default of 8 graphs per function.
+            with torch._dynamo.config.patch(recompile_limit=64):
+                return _compiled_row_pass(logits, bias, param, kind, shift)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            _compile_failure.append(str(err).splitlines()[0])
+            warnings.warn(f"chunked cross-entropy: its row pass could not be compiled ({_compile_failure[0]}); "
+                          "running it eagerly in blocks of rows (slower)", stacklevel=3)
+    N, V = logits.shape
+    rows = rows_per_block or block_rows(V)
+    totals, maxes = logits.new_empty(N), logits.new_empty(N) if shift else None
+    for start in range(0, N, rows):
+        stop = min(N, start + rows)
+        totals[start:stop], m = row_pass(logits[start:stop], bias, param, kind, shift)
+        if shift:
+            maxes[start:stop] = m
+    return totals, maxes
 
 
 def chunked_cross_entropy_rows(hidden, weight, targets, bias, softcap, softcap_kind, ignore_index, z_loss,
@@ -80,45 +120,32 @@ def chunked_cross_entropy_rows(hidden, weight, targets, bias, softcap, softcap_k
 
     G' = (e - [j == t(i)]/ρ)·cap' with e = exp(c - m) (m: the row max, or 0 when a softcap <= UNSHIFTED_SOFTCAP
     bounds c) and ρ = (1 + 2·z_loss·lse)/Σe: the softmax's normalisation is left to the backward's row factors,
-    which saves a pass over every block."""
+    which saves a pass over the logits. rows_per_block: run the row pass eagerly in blocks of that many rows
+    instead of compiled."""
     N, V = hidden.shape[0], weight.shape[0]
-    logits = hidden.new_empty(N, V, dtype=torch.float32)  # becomes G'; the bias is added per block, in cache
+    logits = hidden.new_empty(N, V, dtype=torch.float32)  # becomes G'
     with torch.autocast(hidden.device.type, enabled=False):
         if hidden.dtype == torch.float32:
             torch.mm(hidden, weight.t(), out=logits)
         else:
             logits.copy_(F.linear(hidden, weight))
-    rows = rows_per_block or block_rows(V)
-    scratch = logits.new_empty(min(rows, N), V)
-    one = logits.new_ones(())
-    bias = None if bias is None else bias.float()
+    kind = None if softcap is None else softcap_kind
+    param = logits.new_tensor(0.0 if softcap is None else 1 / softcap**2 if kind == "algebraic" else softcap)
+    bias = logits.new_zeros(V) if bias is None else bias.float()
     shift = softcap is None or softcap > UNSHIFTED_SOFTCAP
     keep = targets != ignore_index
     safe_targets = torch.where(keep, targets, 0)[:, None].long()  # ignored rows use column 0, then get 0
-    picked, totals = logits.new_empty(N, 1), logits.new_empty(N, 1)
-    maxes = logits.new_empty(N, 1) if shift else logits.new_zeros(N, 1)
-    for start in range(0, N, rows):
-        stop = min(N, start + rows)
-        c, s, t = logits[start:stop], scratch[: stop - start], safe_targets[start:stop]  # c: contiguous rows
-        if bias is not None:
-            c.add_(bias)
-        if softcap is not None:
-            _softcap_in_place(c, s, one, softcap, softcap_kind, compute_grad)
-        torch.gather(c, 1, t, out=picked[start:stop])
-        if shift:
-            c.sub_(torch.amax(c, dim=1, keepdim=True, out=maxes[start:stop]))
-        torch.sum(c.exp_(), dim=1, keepdim=True, out=totals[start:stop])
-        if compute_grad:
-            inv_rho = totals[start:stop] if not z_loss else totals[start:stop] / (
-                1 + 2 * z_loss * (maxes[start:stop] + totals[start:stop].log()))
-            c.scatter_add_(1, t, inv_rho.neg())
-            if softcap is not None:
-                c.mul_(s)
-    lse = maxes + totals.log()
+    # The target's softcapped logit and slope, before the row pass overwrites the logits (N values).
+    picked, picked_slope = softcap_with_slope(logits.gather(1, safe_targets) + bias[safe_targets], kind, param)
+    totals, maxes = _run_row_pass(logits, bias, param, kind, shift, rows_per_block)
+    totals = totals[:, None]
+    lse = totals.log() if maxes is None else maxes[:, None] + totals.log()
     loss = (lse + z_loss * lse.square() - picked).squeeze(1).masked_fill_(~keep, 0.0)
     if not compute_grad:
         return loss, _common.absent(logits), _common.absent(logits)
-    return loss, logits, ((1 + 2 * z_loss * lse) / totals).squeeze(1)
+    inv_rho = totals if not z_loss else totals / (1 + 2 * z_loss * lse)
+    logits.scatter_add_(1, safe_targets, -inv_rho if picked_slope is None else -inv_rho * picked_slope)
+    return loss, logits, (1 / inv_rho).squeeze(1)
 
 
 @torch.library.custom_op(_common.op_name("chunked_cross_entropy"), mutates_args=())
