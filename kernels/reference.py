@@ -167,6 +167,30 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 # ---------------------------------------------------------------------------------------------------
 
 
+class _ReluSquare(torch.autograd.Function):
+    """relu(h)² with autograd's own numbers and NaN/inf semantics, bit for bit, in two elementwise passes each
+    way: the chain F.relu(h).square() also makes a copy for its pow backward and one more product."""
+
+    @staticmethod
+    def forward(ctx, h):
+        r = torch.relu(h)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (r,) = ctx.saved_tensors
+        # pow's backward is grad·(2·r) (a doubling is exact, so = 2·(grad·r)); relu's keeps 0 where r <= 0 even
+        # for a NaN grad
+        return torch.ops.aten.threshold_backward((grad * r).mul_(2.0), r, 0)
+
+
+def relu_square(h: torch.Tensor) -> torch.Tensor:
+    """relu(h)², differentiable once."""
+    return _ReluSquare.apply(h)
+
+
 def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, b_fc: torch.Tensor | None = None,
               b_proj: torch.Tensor | None = None, *, upcast: bool = False) -> torch.Tensor:
     """proj(relu(fc(x))²) = relu(x w_fcᵀ + b_fc)² w_projᵀ + b_proj: x (N, H), w_fc (F, H), w_proj (H, F), optional
@@ -176,7 +200,7 @@ def relu2_mlp(x: torch.Tensor, w_fc: torch.Tensor, w_proj: torch.Tensor, b_fc: t
         b_fc = None if b_fc is None else b_fc.double()
         b_proj = None if b_proj is None else b_proj.double()
     h = F.linear(x, w_fc, b_fc)  # (N, F)
-    return F.linear(F.relu(h).square(), w_proj, b_proj)  # (N, H)
+    return F.linear(relu_square(h), w_proj, b_proj)  # (N, H)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import triton
 
 from bench.cases import relu2_mlp as cases
 from kernels import registry
+from kernels import reference
 from kernels import relu2_mlp as r2
 from kernels._common import TRITON_DTYPE
 from kernels.reference import relu2_mlp as eager_relu2_mlp
@@ -211,6 +212,28 @@ def test_epilogues_propagate_nan_and_inf(dtype, device):
     assert_same_nonfinite(a, a64.detach(), name="a = relu(h)²")
     assert_same_nonfinite(r2.relu2_fc_bwd(dy, w_proj, a), h64.grad, name="dH")
     assert torch.isnan(a[1]).all() and torch.isnan(h64.grad[20]).any() and (h64.grad[20] == 0).any()
+
+
+@NAN_WARNINGS
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_reference_relu_square_is_autograds_bit_for_bit(dtype):
+    """The eager MLP's relu(h)² (kernels.reference.relu_square, two passes each way) gives F.relu(h).square() and
+    its autograd exactly: values, gradients, and NaN/inf (a NaN grad where h <= 0 still gives 0)."""
+    h = torch.randn(64, 77, dtype=dtype)
+    h[0, :5] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0], dtype=dtype)
+    grad = torch.randn(64, 77, dtype=dtype)
+    grad[1, :8], grad[2, 3] = float("nan"), float("inf")
+    grad[3] = float("nan")
+    outs = []
+    for fn in (reference.relu_square, lambda t: torch.nn.functional.relu(t).square()):
+        leaf = h.clone().requires_grad_()
+        y = fn(leaf)
+        y.backward(grad)
+        outs.append((y.detach(), leaf.grad))
+    for got, want, name in zip(outs[0], outs[1], ("relu(h)²", "its gradient")):
+        assert torch.equal(got.nan_to_num(7.0, 8.0, 9.0), want.nan_to_num(7.0, 8.0, 9.0)), name
+        assert torch.equal(got.isnan(), want.isnan()), name
+    assert (outs[0][1][3] == 0).any() and outs[0][1][3].isnan().any()  # the NaN row: 0 where h <= 0
 
 
 # ---------------------------------------------------------------------------------------------------
