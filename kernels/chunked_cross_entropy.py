@@ -1,4 +1,4 @@
-"""LM head + softcap + cross-entropy in PyTorch, its gradient finished in cache-sized blocks of rows: the CPU's loss.
+"""LM head + softcap + cross-entropy in PyTorch, its gradient finished in one pass over the logits: the CPU's loss.
 
 Op (same semantics as kernels.reference.linear_cross_entropy, the test oracle; the formulas of
 kernels/fused_linear_cross_entropy.py, the GPU's implementation):
@@ -11,24 +11,27 @@ kernels/fused_linear_cross_entropy.py, the GPU's implementation):
 Why: on a CPU the eager loss spends more time moving the (N, V) fp32 logits than in its three GEMMs. Eager
 autograd walks them a dozen times (the bias broadcast, the softcap's products, log_softmax and its backward,
 nll_loss's one-hot gradient, the softcap's backward), each a full read and write of N·V·4 bytes (824 MB at 4096
-tokens of a 50304-token vocabulary), each into a tensor of its own. Here one GEMM writes the logits; then,
-BLOCK_BYTES of rows per thread at a time (the block and its scratch stay in the cores' L2), the bias, the softcap
-and its derivative, exp, the row sums and the gradient are computed in place, so every element leaves the cache
-once, as
+tokens of a 50304-token vocabulary), each into a tensor of its own. Here one GEMM writes the logits, then one row
+pass reads each row once and writes it back once as
 
     G'_ij = (e_ij - [j == t(i)] / ρ_i) · cap'(z_ij)     e = exp(c - m),  ρ_i = (1 + 2·z_loss·lse_i) / Σ_j e_ij
 
-m is the row max, or 0 where a softcap <= UNSHIFTED_SOFTCAP bounds every c (no overflow: one pass saved), and
-the softmax's division is left to ρ, a factor per row (another pass saved). The backward is three products with
-the row factors w_i = ∂L/∂loss_i · ρ_i (0 on ignored rows) on the N-row side:
+with the bias, the softcap and its derivative, exp and the row sum all in that one pass (the target's term is
+added after, N elements). m is the row max, or 0 where a softcap <= UNSHIFTED_SOFTCAP bounds every c (no overflow:
+one pass over the row saved), and the softmax's division is left to ρ, a factor per row (another pass saved).
+The row pass is plain PyTorch (row_pass), compiled by torch.compile into one vectorised C++ loop per row (inductor,
+symbolic shapes: one compilation, cached on disk, serves every N and V); given rows_per_block, or where inductor
+cannot build (no C++ compiler: one warning), the same function runs eagerly over blocks of BLOCK_BYTES of rows per
+thread, each block in L2. The backward is three products with the row factors w_i = ∂L/∂loss_i · ρ_i (0 on ignored
+rows) on the N-row side:
 
     grad_hidden = (G' @ weight) · w      grad_weight = G'ᵀ @ (hidden · w)      grad_bias = G'ᵀ @ w
 
 so G' is read by the GEMMs only and stays as it is (a second backward with retain_graph=True is right).
 `python -m bench.cpu_step` measures the training step this is part of, beside nanoGPT's.
 
-Memory: G' (N×V fp32, the logits' own buffer), one block of scratch and a few (N,) vectors; eager holds several
-N×V tensors.
+Memory: G' (N×V fp32, the logits' own buffer) and a few (N,) vectors (the eager blocks: one block of temporaries);
+eager holds several N×V tensors.
 Numerics: fp32 from the GEMM's output on, as the reference. 16-bit inputs: the logits GEMM runs in their dtype
 and G' is rounded to it for the backward GEMMs, as eager autograd rounds the logits' gradient. Sums run in another
 order than eager's: results agree to rounding (the tests state the tolerance), not bit for bit.
@@ -48,8 +51,8 @@ from kernels import _common, registry
 from kernels.fused_linear_cross_entropy import check_inputs
 
 # fp32 bytes of logits per thread processed at once by the eager row pass (rows_per_block given, or no compiler):
-# inside a core's L2. Measured at 4096×50304, 2 threads: 2, 4, 8 and 16 rows a block took 372, 339, 330 and 361 ms
-# beside a 330 ms logits GEMM.
+# inside a core's L2. Measured at 4096×50304 (algebraic softcap, bias), 2 threads, forward: blocks of 2, 5, 10 and 20
+# rows took 1570, 1583, 1464 and 1516 ms, the compiled pass 869 ms, the logits GEMM alone 547 ms.
 BLOCK_BYTES = 512 << 10
 # A softcap at most this bounds every logit, so Σ exp(c) <= V·e^50 cannot overflow fp32 and needs no max shift.
 UNSHIFTED_SOFTCAP = 50.0
@@ -78,7 +81,8 @@ def row_pass(logits, bias, param, kind: str | None, shift: bool):
     Returns (Σ_j e_ij, m_i) per row, shape (rows,); m is the row max with `shift`, else None (0)."""
     z = logits + bias
     c, slope = softcap_with_slope(z, kind, param)
-    # cap is increasing, so cap(max z) is c's max (to rounding, which any shift may carry): one pass fewer in eager
+    # cap is increasing, so cap(max z) is c's max (to rounding, which a shift tolerates); inductor (torch 2.13)
+    # fails to build the amax of c itself when c is also stored
     m = softcap_with_slope(torch.amax(z, dim=1), kind, param)[0] if shift else None
     e = torch.exp(c - m[:, None]) if shift else torch.exp(c)
     logits.copy_(e if slope is None else e * slope)
@@ -95,11 +99,13 @@ def _run_row_pass(logits, bias, param, kind, shift, rows_per_block):
     """row_pass over all rows: compiled in one call, or eagerly `rows_per_block` rows at a time."""
     if rows_per_block is None and not _compile_failure:
         try:
-            # Softcap kinds x shift x size classes x thread counts can pass dynamo's default of 8 graphs per function.
-            with torch._dynamo.config.patch(recompile_limit=64):
+            # Always without autograd (one graph for training and evaluation alike). Softcap kinds x shift x size
+            # classes x thread counts can pass dynamo's default of 8 graphs per function.
+            with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=64):
                 return _compiled_row_pass(logits, bias, param, kind, shift)
         except torch._dynamo.exc.BackendCompilerFailed as err:
-            _compile_failure.append(str(err).splitlines()[0])
+            inner = getattr(err, "inner_exception", None) or err
+            _compile_failure.append(f"{type(inner).__name__}: {(str(inner).strip().splitlines() or [''])[0]}")
             warnings.warn(f"chunked cross-entropy: its row pass could not be compiled ({_compile_failure[0]}); "
                           "running it eagerly in blocks of rows (slower)", stacklevel=3)
     N, V = logits.shape

@@ -1,11 +1,14 @@
 """kernels.chunked_cross_entropy: parity (loss and every gradient; tanh, algebraic and no softcap, head bias,
-z-loss, mean / sum / none), blocks of every height including ragged last blocks, ignored rows, NaN/inf as in
-eager, the custom op (opcheck, fullgraph trace, compiled == eager), input checks, and the CPU's "auto" choice.
+z-loss, mean / sum / none) with the row pass compiled and run eagerly in blocks of every height (ragged last
+blocks), ignored rows, NaN/inf as in eager, one compiled row pass for every shape, the eager fallback without a
+C++ compiler, the custom op (opcheck, fullgraph trace, compiled == eager), input checks, the CPU's "auto" choice.
 
 Parity through tests.parity.check_parity, as the Triton loss's tests: oracle kernels.reference.linear_cross_entropy
-in float64, peer the same eager code in the input dtype, one random grad_output for all three paths. Pure PyTorch,
-so no interpreter is involved; shapes stay small anyway.
+in float64, peer the same eager code in the input dtype, one random grad_output for all three paths. PyTorch and
+inductor's C++, so no interpreter is involved; shapes stay small anyway.
 """
+
+import warnings
 
 import pytest
 import torch
@@ -55,7 +58,7 @@ SHAPES = [(1, 24, 97), (7, 40, 131), (37, 24, 131)]
 
 
 # Softcaps on both sides of UNSHIFTED_SOFTCAP (50): the row max is subtracted without one and above it.
-@pytest.mark.parametrize("rows_per_block", [None, 1, 5], ids=["one-block", "rows1", "rows5"])
+@pytest.mark.parametrize("rows_per_block", [None, 1, 5], ids=["compiled", "rows1", "rows5"])
 @pytest.mark.parametrize("softcap, kind", [(None, "tanh"), (30.0, "tanh"), (15.0, "algebraic"), (60.0, "algebraic")],
                          ids=["nocap", "tanh", "algebraic", "algebraic60"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -147,9 +150,10 @@ def test_retain_graph_second_backward():
 
 
 @NAN_WARNINGS
+@pytest.mark.parametrize("rows_per_block", [None, 4], ids=["compiled", "rows4"])
 @pytest.mark.parametrize("softcap", [None, 41.0, "algebraic"])
 @pytest.mark.parametrize("kind", ["nan", "inf"])
-def test_nan_and_inf_propagate_as_in_eager(kind, softcap):
+def test_nan_and_inf_propagate_as_in_eager(kind, softcap, rows_per_block):
     """Non-finite hidden rows (one of them ignored): loss and gradients non-finite exactly where eager's are."""
     hidden, weight, targets = make_inputs(37, 40, 131, torch.float32, "cpu", ignore_rows=(5,), weight_scale=4.0)
     if kind == "nan":
@@ -158,7 +162,7 @@ def test_nan_and_inf_propagate_as_in_eager(kind, softcap):
         hidden[11, 0], hidden[30, 9] = float("inf"), -float("inf")
     algebraic = softcap == "algebraic"
     kwargs = dict(softcap=15.0 if algebraic else softcap, softcap_kind="algebraic" if algebraic else "tanh",
-                  ignore_index=IGNORE, rows_per_block=4)
+                  ignore_index=IGNORE, rows_per_block=rows_per_block)
     inputs = [hidden, weight, targets] + ([make_bias(131, torch.float32, "cpu")] if algebraic else [])
 
     def eager(*args, rows_per_block, **kw):
@@ -166,6 +170,47 @@ def test_nan_and_inf_propagate_as_in_eager(kind, softcap):
 
     check_nonfinite(kernel_fn, eager, inputs, names=NAMES_BIAS if algebraic else NAMES,
                     grad_output=torch.rand(()) + 0.5, kwargs=kwargs)
+
+
+def test_one_compiled_row_pass_serves_every_shape():
+    """The compiled row pass is traced with symbolic sizes: new row counts and vocabularies compile nothing."""
+    cases = [(37, 24, 131), (41, 24, 149), (53, 40, 131), (12, 24, 1031)]
+    cce.chunked_linear_cross_entropy(*make_inputs(*cases[0], torch.float32, "cpu"), softcap=15.0,
+                                     softcap_kind="algebraic")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for N, H, V in cases[1:]:
+            hidden, weight, targets = make_inputs(N, H, V, torch.float32, "cpu", weight_scale=4.0)
+            leaves = [t.clone().requires_grad_() for t in (hidden, weight)]
+            got = kernel_fn(*leaves, targets, softcap=15.0, softcap_kind="algebraic")
+            got.backward()
+            want = kernel_fn(hidden, weight, targets, softcap=15.0, softcap_kind="algebraic", rows_per_block=5)
+            assert_close(got, want, atol=1e-6, rtol=1e-6, name=f"loss at {(N, H, V)}")
+    assert not cce._compile_failure
+
+
+def test_without_a_compiler_the_row_pass_runs_eagerly(monkeypatch):
+    """No working C++ compiler (a real inductor failure, not a mock): one warning naming it, then eager blocks
+    with the same numbers as before."""
+    from torch._inductor import config as inductor_config
+
+    hidden, weight, targets = make_inputs(37, 24, 131, torch.float32, "cpu", ignore_rows=(3,), weight_scale=4.0)
+    bias = make_bias(131, torch.float32, "cpu")
+    kw = dict(softcap=30.0, softcap_kind="tanh", reduction="sum", ignore_index=IGNORE)
+    want = run(lambda h, w, b: kernel_fn(h, w, targets, b, **kw), [hidden, weight, bias], torch.tensor(1.5))
+    monkeypatch.setattr(cce, "_compile_failure", [])
+    torch._dynamo.reset()
+    try:
+        no_compiler = inductor_config.patch({"cpp.cxx": (None, "/nonexistent/c++"), "fx_graph_cache": False})
+        with no_compiler, pytest.warns(UserWarning, match="could not be compiled.*InvalidCxxCompiler"):
+            got = run(lambda h, w, b: kernel_fn(h, w, targets, b, **kw), [hidden, weight, bias], torch.tensor(1.5))
+        assert cce._compile_failure
+        for name, a, b in zip(NAMES_BIAS, got, want):
+            assert_close(a, b, atol=1e-6, rtol=1e-5, name=name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once: later calls go straight to the eager blocks
+            kernel_fn(hidden, weight, targets, bias, **kw)
+    finally:
+        torch._dynamo.reset()
 
 
 def test_opcheck():

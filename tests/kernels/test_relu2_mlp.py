@@ -14,8 +14,7 @@ import torch
 import triton
 
 from bench.cases import relu2_mlp as cases
-from kernels import registry
-from kernels import reference
+from kernels import reference, registry
 from kernels import relu2_mlp as r2
 from kernels._common import TRITON_DTYPE
 from kernels.reference import relu2_mlp as eager_relu2_mlp
