@@ -100,8 +100,12 @@ def _run_row_pass(logits, bias, param, kind, shift, rows_per_block):
     if rows_per_block is None and not _compile_failure:
         try:
             # Always without autograd (one graph for training and evaluation alike). Softcap kinds x shift x size
-            # classes x thread counts can pass dynamo's default of 8 graphs per function.
-            with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=64):
+            # classes x thread counts can pass dynamo's default of 8 graphs per function. Not through inductor's
+            # FX graph cache: its key leaves out the vector ISA (ATEN_CPU_CAPABILITY), and a graph cached by an
+            # AVX-512 process gave wrong row sums in an AVX2 one (torch 2.13); its C++ cache, keyed by source and
+            # flags, still spares the compiler (about 0.5 s more per process).
+            with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=64), \
+                    torch._inductor.config.patch(fx_graph_cache=False):
                 return _compiled_row_pass(logits, bias, param, kind, shift)
         except torch._dynamo.exc.BackendCompilerFailed as err:
             inner = getattr(err, "inner_exception", None) or err

@@ -36,3 +36,23 @@ def test_sensitive_tests_pass_on_an_avx2_cpu():
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *SENSITIVE],
                           env=avx2_env(), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+def test_compiled_loss_row_pass_survives_a_cache_shared_across_capabilities(tmp_path):
+    """The chunked loss compiles its row pass with inductor. Processes of both capabilities share one inductor cache
+    directory here (as train.py runs do outside the suite): the AVX2 process must not load the AVX-512 process's
+    graph (with torch 2.13 it did, through the FX graph cache, and its row sums were off by ~0.8), nor the reverse."""
+    probe = (
+        "import torch; from kernels import chunked_cross_entropy as cce; torch.manual_seed(0); "
+        "h, w, b = torch.randn(64, 32), 0.3 * torch.randn(5000, 32), 0.1 * torch.randn(5000); "
+        "t = torch.randint(0, 5000, (64,)); "
+        "kw = dict(bias=b, softcap=15.0, softcap_kind='algebraic', reduction='none'); "
+        "got = cce.chunked_linear_cross_entropy(h, w, t, **kw); "
+        "want = cce.chunked_linear_cross_entropy(h, w, t, rows_per_block=4, **kw); "
+        "print(torch.backends.cpu.get_cpu_capability(), float((got - want).abs().max()), cce._compile_failure)")
+    shared = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    native = {k: v for k, v in os.environ.items() if k not in (*AVX2, "TORCHINDUCTOR_CACHE_DIR")}
+    for env in ({**native, **shared}, {**avx2_env(), **shared}, {**native, **shared}):
+        out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=300, check=True).stdout.split(maxsplit=2)
+        assert float(out[1]) < 1e-5 and out[2] == "[]", out
