@@ -54,5 +54,5 @@ def test_compiled_loss_row_pass_survives_a_cache_shared_across_capabilities(tmp_
     native = {k: v for k, v in os.environ.items() if k not in (*AVX2, "TORCHINDUCTOR_CACHE_DIR")}
     for env in ({**native, **shared}, {**avx2_env(), **shared}, {**native, **shared}):
         out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True,
-                             timeout=300, check=True).stdout.split(maxsplit=2)
+                             timeout=300, check=True).stdout.strip().split(maxsplit=2)
         assert float(out[1]) < 1e-5 and out[2] == "[]", out
