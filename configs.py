@@ -237,8 +237,9 @@ PRESETS = {
     # σ = 0.0304, the std of their final val loss; the target 4.77 is the loss the 8 seeds' mean reaches at step
     # 112 (70% of the budget) by the track's rule: (4.77 - 4.7332)·√8 = 0.104 >= z·σ = 0.0935, not at step 96.
     # Pairwise comparisons at this scale take --loss-per-100-steps 0.62 (measured there), not the track's 0.0045.
-    # One run: 136 s wall (160 steps at 633 ms, validation, 2.2 s warm-up) on 2 threads of an AVX-512 Xeon forced to
-    # AVX2 (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2), quiet; not yet measured on a real AVX2-only CPU.
+    # One run: 88 s wall (160 steps at 395 ms, validation, 6.1 s warm-up with the loss's compilation) on 2 threads of
+    # an AVX-512 Xeon forced to AVX2 (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2), quiet; not yet measured on a
+    # real AVX2-only CPU.
     "track3-cpu": dict(model=model_preset("track3-cpu", **GPU_AUTO), recipe="track3-muon",
                        data_dir="shards/pydocs", optim=OptimConfig(ns_impl="auto"),
                        shuffle_shards=False, shard_margin=1, batch_size=4, seq_len=256, reference_world_size=1,
@@ -436,7 +437,7 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
         dtype                           bf16 where bf16 matmuls are native (kernels._common.native_bf16), else fp32
         model.attn_impl                 fa3 > fa2 > sdpa, the best that runs   sdpa
         model.mlp_impl                  triton                                 eager
-        model.ce_impl                   triton                                 chunked (its gradient in L2-sized blocks)
+        model.ce_impl                   triton                                 chunked (one compiled pass per row)
         optim.ns_impl                   triton                                 eager
         optim.ns_dtype                  as dtype (optim.muon.resolve_ns_dtype's rule)
         compile                         fullgraph                              off

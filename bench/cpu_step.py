@@ -9,8 +9,9 @@
     clip_grad_norm_ at 1.0, the AdamW of its configure_optimizers (wd 0.1 on the 2-D tensors, lr 6e-4,
     betas (0.9, 0.95); fused only on CUDA, so torch's default foreach AdamW here), zero_grad(set_to_none).
 (b) ours: train.Trainer.train_step of --preset at the same layers, heads, width, rows × tokens and vocab,
-    fp32 (no autocast, fp32 Newton-Schulz), eager (nanoGPT's compile is off too), --optimizer (default
-    track3-muon, the preset's baseline recipe). Other `--key=value` arguments are overrides of our config.
+    fp32 (no autocast, fp32 Newton-Schulz), eager (nanoGPT's compile is off too; the CPU's loss compiles its own
+    row pass, kernels/chunked_cross_entropy.py), --optimizer (default track3-muon, the preset's baseline recipe;
+    track3-adam puts AdamW beside AdamW). Other `--key=value` arguments are overrides of our config.
 
 Both read batches of the same train shards (--data_dir, default the preset's) through data.loader.TokenLoader
 and run under the same torch thread count. The two steps alternate, one each, so drifting load hits both
