@@ -98,6 +98,8 @@ _compile_failure: list[str] = []  # set once if inductor cannot build here (no C
 def _run_row_pass(logits, bias, param, kind, shift, rows_per_block):
     """row_pass over all rows: compiled in one call, or eagerly `rows_per_block` rows at a time."""
     if rows_per_block is None and not _compile_failure:
+        import torch._inductor.config  # noqa: F401 (imported by the first compilation, which comes after the patch)
+
         try:
             # Always without autograd (one graph for training and evaluation alike). Softcap kinds x shift x size
             # classes x thread counts can pass dynamo's default of 8 graphs per function. Not through inductor's
