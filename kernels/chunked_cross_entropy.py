@@ -213,7 +213,8 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
 
     Same contract as kernels.reference.linear_cross_entropy (hidden (N, H), weight (V, H), bias (V,) or None,
     targets (N,) int64/int32; reduction "mean" over non-ignored tokens, "sum" or "none"). Under torch.autocast
-    the inputs are cast to the autocast dtype here, as F.linear would. rows_per_block overrides block_rows(V).
+    the inputs are cast to the autocast dtype here, as F.linear would. rows_per_block: the row pass eagerly, in blocks
+    of that many rows, instead of compiled (tests; the fallback without a C++ compiler uses block_rows(V)).
     """
     hidden, weight, bias = _common.autocast_inputs(hidden, weight, bias)
     check_inputs(hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind,
