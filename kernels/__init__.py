@@ -1,7 +1,8 @@
 """Kernels for the speedrun: eager references plus hand-written Triton implementations.
 
-Importing this package registers every implementation in kernels.registry; nothing is compiled,
-printed or launched at import. Look implementations up with kernels.registry.get(op, impl).
+Importing this package registers every implementation in kernels.registry and gives inductor's cache a
+directory per CPU capability (kernels._common.separate_inductor_cache); nothing is compiled, printed or launched
+at import. Look implementations up with kernels.registry.get(op, impl).
 
 The Triton kernels and the FlashAttention backends run as torch.library custom ops, torch.ops.speedrun.*
 (relu2_mlp, relu2_mlp_backward, linear_cross_entropy, newton_schulz, flash_attention, flash_attention_backward):

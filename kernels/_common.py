@@ -7,6 +7,7 @@ argument and the problem instead of a crash (or a silent wrong answer) inside a 
 
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,25 @@ def interpreter_unavailable_reason() -> str | None:
 def cpu_capability() -> str:
     """The SIMD level torch's CPU kernels run at: 'AVX512', 'AVX2', ... (ATEN_CPU_CAPABILITY can lower it)."""
     return torch.backends.cpu.get_cpu_capability()
+
+
+def separate_inductor_cache() -> None:
+    """Give inductor's on-disk cache a directory per CPU capability, <tmp>/torchinductor_uid<uid>_<capability>,
+    unless TORCHINDUCTOR_CACHE_DIR is set. Called when this module is imported (by anything of the project that
+    touches a kernel), before anything imports torch._dynamo.
+
+    Inductor's default cache (/tmp/torchinductor_<user>, shared by every process) does not separate what a process
+    forced to AVX2 (ATEN_CPU_CAPABILITY=avx2, how the project emulates an AVX2-only machine) compiles from what the
+    machine's own AVX-512 compiles: measured with torch 2.13, a graph cached by one capability and loaded by the
+    other was wrong (the chunked loss's row sums off by ~0.8, a compiled rms_norm by ~3-7; its FX graph cache key
+    leaves the vector ISA out), and the other way round glibc aborted at exit ("malloc(): unaligned tcache chunk
+    detected"). Subprocesses inherit the setting; one forced to another capability must drop it first. (Importing
+    torch._dynamo sets inductor's default, so later calls change nothing.)"""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+        tempfile.gettempdir(), f"torchinductor_uid{os.getuid()}_{cpu_capability().lower()}"))
+
+
+separate_inductor_cache()  # at import, before this module's first torch.compiler use imports torch._dynamo
 
 
 def native_bf16(device) -> bool:

@@ -98,16 +98,11 @@ _compile_failure: list[str] = []  # set once if inductor cannot build here (no C
 def _run_row_pass(logits, bias, param, kind, shift, rows_per_block):
     """row_pass over all rows: compiled in one call, or eagerly `rows_per_block` rows at a time."""
     if rows_per_block is None and not _compile_failure:
-        import torch._inductor.config  # noqa: F401 (imported by the first compilation, which comes after the patch)
-
         try:
             # Always without autograd (one graph for training and evaluation alike). Softcap kinds x shift x size
-            # classes x thread counts can pass dynamo's default of 8 graphs per function. Not through inductor's
-            # FX graph cache: its key leaves out the vector ISA (ATEN_CPU_CAPABILITY), and a graph cached by an
-            # AVX-512 process gave wrong row sums in an AVX2 one (torch 2.13); its C++ cache, keyed by source and
-            # flags, still spares the compiler (about 0.5 s more per process).
-            with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=64), \
-                    torch._inductor.config.patch(fx_graph_cache=False):
+            # classes x thread counts can pass dynamo's default of 8 graphs per function. (Inductor's cache is one
+            # per CPU capability: kernels._common.separate_inductor_cache.)
+            with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=64):
                 return _compiled_row_pass(logits, bias, param, kind, shift)
         except torch._dynamo.exc.BackendCompilerFailed as err:
             inner = getattr(err, "inner_exception", None) or err

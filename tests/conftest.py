@@ -1,7 +1,6 @@
 """Test configuration: Triton's interpreter on CPU-only machines, seeds, and the gpu/slow markers."""
 
 import os
-import tempfile
 
 import pytest
 import torch
@@ -10,13 +9,11 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# One inductor cache directory per CPU capability. Inductor's on-disk cache (default /tmp/torchinductor_<user>,
-# shared by every process) does not separate code compiled under ATEN_CPU_CAPABILITY=avx2 (how the suite emulates
-# an AVX2-only machine, tests/test_cpu_kinds.py) from code compiled for the machine's AVX-512: measured with torch
-# 2.13, a compiled rms_norm loaded from the other capability's entry was off by ~3-7, and the other way round
-# glibc aborted at exit ("malloc(): unaligned tcache chunk detected"). Subprocesses inherit the setting.
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
-    tempfile.gettempdir(), f"torchinductor_uid{os.getuid()}_{torch.backends.cpu.get_cpu_capability().lower()}"))
+# One inductor cache directory per CPU capability (tests/test_cpu_kinds.py runs the suite forced to AVX2 too),
+# before any test compiles: the rule every process of the project follows (kernels._common applies it at import).
+from kernels._common import separate_inductor_cache  # noqa: E402 (after TRITON_INTERPRET)
+
+separate_inductor_cache()
 
 
 def pytest_report_header(config):

@@ -38,10 +38,11 @@ def test_sensitive_tests_pass_on_an_avx2_cpu():
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
-def test_compiled_loss_row_pass_survives_a_cache_shared_across_capabilities(tmp_path):
-    """The chunked loss compiles its row pass with inductor. Processes of both capabilities share one inductor cache
-    directory here (as train.py runs do outside the suite): the AVX2 process must not load the AVX-512 process's
-    graph (with torch 2.13 it did, through the FX graph cache, and its row sums were off by ~0.8), nor the reverse."""
+def test_compiled_loss_row_pass_right_after_the_other_capability_compiled_it(tmp_path):
+    """The chunked loss compiles its row pass with inductor. A native process, one forced to AVX2 and a native one
+    again, none naming an inductor cache (as train.py runs outside the suite), one temporary directory: the AVX2
+    process must not load the AVX-512 process's graph (with torch 2.13 from one shared cache it did, and its row
+    sums were off by ~0.8), nor the reverse (kernels._common.separate_inductor_cache)."""
     probe = (
         "import torch; from kernels import chunked_cross_entropy as cce; torch.manual_seed(0); "
         "h, w, b = torch.randn(64, 32), 0.3 * torch.randn(5000, 32), 0.1 * torch.randn(5000); "
@@ -50,9 +51,9 @@ def test_compiled_loss_row_pass_survives_a_cache_shared_across_capabilities(tmp_
         "got = cce.chunked_linear_cross_entropy(h, w, t, **kw); "
         "want = cce.chunked_linear_cross_entropy(h, w, t, rows_per_block=4, **kw); "
         "print(torch.backends.cpu.get_cpu_capability(), float((got - want).abs().max()), cce._compile_failure)")
-    shared = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    tmp = {"TMPDIR": str(tmp_path)}  # inductor's default cache and ours both live under tempfile.gettempdir()
     native = {k: v for k, v in os.environ.items() if k not in (*AVX2, "TORCHINDUCTOR_CACHE_DIR")}
-    for env in ({**native, **shared}, {**avx2_env(), **shared}, {**native, **shared}):
+    for env in ({**native, **tmp}, {**avx2_env(), **tmp}, {**native, **tmp}):
         out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True,
                              timeout=300, check=True).stdout.strip().split(maxsplit=2)
         assert float(out[1]) < 1e-5 and out[2] == "[]", out
