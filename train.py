@@ -90,16 +90,14 @@ import time
 import torch
 import torch.distributed as dist
 
-import checkpoint
-import cli
-import memory
-from configs import TrainConfig, device_type, help_text, resolve, resolve_auto
 from data.loader import DataExhausted, TokenLoader, val_batches
 from data.shards import list_shards
 from model.gpt import GPT
 from optim import build_optimizer
 from optim.distributed import DataParallel, accumulation_steps, all_reduce_mean, init_process_group
 from optim.muon import Muon
+from speedrun import checkpoint, cli, memory
+from speedrun.config import TrainConfig, device_type, help_text, resolve, resolve_auto
 
 
 class Diverged(cli.UserError, FloatingPointError):

@@ -7,7 +7,7 @@ the interpreter), so kernels drop in without touching the model.
 
 from dataclasses import dataclass, replace
 
-from cli import ConfigError
+from speedrun.cli import ConfigError
 
 CHOICES = {"softcap_kind": ("tanh", "algebraic"), "rope": ("standard", "half_truncated"),
            "init": ("normal", "track3"), "loss_reduction": ("mean", "sum")}

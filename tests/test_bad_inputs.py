@@ -21,15 +21,14 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint
-import cli
 import train
 from bench import speedrun, summary
-from cli import ConfigError
-from configs import PRESETS, resolve
 from data import prepare, shards, tokenizer
 from data.loader import TokenLoader, val_batches
 from kernels import registry
+from speedrun import checkpoint, cli
+from speedrun.cli import ConfigError
+from speedrun.config import PRESETS, resolve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

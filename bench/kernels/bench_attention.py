@@ -18,7 +18,7 @@ import torch
 
 from bench.cases.attention import Unavailable, attention_case
 from bench.conftest import require_gpu
-from configs import PRESETS
+from speedrun.config import PRESETS
 
 DTYPE = torch.bfloat16
 PROVIDERS = ["eager", "sdpa", "flex", "fa3", "fa2", "fa4", "auto"]

@@ -10,7 +10,7 @@ import pytest
 
 from bench import speedrun
 from bench.speedrun import Point, Rule
-from cli import UsageError, UserError
+from speedrun.cli import UsageError, UserError
 
 TRACK = Rule()
 

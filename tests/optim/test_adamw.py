@@ -3,9 +3,9 @@ default lr = cfg.lr everywhere and decoupled weight decay on the hidden matrices
 
 import torch
 
-from configs import OptimConfig
 from model import GPT, model_preset
 from optim import build_optimizer, param_groups
+from speedrun.config import OptimConfig
 
 
 def test_hyperparameters_per_group():

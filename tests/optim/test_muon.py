@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.optim._muon as torch_muon
 
-from configs import OptimConfig
 from kernels import reference, registry
 from kernels._common import native_bf16
 from model import GPT, model_preset
 from optim import build_optimizer
 from optim.muon import Muon, lr_scale, muon_shape_update, resolve_ns_dtype
+from speedrun.config import OptimConfig
 
 # --- parity with torch.optim.Muon --------------------------------------------------------------------
 

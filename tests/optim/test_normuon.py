@@ -4,12 +4,12 @@ norm preserved; the track-3 form (#10) against float64 and against its bf16 arit
 import pytest
 import torch
 
-from configs import OptimConfig
 from kernels import reference, registry
 from model import GPT, model_preset
 from optim import build_optimizer
 from optim.muon import Muon, lr_scale
 from optim.normuon import NorMuon
+from speedrun.config import OptimConfig
 
 
 def rms_spread(update: torch.Tensor, dim: int) -> float:

@@ -6,11 +6,11 @@ import re
 import pytest
 import torch
 
-from configs import OptimConfig, TrainConfig
 from optim import build_optimizer
 from optim.muon import Muon
 from optim.normuon import NorMuon
 from optim.recipes import RECIPES
+from speedrun.config import OptimConfig, TrainConfig
 from tests.optim.test_roles import BiasedModel
 
 # The published numbers (modded-nanogpt records/track_3_optimization: README table and the logs' scripts).

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from configs import DEFAULT_LR, OptimConfig
 from model import GPT, model_preset
 from optim import OPTIMIZERS, ROLES, build_optimizer, register_optimizer
 from optim import registry as optim_registry
+from speedrun.config import DEFAULT_LR, OptimConfig
 
 ALL = ["adamw", "sgd", "muon", "normuon"]
 

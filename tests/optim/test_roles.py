@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from configs import OptimConfig
 from model import GPT, model_preset
 from optim import ROLES, RoleHparams, build_optimizer, param_groups, role_table
+from speedrun.config import OptimConfig
 
 
 def tiny_model(**overrides):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from configs import OptimConfig
 from model import GPT, model_preset
 from optim import build_optimizer, param_groups
+from speedrun.config import OptimConfig
 
 
 @pytest.mark.parametrize("nesterov", [True, False])

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from configs import PRESETS, resolve
+from speedrun.config import PRESETS, resolve
 from tests.recipes import register_recipe
 
 
@@ -155,7 +155,7 @@ def machine(monkeypatch):
 
 
 def _resolved(preset, machine_name, machine, *argv):
-    from configs import resolve_auto
+    from speedrun.config import resolve_auto
 
     cfg = resolve_auto(resolve([f"--preset={preset}", *argv]), machine(machine_name))
     return {"attention": cfg.model.attn_impl, "mlp": cfg.model.mlp_impl, "ce": cfg.model.ce_impl,
@@ -192,7 +192,7 @@ def test_auto_resolves_by_device(machine, preset, machine_name, expected):
 
 
 def test_cpu_presets_resolve_to_eager_without_compile_on_this_machine():
-    from configs import resolve_auto
+    from speedrun.config import resolve_auto
 
     for preset in ("cpu", "track3-cpu", "tiny", "gpt2-124m", "track3"):
         cfg = resolve_auto(resolve([f"--preset={preset}"]), "cpu")

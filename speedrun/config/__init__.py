@@ -13,8 +13,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from cli import ConfigError
 from model.config import GPTConfig, model_preset
+from speedrun.cli import ConfigError
 
 
 def _check(cond: bool, message: str):
