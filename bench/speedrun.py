@@ -265,7 +265,7 @@ def finished_run(args) -> dict | None:
     an interrupted bench.speedrun, or one given more --lr-multipliers, does not train a finished run again. The
     options in REUSE_MAY_DIFFER may differ."""
     import train
-    from speedrun.config import device_type, resolve, resolve_auto
+    from speedrun.config import device_type, resolve, resolve_auto, to_dict
 
     cfg = resolve(args)
     cfg = resolve_auto(cfg, device_type(cfg.device))
@@ -277,7 +277,7 @@ def finished_run(args) -> dict | None:
             summary = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    now = json.loads(json.dumps(to_dict(cfg)))
     same = {k for k in now if saved.get(k) == now[k]} | REUSE_MAY_DIFFER
     if set(now) - same or set(saved) != set(now) or summary.get("steps") != cfg.max_steps:
         return None

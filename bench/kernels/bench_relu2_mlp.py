@@ -27,7 +27,8 @@ def _micro_batch_tokens(preset: str, default: int) -> int:
     try:
         from speedrun.config import PRESETS
 
-        return PRESETS[preset]["batch_size"] * PRESETS[preset]["seq_len"]
+        cfg = PRESETS[preset]()
+        return cfg.batch_size * cfg.seq_len
     except (ImportError, KeyError):
         return default
 
