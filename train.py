@@ -77,7 +77,6 @@ makes the others fail after --dist_timeout_s seconds (default 300) with an error
 """
 
 import ctypes
-import dataclasses
 import json
 import math
 import os
@@ -249,8 +248,9 @@ class Trainer:
     def implementations(self) -> dict:
         """What runs, by op ("unused": Newton-Schulz under an optimizer without it)."""
         cfg = self.cfg
-        return {"attention": cfg.model.attn_impl, "mlp": cfg.model.mlp_impl, "ce": cfg.model.ce_impl,
-                **(cfg.optim.implementations() if hasattr(cfg.optim, "implementations") else {}), "compile": cfg.compile}
+        optimizer = cfg.optim.implementations() if hasattr(cfg.optim, "implementations") else {}
+        return {"attention": cfg.model.attn_impl, "mlp": cfg.model.mlp_impl, "ce": cfg.model.ce_impl, **optimizer,
+                "compile": cfg.compile}
 
     @property
     def precision(self) -> str:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from optim.registry import optimizer, recipe
-from optim.roles import (AuxRoles, RoleHparams, check_betas, check_non_negative, check_positive, role_table,
-                         torch_groups)
+from optim.roles import AuxRoles, RoleHparams, check_betas, check_non_negative, check_positive, role_table, torch_groups
 from optim.schedules import TRACK3_SCHEDULE
 
 

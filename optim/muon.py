@@ -49,8 +49,16 @@ from kernels import reference, registry
 from kernels._common import native_bf16
 from optim.adamw import fused_adamw_available
 from optim.registry import optimizer, recipe, require
-from optim.roles import (AuxRoles, RoleHparams, check_betas, check_fraction, check_non_negative, check_positive,
-                         role_table, torch_groups)
+from optim.roles import (
+    AuxRoles,
+    RoleHparams,
+    check_betas,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    role_table,
+    torch_groups,
+)
 from optim.schedules import TRACK3_SCHEDULE
 
 LR_SCALINGS = ("original", "match_rms_adamw")

@@ -178,6 +178,15 @@ def load_file(path: str):
     return module
 
 
+def unload_file(path: str):
+    """Forget the parts a file loaded with load_file registered (a changed file can then be loaded again)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    for table in _ENTRIES.values():
+        for name in [n for n, e in table.items() if e.external and e.source == path]:
+            del table[name]
+    sys.modules.pop("speedrun_external_" + "".join(c if c.isalnum() else "_" for c in path), None)
+
+
 def lookup(kind: str, ref: str, *, also: tuple[str, ...] = ()) -> Entry:
     """The part `ref` names: NAME, or PATH.py:NAME (the file is loaded first). `also`: other kinds the name may
     belong to (--optimizer takes an optimizer or a recipe)."""

@@ -48,7 +48,8 @@ class MomentumRamp:
                 f"--schedule.momentum: warmup_steps={self.warmup_steps} and cooldown_steps={self.cooldown_steps} "
                 "must be >= 0")
         for name in ("start", "end"):
-            require(0 <= getattr(self, name) < 1, f"--schedule.momentum.{name}={getattr(self, name)} must lie in [0, 1)")
+            value = getattr(self, name)
+            require(0 <= value < 1, f"--schedule.momentum.{name}={value} must lie in [0, 1)")
 
     def momentum(self, peak: float, step: int, horizon: int) -> float:
         """The momentum at `step` for an optimizer configured with `peak`."""
@@ -86,10 +87,9 @@ class StableDecay(Schedule):
 
     def __post_init__(self):
         require(self.warmup_steps >= 0, f"--schedule.warmup_steps={self.warmup_steps} must be >= 0")
-        for name in ("cooldown_frac", "aux_cooldown_frac"):
-            value = getattr(self, name)
-            require(value is None and name != "cooldown_frac" or value is not None and 0 <= value <= 1,
-                    f"--schedule.{name}={value} must lie in [0, 1]" + (" or be None" if name != "cooldown_frac" else ""))
+        require(0 <= self.cooldown_frac <= 1, f"--schedule.cooldown_frac={self.cooldown_frac} must lie in [0, 1]")
+        require(self.aux_cooldown_frac is None or 0 <= self.aux_cooldown_frac <= 1,
+                f"--schedule.aux_cooldown_frac={self.aux_cooldown_frac} must lie in [0, 1] or be None")
 
     def factor(self, step: int, horizon: int, role: str) -> float:
         if step < self.warmup_steps:

@@ -9,7 +9,15 @@ from dataclasses import dataclass
 import torch
 
 from optim.registry import optimizer
-from optim.roles import AuxRoles, RoleHparams, check_fraction, check_non_negative, check_positive, role_table, torch_groups
+from optim.roles import (
+    AuxRoles,
+    RoleHparams,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    role_table,
+    torch_groups,
+)
 
 
 @dataclass(frozen=True)

@@ -392,7 +392,8 @@ def test_no_synchronizing_cuda_op_inside_a_training_step(shards, tmp_path):
     """On a GPU, torch's sync debug mode turns every synchronizing CUDA op (item, a blocking copy to the host,
     nonzero, ...) inside train_step into an error, with the implementations the GPU presets resolve to."""
     cfg = train.resolve(["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--device=cuda",
-                         "--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto", "--optim.newton_schulz_impl=auto",
+                         "--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto",
+                         "--optim.newton_schulz_impl=auto",
                          "--attention=auto", "--compile=off", "--grad_accum=2", *SYNC_ARGS])
     trainer = train.Trainer(cfg)
     train_step = trainer.train_step

@@ -246,7 +246,8 @@ def resolve(argv: list[str]) -> TrainConfig:
 def check_names(cfg: TrainConfig):
     """Every implementation name in the model exists (the ranges are checked by the dataclasses themselves, the
     optimizer's names by its own config; the kernels' names live in the registries, which import torch)."""
-    from kernels import attention_select, registry as kernels
+    from kernels import attention_select
+    from kernels import registry as kernels
 
     def choose(option: str, value, allowed):
         if value not in allowed:

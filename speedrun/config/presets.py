@@ -80,7 +80,8 @@ def track3_cpu() -> TrainConfig:
 def tiny() -> TrainConfig:
     """Tests: a few seconds on the CPU."""
     return TrainConfig(preset="tiny", model=model_preset("tiny"), data_dir="shards/pydocs", batch_size=2, seq_len=64,
-                       max_steps=3, val_every=2, val_tokens=512, schedule=StableDecay(warmup_steps=1, cooldown_frac=0.4))
+                       max_steps=3, val_every=2, val_tokens=512,
+                       schedule=StableDecay(warmup_steps=1, cooldown_frac=0.4))
 
 
 PRESETS = {"cpu": cpu, "gpt2-124m": gpt2_124m, "track3": track3, "track3-cpu": track3_cpu, "tiny": tiny}

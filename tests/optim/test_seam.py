@@ -11,6 +11,7 @@ import pytest
 
 import train
 from bench import speedrun
+from optim import registry
 from speedrun.config import help_text, resolve
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,7 +31,8 @@ def lion(tmp_path_factory):
     """The example file, copied outside the repository (once: a process registers a name from one file only)."""
     path = tmp_path_factory.mktemp("elsewhere") / "my_lion.py"
     shutil.copy(EXAMPLE, path)
-    return path
+    yield path
+    registry.unload_file(str(path))  # the rest of the session sees the package's parts only
 
 
 def test_the_readme_example_is_the_file_tested():
