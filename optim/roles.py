@@ -13,16 +13,30 @@ ROLES = ("hidden", "embed", "head", "scalar")
 EMBEDDINGS = ("wte.", "wpe.", "value_embeds.")
 
 
-def param_groups(model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
-    """{hidden, embed, head, scalar} -> parameters (requires_grad only), each exactly once, in model order.
+class RoleGroups(dict):
+    """{role: parameters}, and `names`: each parameter's name in the model (for builders that split a role
+    further, e.g. gains from biases, or treat one module apart)."""
+
+    def __init__(self, *args, names: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.names: dict[torch.nn.Parameter, str] = names or {}
+
+    def name(self, p: torch.nn.Parameter) -> str:
+        return self.names[p]
+
+
+def param_groups(model: torch.nn.Module) -> RoleGroups:
+    """{hidden, embed, head, scalar} -> parameters (requires_grad only), each exactly once, in model order; the
+    result's `names` maps each parameter to its name.
 
     Raises ValueError for a parameter the naming contract does not place (a 2-D or larger tensor outside
     blocks., the embeddings and lm_head.weight, or a tensor of 3+ dims under blocks.).
     """
-    groups = {role: [] for role in ROLES}
+    groups = RoleGroups({role: [] for role in ROLES})
     for name, p in model.named_parameters():  # a tied head appears once, as wte.weight
         if not p.requires_grad:
             continue
+        groups.names[p] = name
         if name.startswith("blocks.") and p.ndim == 2:
             groups["hidden"].append(p)
         elif name.startswith(EMBEDDINGS):
