@@ -1,6 +1,15 @@
-"""Fixtures shared by every benchmark: the timing harness and provider gating.
+"""Fixtures shared by every benchmark: the timing harness, provider gating, the machine record.
 
 Run:  pytest bench/ --benchmark-json=out/bench.json   (then: python -m bench.summary out/bench.json)
+
+Each pytest-benchmark round is one timed call of the kernel (bench/harness.py says how), so pytest-benchmark's
+statistics and its compare options describe the kernel:
+
+    pytest bench/ --benchmark-save=before                                   # .benchmarks/<machine>/0001_before.json
+    pytest bench/ --benchmark-compare=0001 --benchmark-compare-fail=median:5%   # fails on a 5% slower median
+    pytest-benchmark compare 0001 0002 --group-by=group,param:case              # side by side
+
+Time per case: --benchmark-max-time (seconds, default 1.0) and --benchmark-min-rounds (default 5).
 """
 
 import importlib
@@ -13,12 +22,43 @@ if not torch.cuda.is_available():
     # Triton kernels are not timed on the CPU, but importing them must not need a driver.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from bench import harness  # noqa: E402
+from bench import harness, provenance  # noqa: E402
 from kernels import registry  # noqa: E402
 
 
 def pytest_report_header(config):
     return f"machine: {harness.machine_line()}"
+
+
+def pytest_configure(config):
+    config._speedrun_machine_at_start = provenance.machine()
+
+
+def pytest_collection_modifyitems(config, items):
+    """On a GPU every bench's pytest-benchmark timer is the CUDA event clock (bench.harness.cuda_event_time)."""
+    if not torch.cuda.is_available():
+        return
+    for item in items:
+        if "benchmark" in getattr(item, "fixturenames", ()):
+            marker = item.get_closest_marker("benchmark")
+            kwargs = {**(marker.kwargs if marker else {}), "timer": harness.cuda_event_time}
+            item.add_marker(pytest.mark.benchmark(**kwargs), append=False)  # the closest marker: ours
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """The machine once per run: CPU model, SIMD level, native bf16, threads, 1-minute load at the start and at
+    the end of the run, GPU, versions, commit, and how a round is timed."""
+    start = getattr(config, "_speedrun_machine_at_start", None) or provenance.machine()
+    machine_info["speedrun"] = {
+        **start,
+        "loadavg_1m_start": start["loadavg_1m"],
+        "loadavg_1m_end": provenance.loadavg_1m(),
+        **provenance.versions(),
+        "commit": provenance.git_commit(),
+        "timer": harness.Clock("cuda" if torch.cuda.is_available() else "cpu").describe(),
+        "machine_line": provenance.machine_line(start),
+    }
+    del machine_info["speedrun"]["loadavg_1m"]
 
 
 @pytest.fixture
@@ -27,11 +67,14 @@ def device():
 
 
 @pytest.fixture
-def measure(benchmark, device):
-    """measure(fn, flops=..., bytes=..., **info) -> figures; times fn with bench.harness.measure."""
+def measure(benchmark, device, request):
+    """measure(fn, op=..., flops=..., bytes=..., **info) -> figures; times fn with bench.harness.measure within
+    --benchmark-max-time, at least --benchmark-min-rounds rounds."""
+    budget_s = float(request.config.getoption("benchmark_max_time"))
+    min_rounds = int(request.config.getoption("benchmark_min_rounds"))
 
     def run(fn, **kwargs):
-        return harness.measure(benchmark, fn, device=device, **kwargs)
+        return harness.measure(benchmark, fn, device=device, budget_s=budget_s, min_rounds=min_rounds, **kwargs)
 
     return run
 

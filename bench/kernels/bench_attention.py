@@ -58,5 +58,4 @@ def setup(case: str, provider: str, mode: str, device):
 def test_attention(benchmark, measure, device, case, provider, mode):
     info, fn = setup(case, provider, mode, device)
     fn()  # compile / first-launch / mask-building work outside the timed rounds
-    measure(fn, rounds=3 if device.type == "cpu" else 5, case=case, provider=provider, mode=mode, causal=True,
-            **info)
+    measure(fn, op="attention", case=case, provider=provider, mode=mode, causal=True, **info)

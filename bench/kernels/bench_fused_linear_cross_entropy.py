@@ -79,5 +79,5 @@ def test_fused_linear_cross_entropy(benchmark, measure, device, case, provider):
     N, H, V, softcap = CASES[case]
     fn()  # compile / autotune / first-launch work outside the timed rounds
     measure(fn, flops=flce_flops(N, H, V), bytes=flce_bytes(N, H, V, DTYPE.itemsize, flce.pick_chunk_rows(N, V, 128)),
-            rounds=3, peak_memory=True, case=case, provider=provider, shape=[N, H, V],
+            op="linear_cross_entropy", peak_memory=True, case=case, provider=provider, shape=[N, H, V],
             dtype=str(DTYPE).removeprefix("torch."), softcap=softcap, logits_mb=N * V * 4 / 2**20)

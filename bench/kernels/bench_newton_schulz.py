@@ -59,8 +59,7 @@ def test_newton_schulz(benchmark, measure, device, case, provider):
     useful = ns_flops(rows, cols, STEPS, symmetric=True, batch=batch)
     naive = ns_flops(rows, cols, STEPS, symmetric=False, batch=batch)
     fn()  # compile / first-launch work outside the timed rounds
-    rounds = 3 if device.type == "cpu" and case in BIG else 5
-    measure(fn, flops=useful, bytes=ns_bytes(rows, cols, STEPS, G.element_size(), batch=batch), rounds=rounds,
+    measure(fn, flops=useful, bytes=ns_bytes(rows, cols, STEPS, G.element_size(), batch=batch), op="newton_schulz",
             case=case, provider=provider, shape=list(G.shape), dtype=str(G.dtype).removeprefix("torch."),
             steps=STEPS, coefficients=COEFFICIENTS, useful_flops=useful, naive_flops=naive,
             flop_ratio=naive / useful)

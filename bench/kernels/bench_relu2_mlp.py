@@ -102,7 +102,6 @@ def _run(benchmark, measure, device, case, mode, provider):
     leaves, fn = setup(case, provider, mode, device)
     N, H, F = CASES[case]
     fn()  # compile / autotune / first-launch work outside the timed rounds
-    rounds = 3 if device.type == "cpu" and N * H * F > 10**9 else 5
-    measure(fn, flops=mlp_flops(N, H, F, mode), bytes=mlp_bytes(N, H, F, mode, DTYPE.itemsize), rounds=rounds,
+    measure(fn, flops=mlp_flops(N, H, F, mode), bytes=mlp_bytes(N, H, F, mode, DTYPE.itemsize), op="relu2_mlp",
             peak_memory=device.type == "cuda", case=case, provider=provider, mode=mode,
             shape={"N": N, "H": H, "F": F}, dtype=str(DTYPE).removeprefix("torch."))
