@@ -12,7 +12,6 @@ statistics and its compare options describe the kernel:
 Time per case: --benchmark-max-time (seconds, default 1.0) and --benchmark-min-rounds (default 5).
 """
 
-import importlib
 import os
 
 import pytest
@@ -23,7 +22,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from bench import harness, provenance  # noqa: E402
-from kernels import registry  # noqa: E402
+from bench.cases import Timed, Unavailable  # noqa: E402
+
+
+def pytest_addoption(parser):
+    parser.addoption("--modded-nanogpt", default=None, metavar="PATH",
+                     help="a KellerJordan/modded-nanogpt checkout (or its triton_kernels.py): its kernels become the "
+                          "benches' `modded` provider (bench/modded.py)")
 
 
 def pytest_report_header(config):
@@ -79,32 +84,27 @@ def measure(benchmark, device, request):
     return run
 
 
+@pytest.fixture
+def modded_path(request):
+    """The modded-nanogpt checkout given with --modded-nanogpt (its triton_kernels.py are the `modded` peers)."""
+    return request.config.getoption("modded_nanogpt")
+
+
 def require_gpu(provider: str):
     """Skip, with the reason, a provider that is only meaningful on a CUDA GPU."""
     if not torch.cuda.is_available():
         pytest.skip(f"{provider}: needs a CUDA GPU (none on this machine; the interpreter is for parity, not timing)")
 
 
-# Registered implementations in plain PyTorch: they run on any device.
-ANY_DEVICE = {"chunked"}
+# Providers whose kernels are Triton (ours and the peers'): timed on a GPU only.
+GPU_ONLY = {"triton", "liger", "modded"}
 
 
-def provider_fn(op: str, provider: str):
-    """The function a provider times for registry op `op`: "eager" (kernels.reference, the tests' peer),
-    "compile" (torch.compile of eager), or a registered implementation: "triton" (GPU only), "chunked" (any)."""
-    eager = registry.get(op, "eager")
-    if provider == "eager":
-        return eager
-    if provider == "compile":
-        return torch.compile(eager)
-    if provider not in ANY_DEVICE:
+def timed(case, provider: str, *args, **kwargs) -> Timed:
+    """case(provider, *args, **kwargs) (a bench.cases factory), or a skip with the reason it cannot run here."""
+    if provider in GPU_ONLY:
         require_gpu(provider)
-    return registry.get(op, provider)
-
-
-def optional(module: str, name: str, provider: str):
-    """`module.name` for an external provider, or a skip naming what is missing."""
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        pytest.skip(f"{provider}: {module}.{name} is not available here ({e})")
+        return case(provider, *args, **kwargs)
+    except Unavailable as e:
+        pytest.skip(str(e))
