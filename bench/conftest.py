@@ -61,9 +61,25 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         **provenance.versions(),
         "commit": provenance.git_commit(),
         "timer": harness.Clock("cuda" if torch.cuda.is_available() else "cpu").describe(),
-        "machine_line": provenance.machine_line(start),
     }
     del machine_info["speedrun"]["loadavg_1m"]
+
+
+VOLATILE = ("loadavg_1m_start", "loadavg_1m_end", "commit")  # differ between runs on one machine
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_benchmark_compare_machine_info(config, benchmarksession, machine_info, compared_benchmark):
+    """pytest-benchmark warns when the compared run's machine_info differs from this one's: leave the load and the
+    commit (recorded, but they differ between any two runs) out of that comparison, so the warning means another
+    machine, thread count or software."""
+    records = [machine_info.get("speedrun") or {}, (compared_benchmark.get("machine_info") or {}).get("speedrun") or {}]
+    held = [{k: r.pop(k) for k in VOLATILE if k in r} for r in records]
+    try:
+        return (yield)
+    finally:
+        for record, values in zip(records, held):
+            record.update(values)
 
 
 @pytest.fixture

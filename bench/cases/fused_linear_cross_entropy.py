@@ -6,9 +6,9 @@ import triton
 
 from bench import modded
 from bench.cases import Timed, Unavailable, compiled, dtype_name, jit_case
-from kernels import registry
 from kernels import _flce_kernels as K
 from kernels import fused_linear_cross_entropy as flce
+from kernels import registry
 from kernels._common import TRITON_DTYPE, precision_flags
 
 # The 124M shape the codegen rows are labelled with: 8192 tokens (chunks of 4096 at the default budget),
@@ -85,13 +85,13 @@ def flce_case(provider: str, N: int, H: int, V: int, *, device, dtype: torch.dty
         def loss_fn():
             return liger(hidden, weight, targets, bias=b, softcap=capped, reduction=reduction)
     elif provider == "modded":
-        if V != modded.CE_VOCAB:
-            raise Unavailable(f"modded: FusedSoftcappedCrossEntropy is compiled for vocabulary {modded.CE_VOCAB}, "
-                              f"not {V}")
         try:
             fused = modded.peer(modded_path, "FusedSoftcappedCrossEntropy", device)
         except modded.ModdedUnavailable as exc:
             raise Unavailable(f"modded: {exc}") from None
+        if V != modded.CE_VOCAB:
+            raise Unavailable(f"modded: FusedSoftcappedCrossEntropy is compiled for vocabulary {modded.CE_VOCAB}, "
+                              f"not {V}")
         weight_t = weight.detach().T.contiguous().requires_grad_()  # their head stores (H, V)
         leaves = [hidden, weight_t]
         s = MODDED_SCALES

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from bench import modded
 from bench.cases import Timed, Unavailable, compiled, dtype_name, jit_case
-from kernels import registry
 from kernels import _relu2_kernels as K
+from kernels import registry
 from kernels import relu2_mlp as r2
 from kernels._common import TRITON_DTYPE, precision_flags
 

@@ -3,11 +3,12 @@
     pytest bench/kernels/bench_attention.py --benchmark-json=out/attention.json
 
 Cases: B·T = 65,536 tokens (the gpt2-124m preset's 32 × 2048 per GPU) at T = 1024, 2048 and 4096 with the model's
-H=6, D=128, causal (GPU only); the same at T=2048 with document masking (documents of 64..2048 tokens from
-a fixed seed; FlashAttention runs it as varlen); and the CPU preset's shape (4 × 256, H=4, D=32), which runs
-everywhere. bf16 where the device multiplies it natively, else fp32 (bench.cases.case_dtype). Providers: every registered backend (eager, sdpa, flex, fa3, fa2, fa4) and auto; a provider that
-cannot run here is skipped with the reason from kernels.attention. Modes: fwd, and bwd (the backward of one
-retained forward graph).
+H=6, D=128, causal (GPU only); the same at T=2048 with document masking (documents of 64..2048 tokens from a fixed
+seed; FlashAttention runs it as varlen); and the CPU preset's shape (4 × 256, H=4, D=32), which runs everywhere.
+bf16 where the device multiplies it natively, else fp32 (bench.cases.case_dtype). Providers: every registered
+backend (eager, sdpa, flex, fa3, fa2, fa4) and auto; a provider that cannot run here is skipped with the reason
+from kernels.attention. Modes: fwd, and bwd (the backward of one retained forward graph). The case is
+bench.cases.attention.attention_case.
 
 FLOPs: causal 4·B·H·T²·D/2 forward, 2.5× that backward (FlashAttention's and Triton's count); with documents,
 Σ over documents of 4·H·L²·D/2, i.e. only the work the mask leaves.
@@ -19,6 +20,7 @@ from bench.cases import Unavailable, case_dtype
 from bench.cases.attention import PROVIDERS, attention_case
 from bench.conftest import require_gpu
 from configs import PRESETS
+
 
 def _cases():
     """name -> (B, T, H, D, documents); dimensions read from the presets."""
