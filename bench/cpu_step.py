@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from bench import harness, provenance
+from bench import command_help, harness, provenance
 from configs import TrainConfig, resolve
 from data.loader import TokenLoader
 
@@ -226,7 +226,7 @@ def report(r: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu_step", **command_help(__doc__))
     parser.add_argument("--nanogpt", required=True, help="a nanoGPT checkout (or its model.py)")
     parser.add_argument("--preset", default="track3-cpu", help="our config preset the shape overrides apply to")
     parser.add_argument("--optimizer", default="track3-muon",

@@ -218,37 +218,35 @@ def microbench_rows(ctx) -> list[Row]:
 
 
 def jit_kernels() -> list[dict]:
-    """Every variant the Triton JIT compiled (and loaded) for the project's kernel modules: registers, spills."""
-    import importlib
-
+    """Every variant the Triton JIT compiled (and loaded) of the kernels bench.codegen has cases for: registers,
+    spills. (Under the interpreter the kernels are not JITFunctions: nothing is compiled, the list is empty.)"""
     try:
         from triton.runtime.jit import JITFunction
     except ImportError:
         return []
-    from bench.codegen import KERNEL_MODULES
+    from bench.codegen import all_cases
 
     out = []
-    for module_name in KERNEL_MODULES:
-        module = importlib.import_module(module_name)
-        for attr in vars(module).values():
-            if not isinstance(attr, JITFunction):
-                continue
-            for caches in list(attr.device_caches.values()):
-                kernel_cache = caches[0]  # (kernel_cache, key_cache, target, backend, binder) in triton 3.6-3.9
-                for kernel in list(kernel_cache.values()):
-                    n_regs = getattr(kernel, "n_regs", None)
-                    if n_regs is None or not hasattr(kernel, "metadata"):
-                        continue  # compiled but never loaded (or still compiling)
-                    src = kernel.src
-                    names = attr.arg_names
-                    constexprs = {names[k[0]]: v for k, v in src.constants.items()
-                                  if isinstance(k, tuple) and len(k) == 1}
-                    out.append({"module": module_name, "fn": attr.__name__, "name": kernel.name,
-                                "num_warps": kernel.metadata.num_warps, "num_stages": kernel.metadata.num_stages,
-                                "shared_bytes": kernel.metadata.shared, "n_regs": n_regs,
-                                "spill_bytes": 4 * kernel.n_spills, "constexprs": json_safe(constexprs),
-                                "pointer_types": {k: v for k, v in src.signature.items()
-                                                  if isinstance(v, str) and v.startswith("*")}})
+    for attr in {id(c.fn): c.fn for c in all_cases()}.values():
+        if not isinstance(attr, JITFunction):
+            continue
+        module_name = attr.fn.__module__
+        for caches in list(attr.device_caches.values()):
+            kernel_cache = caches[0]  # (kernel_cache, key_cache, target, backend, binder) in triton 3.6-3.9
+            for kernel in list(kernel_cache.values()):
+                n_regs = getattr(kernel, "n_regs", None)
+                if n_regs is None or not hasattr(kernel, "metadata"):
+                    continue  # compiled but never loaded (or still compiling)
+                src = kernel.src
+                names = attr.arg_names
+                constexprs = {names[k[0]]: v for k, v in src.constants.items()
+                              if isinstance(k, tuple) and len(k) == 1}
+                out.append({"module": module_name, "fn": attr.__name__, "name": kernel.name,
+                            "num_warps": kernel.metadata.num_warps, "num_stages": kernel.metadata.num_stages,
+                            "shared_bytes": kernel.metadata.shared, "n_regs": n_regs,
+                            "spill_bytes": 4 * kernel.n_spills, "constexprs": json_safe(constexprs),
+                            "pointer_types": {k: v for k, v in src.signature.items()
+                                              if isinstance(v, str) and v.startswith("*")}})
     return out
 
 
