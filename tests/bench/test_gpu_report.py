@@ -15,13 +15,12 @@ from types import SimpleNamespace
 import pytest
 
 from bench import gpu_report as gr
-from bench import modded
 from bench.gpu_report import codegen as codegen_stage
 from bench.gpu_report import correctness, e2e, microbench, runner
+from tests.bench import modded_checkout
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE_NAMES = ["environment", "correctness", "microbench", "e2e", "codegen"]
-MODDED_MIRROR, MODDED_COMMIT = "/work/.mirror/KellerJordan+modded-nanogpt/repo", "f411b3d"
 
 
 def _load(out: Path) -> dict:
@@ -50,21 +49,11 @@ def _alive(pid: int) -> bool:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _modded_checkout(root: Path) -> Path | None:
-    """modded-nanogpt's triton_kernels.py written from the local mirror into root, or None without the mirror."""
-    if not os.path.isdir(MODDED_MIRROR):
-        return None
-    source = subprocess.run(["git", "-C", MODDED_MIRROR, "show", f"{MODDED_COMMIT}:{modded.FILE}"],
-                            capture_output=True, check=True).stdout
-    (root / modded.FILE).write_bytes(source)
-    return root
-
-
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     """One dry run of every stage (with modded-nanogpt's kernels as peers where the mirror is on this machine)."""
     out = tmp_path_factory.mktemp("gpu_report_dry")
-    checkout = _modded_checkout(tmp_path_factory.mktemp("modded"))
+    checkout = modded_checkout.materialise(tmp_path_factory.mktemp("modded"))
     extra = ["--modded-nanogpt", str(checkout)] if checkout else []
     proc = subprocess.run([sys.executable, "-m", "bench.gpu_report", "--out", str(out), "--dry-run",
                            "--budget-s", "300", *extra], cwd=REPO, capture_output=True, text=True, timeout=400)

@@ -1,9 +1,9 @@
 """modded-nanogpt's kernels as peers (bench/modded.py): loading a checkout's triton_kernels.py, and parity of ours
 against theirs where theirs runs.
 
-Their file is never part of this repository. These tests materialise it at test time from a local git mirror of
-KellerJordan/modded-nanogpt at commit f411b3d (MIRROR) into a temporary folder, and skip, saying so, where the
-mirror is absent (CI machines). Under Triton's interpreter (CPU tensors):
+Their file is never part of this repository. These tests write it at test time from a local git mirror of
+KellerJordan/modded-nanogpt at commit f411b3d into a temporary folder (tests/bench/modded_checkout.py), and skip,
+saying so, where the mirror is absent (CI machines). Under Triton's interpreter (CPU tensors):
 
 - XXT, XTX and ba_plus_cAA run, in fp32 (fp16 too, but our Newton-Schulz kernels take bf16 and fp32 only, and the
   interpreter's bf16 arithmetic is wrong): compared with ours (kernels.newton_schulz.ns_syrk) and, for the whole
@@ -15,31 +15,22 @@ mirror is absent (CI machines). Under Triton's interpreter (CPU tensors):
   (`gpu` marker); the second computes another function (fp8 head, sigmoid cap) and is a speed peer only.
 """
 
-import os
-import subprocess
-
 import pytest
 import torch
 
 from bench import modded
 from kernels import newton_schulz as ns
 from kernels.reference import newton_schulz as reference_ns
+from tests.bench import modded_checkout
 from tests.parity import assert_parity
-
-MIRROR = "/work/.mirror/KellerJordan+modded-nanogpt/repo"
-COMMIT = "f411b3d"
 
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory):
-    """A folder holding modded-nanogpt's triton_kernels.py at COMMIT, written from the mirror."""
-    if not os.path.isdir(MIRROR):
-        pytest.skip(f"no modded-nanogpt mirror at {MIRROR} on this machine: the peers' tests need its "
-                    f"triton_kernels.py (commit {COMMIT})")
-    folder = tmp_path_factory.mktemp("modded")
-    source = subprocess.run(["git", "-C", MIRROR, "show", f"{COMMIT}:{modded.FILE}"], capture_output=True,
-                            check=True).stdout
-    (folder / modded.FILE).write_bytes(source)
+    """A folder holding modded-nanogpt's triton_kernels.py (tests/bench/modded_checkout.py), or a skip."""
+    folder = modded_checkout.materialise(tmp_path_factory.mktemp("modded"))
+    if folder is None:
+        pytest.skip(modded_checkout.MISSING)
     return folder
 
 
