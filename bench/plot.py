@@ -12,8 +12,8 @@ during validation). Needs matplotlib.
 import json
 import os
 
-import cli
 from bench import command_help
+from speedrun import cli
 
 X_AXES = {"steps": ("step", "step"), "tokens": ("tokens", "tokens"), "seconds": ("train_time_s", "training time (s)")}
 

@@ -20,7 +20,7 @@ import os
 
 import numpy as np
 
-import cli
+from speedrun import cli
 
 BOOTSTRAP = 2000
 LEVEL = 0.95

@@ -45,7 +45,7 @@ def parse_args(argv):
     parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     parser.add_argument("--e2e-steps", type=int, default=20, help="timed training steps per preset (stage 4)")
     parser.add_argument("--e2e-set", action="append", metavar="--KEY=VALUE",
-                        help="a configs.TrainConfig override for stage 4 (repeatable), "
+                        help="a speedrun.config.TrainConfig override for stage 4 (repeatable), "
                              "e.g. --e2e-set=--model.attn_impl=sdpa")
     parser.add_argument("--modded-nanogpt", metavar="PATH", default=None,
                         help="a KellerJordan/modded-nanogpt checkout: its Triton kernels join stage 3 as the "

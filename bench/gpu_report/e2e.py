@@ -1,7 +1,7 @@
 """Stage 4, e2e: the training step of the track3 and gpt2-124m presets on one GPU at the preset's micro-batch (the
-configs.TrainConfig the preset resolves to, built by train.Trainer on synthetic token shards): ms/step, tokens/s,
-peak memory, and the projected full run on 8 GPUs, beside the step times published in track 3's logs. A step is
-timed as the trainer's own clock does (CUDA-synchronised perf_counter), not by the kernel timer."""
+speedrun.config.TrainConfig the preset resolves to, built by train.Trainer on synthetic token shards): ms/step,
+tokens/s, peak memory, and the projected full run on 8 GPUs, beside the step times published in track 3's logs. A
+step is timed as the trainer's own clock does (CUDA-synchronised perf_counter), not by the kernel timer."""
 
 import os
 import tempfile
@@ -32,11 +32,11 @@ def synthetic_shards(directory: str, train_tokens: int, val_tokens: int, vocab: 
 def e2e_config(preset: str, data_dir: str, dry_run: bool, extra: list[str]):
     """The TrainConfig of `preset` on the synthetic shards (one micro-batch of validation; a dry run shrinks the
     model to the tiny preset's dimensions and turns compilation off). `extra` are --key=value overrides."""
-    from configs import PRESETS, resolve
     from model.config import model_preset
+    from speedrun.config import PRESETS, resolve
 
-    p = PRESETS[preset]
-    batch, seq = p["batch_size"], p["seq_len"]
+    p = PRESETS[preset]()
+    batch, seq = p.batch_size, p.seq_len
     args = [f"--preset={preset}", f"--data_dir={data_dir}", "--train_pattern=synthetic_train_*.bin",
             "--val_pattern=synthetic_val_*.bin", f"--device={'cpu' if dry_run else 'cuda'}"]
     if dry_run:
@@ -52,7 +52,7 @@ def e2e_config(preset: str, data_dir: str, dry_run: bool, extra: list[str]):
 def _impls(cfg) -> str:
     model, optim = cfg.model, cfg.optim
     return (f"attn {model.attn_impl}, mlp {model.mlp_impl}, ce {model.ce_impl}, optimizer {optim.name} "
-            f"(ns {getattr(optim, 'ns_impl', '—')}), compile {cfg.compile}")
+            f"(ns {getattr(optim, 'newton_schulz_impl', '—')}), compile {cfg.compile}")
 
 
 def run_e2e(ctx, preset: str, deadline: float, steps: int, warmup_steps: int) -> dict:

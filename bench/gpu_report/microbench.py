@@ -6,7 +6,7 @@ backward) and the attention backends (causal, windowed, document-masked). Provid
 chunked, and the peers (torch.optim.Muon's Newton-Schulz, Liger, modded-nanogpt's kernels with --modded-nanogpt,
 FlashAttention). A provider that cannot run a case here is "not available" with the reason, not a failure. The
 shapes and the track-3 variants (the head's bias, algebraic softcap and summed loss; the MLP's biases; the
-attention scale) come from the presets in configs.PRESETS. Rows run in priority tiers (lower first) and each row
+attention scale) come from the presets in speedrun.config.PRESETS. Rows run in priority tiers (lower first) and each row
 is written as "pending" first, so a report cut short still lists the whole plan.
 """
 
@@ -18,7 +18,7 @@ from typing import Callable
 from bench.gpu_report.runner import Stage, json_safe, short_error
 from bench.gpu_report.timing import free, sync, timer
 
-CASE_PRESETS = {"124m": "gpt2-124m", "track3": "track3"}  # case name -> configs.PRESETS entry
+CASE_PRESETS = {"124m": "gpt2-124m", "track3": "track3"}  # case name -> speedrun.config.PRESETS entry
 DRY_VOCAB = 256
 DRY_NS_BATCH = 2  # dry run: matrices per Newton-Schulz call (the model has more of each shape)
 
@@ -80,19 +80,20 @@ def _hidden_shapes(model_cfg) -> list[tuple[str, int, int, int]]:
 
 
 def benchmark_cases(dry_run: bool) -> list[Case]:
-    """The gpt2-124m and track-3 cases from configs.PRESETS ("auto" implementations resolved as on the CPU: only the
-    shapes are read). A dry run keeps each case's structure and shrinks the dimensions to the tiny model's."""
+    """The gpt2-124m and track-3 cases from speedrun.config.PRESETS ("auto" implementations resolved as on the CPU:
+    only the shapes are read). A dry run keeps each case's structure and shrinks the dimensions to the tiny model's."""
     import dataclasses
 
-    from configs import PRESETS, resolve, resolve_auto
     from model.config import model_preset
+    from speedrun.config import PRESETS, resolve, resolve_auto
 
     cases = []
     for name, preset_name in CASE_PRESETS.items():
         resolved = resolve_auto(resolve([f"--preset={preset_name}"]), "cpu")
         model_cfg, optim = resolved.model, resolved.optim
-        batch, seq, ns_steps = PRESETS[preset_name]["batch_size"], PRESETS[preset_name]["seq_len"], optim.ns_steps
-        source = f"configs.PRESETS[{preset_name!r}]"
+        preset = PRESETS[preset_name]()
+        batch, seq, ns_steps = preset.batch_size, preset.seq_len, optim.ns_steps
+        source = f"speedrun.config.PRESETS[{preset_name!r}]"
         if dry_run:  # the interpreter runs programs one after another: keep every launch small
             tiny = model_preset("tiny")
             model_cfg = dataclasses.replace(model_cfg, n_layer=tiny.n_layer, n_head=tiny.n_head, n_embd=tiny.n_embd,

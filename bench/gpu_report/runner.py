@@ -19,9 +19,9 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-from atomic import atomic_write
 from bench import provenance
 from bench.gpu_report import render
+from speedrun.atomic import atomic_write
 
 REPO = provenance.REPO
 SCHEMA = 1

@@ -7,7 +7,7 @@ import pytest
 
 import train
 from bench import plot
-from cli import UserError
+from speedrun.cli import UserError
 
 pytest.importorskip("matplotlib")
 
