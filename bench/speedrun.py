@@ -43,7 +43,7 @@ import os
 import statistics
 import sys
 
-from bench import harness
+from bench import command_help, harness
 from speedrun import cli
 
 LR_MULTIPLIERS = (0.5, 1.0, 2.0)
@@ -202,8 +202,14 @@ def records_table(rows: dict, pairs: list[dict], rule: Rule, machine: str, basel
     return "\n".join(lines)
 
 
-def plot(rows: dict, rule: Rule, out: str):
-    import matplotlib
+def plot(rows: dict, rule: Rule, out: str) -> bool:
+    """curves.png and steps.png in `out`; without matplotlib, one line saying so (the rest is written) and False."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install matplotlib); results.json and records.md "
+              "are written")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -235,6 +241,7 @@ def plot(rows: dict, rule: Rule, out: str):
     fig.tight_layout()
     fig.savefig(os.path.join(out, "steps.png"), dpi=120)
     plt.close(fig)
+    return True
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -403,7 +410,7 @@ OWN_OPTIONS = {
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = cli.ArgumentParser(prog="python -m bench.speedrun", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m bench.speedrun", **command_help(__doc__))
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--optimizers", default="adamw,muon,normuon")
     parser.add_argument("--seeds", type=int, default=3)
