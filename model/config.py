@@ -65,6 +65,9 @@ class GPTConfig:
     """A bias on every Linear: attention q, k, v, proj, MLP fc, proj and the head."""
     norm_gains: bool = False
     """RMSNorms with a learned gain vector (each block's two, the input and final norms)."""
+    norm_fp32: bool = False
+    """Those RMSNorms computed on the fp32 upcast of their input, times the gain, cast back to the input's dtype
+    (some track-3 results' form): the same numbers in fp32; with bf16 activations the normalisation is fp32."""
     rope: str = "standard"
     """standard: base 10000 over head_dim/2 frequencies | half_truncated: see model/gpt.py."""
     attn_scale: float | None = None

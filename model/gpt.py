@@ -58,15 +58,19 @@ class Linear(nn.Linear):
 class Norm(nn.Module):
     """RMSNorm, weightless (speedrun) or with a learned gain (track 3), or LayerNorm with weight and bias (GPT-2)."""
 
-    def __init__(self, dim: int, rms: bool, gain: bool = False):
+    def __init__(self, dim: int, rms: bool, gain: bool = False, fp32: bool = False):
         super().__init__()
         self.ln = None if rms else nn.LayerNorm(dim)
         self.gain = nn.Parameter(torch.ones(dim)) if rms and gain else None
         self.dim = dim
+        self.fp32 = fp32  # RMSNorm: normalise the fp32 upcast, times the gain, cast back (GPTConfig.norm_fp32)
 
     def forward(self, x):
         if self.ln is not None:
             return self.ln(x)
+        if self.fp32:
+            y = F.rms_norm(x.float(), (self.dim,))
+            return (y if self.gain is None else y * self.gain).type_as(x)
         return F.rms_norm(x, (self.dim,), weight=None if self.gain is None else self.gain.type_as(x))
 
 
@@ -157,9 +161,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, has_value_embed: bool):
         super().__init__()
-        self.norm1 = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains)
+        self.norm1 = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains, cfg.norm_fp32)
         self.attn = CausalSelfAttention(cfg, has_value_embed)
-        self.norm2 = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains)
+        self.norm2 = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains, cfg.norm_fp32)
         self.mlp = MLP(cfg)
 
     def forward(self, x, ve=None, doc_ids=None):
@@ -178,12 +182,12 @@ class GPT(nn.Module):
         self.n_ve = min(3, L // 2) if cfg.value_embeds else 0
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd, dtype=dtype if cfg.bf16_embedding else None)
         self.wpe = None if cfg.rotary else nn.Embedding(cfg.max_seq_len, cfg.n_embd)
-        self.norm_in = Norm(cfg.n_embd, rms=True, gain=cfg.norm_gains) if cfg.rmsnorm else None
+        self.norm_in = Norm(cfg.n_embd, rms=True, gain=cfg.norm_gains, fp32=cfg.norm_fp32) if cfg.rmsnorm else None
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_embd) for _ in range(self.n_ve))
         self.blocks = nn.ModuleList(Block(cfg, self._value_embed_index(i) is not None) for i in range(L))
         # U-net: block i < L/2 feeds block L-1-i, weighted by a learned gain.
         self.skip_weights = nn.Parameter(torch.ones(L // 2)) if cfg.unet_skips else None
-        self.norm_f = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains)
+        self.norm_f = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains, cfg.norm_fp32)
         self.lm_head = None if cfg.tied_head else Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.bias)
         self.cross_entropy = registry.get("linear_cross_entropy", cfg.ce_impl)
         self.reset_parameters()
