@@ -138,11 +138,10 @@ class Checkout:
     def export(self, rel: str, dest: Path):
         """Copy the folder rel (and what is under it) to dest/<its name>."""
         if self.git:
-            data = subprocess.run(["git", "-C", self.path, "archive", self.commit, rel], capture_output=True,
+            data = subprocess.run(["git", "-C", self.path, "archive", f"{self.commit}:{rel}"], capture_output=True,
                                   check=True).stdout
             with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                tar.extractall(dest / "_archive", filter="data")
-            shutil.move(str(dest / "_archive" / rel), str(dest / Path(rel).name))
+                tar.extractall(dest / Path(rel).name, filter="data")
         else:
             shutil.copytree(Path(self.path, rel), dest / Path(rel).name)
 
@@ -825,6 +824,8 @@ def main():
     parser.add_argument("--peer", choices=["auto", "bf16", "threads", "none"], default="auto",
                         help="the peer run: bf16 GEMMs emulated (auto: when the script runs bf16 matmuls), "
                              "2 threads (auto: otherwise), or none")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the script's source, the rewrites and the environment, run nothing")
     args = parser.parse_args()
     if bool(args.reference) == bool(args.result):
         parser.error("give one of --reference and --result")
@@ -857,6 +858,14 @@ def main():
         name, value = parse_setting(text, "--env")
         plan["env"][name] = value
 
+    if args.dry_run:
+        hooks = {adapter.MODEL_CLASS} | ({adapter.RECORD_AFTER.split(".")[0]} if "." in adapter.RECORD_AFTER else set())
+        _, applied = rewrite(script.text, script.name, plan["assign"], plan["kwargs"], plan["defaults"], hooks)
+        json.dump({"script": script.meta(), "commit": checkout.commit, "result": (script.table_row or {}).get("number"),
+                   "adapter": adapter.name if adapter.file else None, "steps": steps, "rewrites": applied,
+                   "env": plan["env"]}, sys.stdout, indent=1)
+        print()
+        return
     torch.set_num_threads(1)
     main_run = run_script(script, adapter, plan, checkout, emulate_bf16=False, threads=1, record_all=True)
     rec = main_run["recorder"]
