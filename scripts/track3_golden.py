@@ -42,8 +42,10 @@ method the adapter names, e.g. an outer optimizer's step), and the optimizers' n
 momentum, ... per param group; wrapper counters), every validation pass the loop ran (raw and readout) and the
 final val loss; which optimizer and param group holds each parameter. Then the same run again as a peer: with
 the bf16 GEMMs emulated (fp32 GEMM of the bf16 operands, rounded to bf16: another summation order) when the
-script runs bf16 matmuls, else with 2 threads instead of 1 (fp32 reductions in another order); "self_drift"
-states how far that legitimate perturbation moves each figure. Norms, sums and probes are float64 reductions.
+script runs bf16 matmuls; for fp32-only scripts twice, with 2 threads instead of 1 and, in another process, with
+the CPU's SIMD kernels off (ATEN_CPU_CAPABILITY=default: every kernel, the init draws included, rounds as on a CPU
+without SIMD). "self_drift" states how far these legitimate perturbations move each figure (per peer and the
+maximum). Norms, sums and probes are float64 reductions.
 """
 
 import argparse
@@ -157,7 +159,7 @@ def results_table(readme: str) -> dict:
         if not link:
             continue
         parts = link.group(1).split("/")
-        key = parts[1] if len(parts) > 2 else parts[1]
+        key = parts[1]  # the folder, or the log file of a top-level log
         steps = re.match(r"\d+", cells[1])
         evidence = re.match(r"([\d.]+) \(n=(\d+)\)", cells[2])
         rows.setdefault(key, {
@@ -174,6 +176,7 @@ class Script:
     def __init__(self, text: str, name: str, kind: str, rel: str, data: bytes, folder: str | None, table_row):
         self.text, self.name, self.kind, self.rel, self.data = text, name, kind, rel, data
         self.folder, self.table_row = folder, table_row
+        self.disk_folder = None  # set when the script was read from a folder on disk
 
     def meta(self) -> dict:
         return {"file": self.rel, "source": self.kind, "file_git_blob": git_blob(self.data),
@@ -216,7 +219,9 @@ def locate(args, checkout: Checkout) -> Script:
         data = disk.read_bytes()
         text = data.decode() if kind == "py" else script_from_log(data.decode())
         is_baseline = disk.name == f"{BASELINE}.py"
-        return Script(text, disk.name, kind, str(disk), data, None if is_baseline else folder.name, row)
+        script = Script(text, disk.name, kind, str(disk), data, None if is_baseline else folder.name, row)
+        script.disk_folder = folder
+        return script
     if checkout.path is None:
         raise SystemExit(f"{target}: not on disk; name the repository with --checkout")
     readme = checkout.read(f"{TRACK}/README.md")
@@ -731,11 +736,14 @@ def run_script(script: Script, adapter: Adapter, plan: dict, checkout: Checkout,
         write_shard(data / "fineweb_val_000000.bin", val)
         script_file = workdir / (script.name if script.kind == "py" else Path(script.name).stem + ".py")
         script_file.write_text(script.text)
-        if adapter.LIBRARY:
-            if not checkout.path or not script.folder:
+        if adapter.LIBRARY:  # the script imports from its result folder
+            if script.disk_folder is not None:
+                added_path = str(Path(script.disk_folder).resolve())
+            elif checkout.path and script.folder:
+                checkout.export(f"{RESULTS}/{script.folder}", workdir / "lib")
+                added_path = str(workdir / "lib" / script.folder)
+            else:
                 raise SystemExit("this result imports from its folder: name the repository with --checkout")
-            checkout.export(f"{RESULTS}/{script.folder}", workdir / "lib")
-            added_path = str(workdir / "lib" / script.folder)
             sys.path.insert(0, added_path)
         hooks = {adapter.MODEL_CLASS} | ({adapter.RECORD_AFTER.split(".")[0]} if "." in adapter.RECORD_AFTER else set())
         code, applied = rewrite(script.text, str(script_file), plan["assign"], plan["kwargs"], plan["defaults"], hooks)
@@ -760,13 +768,43 @@ def run_script(script: Script, adapter: Adapter, plan: dict, checkout: Checkout,
         if added_path:
             sys.path.remove(added_path)
             for name, module in list(sys.modules.items()):
-                if str(workdir) in str(getattr(module, "__file__", "") or ""):
+                if str(getattr(module, "__file__", "") or "").startswith(added_path):
                     del sys.modules[name]
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def trajectory(rec: Recorder) -> list:
-    return [{k: s[k] for k in ("lr_factor", "loss", "norms") if k in s} for s in rec.steps]
+def trajectory(steps: list) -> list:
+    return [{k: s[k] for k in ("lr_factor", "loss", "norms") if k in s} for s in steps]
+
+
+PEERS = {  # kind: (key suffix, description)
+    "bf16": ("_emulated_bf16", "bf16 GEMMs emulated (fp32 GEMM of the bf16 operands, rounded to bf16)"),
+    "threads": ("_threads2", "2 threads instead of 1"),
+    "nosimd": ("_nosimd", "the CPU's SIMD kernels off (ATEN_CPU_CAPABILITY=default, a separate process): init "
+                          "draws, elementwise kernels, reductions and GEMMs round as on a CPU without SIMD"),
+}
+
+
+def argv_of(args) -> list:
+    """The command-line arguments that name the same run (for a peer in another process)."""
+    out = ["--reference", args.reference] if args.reference else ["--result", args.result]
+    for flag in ("checkout", "commit", "source", "adapter", "steps"):
+        if getattr(args, flag) is not None:
+            out += [f"--{flag}", str(getattr(args, flag))]
+    for flag in ("set", "kwarg", "env"):
+        for value in getattr(args, flag):
+            out += [f"--{flag}", value]
+    return out
+
+
+def nosimd_peer(args) -> dict:
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv_of(args), "--peer", "none"],
+                         env=env, stdout=subprocess.PIPE, text=True, check=True)
+    run = json.loads(out.stdout)
+    if run["meta"]["cpu_capability"] != "DEFAULT":
+        raise SystemExit("the no-SIMD peer did not run with ATEN_CPU_CAPABILITY=default")
+    return {"steps": trajectory(run["steps"]), "val_passes": run["val_passes"]}
 
 
 def rel(a: float, b: float) -> float:
@@ -775,15 +813,25 @@ def rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), 1e-30)
 
 
-def drift(main: Recorder, peer: Recorder) -> dict:
-    """The largest relative difference between the run and its peer: per step's loss, per parameter's norm over
-    the steps, the final val passes."""
-    loss = [rel(a["loss"], b["loss"]) for a, b in zip(main.steps, peer.steps)]
-    norms = {n: max(rel(a["norms"][n], b["norms"][n]) for a, b in zip(main.steps, peer.steps))
-             for n in main.steps[0]["norms"]}
-    vals = [rel(a["loss"], b["loss"]) for a, b in zip(main.val_passes, peer.val_passes)]
-    return {"loss_per_step": loss, "loss": max(loss), "val": max(vals), "norms": norms,
-            "norms_max": max(norms.values())}
+def drift(main: Recorder, peers: dict) -> dict:
+    """The largest relative difference between the run and its peers: per step's loss, per parameter's norm over
+    the steps, the validation passes; per peer and the maximum over them."""
+    by_peer = {}
+    for kind, peer in peers.items():
+        loss = [rel(a["loss"], b["loss"]) for a, b in zip(main.steps, peer["steps"])]
+        norms = {n: max(rel(a["norms"][n], b["norms"][n]) for a, b in zip(main.steps, peer["steps"]))
+                 for n in main.steps[0]["norms"]}
+        vals = [rel(a["loss"], b["loss"]) for a, b in zip(main.val_passes, peer["val_passes"])]
+        by_peer[kind] = {"loss_per_step": loss, "loss": max(loss), "val": max(vals), "norms": norms}
+    first = next(iter(by_peer.values()))
+    out = {"peers": list(by_peer),
+           "loss_per_step": [max(d["loss_per_step"][k] for d in by_peer.values()) for k in range(len(main.steps))],
+           "loss": max(d["loss"] for d in by_peer.values()), "val": max(d["val"] for d in by_peer.values()),
+           "norms": {n: max(d["norms"][n] for d in by_peer.values()) for n in first["norms"]}}
+    out["norms_max"] = max(out["norms"].values())
+    if len(by_peer) > 1:
+        out["by_peer"] = by_peer
+    return out
 
 
 def static_hparams(steps: list) -> dict:
@@ -821,9 +869,9 @@ def main():
     parser.add_argument("--kwarg", action="append", default=[], metavar="CALLEE.NAME=VALUE",
                         help="pass NAME=VALUE in every call of CALLEE (repeatable)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment for the script")
-    parser.add_argument("--peer", choices=["auto", "bf16", "threads", "none"], default="auto",
-                        help="the peer run: bf16 GEMMs emulated (auto: when the script runs bf16 matmuls), "
-                             "2 threads (auto: otherwise), or none")
+    parser.add_argument("--peer", choices=["auto", "bf16", "threads", "nosimd", "none"], default="auto",
+                        help="the peer run(s): bf16 GEMMs emulated (auto: when the script runs bf16 matmuls), "
+                             "2 threads and the CPU's SIMD kernels off (auto: for fp32-only scripts), or none")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the script's source, the rewrites and the environment, run nothing")
     args = parser.parse_args()
@@ -869,31 +917,36 @@ def main():
     torch.set_num_threads(1)
     main_run = run_script(script, adapter, plan, checkout, emulate_bf16=False, threads=1, record_all=True)
     rec = main_run["recorder"]
-    peer_kind = args.peer
-    if peer_kind == "auto":
-        peer_kind = "bf16" if main_run["bf16_matmuls"] else "threads"
-    peer = None
-    if peer_kind != "none":
-        peer = run_script(script, adapter, plan, checkout, emulate_bf16=peer_kind == "bf16",
-                          threads=2 if peer_kind == "threads" else 1, record_all=False)["recorder"]
+    kinds = {"auto": ["bf16"] if main_run["bf16_matmuls"] else ["threads", "nosimd"], "none": []}.get(
+        args.peer, [args.peer])
+    peers = {}
+    for kind in kinds:
+        if kind == "nosimd":
+            peers[kind] = nosimd_peer(args)
+        else:
+            peer = run_script(script, adapter, plan, checkout, emulate_bf16=kind == "bf16",
+                              threads=2 if kind == "threads" else 1, record_all=False)["recorder"]
+            peers[kind] = {"steps": trajectory(peer.steps), "val_passes": peer.val_passes}
 
     out = {"init": rec.out["init"], "perturbed": rec.out["perturbed"], "val_loss_before": rec.out["val_loss_before"],
            "steps": rec.steps, "val_loss_after": next(p["loss"] for p in rec.val_passes
                                                       if p["after_steps"] == steps)}
-    suffix = {"bf16": "_emulated_bf16", "threads": "_threads2"}.get(peer_kind)
-    if peer is not None:
-        out["steps" + suffix] = trajectory(peer)
-        out["val_loss_after" + suffix] = next(p["loss"] for p in peer.val_passes if p["after_steps"] == steps)
+    for kind, peer in peers.items():
+        out["steps" + PEERS[kind][0]] = peer["steps"]
+        out["val_loss_after" + PEERS[kind][0]] = next(p["loss"] for p in peer["val_passes"]
+                                                      if p["after_steps"] == steps)
     out["val_passes"] = rec.val_passes
-    if peer is not None:
-        out["val_passes" + suffix] = peer.val_passes
-        out["self_drift"] = {"peer": peer_kind, **drift(rec, peer)}
+    for kind, peer in peers.items():
+        out["val_passes" + PEERS[kind][0]] = peer["val_passes"]
+    if peers:
+        out["self_drift"] = drift(rec, peers)
     out["hparams_static"] = static_hparams(rec.steps)
     out["param_groups"] = rec.groups()
 
     row = script.table_row or {}
     out["meta"] = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join(["python", *("PATH/modded-nanogpt" if args.checkout and a == args.checkout else a
+                                          for a in sys.argv)]),
         "result": row.get("number"), "folder": script.folder, "published": {
             k: row.get(k) for k in ("steps", "mean_val_loss", "n", "evidence", "log")} if row else None,
         "commit": checkout.commit, **script.meta(),
@@ -909,8 +962,7 @@ def main():
         "val_seed": VAL_SEED, "val_tokens": VAL_TOKENS,
         "val_denominator": adapter.VAL_DENOMINATOR, "record_after": adapter.RECORD_AFTER,
         "converted_to_fp32": rec.converted, "bf16_matmuls_per_run": main_run["bf16_matmuls"],
-        "peer": {"bf16": "bf16 GEMMs emulated (fp32 GEMM of the bf16 operands, rounded to bf16)",
-                 "threads": "2 threads instead of 1", "none": None}[peer_kind],
+        "peers": {kind: PEERS[kind][1] for kind in peers},
         "rewrites": main_run["applied"], "env": plan["env"],
     }
     json.dump(out, sys.stdout, indent=1)

@@ -10,7 +10,8 @@ Its schedule points sit at 2900-step scale; here 10 steps cross all of them:
     after step ~5.1, as ~1487/2900).
   - Muon momentum: warm-up 0.85 -> 0.95 over 3 steps (300), cool-down to 0.85 over the last 3 (200).
   - attn.proj SOAP trust gate: early floor 0.45 until step 4 (1375), fading to 0 by step 6 (1625); cap 0.85 until 6.
-  - EMA-Nesterov: prefill_steps 2 (300), rest_steps = steps - 3 = 7 (train_steps - 950): lookahead at it 2..6.
+  - EMA-Nesterov: prefill_steps 2 (300), rest_steps = steps - 1 = 9 (train_steps - 950): look-ahead at it 2..8,
+    so its scale 0.3 * lr/initial_lr (the AdamW embedding group's, as the previous step left it) decays at it 7, 8.
   - Tail-EMA: starts at step + 1 = 6 (2400), ends at 10 (2900), tau 4 (150); the final validation evaluates the
     raw weights, then the 0.4 / 0.6 blend with the EMA (val_passes "val_loss", "val_ema_loss").
   - CGI gains: the antithetic head-mean pairs start at layer 1 instead of 6, so the 2-layer model draws layer 0's
@@ -42,7 +43,7 @@ ASSIGN = {
     "TAILEMA_TAU": 4.0,
     "_CGI_PAIR_FROM_LAYER": 1,
 }
-KWARGS = {"EMA_Nesterov": {"prefill_steps": 2, "rest_steps": lambda steps: steps - 3}}
+KWARGS = {"EMA_Nesterov": {"prefill_steps": 2, "rest_steps": lambda steps: steps - 1}}
 RECORD_FORWARD_NORMS = True
 VAL_LABELS = ("val_loss", "val_ema_loss")
 NOTES = __doc__
