@@ -545,8 +545,8 @@ def _numbers(items) -> dict:
 class Recorder:
     """The __golden__ object the rewritten script calls; hooks the model it constructs and records."""
 
-    def __init__(self, adapter: Adapter, steps: int, train: torch.Tensor, val: torch.Tensor, record_all: bool):
-        self.adapter, self.steps_wanted, self.train, self.val = adapter, steps, train, val
+    def __init__(self, adapter: Adapter, train: torch.Tensor, val: torch.Tensor, record_all: bool):
+        self.adapter, self.train, self.val = adapter, train, val
         self.record_all = record_all  # the main run records everything; the peer only the trajectory
         self.model, self.busy, self.initialized = None, False, False
         self.optimizers, self.steps, self.val_passes, self.pending_val = [], [], [], []
@@ -557,7 +557,7 @@ class Recorder:
     def on_class(self, name, cls):
         if name == self.adapter.MODEL_CLASS:
             return self._model_class(cls)
-        klass, method = self.adapter.RECORD_AFTER.split(".")
+        method = self.adapter.RECORD_AFTER.split(".")[1]
         orig = getattr(cls, method)
         recorder = self
 
@@ -747,7 +747,7 @@ def run_script(script: Script, adapter: Adapter, plan: dict, checkout: Checkout,
             sys.path.insert(0, added_path)
         hooks = {adapter.MODEL_CLASS} | ({adapter.RECORD_AFTER.split(".")[0]} if "." in adapter.RECORD_AFTER else set())
         code, applied = rewrite(script.text, str(script_file), plan["assign"], plan["kwargs"], plan["defaults"], hooks)
-        recorder = Recorder(adapter, steps, train, val, record_all)
+        recorder = Recorder(adapter, train, val, record_all)
         namespace = {"__name__": "__main__", "__file__": str(script_file), "__builtins__": builtins,
                      "__golden__": recorder}
         mode = CpuMode(emulate_bf16)
