@@ -230,11 +230,23 @@ def harness():
     return module
 
 
-@pytest.mark.parametrize("folder", sorted(RESULT_GOLDENS))
-def test_a_result_golden_records_its_run_and_its_peer(folder):
-    golden = json.loads((Path(__file__).parent / "golden" / f"{folder}.json").read_text())
+RESULT_FILES = sorted(p.name for p in (Path(__file__).parent / "golden").glob("2026*.json"))
+
+
+def test_every_listed_result_has_a_golden():
+    assert {f"{folder}.json" for folder in RESULT_GOLDENS} <= set(RESULT_FILES)
+
+
+@pytest.mark.parametrize("file", RESULT_FILES)
+def test_a_result_golden_records_its_run_and_its_peer(file):
+    """<folder>.json runs the folder's .py (else its log's script); <folder>.log.json, where present, the published
+    runs' log script where it differs from the .py."""
+    golden = json.loads((Path(__file__).parent / "golden" / file).read_text())
     meta, steps = golden["meta"], golden["steps"]
+    folder = file.split(".")[0]
     assert (meta["result"], meta["folder"]) == (RESULT_GOLDENS[folder], folder)
+    if file.endswith(".log.json"):
+        assert meta["source"] == "log"
     assert meta["commit"] == "f411b3d346aa52d3504324ca93c230fd84c6c07f" and meta["published"]["steps"] > 0
     assert (Path(__file__).parents[1] / meta["adapter"]).is_file()
     names = set(golden["init"])
