@@ -213,7 +213,8 @@ def test_five_steps_of_the_baseline_recipe_match_the_reference(tmp_path):
 # size; tests/golden/<folder>.json are its output for these results (folder -> the track README's result number).
 # They are the reference for implementations of those optimizers: the init fingerprints, the loss and gradients at a
 # perturbed state, every parameter's norm after each step, the validation passes, and the same run again as a peer
-# (bf16 GEMMs emulated, or 2 threads for fp32-only optimizers) whose distance (self_drift) bounds a fair tolerance.
+# (bf16 GEMMs emulated; for fp32-only optimizers 2 threads and the CPU's SIMD kernels off) whose distance
+# (self_drift) bounds a fair tolerance.
 HARNESS = Path(__file__).parents[1] / "scripts" / "track3_golden.py"
 RESULT_GOLDENS = {
     "20260430_adamh": 4, "20260430_muonh": 5, "20260501_muonsq": 7, "20260430_normuonh": 8,
