@@ -283,6 +283,22 @@ def kernel_table_source(found: dict) -> tuple[str, bool]:
     return text, triton
 
 
+def custom_op_definitions(ext, attrs: list[str]) -> list[tuple[str, str]]:
+    """For bench.flatten: `torch.ops.NAMESPACE.OP` is the custom op a module of the repository registers with
+    torch.library.custom_op; the statement that defines it (found by the op's name among the registered ones)."""
+    if ext.module != "torch" or ext.attr is not None or len(attrs) < 3 or attrs[0] != "ops":
+        return []
+    import torch
+
+    definitions = getattr(getattr(torch._library, "custom_ops", None), "OPDEFS", {})
+    op = definitions.get(f"{attrs[1]}::{attrs[2]}")
+    if op is None:
+        return []
+    module = sys.modules.get(getattr(op, "_init_fn", op).__module__)
+    name = next((n for n, v in vars(module or object()).items() if v is op), None)
+    return [(module.__name__, name)] if name else []
+
+
 def _commit() -> str:
     try:
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True,
@@ -352,7 +368,7 @@ def export(argv: list[str], out: str | None = None) -> tuple[str, object]:
                 extra[obj.__module__] = part[1].source
     flat = Flattener(root, root_path=str(TEMPLATE), extra_modules=extra,
                      strip_decorators={(registry.__name__, kind) for kind in registry.KINDS},
-                     substitutions={(kernels.__name__, table_name): table})
+                     substitutions={(kernels.__name__, table_name): table}, external_refs=custom_op_definitions)
     modules = [m.display for m, _ in flat.module_sections() if m is not flat.root]
     out_name = Path(out).name if out else "train_track3.py"
 
@@ -386,9 +402,11 @@ def check_imports(text: str, flat, triton: bool):
             top = name.split(".")[0]
             if top in allowed or top in sys.stdlib_module_names or top == "__future__":
                 continue
-            source = next((u.module.display for u in flat.kept for sub in ast.walk(u.node)
-                           if isinstance(sub, (ast.Import, ast.ImportFrom)) and name in
-                           ([a.name for a in sub.names] if isinstance(sub, ast.Import) else [sub.module])), "the script")
+            users = sorted(flat.external_users.get(name, ())) or sorted(
+                u.module.display for u in flat.kept for sub in ast.walk(u.node)
+                if isinstance(sub, (ast.Import, ast.ImportFrom)) and name in
+                ([a.name for a in sub.names] if isinstance(sub, ast.Import) else [sub.module]))
+            source = ", ".join(dict.fromkeys(users)) or "the script"
             raise UserError(f"{source} imports {name}: a track-3 script may import torch, numpy and the standard "
                             "library only (its rule 4: copy a library's code into your optimizer's file instead)")
 

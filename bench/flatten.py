@@ -452,13 +452,17 @@ class Flattener:
     imports bind what it uses)."""
 
     def __init__(self, root_source: str, *, root_path: str = "script.py", extra_modules: dict | None = None,
-                 strip_decorators=(), substitutions: dict | None = None, repo: Path = REPO):
+                 strip_decorators=(), substitutions: dict | None = None, external_refs=None, repo: Path = REPO):
         self.repo = repo
+        # external_refs(External, [attribute names]) -> [(module, name)]: definitions of the repository an external
+        # attribute reaches by name (torch.ops.NAMESPACE.OP: the statement registering that custom op)
+        self.external_refs = external_refs or (lambda ext, attrs: [])
         self.top_names = repository_top_names(repo)
         self.extra = {name: Path(path) for name, path in (extra_modules or {}).items()}
         self.strip = set(strip_decorators)
         self.substitutions = dict(substitutions or {})
         self.modules: dict[str, Module] = {}
+        self.external_users: dict[str, set[str]] = {}  # external module -> the files whose kept code uses it
         self.root = Module("__main__", Path(root_path), root_source, self, display=Path(root_path).name)
         self.modules["__main__"] = self.root
         self.kept: list[Unit] = []
@@ -609,6 +613,11 @@ class Flattener:
                     unit.deps.update(u for u in self.units_of(use.target) if u is not unit)
             elif isinstance(use.target, External):
                 unit.externals.add(use.target)
+                self.external_users.setdefault(use.target.module, set()).add(module.display)
+                for modname, name in self.external_refs(use.target, [a.attr for a in use.attrs]):
+                    target, _ = self.resolve(self.module(modname, use.name, module), name, [], use.name)
+                    if isinstance(target, Def):
+                        unit.deps.update(self.units_of(target))
 
     def _analyse(self):
         roots = [u for u in self.root.units if not u.is_import]
@@ -695,7 +704,9 @@ class Flattener:
             raise FlattenError(f"no free name for {key}")
 
         def prefixed(module: str, name: str) -> str:
-            prefix = module.rsplit(".", 1)[-1].lstrip("_").replace(".", "_") or "module"
+            prefix = module.rsplit(".", 1)[-1].lstrip("_") or "module"
+            if name.isupper():  # a constant stays one: SUPPORTED_DTYPES -> NEWTON_SCHULZ_SUPPORTED_DTYPES
+                prefix = prefix.upper()
             return f"{'_' if name.startswith('_') else ''}{prefix}_{name.lstrip('_')}"
 
         for ext in externals:  # imports keep their names (two modules importing one name differently: the second
@@ -734,7 +745,7 @@ class Flattener:
             if not use.consumed and flat != use.name.id and use.binding is None:
                 renamed[use.name.id] = flat
         node = unit.node
-        if isinstance(node, (*FUNCTIONS, ast.ClassDef)) and node.name in unit.defines:
+        if isinstance(node, (*FUNCTIONS, ast.ClassDef)) and node.name in unit.defines and node.name != "_":
             flat = self.names[Def(module.name, node.name)]
             if flat != node.name:
                 start = module.offset(node.lineno, node.col_offset)

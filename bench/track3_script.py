@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None, hooks=None):
             with open(logfile, "a") as f:
                 print(line, file=f)
 
-    print0(code, console=False)
+    print0(code.rstrip("\n"), console=False)
     print0("=" * 100, console=False)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print0(f"Running PyTorch {torch.__version__} on {name} with world_size {world_size} ({accum} micro-batches of "
