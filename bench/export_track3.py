@@ -98,11 +98,19 @@ def resolve_config(argv: list[str]):
     return dataclasses.replace(cfg, model=model, optim=optim, dtype=dtype)
 
 
+SCRIPT_ONLY = {"log_dir"}  # Run fields that are the script's alone; every other one is a TrainConfig field
+
+
 def run_settings(cfg):
-    """The script's Run (bench.track3_script.Run) from the config: every field of the same name."""
+    """The script's Run (bench.track3_script.Run) from the config: every field the TrainConfig field of the same
+    name (a field TrainConfig lacks is an error here, not a silent default in the script)."""
     from bench.track3_script import Run
 
-    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(Run) if hasattr(cfg, f.name)}
+    names = [f.name for f in dataclasses.fields(Run) if f.name not in SCRIPT_ONLY]
+    missing = [n for n in names if not hasattr(cfg, n)]
+    if missing:
+        raise RuntimeError(f"bench.track3_script.Run has fields TrainConfig lacks: {', '.join(missing)}")
+    values = {n: getattr(cfg, n) for n in names}
     values["compile"] = {"fullgraph": "on"}.get(cfg.compile, cfg.compile)
     return Run(**values)
 
@@ -181,7 +189,8 @@ def literal(value, indent: int = 0) -> tuple[str, set]:
     if isinstance(value, float):
         return (repr(value) if math.isfinite(value) else f'float("{value}")'), set()
     if isinstance(value, str):
-        return ('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' if "\n" not in value else repr(value)), set()
+        quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return (quoted if "\n" not in value else repr(value)), set()
     if isinstance(value, (tuple, list)):
         items = [literal(v, indent) for v in value]
         body = ", ".join(t for t, _ in items) + ("," if isinstance(value, tuple) and len(value) == 1 else "")
@@ -210,7 +219,7 @@ def _binding(obj) -> tuple[str, str]:
 def _comment(text: str, width: int = 116) -> str:
     lines = []
     for paragraph in text.strip().split("\n\n"):
-        lines += textwrap.wrap(" ".join(paragraph.split()), width) + [""]
+        lines += textwrap.wrap(" ".join(paragraph.split()), width, break_on_hyphens=False) + [""]
     return "\n".join(("# " + line).rstrip() for line in lines[:-1])
 
 
@@ -228,8 +237,8 @@ def settings_source(cfg, found: dict) -> str:
         path = Path(entry.source)
         return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else path.name
 
-    sections.append("# The model: track 3's architecture (its rule 1: unchanged), our model/gpt.py with these switches.\n"
-                    + assign("MODEL", cfg.model))
+    sections.append("# The model: track 3's architecture (its rule 1: unchanged), our model/gpt.py with these "
+                    "switches.\n" + assign("MODEL", cfg.model))
     sections.append("# The data, the batch, the steps, validation and the device (Run, above).\n"
                     + assign("RUN", run_settings(cfg)))
     value, entry = found["optimizer"]
@@ -246,7 +255,8 @@ def settings_source(cfg, found: dict) -> str:
     sections.append(f"# The optimizer {entry.name!r} ({part_file(entry)}: {type(value).__name__} and its builder "
                     f"{builder}){recipe}\n" + assign("OPTIMIZER", value) + f"\nBUILD_OPTIMIZER = {builder}")
     value, entry = found["schedule"]
-    sections.append(f"# The lr and momentum schedule {entry.name!r} ({part_file(entry)}).\n" + assign("SCHEDULE", value))
+    sections.append(f"# The lr and momentum schedule {entry.name!r} ({part_file(entry)}).\n"
+                    + assign("SCHEDULE", value))
     for kind, names, what in (("wrapper", ("WRAPPER", "WRAP"), "the optimizer steps alone"),
                               ("readout", ("READOUT", "MAKE_READOUT"), "validation reads the trained weights")):
         if found[kind] is None:
@@ -311,42 +321,43 @@ def _commit() -> str:
 
 
 def header_source(cfg, argv: list[str], found: dict, out_name: str, triton: bool, modules: list[str]) -> str:
+    """The script's docstring: what it is, how to run it, what it holds."""
+    def fill(text: str) -> str:
+        return textwrap.fill(" ".join(text.split()), 116, break_on_hyphens=False)
+
     optimizer = found["optimizer"][1].name + (f" (recipe {cfg.recipe})" if cfg.recipe else "")
     impls = (f"attention {cfg.model.attn_impl}, MLP {cfg.model.mlp_impl}, loss {cfg.model.ce_impl}"
              + "".join(f", {k} {v}" for k, v in (cfg.optim.implementations().items()
                                                   if hasattr(cfg.optim, "implementations") else [])))
-    listing = textwrap.fill(", ".join(modules), 112, initial_indent="    ", subsequent_indent="    ")
     triton_note = ("It imports triton: a Triton implementation was asked for." if triton else
                    "No Triton: every implementation is plain PyTorch, so it runs on any GPU (or the CPU) with torch "
                    "alone; export with --model.mlp_impl=triton, --model.ce_impl=triton or "
                    "--optim.newton_schulz_impl=triton to inline those kernels instead.")
-    implementations = textwrap.fill(f"Implementations: {impls}. {triton_note} On CUDA the model is compiled with "
-                                    "torch.compile, as the reference's is.", 116)
-    return f'''"""Track 3 of modded-nanogpt (the optimization benchmark) with the optimizer {optimizer}: one self-contained
-script, exported from the speedrun repository ({_commit()}) by
-
-    python -m bench.export_track3 {shlex.join(argv)}
-
-Run it as the track's quickstart runs train_gpt_simple.py, from a modded-nanogpt checkout holding the FineWeb shards
-(python data/cached_fineweb10B.py 20 writes them to {TRACK_DATA_DIR}):
-
-    torchrun --standalone --nproc_per_node=$(nvidia-smi -L | wc -l) {out_name}
-
-on 1, 2, 4 or 8 GPUs: the batch of {cfg.reference_world_size * cfg.grad_accum} x {cfg.batch_size} x {cfg.seq_len} tokens is the same on each (fewer GPUs accumulate more
-micro-batches) and every rank reads the same token windows. Rank 0 prints and writes logs/<uuid>.txt: this file's
-source, a line of '=', then the log (val loss every {cfg.val_every} steps, every {cfg.val_every_late} from {cfg.val_late_frac:.0%} of the steps, and at the end;
-the first validation at or below {cfg.target_val_loss} is named).
-
-{implementations}
-
-Layout: the repository's code this run uses, module by module under banners naming each file (only the definitions
-the run reaches; registration decorators dropped; a name two modules define carries its module's name as a
-prefix), then "Init & Optim Hyperparams" (every value written in), then the training loop and main(). Modules:
-{listing}
-
-Options, for smoke tests only (the track's run takes none): --FIELD=VALUE sets a field of RUN, --model.FIELD=VALUE
-one of MODEL; e.g. on a CPU: --device=cpu --dtype=fp32 --max_steps=2 --model.n_layer=1 --data_dir=DIR.
-"""'''
+    batch = f"{cfg.reference_world_size * cfg.grad_accum} x {cfg.batch_size} x {cfg.seq_len}"
+    paragraphs = [
+        fill(f"Track 3 of modded-nanogpt (the optimization benchmark) with the optimizer {optimizer}: one "
+             f"self-contained script, exported from the speedrun repository ({_commit()}) by"),
+        f"    python -m bench.export_track3 {shlex.join(argv)}",
+        fill("Run it as the track's quickstart runs train_gpt_simple.py, from a modded-nanogpt checkout holding the "
+             f"FineWeb shards (python data/cached_fineweb10B.py 20 writes them to {TRACK_DATA_DIR}):"),
+        f"    torchrun --standalone --nproc_per_node=$(nvidia-smi -L | wc -l) {out_name}",
+        fill(f"on 1, 2, 4 or 8 GPUs: the batch of {batch} tokens is the same on each (fewer GPUs accumulate more "
+             "micro-batches) and every rank reads the same token windows. Rank 0 prints and writes "
+             "logs/<uuid>.txt: this file's source, a line of '=', then the log (val loss every "
+             f"{cfg.val_every} steps, every {cfg.val_every_late} from {cfg.val_late_frac:.0%} of the steps, and at "
+             f"the end; the first validation at or below {cfg.target_val_loss} is named)."),
+        fill(f"Implementations: {impls}. {triton_note} On CUDA the model is compiled with torch.compile, as the "
+             "reference's is."),
+        fill("Layout: the repository's code this run uses, module by module under banners naming each file (only "
+             "the definitions the run reaches; registration decorators dropped; a name two modules define carries "
+             "its module's name as a prefix), then \"Init & Optim Hyperparams\" (every value written in), then the "
+             "training loop and main(). Modules:") + "\n"
+        + textwrap.fill(", ".join(modules), 112, initial_indent="    ", subsequent_indent="    "),
+        fill("Options, for smoke tests only (the track's run takes none): --FIELD=VALUE sets a field of RUN, "
+             "--model.FIELD=VALUE one of MODEL; e.g. on a CPU: --device=cpu --dtype=fp32 --max_steps=2 "
+             "--model.n_layer=1 --data_dir=DIR."),
+    ]
+    return '"""' + "\n\n".join(paragraphs) + '\n"""'
 
 
 def export(argv: list[str], out: str | None = None) -> tuple[str, object]:
@@ -413,7 +424,7 @@ def check_imports(text: str, flat, triton: bool):
 
 # --- running it where the repository cannot be imported ------------------------------------------------------------
 
-DRIVER = '''"""Run an exported script where the repository's modules cannot be imported (written by bench.export_track3)."""
+DRIVER = '''"""Run an exported script where the repository's modules cannot be imported (bench.export_track3)."""
 import importlib.abc
 import importlib.util
 import json
