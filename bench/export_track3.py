@@ -380,12 +380,12 @@ def export(argv: list[str], out: str | None = None) -> tuple[str, object]:
     flat = Flattener(root, root_path=str(TEMPLATE), extra_modules=extra,
                      strip_decorators={(registry.__name__, kind) for kind in registry.KINDS},
                      substitutions={(kernels.__name__, table_name): table}, external_refs=custom_op_definitions)
-    modules = [m.display for m, _ in flat.module_sections() if m is not flat.root]
+    modules = [flat.label(m) for m, _ in flat.module_sections() if m is not flat.root]
     out_name = Path(out).name if out else "train_track3.py"
 
     def banner(module) -> str:
         summary = (module.docstring or "").split("\n\n")[0]
-        lines = ["#" * 118, f"# {module.display}" + (" (your file)" if module.name in extra else "")]
+        lines = ["#" * 118, f"# {flat.label(module)}" + (" (your file)" if module.name in extra else "")]
         if summary:
             lines.append(_comment(summary))
         return "\n".join([*lines, "#" * 118]) + "\n"

@@ -652,14 +652,9 @@ class Flattener:
             if state.get(name):
                 return
             state[name] = "visiting"
-            module = self.modules.get(name)
-            if module is not None:
-                for dep in module.imports_in_order:
-                    if dep in self.modules or self.module_file(dep) is not None:
-                        if dep not in self.modules:
-                            # imported but nothing of it is kept: its own imports may still matter for order
-                            continue
-                        visit(dep)
+            for dep in self.modules[name].imports_in_order:
+                if dep in self.modules:  # a module never loaded has nothing kept
+                    visit(dep)
             order.append(name)
             state[name] = "done"
 
@@ -704,7 +699,8 @@ class Flattener:
             raise FlattenError(f"no free name for {key}")
 
         def prefixed(module: str, name: str) -> str:
-            prefix = module.rsplit(".", 1)[-1].lstrip("_") or "module"
+            prefix = (self.extra[module].stem if module in self.extra else module.rsplit(".", 1)[-1]).lstrip("_")
+            prefix = re.sub(r"\W", "_", prefix) or "module"
             if name.isupper():  # a constant stays one: SUPPORTED_DTYPES -> NEWTON_SCHULZ_SUPPORTED_DTYPES
                 prefix = prefix.upper()
             return f"{'_' if name.startswith('_') else ''}{prefix}_{name.lstrip('_')}"
@@ -843,6 +839,10 @@ class Flattener:
             if lines:
                 blocks.append("\n".join(lines))
         return "\n\n".join(blocks)
+
+    def label(self, module: Module) -> str:
+        """How the output names a module's file: its path in the repository, or a file of one's own by its name."""
+        return module.path.name if module.name in self.extra else module.display
 
     def module_sections(self) -> list[tuple[Module, list[Unit]]]:
         """(module, its kept units) in the output's order, the root last."""
