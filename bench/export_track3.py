@@ -45,6 +45,7 @@ used as a value, assignments to another module's attributes.
 """
 
 import dataclasses
+import inspect
 import math
 import os
 import shlex
@@ -216,11 +217,9 @@ def _binding(obj) -> tuple[str, str]:
     return obj.__module__, name
 
 
-def _comment(text: str, width: int = 116) -> str:
-    lines = []
-    for paragraph in text.strip().split("\n\n"):
-        lines += textwrap.wrap(" ".join(paragraph.split()), width, break_on_hyphens=False) + [""]
-    return "\n".join(("# " + line).rstrip() for line in lines[:-1])
+def _comment(text: str) -> str:
+    """`text` (a docstring, as written) as comment lines."""
+    return "\n".join(("# " + line).rstrip() for line in textwrap.dedent(text).strip().splitlines())
 
 
 def settings_source(cfg, found: dict) -> str:
@@ -247,13 +246,12 @@ def settings_source(cfg, found: dict) -> str:
         from optim import registry
 
         recipe_entry = registry.lookup("recipe", cfg.recipe)
-        recipe = f", from the recipe {recipe_entry.name!r} and the options given at export:\n" + _comment(
-            recipe_entry.summary if not recipe_entry.factory.__doc__ else
-            textwrap.dedent(recipe_entry.factory.__doc__))
+        recipe = (f"\n# From the recipe {recipe_entry.name!r} and the options given at export:\n"
+                  + _comment(inspect.cleandoc(recipe_entry.factory.__doc__ or recipe_entry.summary)))
     module, builder = _binding(entry.factory)
     imports.add((module, builder))
     sections.append(f"# The optimizer {entry.name!r} ({part_file(entry)}: {type(value).__name__} and its builder "
-                    f"{builder}){recipe}\n" + assign("OPTIMIZER", value) + f"\nBUILD_OPTIMIZER = {builder}")
+                    f"{builder}).{recipe}\n" + assign("OPTIMIZER", value) + f"\nBUILD_OPTIMIZER = {builder}")
     value, entry = found["schedule"]
     sections.append(f"# The lr and momentum schedule {entry.name!r} ({part_file(entry)}).\n"
                     + assign("SCHEDULE", value))
@@ -383,8 +381,12 @@ def export(argv: list[str], out: str | None = None) -> tuple[str, object]:
     modules = [flat.label(m) for m, _ in flat.module_sections() if m is not flat.root]
     out_name = Path(out).name if out else "train_track3.py"
 
+    part_modules = {obj.__module__ for part in found.values() if part is not None
+                    for obj in (part[1].factory, type(part[0]))}
+
     def banner(module) -> str:
-        summary = (module.docstring or "").split("\n\n")[0]
+        """The file's name and its docstring: whole for the modules of the run's parts, else its first paragraph."""
+        summary = (module.docstring or "") if module.name in part_modules else (module.docstring or "").split("\n\n")[0]
         lines = ["#" * 118, f"# {flat.label(module)}" + (" (your file)" if module.name in extra else "")]
         if summary:
             lines.append(_comment(summary))

@@ -681,7 +681,17 @@ class Flattener:
         for unit in self.kept:
             for use in unit.uses:
                 if use.target is not BUILTIN:
-                    sites.setdefault(use.target, []).append(use.scope)
+                    sites.setdefault(use.target, []).append((use.scope, unit.module))
+
+        def hidden(name: str, scope, module: Module) -> bool:
+            """Whether a local of `scope` (or an enclosing function) named `name` would hide a global there; a
+            local bound only by an import of the repository is not one: that import is deleted."""
+            where = scope.lookup(name) if scope is not None else "global"
+            if where == "global":
+                return False
+            node = where.imports.get(name)
+            return node is None or not all(isinstance(b, (RepoModule, RepoName))
+                                           for _, b in self.import_bindings(module, node))
 
         def take(key, first: str, prefixed: str):
             """The first of first, prefixed, prefixed_2, ... that no other key has and that no local variable
@@ -691,7 +701,7 @@ class Flattener:
             for name in candidates:
                 if name in taken and taken[name] != key:
                     continue
-                if any(scope is not None and scope.lookup(name) != "global" for scope in sites.get(key, [])):
+                if any(hidden(name, scope, module) for scope, module in sites.get(key, [])):
                     continue
                 taken[name] = key
                 self.names[key] = name

@@ -242,7 +242,11 @@ def test_two_ranks_read_the_windows_one_rank_accumulates(shards, tmp_path):
 @pytest.mark.parametrize("optimizer", [*sorted(registry.entries("recipe")), f"{LION}:lion-track3"])
 def test_every_recipe_exports_and_runs_where_the_repository_cannot_be_imported(optimizer, tmp_path):
     script = tmp_path / "train.py"
-    text, cfg = write_export([f"--optimizer={optimizer}"], script)
+    try:
+        text, cfg = write_export([f"--optimizer={optimizer}"], script)
+    finally:
+        if ":" in optimizer:
+            registry.unload_file(optimizer.rsplit(":", 1)[0])
     imports = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
                for n in ast.walk(ast.parse(text)) if isinstance(n, (ast.Import, ast.ImportFrom))
                for a in (n.names if isinstance(n, ast.Import) else [None])}
@@ -334,9 +338,9 @@ def test_bad_options_end_in_one_line(argv, status, message, capsys, tmp_path, mo
 def test_a_third_party_import_is_refused_naming_its_file(tmp_path, capsys):
     mine = tmp_path / "third_party_opt.py"
     mine.write_text(LION.read_text().replace("import torch\n", "import torch\nimport tqdm\n").replace(
-        "    return Lion(", "    assert tqdm.__name__\n    return Lion("))
+        "    return Lion(", "    assert tqdm.__name__\n    return Lion(").replace('"lion', '"tqdm-lion'))
     try:
-        code, err = run_cli([f"--optimizer={mine}:lion-track3", f"--out={tmp_path / 'x.py'}"], capsys)
+        code, err = run_cli([f"--optimizer={mine}:tqdm-lion-track3", f"--out={tmp_path / 'x.py'}"], capsys)
     finally:
         registry.unload_file(str(mine))
     assert code == 1 and "\n" not in err
@@ -408,6 +412,23 @@ def test_flattening_keeps_what_is_reached_and_renames_what_clashes(tmp_path):
     assert "def b_helper(x):" in text and "return b_helper(helper) + 1" in text  # not hidden by the parameter
     assert "unused" not in text and "import math" not in text and "from pkg" not in text
     assert text.index("# pkg/b.py") < text.index("# pkg/a.py") < text.index("def main")
+
+
+def test_a_function_local_import_of_the_repository_goes_and_its_names_stay(tmp_path):
+    make_package(tmp_path, {
+        "pkg/__init__.py": "",
+        "pkg/b.py": "def helper(x):\n    return x + 1\n",
+        "pkg/c.py": """
+            def make(x):
+                from pkg.b import helper
+                from pkg import b as module_b
+
+                return helper(x) + module_b.helper(x)
+            """,
+    })
+    text = flatten(tmp_path, "from pkg.c import make\n\n\ndef main():\n    return make(1)\n")
+    assert run_flat(text) == 4
+    assert "import" not in text.split("# pkg/c.py")[1] and "return helper(x) + helper(x)" in text
 
 
 def test_registration_decorators_go_and_attached_side_effects_stay(tmp_path):
