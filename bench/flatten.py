@@ -16,14 +16,21 @@ The output is one namespace, so the names are rewritten:
   - `from optim.roles import role_table` disappears and `role_table` is the inlined function; `reference.newton_schulz`
     (`from kernels import reference`) becomes `newton_schulz`; function-local imports of the repository disappear too.
   - Two modules defining the same name (each optimizer file's `build`) keep it apart by a prefix, the module's last
-    component (`muon_build`); so does a definition named like an imported name or a builtin another module uses.
-    Names are resolved by Python's scoping rules (parameters, locals, class bodies, comprehensions,
-    global/nonlocal), so a local variable of the same name is never touched.
+    component (`muon_build`; a constant's in capitals); so does a definition named like an imported name or a
+    builtin another module uses, and one that a local variable would hide where it is used
+    (`reference.ns_coefficients(ns_coefficients)` in a function whose parameter is ns_coefficients becomes
+    `reference_ns_coefficients(ns_coefficients)`). Names are resolved by Python's scoping rules (parameters, locals,
+    class bodies, comprehensions, global/nonlocal), so a local variable is never renamed.
   - Decorators in `strip_decorators` (the registry's @optimizer, @recipe, ...) are removed: the script names its
     parts directly.
 Statements that define nothing (a registration call, `_register()`) are side effects of importing a module and are
 dropped, except one attached to a kept definition: `@op.register_fake def _(...)` and `op.register_autograd(...)`
 where `op` is kept (a torch.library custom op keeps its fake and autograd implementations).
+
+Two hooks let the caller say what names alone cannot: `substitutions` replace the statement binding a name by other
+source (the kernel registry's table becomes the table of the implementations the run uses), and `external_refs` maps
+an external attribute to the repository's definitions it reaches by name (`torch.ops.NAMESPACE.OP` to the statement
+registering that custom op).
 
 Modules are written in the order Python would finish importing them (a module after everything it imports at its
 top level), each under a banner naming its file; a definition keeps the comment lines right above it. Limits (each
