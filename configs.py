@@ -59,7 +59,7 @@ class OptimConfig:
     ns_impl: str = "eager"  # kernels.registry impl of "newton_schulz": eager | triton | auto (triton on CUDA)
     ns_coefficients: str = "quintic"  # quintic | polar_express | cubic
     ns_steps: int = 0  # 0 = the coefficient set's own (kernels.reference.NS_DEFAULT_STEPS: 5, 5, 12)
-    # Newton-Schulz precision: auto = bf16 where the device multiplies bf16 natively (kernels._common.native_bf16),
+    # Newton-Schulz precision: auto = bf16 where the device multiplies bf16 natively (kernels.device.native_bf16),
     # else fp32; bf16 on a CPU without it runs each matmul as an fp32 matmul of the bf16 operands, rounded
     ns_dtype: str = "auto"  # auto | bf16 | fp32
     normuon_beta2: float = 0.95  # NorMuon: EMA of the per-row (per-column) second moment
@@ -136,7 +136,7 @@ class TrainConfig:
     # system
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto (bf16 where kernels._common.native_bf16(device), else fp32) | bf16 | fp32
+    dtype: str = "auto"  # auto (bf16 where kernels.device.native_bf16(device), else fp32) | bf16 | fp32
     compile: str = "auto"  # auto | fullgraph | off (see COMPILE_MODES); train.py resolves auto from the device
     # the training loss is read (a host sync on a GPU) every log_every steps, and at every validation, checkpoint
     # and the last step; each train record carries the mean loss per token over the steps since the previous one
@@ -434,7 +434,7 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
 
         field                           "auto" on CUDA                         "auto" elsewhere (the CPU)
         device                          the device's type
-        dtype                           bf16 where bf16 matmuls are native (kernels._common.native_bf16), else fp32
+        dtype                           bf16 where bf16 matmuls are native (kernels.device.native_bf16), else fp32
         model.attn_impl                 fa3 > fa2 > sdpa, the best that runs   sdpa
         model.mlp_impl                  triton                                 eager
         model.ce_impl                   triton                                 chunked (one compiled pass per row)
@@ -448,11 +448,12 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
     """
     import torch
 
-    from kernels import _common, attention_select
+    from kernels import attention_select
+    from kernels import device as kernel_device
 
     device = torch.device(device)
     cuda = device.type == "cuda"
-    native = _common.native_bf16(device) if bf16_native is None else bf16_native
+    native = kernel_device.native_bf16(device) if bf16_native is None else bf16_native
 
     def precision(name: str) -> str:
         return ("bf16" if native else "fp32") if name == "auto" else name

@@ -133,11 +133,11 @@ def _flop_models():
     from types import SimpleNamespace
 
     from bench.cases.attention import attention_flops
-    from bench.cases.fused_linear_cross_entropy import flce_flops
+    from bench.cases.linear_cross_entropy import lce_flops
     from bench.cases.newton_schulz import ns_flops
     from bench.cases.relu2_mlp import mlp_flops
 
-    return SimpleNamespace(ns=ns_flops, flce=flce_flops, mlp=mlp_flops, attention=attention_flops)
+    return SimpleNamespace(ns=ns_flops, flce=lce_flops, mlp=mlp_flops, attention=attention_flops)
 
 
 def _codegen_api():
@@ -881,7 +881,7 @@ def stage_environment(ctx: StageContext):
 
     # The measured peak: one square bf16 matmul, the denominator of every "% of peak" in the report.
     n = 8192 if ctx.device == "cuda" else 512
-    from kernels._common import native_bf16
+    from kernels.device import native_bf16
 
     dtype = torch.bfloat16 if native_bf16(ctx.device) else torch.float32
     a = torch.randn(n, n, device=ctx.device, dtype=dtype)

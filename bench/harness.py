@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from kernels._common import cpu_capability, native_bf16
+from kernels.device import cpu_capability, native_bf16
 
 # Dense bf16 tensor-core peak and HBM bandwidth (vendor datasheets, SXM parts).
 ROOFLINES = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}

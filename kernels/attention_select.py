@@ -9,7 +9,7 @@ import importlib
 import torch
 
 from cli import UserError
-from kernels._common import dtype_name
+from kernels.checks import dtype_name
 
 # Every backend name, in the order available_backends reports them; "auto" resolves to one of these.
 BACKENDS = ("eager", "sdpa", "flex", "fa3", "fa2", "fa4")

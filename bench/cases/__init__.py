@@ -1,6 +1,6 @@
 """What the benchmarks and the codegen report know about each op: FLOP and byte models, and sm_90 codegen cases.
 
-One module per op (newton_schulz, fused_linear_cross_entropy, relu2_mlp, attention). A module whose op has
+One module per op (newton_schulz, gram, linear_cross_entropy, relu2_mlp, attention). A module whose op has
 Triton kernels lists every launch configuration as `codegen_cases() -> list[CodegenCase]`, compiled ahead of
 time for sm_90 by `python -m bench.codegen`. The kernel files hold only kernels, launchers and autograd.
 
@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from kernels._common import TRITON_DTYPE
+from kernels.tiles import TRITON_DTYPE
 
 
 @dataclass

@@ -1,10 +1,10 @@
-"""Fused linear cross-entropy (the LM head: hidden @ Wᵀ, tanh softcap, cross-entropy, both gradients).
+"""Linear cross-entropy (the LM head: hidden @ Wᵀ, tanh softcap, cross-entropy, both gradients).
 
-    pytest bench/kernels/bench_fused_linear_cross_entropy.py --benchmark-json=out/flce.json
+    pytest bench/kernels/bench_linear_cross_entropy.py --benchmark-json=out/lce.json
 
 Providers: eager (kernels.reference.linear_cross_entropy in bf16, as the model calls it), compile (torch.compile
-of the same function), triton (kernels.fused_linear_cross_entropy; GPU only), chunked
-(kernels.chunked_cross_entropy, the CPU's default; any device), liger (Liger-Kernel's fused linear
+of the same function), triton (kernels.linear_cross_entropy; GPU only), chunked
+(kernels.linear_cross_entropy_chunked, the CPU's default; any device), liger (Liger-Kernel's fused linear
 cross-entropy; GPU only, when installed). One mode, forward + backward: the Triton and Liger kernels finish the
 gradients during forward, so a forward-only time would not compare like with like. Each row stores the time,
 TFLOP/s of the 6·N·H·V matmul FLOPs, and the peak memory of one call above the inputs
@@ -17,9 +17,9 @@ import functools
 import pytest
 import torch
 
-from bench.cases.fused_linear_cross_entropy import flce_bytes, flce_flops
+from bench.cases.linear_cross_entropy import lce_bytes, lce_flops
 from bench.conftest import optional, provider_fn, require_gpu
-from kernels import fused_linear_cross_entropy as flce
+from kernels import linear_cross_entropy as lce
 from model.config import model_preset
 
 DTYPE = torch.bfloat16
@@ -72,12 +72,12 @@ def setup(case: str, provider: str, device):
 
 @pytest.mark.parametrize("provider", ["eager", "compile", "triton", "chunked", "liger"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_linear_cross_entropy(benchmark, measure, device, case, provider):
+def test_linear_cross_entropy(benchmark, measure, device, case, provider):
     if device.type == "cpu" and case in BIG and provider in ("eager", "compile", "chunked"):
         pytest.skip(f"{provider}: the 124M case needs ~10 GB and minutes per round on the CPU; see the cpu case")
     (hidden, weight, targets), fn = setup(case, provider, device)
     N, H, V, softcap = CASES[case]
     fn()  # compile / autotune / first-launch work outside the timed rounds
-    measure(fn, flops=flce_flops(N, H, V), bytes=flce_bytes(N, H, V, DTYPE.itemsize, flce.pick_chunk_rows(N, V, 128)),
+    measure(fn, flops=lce_flops(N, H, V), bytes=lce_bytes(N, H, V, DTYPE.itemsize, lce.pick_chunk_rows(N, V, 128)),
             rounds=3, peak_memory=True, case=case, provider=provider, shape=[N, H, V],
             dtype=str(DTYPE).removeprefix("torch."), softcap=softcap, logits_mb=N * V * 4 / 2**20)
