@@ -5,9 +5,9 @@ setup(
     version="0.1.0",
     description="Triton kernels, optimizers and a reproducible trainer for the NanoGPT speedrun",
     python_requires=">=3.10",
+    # train.py is the checkout's entry script, not an installed module (no generic top-level name is installed)
     packages=find_packages(include=["kernels", "kernels.*", "model", "model.*", "optim", "optim.*",
-                                    "data", "data.*", "bench", "bench.*"]),
-    py_modules=["train", "configs", "checkpoint", "memory", "cli", "atomic"],
+                                    "data", "data.*", "bench", "bench.*", "speedrun", "speedrun.*"]),
     # GPU images ship torch 2.11 / triton 3.6; CPU CI pins torch==2.13.0 in .ci/run.
     install_requires=[
         "torch>=2.11",

@@ -77,7 +77,6 @@ makes the others fail after --dist_timeout_s seconds (default 300) with an error
 """
 
 import ctypes
-import dataclasses
 import json
 import math
 import os
@@ -90,16 +89,14 @@ import time
 import torch
 import torch.distributed as dist
 
-import checkpoint
-import cli
-import memory
-from configs import TrainConfig, device_type, help_text, resolve, resolve_auto
 from data.loader import DataExhausted, TokenLoader, val_batches
 from data.shards import list_shards
 from model.gpt import GPT
-from optim import build_optimizer
+from optim import build_optimizer, make_readout, wrap_optimizer
 from optim.distributed import DataParallel, accumulation_steps, all_reduce_mean, init_process_group
 from optim.muon import Muon
+from speedrun import checkpoint, cli, memory
+from speedrun.config import TrainConfig, device_type, help_text, resolve, resolve_auto, to_dict
 
 
 class Diverged(cli.UserError, FloatingPointError):
@@ -113,15 +110,9 @@ RESUMABLE_OPTIONS = frozenset({
     "run_name", "data_dir", "memory_check", "dist_timeout_s", "dist_bucket_mb"})
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up over warmup_steps, then stable, then linear decay to 0 over the last cooldown_frac of the
-    horizon (schedule_steps, default max_steps), in track 3's arithmetic: progress = step / horizon."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = step / cfg.horizon
-    if progress < 1 - cfg.cooldown_frac:
-        return 1.0
-    return max(0.0, (1 - progress) / cfg.cooldown_frac)
+def lr_factor(step: int, cfg: TrainConfig, role: str = "hidden") -> float:
+    """The schedule's lr multiplier at `step` for a param group of `role` (optim.schedules)."""
+    return cfg.schedule.lr(1.0, step, cfg.horizon, role)
 
 
 def is_val_step(step: int, cfg: TrainConfig) -> bool:
@@ -234,7 +225,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = GPT(cfg.model, dtype=self.dtype).to(self.device)
         self.step_model = torch.compile(self.model, fullgraph=True) if cfg.compile == "fullgraph" else self.model
-        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.optimizer = wrap_optimizer(cfg.wrapper, build_optimizer(cfg.optim, self.model), self.model)
+        self.readout = make_readout(cfg.readout, self.model)  # which weights validation reads
         if cfg.compile == "fullgraph" and isinstance(self.optimizer, Muon):
             self.optimizer.compile_update()  # Muon/NorMuon's per-shape update too; lr and momentum as 0-D tensors
         self.parallel = DataParallel(self.model, self.optimizer, world_size=self.world_size, rank=self.rank,
@@ -256,8 +248,9 @@ class Trainer:
     def implementations(self) -> dict:
         """What runs, by op ("unused": Newton-Schulz under an optimizer without it)."""
         cfg = self.cfg
-        return {"attention": cfg.model.attn_impl, "mlp": cfg.model.mlp_impl, "ce": cfg.model.ce_impl,
-                "ns": cfg.optim.ns_impl if isinstance(self.optimizer, Muon) else "unused", "compile": cfg.compile}
+        optimizer = cfg.optim.implementations() if hasattr(cfg.optim, "implementations") else {}
+        return {"attention": cfg.model.attn_impl, "mlp": cfg.model.mlp_impl, "ce": cfg.model.ce_impl, **optimizer,
+                "compile": cfg.compile}
 
     @property
     def precision(self) -> str:
@@ -297,9 +290,9 @@ class Trainer:
         optimizer_state = self.parallel.optimizer_state_dict()  # every rank: gathers the sharded Muon state
         if self.master:
             checkpoint.save_atomic({
-                "config": dataclasses.asdict(self.cfg), "step": self.step, "train_time": self.train_time,
+                "config": to_dict(self.cfg), "step": self.step, "train_time": self.train_time,
                 "reached": self.reached, "val_loss": self.val_loss, "log_offset": self.log_offset,
-                "model": self.model.state_dict(), "optimizer": optimizer_state,
+                "model": self.model.state_dict(), "optimizer": optimizer_state, "readout": self.readout.state_dict(),
                 "loader": self.loader.state_dict(), "rng": checkpoint.rng_state(),
             }, self.checkpoint_path)
         self._checkpoint_step, self._initial = self.step, None  # the checkpoint is now the rollback point
@@ -308,7 +301,7 @@ class Trainer:
         """The run's checkpoint, read and checked against this run: the options that shape the trajectory (all but
         RESUMABLE_OPTIONS) and the data files must be the checkpoint's. Changes nothing."""
         state = checkpoint.load(self.checkpoint_path)
-        saved, current = dict(state["config"]), dataclasses.asdict(self.cfg)
+        saved, current = dict(state["config"]), to_dict(self.cfg)
         for name in RESUMABLE_OPTIONS:
             saved.pop(name, None), current.pop(name, None)
         diff = _differences(saved, current)
@@ -328,6 +321,7 @@ class Trainer:
         state = self.read_checkpoint() if state is None else state
         self.model.load_state_dict(state["model"])
         self.parallel.load_optimizer_state_dict(state["optimizer"])
+        self.readout.load_state_dict(state["readout"])
         self.loader.load_state_dict(state["loader"])
         checkpoint.set_rng_state(state["rng"])
         self.step, self.train_time, self.reached = state["step"], state["train_time"], state["reached"]
@@ -379,9 +373,9 @@ class Trainer:
         (the first such step) for the next boundary to find. checked=True reads both at once and raises
         FloatingPointError naming the step and the first parameter with a non-finite gradient (the replay)."""
         cfg, model = self.cfg, self.model
-        factor = lr_factor(step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+        self._apply_schedule(step)
+        if hasattr(self.optimizer, "before_forward"):  # a wrapper's lookahead moves the weights first
+            self.optimizer.before_forward(step)
         total = torch.zeros((), device=self.device)
         for micro, (x, y) in enumerate(self.micro_batches()):
             x, y = self._to_device(x), self._to_device(y)
@@ -412,7 +406,18 @@ class Trainer:
             torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.grad_clip, norm)
         self.parallel.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.readout.update(step + 1)
         return loss_per_token
+
+    def _apply_schedule(self, step: int):
+        """Each param group's lr (and the hidden matrices' momentum) at `step`, from its initial values
+        (optim.schedules)."""
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            role = group.get("role", "hidden")
+            group["lr"] = cfg.schedule.lr(group["initial_lr"], step, cfg.horizon, role)
+            if role == "hidden" and "initial_momentum" in group:
+                group["momentum"] = cfg.schedule.momentum.momentum(group["initial_momentum"], step, cfg.horizon)
 
     def _record_nonfinite(self, step: int, loss: torch.Tensor, norm: torch.Tensor):
         """If this is the first step with a non-finite loss or norm, remember (step, loss, norm), on the device."""
@@ -430,9 +435,10 @@ class Trainer:
     def evaluate(self) -> float:
         self.model.eval()
         total = torch.zeros((), device=self.device)
-        for x, y in self.val:
-            with self._autocast():
-                total += self.step_model(self._to_device(x), self._to_device(y)).float()
+        with self.readout.weights():  # the weights the run's readout evaluates (by default the trained ones)
+            for x, y in self.val:
+                with self._autocast():
+                    total += self.step_model(self._to_device(x), self._to_device(y)).float()
         total /= len(self.val) * (self.cfg.batch_size * self.cfg.seq_len if self.summed_loss else 1)  # per token
         all_reduce_mean(total, self.world_size)  # every rank holds the same number of val batches
         self.model.train()
@@ -465,11 +471,12 @@ class Trainer:
             return value
 
         return {"model": to_host(self.model.state_dict()), "optimizer": to_host(self.optimizer.state_dict()),
-                "rng": checkpoint.rng_state()}
+                "readout": to_host(self.readout.state_dict()), "rng": checkpoint.rng_state()}
 
     def _restore(self, snapshot: dict):
         self.model.load_state_dict(snapshot["model"])
         self.parallel.load_optimizer_state_dict(snapshot["optimizer"])
+        self.readout.load_state_dict(snapshot["readout"])
         checkpoint.set_rng_state(snapshot["rng"])
         self.loader = self._new_loader()
 
@@ -534,7 +541,7 @@ class Trainer:
         log = None
         if self.master:
             with open(os.path.join(self.run_dir, "config.json"), "w") as f:
-                json.dump(dataclasses.asdict(cfg), f, indent=1)
+                json.dump(to_dict(cfg), f, indent=1)
             log = open(os.path.join(self.run_dir, "log.jsonl"), "r+" if cfg.resume else "w")
             log.truncate(self.log_offset)  # drop lines written after the checkpoint we resume from
             log.seek(self.log_offset)
@@ -723,12 +730,12 @@ def main(argv=None) -> dict | None:
     """Train with the options in argv (default sys.argv[1:]); returns the summary. `--help` lists the options."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help" in argv or "-h" in argv:
-        print(help_text())
+        print(help_text([a for a in argv if a not in ("--help", "-h")]))
         return None
     cfg = resolve(argv)
     trainer = Trainer(cfg, argv)
     if trainer.master:
-        print(json.dumps(dataclasses.asdict(trainer.cfg)))
+        print(json.dumps(to_dict(trainer.cfg)))
         print(f"precision: dtype={cfg.dtype} -> {trainer.precision}")
         print(f"attention: {cfg.model.attn_impl} -> {trainer.attention}")
         print("implementations: " + ", ".join(f"{op} {impl}" for op, impl in trainer.implementations.items()))

@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 
 from bench import harness
-from configs import TrainConfig, resolve
 from data.loader import TokenLoader
+from speedrun.config import TrainConfig, resolve
 
 NANOGPT_OPTIM = dict(weight_decay=0.1, learning_rate=6e-4, betas=(0.9, 0.95))  # nanoGPT train.py defaults
 NANOGPT_GRAD_CLIP = 1.0

@@ -54,7 +54,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-from atomic import atomic_write
+from speedrun.atomic import atomic_write
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA = 1
@@ -1055,19 +1055,19 @@ def _hidden_shapes(model_cfg) -> list[tuple[str, int, int, int]]:
 def benchmark_cases(dry_run: bool) -> list[Case]:
     """The gpt2-124m case and the track-3 case, from configs.PRESETS (track 3 from its definition while the preset
     is absent). A dry run keeps each case's structure and shrinks the dimensions to the tiny model's."""
-    from configs import PRESETS, resolve, resolve_auto
     from model.config import model_preset
+    from speedrun.config import PRESETS, resolve, resolve_auto
 
     cases = []
     for name in ("124m", "track3"):
         preset_name = "gpt2-124m" if name == "124m" else TRACK3_PRESET
-        preset = PRESETS.get(preset_name)
+        preset = PRESETS[preset_name]() if preset_name in PRESETS else None
         if preset is not None:
             # the optimizer settings may come from a recipe; "auto" implementation names resolved (as on the CPU:
             # only the shapes of the model built from it are read)
             resolved = resolve_auto(resolve([f"--preset={preset_name}"]), "cpu")
             model_cfg, optim = resolved.model, resolved.optim
-            batch, seq = preset["batch_size"], preset["seq_len"]
+            batch, seq = preset.batch_size, preset.seq_len
             ns_steps, coefficients = optim.ns_steps, optim.ns_coefficients
             source = f"configs.PRESETS[{preset_name!r}]"
             softcap = getattr(model_cfg, "logit_softcap", None)
@@ -1504,11 +1504,11 @@ def synthetic_shards(directory: str, train_tokens: int, val_tokens: int, vocab: 
 def e2e_config(preset: str, data_dir: str, dry_run: bool, extra: list[str]):
     """The TrainConfig of `preset` on the synthetic shards (one micro-batch of validation; a dry run shrinks the
     model to the tiny preset's dimensions and turns compilation off). `extra` are --key=value overrides."""
-    from configs import PRESETS, resolve
     from model.config import model_preset
+    from speedrun.config import PRESETS, resolve
 
-    p = PRESETS[preset]
-    batch, seq = p["batch_size"], p["seq_len"]
+    p = PRESETS[preset]()
+    batch, seq = p.batch_size, p.seq_len
     args = [f"--preset={preset}", f"--data_dir={data_dir}", "--train_pattern=synthetic_train_*.bin",
             "--val_pattern=synthetic_val_*.bin", f"--device={'cpu' if dry_run else 'cuda'}"]
     if dry_run:
@@ -1524,7 +1524,7 @@ def e2e_config(preset: str, data_dir: str, dry_run: bool, extra: list[str]):
 def _impls(cfg) -> str:
     model, optim = cfg.model, cfg.optim
     return (f"attn {model.attn_impl}, mlp {model.mlp_impl}, ce {model.ce_impl}, optimizer {optim.name} "
-            f"(ns {getattr(optim, 'ns_impl', '—')}), compile {cfg.compile}")
+            f"(ns {getattr(optim, 'newton_schulz_impl', '—')}), compile {cfg.compile}")
 
 
 def run_e2e(ctx, preset: str, deadline: float, steps: int, warmup_steps: int) -> dict:
@@ -1579,7 +1579,7 @@ def run_e2e(ctx, preset: str, deadline: float, steps: int, warmup_steps: int) ->
 @stage("e2e", "one training step of the track3 and gpt2-124m presets on one GPU", min_s=60, cap_s=150,
        dry_min_s=10)
 def stage_e2e(ctx: StageContext):
-    from configs import PRESETS
+    from speedrun.config import PRESETS
 
     published = published_track3()
     ctx.info(published=published)

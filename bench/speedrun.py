@@ -43,8 +43,8 @@ import os
 import statistics
 import sys
 
-import cli
 from bench import harness
+from speedrun import cli
 
 LR_MULTIPLIERS = (0.5, 1.0, 2.0)
 
@@ -265,7 +265,7 @@ def finished_run(args) -> dict | None:
     an interrupted bench.speedrun, or one given more --lr-multipliers, does not train a finished run again. The
     options in REUSE_MAY_DIFFER may differ."""
     import train
-    from configs import device_type, resolve, resolve_auto
+    from speedrun.config import device_type, resolve, resolve_auto, to_dict
 
     cfg = resolve(args)
     cfg = resolve_auto(cfg, device_type(cfg.device))
@@ -277,7 +277,7 @@ def finished_run(args) -> dict | None:
             summary = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    now = json.loads(json.dumps(to_dict(cfg)))
     same = {k for k in now if saved.get(k) == now[k]} | REUSE_MAY_DIFFER
     if set(now) - same or set(saved) != set(now) or summary.get("steps") != cfg.max_steps:
         return None
@@ -291,7 +291,7 @@ REUSE_MAY_DIFFER = frozenset({"target_val_loss", "target_sigma", "checkpoint_eve
 
 
 def tune(preset, optimizer, out, extra, multipliers=LR_MULTIPLIERS):
-    from configs import resolve
+    from speedrun.config import resolve
 
     base = resolve([f"--preset={preset}", f"--optimizer={optimizer}", *extra]).optim.lr
     sweep = []
@@ -450,7 +450,7 @@ def main(argv=None):
         print(table)
         return results
 
-    from configs import resolve
+    from speedrun.config import resolve
 
     optimizers = args.optimizers.split(",")
     if args.seeds < 1:

@@ -4,7 +4,7 @@
 """
 
 
-import cli
+from speedrun import cli
 
 
 def rows(data: dict) -> list[dict]:

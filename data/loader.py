@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cli import ConfigError, UserError
 from data.shards import load_shard, read_header
+from speedrun.cli import ConfigError, UserError
 
 STATE_VERSION = 2  # 2: the margin
 

@@ -42,10 +42,10 @@ from typing import NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-import cli
-from atomic import atomic_write
 from data.shards import ShardError, read_header, write_shard
 from data.tokenizer import EOT_ID, gpt2_encoding
+from speedrun import cli
+from speedrun.atomic import atomic_write
 
 FINEWEB_REPO = "kjj0/fineweb10B-gpt2"
 PYDOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from atomic import atomic_write
-from cli import UserError
+from speedrun.atomic import atomic_write
+from speedrun.cli import UserError
 
 MAGIC = 20240520
 VERSION = 1

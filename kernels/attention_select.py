@@ -8,8 +8,8 @@ import importlib
 
 import torch
 
-from cli import UserError
 from kernels.checks import dtype_name
+from speedrun.cli import UserError
 
 # Every backend name, in the order available_backends reports them; "auto" resolves to one of these.
 BACKENDS = ("eager", "sdpa", "flex", "fa3", "fa2", "fa4")

@@ -125,7 +125,7 @@ def _worker(out: str, *args: str):
     import torch.distributed as dist
 
     import train
-    from configs import resolve
+    from speedrun.config import resolve
 
     trainer = train.Trainer(resolve(list(args)))
     with trainer_syncs(trainer) as syncs:

@@ -66,7 +66,7 @@ def _worker(out_dir: str, data_dir: str):
     import torch.distributed as dist
 
     import train
-    from configs import resolve
+    from speedrun.config import resolve
 
     counts, report = Counter(), {}
     _count_newton_schulz(counts)

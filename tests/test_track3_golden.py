@@ -32,10 +32,10 @@ import pytest
 import torch
 
 import train
-from configs import resolve
 from data.shards import write_shard
 from model.config import model_preset
 from model.gpt import GPT
+from speedrun.config import resolve
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "track3_train_gpt_simple.json").read_text())
 META = GOLDEN["meta"]

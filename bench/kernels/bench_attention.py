@@ -18,7 +18,7 @@ import torch
 
 from bench.cases.attention import Unavailable, attention_case
 from bench.conftest import require_gpu
-from configs import PRESETS
+from speedrun.config import PRESETS
 
 DTYPE = torch.bfloat16
 PROVIDERS = ["eager", "sdpa", "flex", "fa3", "fa2", "fa4", "auto"]
@@ -26,12 +26,12 @@ PROVIDERS = ["eager", "sdpa", "flex", "fa3", "fa2", "fa4", "auto"]
 
 def _cases():
     """name -> (B, T, H, D, documents); dimensions read from the presets."""
-    big, cpu = PRESETS["gpt2-124m"], PRESETS["cpu"]
-    tokens = big["batch_size"] * big["seq_len"]  # tokens per GPU per step
-    H, D = big["model"].n_head, big["model"].head_dim
+    big, cpu = PRESETS["gpt2-124m"](), PRESETS["cpu"]()
+    tokens = big.batch_size * big.seq_len  # tokens per GPU per step
+    H, D = big.model.n_head, big.model.head_dim
     cases = {f"124m_T{T}": (tokens // T, T, H, D, False) for T in (1024, 2048, 4096)}
     cases["124m_T2048_docs"] = (tokens // 2048, 2048, H, D, True)
-    cases["cpu_T256"] = (cpu["batch_size"], cpu["seq_len"], cpu["model"].n_head, cpu["model"].head_dim, False)
+    cases["cpu_T256"] = (cpu.batch_size, cpu.seq_len, cpu.model.n_head, cpu.model.head_dim, False)
     return cases
 
 

@@ -25,9 +25,10 @@ MODES = ["forward", "backward", "full"]
 def _micro_batch_tokens(preset: str, default: int) -> int:
     """Tokens of one micro-batch (batch_size × seq_len) of a training preset in configs.py."""
     try:
-        from configs import PRESETS
+        from speedrun.config import PRESETS
 
-        return PRESETS[preset]["batch_size"] * PRESETS[preset]["seq_len"]
+        cfg = PRESETS[preset]()
+        return cfg.batch_size * cfg.seq_len
     except (ImportError, KeyError):
         return default
 

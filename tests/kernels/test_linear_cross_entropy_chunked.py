@@ -259,7 +259,7 @@ def test_rejects_bad_inputs():
 
 def test_registered_and_the_cpu_choice():
     """Registered as "chunked"; the CPU's "auto" loss is this one (tests/test_configs.py holds the whole table)."""
-    from configs import resolve, resolve_auto
+    from speedrun.config import resolve, resolve_auto
 
     assert registry.get("linear_cross_entropy", "chunked") is cce.linear_cross_entropy
     assert resolve_auto(resolve(["--preset=track3-cpu"]), "cpu").model.ce_impl == "chunked"

@@ -9,10 +9,10 @@ import textwrap
 import pytest
 import torch
 
-from configs import resolve
-from memory import LiveBytes, StepDoesNotFit, check_fit, estimate_step_memory, margin_bytes
+from speedrun.config import resolve
+from speedrun.memory import LiveBytes, StepDoesNotFit, check_fit, estimate_step_memory, margin_bytes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Runs one real warm-up step (it allocates the optimizer state), resets the kernel's peak-RSS counter (VmHWM,
 # through /proc/self/clear_refs) and runs a second step: the rise of the peak over the RSS before it is what
@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE = textwrap.dedent("""
     import json, os, sys
     import torch
-    from configs import resolve
+    from speedrun.config import resolve
     from model.gpt import GPT
     from optim import build_optimizer
 

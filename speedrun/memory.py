@@ -34,7 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary
 
-from cli import UserError
+from speedrun.cli import UserError
 
 GB = 1e9
 # What the estimate leaves out, added on top of it by check_fit. Fixed: the CUDA context (~0.5 GB), cuBLAS and
@@ -127,10 +127,10 @@ def estimate_step_memory(cfg, *, device_type: str | None = None, micro_batches: 
     two when a rank accumulates, else one: the second micro-batch runs with the first one's gradients alive, and
     further ones repeat it).
     """
-    from configs import device_type as run_device_type
-    from configs import resolve_auto
     from model.gpt import GPT  # here, not at import: train.py imports this module
     from optim import build_optimizer
+    from speedrun.config import device_type as run_device_type
+    from speedrun.config import resolve_auto
 
     if device_type is None:
         device_type = run_device_type(cfg.device)
@@ -143,8 +143,8 @@ def estimate_step_memory(cfg, *, device_type: str | None = None, micro_batches: 
     model_cfg = cfg.model
     bf16 = cfg.dtype == "bf16"
     impls = f"mlp {model_cfg.mlp_impl}, ce {model_cfg.ce_impl}, attention {model_cfg.attn_impl}"
-    if cfg.optim.name in ("muon", "normuon"):
-        impls += f", ns {cfg.optim.ns_impl}"
+    for op, impl in (cfg.optim.implementations() if hasattr(cfg.optim, "implementations") else {}).items():
+        impls += f", {op} {impl}"
     # as train.Trainer: bf16 autocast, or for a bf16_embedding model a bf16 embedding and no autocast
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not cfg.model.bf16_embedding)
 

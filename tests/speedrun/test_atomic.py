@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from atomic import atomic_write
+from speedrun.atomic import atomic_write
 
 
 def test_replaces_the_target_only_when_the_block_completes(tmp_path):

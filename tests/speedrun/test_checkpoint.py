@@ -11,11 +11,11 @@ import time
 import pytest
 import torch
 
-import checkpoint
 import train
-from configs import resolve
+from speedrun import checkpoint
+from speedrun.config import resolve
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMING_KEYS = ("train_time_s", "step_avg_ms", "seconds_to_target")
 
 

@@ -17,8 +17,8 @@ import sys
 import numpy as np
 import torch
 
-from atomic import atomic_write
-from cli import UsageError, UserError
+from speedrun.atomic import atomic_write
+from speedrun.cli import UsageError, UserError
 
 
 class CheckpointMismatch(UsageError, ValueError):
