@@ -40,10 +40,11 @@ The embeddings, the head and the scalars take torch's AdamW (fused where torch h
 Optimizer, stepped first, so one state_dict holds everything.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from kernels import registry as kernels
 from optim.adamw import fused_adamw_available
 from optim.hyperball import EPS, HYPERBALL_MULTIPLIERS, hyperball_step
 from optim.muon import ADAM_ROLES, adamw_update
@@ -57,9 +58,7 @@ DAMPING = torch.finfo(torch.float32).eps  # 1.1920928955078125e-07
 INIT_SCALE_FLOOR = 1e-24
 
 
-def gram(x: torch.Tensor, *, left: bool) -> torch.Tensor:
-    """x·xᵀ (left) or xᵀ·x, eagerly (the one place to switch to a Gram kernel)."""
-    return x @ x.mT if left else x.mT @ x
+GRAM_IMPLS = ("auto", "eager", "triton")
 
 
 @torch.no_grad()
@@ -83,18 +82,21 @@ def spectral_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def precond_update(q0: torch.Tensor, q1: torch.Tensor, u: torch.Tensor, v: torch.Tensor, precond_lr: float):
+def precond_update(q0: torch.Tensor, q1: torch.Tensor, u: torch.Tensor, v: torch.Tensor, precond_lr: float, *,
+                   gram=None):
     """One step of the factors Q₀ (m × m) and Q₁ (n × n), in place, from the probed direction u (m × n) and the
-    probe v (m × n) (module docstring: balance, A, B, the two normalised triangular steps)."""
+    probe v (m × n) (module docstring: balance, A, B, the two normalised triangular steps). `gram`: the
+    kernels.registry "gram" implementation forming AAᵀ, BBᵀ, AᵀA, BᵀB (default eager: one matmul each)."""
+    gram = gram or kernels.get("gram", "eager")
     r = (q1.abs().amax() / q0.abs().amax()).sqrt()
     q0.mul_(r)
     q1.div_(r)
     a = q0 @ u @ q1.mT
     b = torch.linalg.solve_triangular(q0.mT, v, upper=False, left=True)
     b = torch.linalg.solve_triangular(q1, b, upper=True, left=False)
-    aa, bb = gram(a, left=True), gram(b, left=True)
+    aa, bb = gram(a, side="left"), gram(b, side="left")
     q0.sub_(precond_lr / spectral_norm(aa + bb) * torch.triu(aa - bb) @ q0)
-    aa, bb = gram(a, left=False), gram(b, left=False)
+    aa, bb = gram(a, side="right"), gram(b, side="right")
     q1.sub_(precond_lr / spectral_norm(aa + bb) * torch.triu(aa - bb) @ q1)
 
 
@@ -110,7 +112,8 @@ class PSGDKron(torch.optim.Optimizer):
 
     def __init__(self, hidden, adam_groups=(), *, lr: float, momentum: float = 0.95, precond_lr: float = 1.0,
                  precond_every: int = 1, init_scale: float = 0.0, damping: float = DAMPING, hyperball: bool = True,
-                 hyperball_eps: float = EPS, weight_decay: float = 0.0, aux_eps: float = 1e-8):
+                 hyperball_eps: float = EPS, weight_decay: float = 0.0, aux_eps: float = 1e-8,
+                 gram_impl: str = "eager"):
         hidden = list(hidden)
         if any(p.ndim != 2 for p in hidden):
             raise ValueError(f"PSGD Kron preconditions 2-D matrices; got shapes {[tuple(p.shape) for p in hidden]}")
@@ -118,6 +121,9 @@ class PSGDKron(torch.optim.Optimizer):
             raise ValueError(f"precond_every={precond_every} must be >= 1")
         if hyperball and weight_decay:
             raise ValueError("the hyperball keeps each hidden matrix's norm: weight_decay must be 0 with it")
+        if gram_impl == "auto":  # as the trainer resolves it (PSGDConfig.resolve_auto): Triton on CUDA
+            gram_impl = "triton" if hidden and hidden[0].device.type == "cuda" else "eager"
+        self.gram = kernels.get("gram", gram_impl)  # KeyError listing the registered implementations
         hidden = sorted(hidden, key=lambda p: p.numel(), reverse=True)  # stable: ties keep the model's order
         groups = [dict(params=hidden, role="hidden", lr=lr, momentum=momentum, precond_lr=precond_lr,
                        precond_every=precond_every, init_scale=init_scale, damping=damping, hyperball=hyperball,
@@ -163,7 +169,8 @@ class PSGDKron(torch.optim.Optimizer):
             if (t - 1) % group["precond_every"] == 0:
                 v = torch.randn_like(u)
                 nu = torch.randn_like(u)
-                precond_update(state["Q0"], state["Q1"], u + group["damping"] * u.abs() * nu, v, group["precond_lr"])
+                precond_update(state["Q0"], state["Q1"], u + group["damping"] * u.abs() * nu, v, group["precond_lr"],
+                               gram=self.gram)
             d = precondition(state["Q0"], state["Q1"], u)
             if group["hyperball"]:
                 hyperball_step(p, d, lr, eps=group["hyperball_eps"], clamp=False)
@@ -207,9 +214,14 @@ class PSGDConfig(AuxRoles):
     """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
     aux_eps: float = 1e-8
     """AdamW's eps on the embed, head and scalar roles."""
+    gram_impl: str = "auto"
+    """kernels.registry implementation of the factors' Gram matrices AAᵀ, BBᵀ, AᵀA, BᵀB: eager (one matmul each) |
+    triton | auto (triton on CUDA, eager elsewhere)."""
 
     def __post_init__(self):
         super().__post_init__()
+        require(self.gram_impl in GRAM_IMPLS,
+                f"--optim.gram_impl={self.gram_impl!r}; choose from {', '.join(GRAM_IMPLS)}")
         check_positive(self, "lr", "precond_lr", "hyperball_eps", "aux_lr", "aux_eps")
         check_non_negative(self, "init_scale", "damping", "weight_decay")
         check_fraction(self, "momentum")
@@ -220,6 +232,15 @@ class PSGDConfig(AuxRoles):
                 f"--optim.weight_decay={self.weight_decay}: the hyperball keeps each hidden matrix's norm and takes "
                 "no weight decay (0, or --optim.hyperball=False)")
 
+    def resolve_auto(self, device, *, native_bf16: bool):
+        """The config on `device`: gram_impl auto -> triton on CUDA, eager elsewhere."""
+        if self.gram_impl != "auto":
+            return self
+        return replace(self, gram_impl="triton" if torch.device(device).type == "cuda" else "eager")
+
+    def implementations(self) -> dict:
+        return {"gram": self.gram_impl}
+
 
 @optimizer("psgd", PSGDConfig)
 def build(cfg: PSGDConfig, groups):
@@ -228,7 +249,7 @@ def build(cfg: PSGDConfig, groups):
     return PSGDKron(groups["hidden"], torch_groups(groups, table, ADAM_ROLES), lr=cfg.lr, momentum=cfg.momentum,
                     precond_lr=cfg.precond_lr, precond_every=cfg.precond_every, init_scale=cfg.init_scale,
                     damping=cfg.damping, hyperball=cfg.hyperball, hyperball_eps=cfg.hyperball_eps,
-                    weight_decay=cfg.weight_decay, aux_eps=cfg.aux_eps)
+                    weight_decay=cfg.weight_decay, aux_eps=cfg.aux_eps, gram_impl=cfg.gram_impl)
 
 
 @schedule("cooldown_to_floor")

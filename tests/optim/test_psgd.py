@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from kernels import registry as kernels
 from optim import build_optimizer, registry
 from optim.psgd import (PSGD_INIT, CooldownToFloor, PSGDConfig, PSGDKron, initial_scale, precond_update,
                         spectral_norm)
@@ -262,11 +263,22 @@ def test_the_aux_roles_take_adamw_with_their_own_lrs():
 
 @pytest.mark.parametrize("field, value", [("lr", 0.0), ("precond_lr", -1.0), ("momentum", 1.0), ("precond_every", 0),
                                           ("init_scale", -1.0), ("damping", -1e-7), ("hyperball_eps", 0.0),
-                                          ("weight_decay", 0.1), ("aux_betas", (0.9,)), ("aux_lr", float("nan"))])
+                                          ("weight_decay", 0.1), ("aux_betas", (0.9,)), ("aux_lr", float("nan")),
+                                          ("gram_impl", "cuda")])
 def test_bad_values_are_one_line_errors_naming_the_option(field, value):
     with pytest.raises(ConfigError, match=f"--optim.{field}=") as err:
         PSGDConfig(**{field: value})
     assert "\n" not in str(err.value)
+
+
+def test_gram_impl_auto_is_triton_on_cuda_eager_elsewhere():
+    cfg = PSGDConfig()
+    assert cfg.gram_impl == "auto"
+    assert cfg.resolve_auto("cpu", native_bf16=False).implementations() == {"gram": "eager"}
+    assert cfg.resolve_auto("cuda", native_bf16=True).implementations() == {"gram": "triton"}
+    assert PSGDConfig(gram_impl="eager").resolve_auto("cuda", native_bf16=True).gram_impl == "eager"  # explicit wins
+    opt = build_optimizer(cfg, Matrices(torch.Generator().manual_seed(0)))  # unresolved: decided by the device
+    assert opt.gram is kernels.get("gram", "eager")
 
 
 # --- the schedule -------------------------------------------------------------------------------------------
