@@ -19,6 +19,8 @@ natural-gradient descent on its triangular Lie group, normalised by a spectral-n
     Q₀ ← Q₀ - precond_lr / σ(AAᵀ + BBᵀ) · triu(AAᵀ - BBᵀ) Q₀
     Q₁ ← Q₁ - precond_lr / σ(AᵀA + BᵀB) · triu(AᵀA - BᵀB) Q₁  (A and B from before Q₀'s step)
 
+(the four Gram matrices through kernels.registry's "gram" op, gram_impl; eager is one matmul each).
+
 σ(X) estimates the largest eigenvalue of the symmetric PSD X by one and a half power iterations (spectral_norm):
 c = max|Xᵢⱼ|, X̂ = X/c, x = the column of X̂ of largest norm, x ← X̂x/‖X̂x‖, σ = c·‖X̂x‖ (0 for X = 0). The step's
 direction is then the preconditioned momentum (the clean u, not U):

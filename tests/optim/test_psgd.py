@@ -6,7 +6,11 @@ cooldown_to_floor schedule against track 3's two schedule functions, the configs
 track-3 presets."""
 
 import copy
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -281,6 +285,25 @@ def test_gram_impl_auto_is_triton_on_cuda_eager_elsewhere():
     assert opt.gram is kernels.get("gram", "eager")
 
 
+def test_the_triton_gram_gives_the_factors_step_of_the_eager_one():
+    """precond_update with kernels.registry's Triton gram (Triton's interpreter on the CPU) against the eager one: the
+    same step to fp32 accuracy (the kernel's Gram is exactly symmetric; eager's rounds each triangle apart)."""
+    from kernels.device import interpreter_unavailable_reason
+
+    if not torch.cuda.is_available() and (os.environ.get("TRITON_INTERPRET") != "1" or interpreter_unavailable_reason()):
+        pytest.skip(interpreter_unavailable_reason() or "no GPU and Triton's interpreter is off")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(seed())
+    q0, q1 = random_triu(12, g), random_triu(5, g)
+    u, v = torch.randn(12, 5, generator=g), torch.randn(12, 5, generator=g)
+    eager = [q0.to(device), q1.to(device)]
+    triton = [q0.to(device), q1.to(device)]
+    precond_update(*eager, u.to(device), v.to(device), 0.9, gram=kernels.get("gram", "eager"))
+    precond_update(*triton, u.to(device), v.to(device), 0.9, gram=kernels.get("gram", "triton"))
+    for a, b in zip(triton, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 # --- the schedule -------------------------------------------------------------------------------------------
 
 
@@ -333,3 +356,40 @@ def test_the_recipe_on_both_track3_presets(preset, steps, horizon):
     for role, lr in (("embed", 0.3), ("head", 1 / 320), ("scalar", 0.01)):
         assert groups[role]["lr"] == lr and groups[role]["betas"] == (0.8, 0.95) and groups[role]["eps"] == 1e-10
         assert groups[role]["weight_decay"] == 0.0 and groups[role]["fused"]
+
+
+# --- data parallel ------------------------------------------------------------------------------------------
+
+
+def test_two_ranks_match_one_rank_accumulating_two_micro_batches(text_shards, tmp_path):
+    """torchrun with 2 gloo processes against one process accumulating both micro-batches (the tiny preset's mean
+    loss: each rank backpropagates its micro-batch's mean and the ranks average, (g0 + g1)/2; one process divides
+    each mean by 2, g0/2 + g1/2: the same bits, halving being exact). Every rank steps every matrix and draws the
+    same probes (the same seed), so the weights, factors and momenta are bitwise the one process's, as are the
+    train losses; the val loss sums its batches per rank first (one fp32 rounding). The output projections start
+    non-zero: zero matrices stay zero on the hyperball and would leave the hidden matrices without gradients."""
+    import train
+
+    args = ["--preset=tiny", "--optimizer=psgd", "--optim.lr=0.05", "--model.zero_init_proj=False",
+            f"--data_dir={text_shards}", "--threads=1", "--dtype=fp32", "--reference_world_size=2", "--max_steps=4",
+            "--val_every=2", "--run_name=psgd"]
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "train.py", *args,
+                           f"--out_dir={tmp_path / 'two'}"], cwd=repo, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    train.main([*args, f"--out_dir={tmp_path / 'one'}"])
+    logs = [[json.loads(line) for line in open(tmp_path / d / "psgd" / "log.jsonl")] for d in ("two", "one")]
+    two, one = ([r["train_loss"] for r in log if "train_loss" in r] for log in logs)
+    assert len(two) == len(one) == 4 and two == one
+    two, one = ([r["val_loss"] for r in log if "val_loss" in r] for log in logs)
+    assert len(two) == len(one) == 3 and two == pytest.approx(one, rel=torch.finfo(torch.float32).eps, abs=0)
+    two, one = (torch.load(tmp_path / d / "psgd" / "checkpoint.pt", weights_only=False) for d in ("two", "one"))
+    for name, tensor in one["model"].items():
+        assert torch.equal(two["model"][name], tensor), name
+    assert two["optimizer"]["state"].keys() == one["optimizer"]["state"].keys()
+    for index, state in one["optimizer"]["state"].items():
+        for key, value in state.items():
+            other = two["optimizer"]["state"][index][key]
+            assert torch.equal(other, value) if torch.is_tensor(value) else other == value, (index, key)
