@@ -36,7 +36,7 @@ import torch
 
 import train
 from data.shards import write_shard
-from kernels._common import native_bf16
+from kernels.device import native_bf16
 from model.config import model_preset
 from model.gpt import GPT
 from optim.hyperball import TRACK3_HYPERBALL_INIT
