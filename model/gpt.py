@@ -184,9 +184,17 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """Initialise every parameter by cfg.init (seed the generator first for a reproducible init)."""
+        """Initialise every parameter by cfg.init, then apply the init's adjustments (init_fc_depth_scale,
+        init_gain_split); seed the generator first for a reproducible init."""
         if self.cfg.init == "track3":
-            return self._init_track3()
+            self._init_track3()
+        elif self.cfg.init == "torch":
+            self._init_torch()
+        else:
+            self._init_normal()
+        self._init_adjust()
+
+    def _init_normal(self):
         cfg = self.cfg
         for name, p in self.named_parameters():
             if p.ndim < 2:
@@ -234,6 +242,69 @@ class GPT(nn.Module):
                 p.zero_()
             else:  # a gain: N(1, 0) is exactly 1, and draws from the generator as the reference's init does
                 p.normal_(mean=1.0, std=0.0)
+
+    def _init_torch(self):
+        """PyTorch's construction init, drawn in track 3's parameter order (the order its modules are built in):
+        the embedding N(0, 1) (rounded to bf16 when bf16_embedding: the reference builds it in fp32 and converts
+        it), each Linear's weight U(±1/sqrt(fan_in)) (kaiming_uniform_ with a = sqrt(5)) then its bias
+        U(±1/sqrt(fan_in)), gains 1 (no draw). zero_init_proj then zeroes the attention and MLP output projections
+        and the head, weights and biases."""
+        named = dict(self.named_parameters())
+        for name, p in self._track3_order():
+            if name == "wte.weight":
+                nn.init.normal_(p)
+                if self.cfg.bf16_embedding and p.dtype != torch.bfloat16:
+                    p.copy_(p.bfloat16())
+            elif name.endswith("weight"):
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+            elif name.endswith("bias"):
+                bound = 1 / math.sqrt(named[name[: -len("bias")] + "weight"].size(1))
+                nn.init.uniform_(p, -bound, bound)
+            else:  # a gain
+                p.fill_(1.0)
+        if self.cfg.zero_init_proj:
+            for name, p in named.items():
+                if ".c_proj." in name or name.startswith("lm_head."):
+                    p.zero_()
+
+    def _init_adjust(self):
+        """The adjustments after the init, in this order: mlp.c_fc weights scaled by depth (init_fc_depth_scale),
+        then the norm gains split by signs (init_gain_split); only the latter draws random numbers."""
+        cfg, L = self.cfg, self.cfg.n_layer
+        if cfg.init_fc_depth_scale:
+            for l, block in enumerate(self.blocks):
+                block.mlp.c_fc.weight.mul_(1.0 - cfg.init_fc_depth_scale * (l / (L - 1) if L > 1 else 0.0))
+        if cfg.init_gain_split:
+            seed = torch.initial_seed() if cfg.init_gain_seed is None else cfg.init_gain_seed
+            first, paired = cfg.init_gain_pairs_from, None
+            for l, block in enumerate(self.blocks):
+                gain = block.norm1.gain
+                if l >= first and (l - first) % 2 == 1:
+                    signs, paired = paired, None
+                elif l >= first:
+                    signs, paired = self._head_balanced_pair(l, seed, gain.numel(), gain.device)
+                else:
+                    signs = torch.randint(0, 2, gain.shape, device=gain.device, dtype=torch.float32) * 2 - 1
+                block.norm1.gain.copy_(1.0 - cfg.init_gain_split * signs)
+                block.norm2.gain.copy_(1.0 + cfg.init_gain_split * signs)
+
+    def _head_balanced_pair(self, layer: int, seed: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two opposite ±1 vectors of `width` for block `layer` and the next one, from a generator seeded
+        0xA9170000 + seed·1009 + layer·9176: per head, the + count of a Rademacher draw pulled toward head_dim/2 by
+        init_gain_head_balance (rounded half to even), those signs shuffled for the first block, the opposite
+        counts shuffled for the second."""
+        head_dim, balance = self.cfg.head_dim, self.cfg.init_gain_head_balance
+        gen = torch.Generator(device=device)
+        gen.manual_seed((0xA9170000 + seed * 1009 + layer * 9176) % 2**64)
+        first, second = [], []
+        for _ in range(width // head_dim):
+            draw = torch.randint(0, 2, (head_dim,), device=device, generator=gen, dtype=torch.int64) * 2 - 1
+            plus = int((draw > 0).sum().item())
+            plus = max(0, min(head_dim, int(round(head_dim / 2 + balance * (plus - head_dim / 2)))))
+            for out, count in ((first, plus), (second, head_dim - plus)):
+                signs = torch.cat([torch.ones(count, device=device), -torch.ones(head_dim - count, device=device)])
+                out.append(signs[torch.randperm(head_dim, device=device, generator=gen)])
+        return torch.cat(first), torch.cat(second)
 
     @property
     def head_weight(self) -> torch.Tensor:
