@@ -228,8 +228,9 @@ class Trainer:
         self.step_model = torch.compile(self.model, fullgraph=True) if cfg.compile == "fullgraph" else self.model
         self.optimizer = wrap_optimizer(cfg.wrapper, build_optimizer(cfg.optim, self.model), self.model)
         self.readout = make_readout(cfg.readout, self.model)  # which weights validation reads
-        if cfg.compile == "fullgraph" and isinstance(self.optimizer, Muon):
-            self.optimizer.compile_update()  # Muon/NorMuon's per-shape update too; lr and momentum as 0-D tensors
+        inner = getattr(self.optimizer, "inner", self.optimizer)  # a wrapper's inner optimizer
+        if cfg.compile == "fullgraph" and isinstance(inner, Muon):
+            inner.compile_update()  # Muon/NorMuon's per-shape update too; lr and momentum as 0-D tensors
         self.parallel = DataParallel(self.model, self.optimizer, world_size=self.world_size, rank=self.rank,
                                      bucket_mb=cfg.dist_bucket_mb)
         self.loader = self._new_loader()
