@@ -407,3 +407,56 @@ def build(cfg: SoapMuonConfig, groups):
                     weight_decay=table["hidden"].weight_decay, eps=cfg.aux_eps, ns_impl=cfg.newton_schulz_impl,
                     ns_coefficients=cfg.ns_coefficients, ns_steps=cfg.ns_steps, ns_dtype=cfg.ns_dtype,
                     lr_scaling=cfg.lr_scaling)
+
+
+# The record's PowerCool coefficients, stated for its 2900-step schedule: lr = min(lr0, c·(2900 - step)^1.2). The
+# hidden matrices leave their initial lr at step 513.6, every other group at 1487.0 (lr0/c = 11305.6 and 6028.0).
+RECORD_POWER_COOL = {"schedule": "power_cool", "schedule.power": 1.2, "schedule.end": 2900, "schedule.c_end": 2900,
+                     "schedule.flat_until": 513.6, "schedule.aux_flat_until": 1487.0,
+                     "schedule.c_hidden": 3.3169534699576625e-06, "schedule.c_embed": 4.976805410800738e-05,
+                     "schedule.c_head": 5.184172302917436e-07, "schedule.c_scalar": 1.6589351369335795e-06}
+
+
+@recipe("track3-record")
+def track3_record() -> dict:
+    """Track-3 result #46, the record: 2690 steps, mean val loss 3.2783 (n=8), read out by the Tail-EMA blend.
+    Source: records/track_3_optimization/results/20260619_cwd_rowfloor_tailema/ (train_gpt_cwd_SOTA.py).
+
+    SOAP-Muon on every hidden matrix (lr 0.0375; momentum 0.95 with Nesterov, 12 cubic Newton-Schulz steps in bf16
+    on the Schatten-4-normalised direction; SOAP β₂ 0.9 refreshed every update with re-sorting; the attn.c_proj
+    trust gate, floor 0.45 to update 1375 fading to 0 at 1625, cap 0.85; the norm-preserving blend), then the
+    radial brake (outward component × 0.5), the per-row update floor 0.3825, the radius pin and cautious weight
+    decay 0.025 after it. AdamW (betas (0.8, 0.99), eps 1e-10, no decay) on the embedding (lr 0.3) and the head
+    weight (1/320); Adam without bias correction on the 1-D parameters (lr 0.01, β₁ 0.8, β₂ 0.99 for gains,
+    0.9965 for attention output biases, 0.997 for the other biases). PowerCool to step 2900 (power 1.2, the
+    script's own per-group coefficients); momentum 0.85 -> 0.95 over the first 300 steps and back to 0.85 over the
+    last 200; the EMA-Nesterov look-ahead (0.3 × the embedding lr's ratio, displacement EMA 0.99) over steps 300 to
+    1950. Init: PyTorch's construction init, zeroed output projections and head, mlp.c_fc scaled by depth
+    (1 -> 0.7), norm gains split ±0.125 by signs (Rademacher before block 6, head-balanced opposite pairs from it).
+    Validation reads 0.4·w + 0.6·EMA(w), the EMA (horizon 150 steps, embeddings excluded) kept from step 2400;
+    the raw weights' loss is logged beside it (they reach 3.28 at 2735). The schedule's horizon is 2900 steps and
+    the run stops, and is scored, at 2690.
+    """
+    return {"optimizer": "soap_muon", "optim.lr": 0.0375, "optim.weight_decay": 0.0, **TRACK3_NEWTON_SCHULZ,
+            "optim.ns_norm": "schatten4", "optim.soap": True, "optim.soap_beta2": 0.9,
+            "optim.precondition_frequency": 1, "optim.soap_resort": True, "optim.blend_norm": True,
+            "optim.trust_gate": True, "optim.trust_min_agree": 0.2, "optim.trust_min_grad_align": 0.0,
+            "optim.trust_power": 1.0, "optim.trust_floor": 0.45, "optim.trust_cap": 0.85,
+            "optim.trust_floor_end": 1375, "optim.trust_fade_end": 1625, "optim.radial_outward": 0.5,
+            "optim.radial_inward": 1.0, "optim.update_floor": "row", "optim.update_floor_ratio": 0.3825,
+            "optim.radius_pin": True, "optim.cautious_wd": 0.025,
+            "optim.embed_lr": 0.3, "optim.head_lr": 1 / 320, "optim.scalar_lr": 0.01, "optim.aux_betas": (0.8, 0.99),
+            "optim.aux_eps": 1e-10, "optim.aux_weight_decay": 0.0, "optim.adam_1d_bias_correction": False,
+            "optim.aux_beta2_per_family": True, "optim.gain_beta2": 0.99, "optim.bias_beta2": 0.997,
+            "optim.attn_proj_bias_beta2": 0.9965,
+            "max_steps": 2690, "schedule_steps": 2900, "grad_clip": 0.0, **RECORD_POWER_COOL,
+            "schedule.momentum.warmup_steps": 300, "schedule.momentum.start": 0.85,
+            "schedule.momentum.cooldown_steps": 200, "schedule.momentum.end": 0.85,
+            "wrapper": "ema_nesterov", "wrapper.lookahead": 0.3, "wrapper.scheduled": True,
+            "wrapper.schedule_role": "embed", "wrapper.ema": 0.99, "wrapper.prefill_steps": 300,
+            "wrapper.rest_steps": 1950,
+            "readout": "tail_ema", "readout.start": 2400, "readout.end": 2900, "readout.tau": 150.0,
+            "readout.blend": 0.6, "readout.embeddings": False,
+            "model.init": "torch", "model.zero_init_proj": True, "model.init_fc_depth_scale": 0.3,
+            "model.init_gain_split": 0.125, "model.init_gain_pairs_from": 6, "model.init_gain_head_balance": 0.5,
+            "model.init_gain_seed": None}
