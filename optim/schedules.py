@@ -141,6 +141,8 @@ class PowerCool(Schedule):
     """The same for gains and biases; 0 = aux_flat_until's form."""
     c_end: int = 2900
     """The `end` the coefficients are stated for (not scaled with a preset: `end` is, and c with it)."""
+    coefficients: bool = True
+    """Use the c_* coefficients that are set; False: every role follows its flat_until form."""
 
     def __post_init__(self):
         require(self.power > 0, f"--schedule.power={self.power} must be > 0")
@@ -157,7 +159,7 @@ class PowerCool(Schedule):
 
     def coefficient(self, role: str) -> float:
         """The role's coefficient at this `end` (c·(c_end/end)^power), 0 when it has none."""
-        c = getattr(self, ROLE_COEFFICIENTS[role]) if role in ROLE_COEFFICIENTS else 0.0
+        c = getattr(self, ROLE_COEFFICIENTS[role]) if self.coefficients and role in ROLE_COEFFICIENTS else 0.0
         return c * (self.c_end / self.end) ** self.power if c else 0.0
 
     def factor(self, step: int, horizon: int, role: str) -> float:
