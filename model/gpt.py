@@ -243,6 +243,7 @@ class GPT(nn.Module):
             else:  # a gain: N(1, 0) is exactly 1, and draws from the generator as the reference's init does
                 p.normal_(mean=1.0, std=0.0)
 
+    @torch.no_grad()
     def _init_torch(self):
         """PyTorch's construction init, drawn in track 3's parameter order (the order its modules are built in):
         the embedding N(0, 1) (rounded to bf16 when bf16_embedding: the reference builds it in fp32 and converts
@@ -267,6 +268,7 @@ class GPT(nn.Module):
                 if ".c_proj." in name or name.startswith("lm_head."):
                     p.zero_()
 
+    @torch.no_grad()
     def _init_adjust(self):
         """The adjustments after the init, in this order: mlp.c_fc weights scaled by depth (init_fc_depth_scale),
         then the norm gains split by signs (init_gain_split); only the latter draws random numbers."""

@@ -365,10 +365,10 @@ class SoapMuonConfig(MuonConfig):
 
     def resolve_auto(self, device, *, native_bf16: bool):
         """As Muon's, except that a Schatten-4 normalisation keeps the eager Newton-Schulz on every device."""
-        resolved = super().resolve_auto(device, native_bf16=native_bf16)
+        cfg = self
         if self.ns_norm != "frobenius" and self.newton_schulz_impl == "auto":
-            resolved = replace(resolved, newton_schulz_impl="eager")
-        return resolved
+            cfg = replace(self, newton_schulz_impl="eager")
+        return MuonConfig.resolve_auto(cfg, device, native_bf16=native_bf16)
 
     def shaping(self) -> dict:
         """The hidden group's settings beyond Muon's."""
