@@ -656,7 +656,8 @@ class Trainer:
                 record = {"step": self.step, "val_loss": self.val_loss, "tokens": self.step * tokens_per_step,
                           "train_time_s": self.train_time}
                 if cfg.readout is not None:  # the readout's loss is the run's; the trained weights' beside it
-                    self.val_loss_raw = record["val_loss_raw"] = self.evaluate(readout=False)
+                    raw = self.evaluate(readout=False) if self.readout.blends() else self.val_loss
+                    self.val_loss_raw = record["val_loss_raw"] = raw
                 if cfg.target_val_loss and self.reached is None and self.val_loss <= cfg.target_val_loss:
                     self.reached = {"steps_to_target": self.step, "seconds_to_target": self.train_time}
                     record.update(self.reached)

@@ -62,6 +62,9 @@ class TailEma(Readout):
         for avg, p in zip(self.ema, self.params):
             avg.add_(p.detach().float() - avg, alpha=1.0 / self.cfg.tau)
 
+    def blends(self) -> bool:
+        return self.ema is not None
+
     @contextlib.contextmanager
     def weights(self):
         if self.ema is None:

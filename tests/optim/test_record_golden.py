@@ -50,9 +50,15 @@ TOKENS = META["shape"]["rows"] * META["shape"]["seq"]
 RECORD_END = 2900  # the script's schedule horizon
 
 
-def golden_options() -> list[str]:
-    """The adapter's schedule points, as options of track3-record's parts (the recipe states them for 2900 steps)."""
+def golden_options(*options: str) -> list[str]:
+    """The adapter's schedule points, as options of track3-record's parts (the recipe states them for 2900 steps);
+    those of a part that `options` remove (--wrapper=none, --readout=none) are left out."""
     steps, k = META["steps"], META["steps"] / RECORD_END
+    removed = tuple(f"--{o[2:].split('=')[0]}." for o in options if o.endswith("=none"))
+    return [o for o in _points(steps, k) if not o.startswith(removed)] if removed else _points(steps, k)
+
+
+def _points(steps: int, k: float) -> list[str]:
     return [f"--max_steps={steps}", f"--schedule_steps={steps}", f"--schedule.end={steps}",
             f"--schedule.flat_until={513.6 * k}", f"--schedule.aux_flat_until={1487.0 * k}",
             "--schedule.momentum.warmup_steps=3", "--schedule.momentum.cooldown_steps=3",
@@ -135,7 +141,7 @@ def run_record(tmp_path: Path, *options: str) -> dict:
                    f"--model.n_head={shape['dim'] // 128}", f"--model.max_seq_len={shape['seq']}",
                    f"--batch_size={shape['rows']}", f"--seq_len={shape['seq']}", "--reference_world_size=1",
                    f"--val_tokens={META['val_tokens']}", f"--val_every={steps}", "--dtype=fp32", "--compile=False",
-                   "--threads=1", "--log_every=1", "--model.ce_impl=eager", *golden_options(), *options])
+                   "--threads=1", "--log_every=1", "--model.ce_impl=eager", *golden_options(*options), *options])
     trainer = train.Trainer(cfg)
     golden_init(trainer.model)
     model, optimizer, step = trainer.model, trainer.optimizer, trainer.parallel.step

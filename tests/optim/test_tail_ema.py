@@ -76,4 +76,6 @@ def test_no_ema_before_start():
     model = BiasedModel()
     readout = make_readout(TailEmaConfig(start=5, end=8), model)
     readout.update(4)
-    assert readout.state_dict() == {"ema": None}
+    assert readout.state_dict() == {"ema": None} and not readout.blends()
+    readout.update(5)
+    assert readout.blends()

@@ -1,0 +1,57 @@
+"""The track-3 record (recipe track3-record) with one technique taken away: one recipe per variant, for
+docs/track3_record_ablation.md.
+
+    python -m bench.speedrun --preset track3-cpu --optimizers docs/track3_record_ablation.py:record-no-soap \
+        --seeds 4 --threads=1 --max_steps=143 --out out/ablation/no-soap
+
+Each variant is track3-record with the options in VARIANTS set (the option that switches that part off alone);
+`record` is the recipe itself, so that every variant (and the record) runs from this file under the same options.
+"""
+
+from optim.registry import recipe
+from optim.soap_muon import track3_record
+
+# variant -> (what is taken away, the options that take it away)
+VARIANTS = {
+    "record": ("nothing (the recipe as published)", {}),
+    "no-soap": ("SOAP preconditioning (with it the trust gate and the blend)", {"optim.soap": False}),
+    "no-trust-gate": ("the attn.c_proj trust gate (SOAP fully, as q, k, v)", {"optim.trust_gate": False}),
+    "no-blend-norm": ("the blend's rescale to the raw direction's norm", {"optim.blend_norm": False}),
+    "no-soap-resort": ("the eigenvalue re-sorting before each QR refresh", {"optim.soap_resort": False}),
+    "frobenius-ns": ("the Schatten-4 normalisation (Muon's Frobenius instead)", {"optim.ns_norm": "frobenius"}),
+    "no-radial-brake": ("the radial brake (outward component x 1)", {"optim.radial_outward": 1.0}),
+    "no-row-floor": ("the per-row update floor (no floor)", {"optim.update_floor": "none"}),
+    "matrix-floor": ("the per-row update floor (the whole-matrix floor it replaced)", {"optim.update_floor": "matrix"}),
+    "no-radius-pin": ("the radius pin", {"optim.radius_pin": False}),
+    "no-cautious-wd": ("cautious weight decay", {"optim.cautious_wd": 0.0}),
+    "adam-1d-bias-correction": ("the 1-D Adam without bias correction (torch's AdamW instead)",
+                                {"optim.adam_1d_bias_correction": True}),
+    "no-beta2-per-family": ("beta2 per 1-D family (0.99 for all)", {"optim.aux_beta2_per_family": False}),
+    "no-momentum-ramp": ("the momentum warm-up and cool-down (0.95 throughout)",
+                         {"schedule.momentum.warmup_steps": 0, "schedule.momentum.cooldown_steps": 0}),
+    "linear-cool": ("PowerCool's power (linear from the same points)",
+                    {"schedule.coefficients": False, "schedule.power": 1.0}),
+    "no-ema-nesterov": ("the EMA-Nesterov look-ahead", {"wrapper": "none"}),
+    "no-tail-ema": ("the Tail-EMA readout (the raw weights are scored)", {"readout": "none"}),
+    "no-zero-init-proj": ("zeroed output projections and head at init", {"model.zero_init_proj": False}),
+    "no-fc-depth-scale": ("the depth-scaled mlp.c_fc init", {"model.init_fc_depth_scale": 0.0}),
+    "no-gain-split": ("the ±0.125 norm-gain split at init", {"model.init_gain_split": 0.0}),
+}
+
+
+def _variant(name: str, removed: str, options: dict):
+    def make() -> dict:
+        overrides = track3_record()
+        if options.get("wrapper") == "none":
+            overrides = {k: v for k, v in overrides.items() if not k.startswith("wrapper.")}
+        if options.get("readout") == "none":
+            overrides = {k: v for k, v in overrides.items() if not k.startswith("readout.")}
+        return {**overrides, **options}
+
+    make.__doc__ = (f"track3-record without {removed}: an ablation of result #46's recipe.\n"
+                    "Source: our own (docs/track3_record_ablation.py).")
+    return recipe(f"record-{name}" if name != "record" else "record")(make)
+
+
+for _name, (_removed, _options) in VARIANTS.items():
+    _variant(_name, _removed, _options)
