@@ -49,6 +49,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from kernels import registry as kernels
 from kernels.reference import NS_NORMS, schatten4_norm
 from optim.muon import NS_DTYPES, TRACK3_NEWTON_SCHULZ, Muon, MuonConfig, lr_scale, momentum_directions
 from optim.registry import Steps, optimizer, recipe, require
@@ -57,11 +58,6 @@ from optim.roles import RoleHparams, check_fraction, check_non_negative, role_ta
 UPDATE_FLOORS = ("row", "matrix", "none")
 SOAP_EPS = 1e-8  # the SOAP denominator's floor is its square; the Schatten-4 norms' clamp
 COS_EPS = 1e-8
-
-
-def gram(x: torch.Tensor, side: str) -> torch.Tensor:
-    """x xᵀ ("left") or xᵀ x ("right") of an fp32 matrix: the SOAP statistics' products, in one place."""
-    return x @ x.mT if side == "left" else x.mT @ x
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -111,8 +107,9 @@ class SoapMuon(Muon):
     groups marked bias_correction=False. `names`: each hidden matrix's name (attention matrices contain ".attn.",
     the gated one ".attn.c_proj."). `shaping`: the hidden group's SOAP and shaper settings (SoapMuonConfig)."""
 
-    def __init__(self, hidden, adam_groups=(), *, names: dict, shaping: dict, **kwargs):
+    def __init__(self, hidden, adam_groups=(), *, names: dict, shaping: dict, gram_impl: str = "eager", **kwargs):
         super().__init__(hidden, adam_groups, **kwargs)
+        self.gram = kernels.get("gram", gram_impl)  # G Gᵀ and Gᵀ G of the SOAP statistics
         self.kind = {}  # hidden matrix -> mlp | attn | attn_proj
         for p in hidden:
             name = names[p]
@@ -197,8 +194,8 @@ class SoapMuon(Muon):
             state["gram_left"] = torch.zeros(p.size(0), p.size(0), dtype=torch.float32, device=p.device)
             state["gram_right"] = torch.zeros(p.size(1), p.size(1), dtype=torch.float32, device=p.device)
         weight = 1 - group["soap_beta2"]
-        state["gram_left"].lerp_(gram(g, "left"), weight)
-        state["gram_right"].lerp_(gram(g, "right"), weight)
+        state["gram_left"].lerp_(self.gram(g, side="left"), weight)
+        state["gram_right"].lerp_(self.gram(g, side="right"), weight)
         steps = state["steps"]
         if "basis_left" not in state:
             state["basis_left"] = eigenbasis(state["gram_left"])
@@ -319,6 +316,9 @@ class SoapMuonConfig(MuonConfig):
     """Updates after which the floor is 0 and the cap 1."""
     ns_norm: str = "schatten4"
     """How Newton-Schulz scales its input: schatten4 (‖U Uᵀ‖_F^½) | frobenius (Muon's)."""
+    gram_impl: str = "auto"
+    """kernels.registry implementation of gram (the SOAP statistics' G Gᵀ, Gᵀ G): eager | triton | auto (triton
+    on CUDA, eager elsewhere)."""
     radial_outward: float = 0.5
     """Scale of the direction's radial component when the step grows ‖W‖ (1 = no brake)."""
     radial_inward: float = 1.0
@@ -359,6 +359,8 @@ class SoapMuonConfig(MuonConfig):
         require(self.update_floor in UPDATE_FLOORS,
                 f"--optim.update_floor={self.update_floor!r}; choose from {', '.join(UPDATE_FLOORS)}")
         require(self.ns_norm in NS_NORMS, f"--optim.ns_norm={self.ns_norm!r}; choose from {', '.join(NS_NORMS)}")
+        allowed = (*kernels.names("gram"), "auto")
+        require(self.gram_impl in allowed, f"--optim.gram_impl={self.gram_impl!r}; choose from {', '.join(allowed)}")
         require(self.ns_norm == "frobenius" or self.newton_schulz_impl in ("eager", "auto"),
                 f"--optim.ns_norm={self.ns_norm} is implemented by the eager Newton-Schulz only: use "
                 "--optim.newton_schulz_impl=eager (or auto)")
@@ -368,7 +370,12 @@ class SoapMuonConfig(MuonConfig):
         cfg = self
         if self.ns_norm != "frobenius" and self.newton_schulz_impl == "auto":
             cfg = replace(self, newton_schulz_impl="eager")
+        if self.gram_impl == "auto":
+            cfg = replace(cfg, gram_impl="triton" if torch.device(device).type == "cuda" else "eager")
         return MuonConfig.resolve_auto(cfg, device, native_bf16=native_bf16)
+
+    def implementations(self) -> dict:
+        return {**super().implementations(), "gram": self.gram_impl}
 
     def shaping(self) -> dict:
         """The hidden group's settings beyond Muon's."""
@@ -402,9 +409,11 @@ def build(cfg: SoapMuonConfig, groups):
             adam_groups.append({"params": params, "role": "scalar", "family": family, "lr": scalar.lr,
                                 "betas": (beta1, family_beta2[family] if cfg.aux_beta2_per_family else beta2),
                                 "weight_decay": scalar.weight_decay, "bias_correction": cfg.adam_1d_bias_correction})
+    device = groups["hidden"][0].device if groups["hidden"] else torch.device("cpu")
+    impls = cfg.resolve_auto(device, native_bf16=False)  # the trainer resolves "auto" before; a direct build here
     return SoapMuon(groups["hidden"], adam_groups, names=groups.names, shaping=cfg.shaping(),
-                    lr=table["hidden"].lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                    weight_decay=table["hidden"].weight_decay, eps=cfg.aux_eps, ns_impl=cfg.newton_schulz_impl,
+                    gram_impl=impls.gram_impl, lr=table["hidden"].lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                    weight_decay=table["hidden"].weight_decay, eps=cfg.aux_eps, ns_impl=impls.newton_schulz_impl,
                     ns_coefficients=cfg.ns_coefficients, ns_steps=cfg.ns_steps, ns_dtype=cfg.ns_dtype,
                     lr_scaling=cfg.lr_scaling)
 
