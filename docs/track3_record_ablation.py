@@ -33,7 +33,8 @@ VARIANTS = {
                     {"schedule.coefficients": False, "schedule.power": 1.0}),
     "no-ema-nesterov": ("the EMA-Nesterov look-ahead", {"wrapper": "none"}),
     "no-tail-ema": ("the Tail-EMA readout (the raw weights are scored)", {"readout": "none"}),
-    "no-zero-init-proj": ("zeroed output projections and head at init", {"model.zero_init_proj": False}),
+    "no-zero-init-proj": ("zeroed output projections and head at init",
+                          {"model.zero_init_proj": False, "model.zero_init_proj_bias": False}),
     "no-fc-depth-scale": ("the depth-scaled mlp.c_fc init", {"model.init_fc_depth_scale": 0.0}),
     "no-gain-split": ("the ±0.125 norm-gain split at init", {"model.init_gain_split": 0.0}),
 }

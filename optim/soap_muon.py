@@ -440,8 +440,9 @@ def track3_record() -> dict:
     0.9965 for attention output biases, 0.997 for the other biases). PowerCool to step 2900 (power 1.2, the
     script's own per-group coefficients); momentum 0.85 -> 0.95 over the first 300 steps and back to 0.85 over the
     last 200; the EMA-Nesterov look-ahead (0.3 × the embedding lr's ratio, displacement EMA 0.99) over steps 300 to
-    1950. Init: PyTorch's construction init, zeroed output projections and head, mlp.c_fc scaled by depth
-    (1 -> 0.7), norm gains split ±0.125 by signs (Rademacher before block 6, head-balanced opposite pairs from it).
+    1950. Init: PyTorch's construction init, zeroed output projections and head (weights and biases), mlp.c_fc
+    scaled by depth (1 -> 0.7), norm gains split ±0.125 by signs (Rademacher before block 6, head-balanced opposite
+    pairs from it). RMSNorms normalise in fp32 (norm_fp32, the script's form).
     Validation reads 0.4·w + 0.6·EMA(w), the EMA (horizon 150 steps, embeddings excluded) kept from step 2400;
     the raw weights' loss is logged beside it (they reach 3.28 at 2735). The schedule's horizon is 2900 steps and
     the run stops, and is scored, at 2690.
@@ -466,6 +467,7 @@ def track3_record() -> dict:
             "wrapper.rest_steps": 1950,
             "readout": "tail_ema", "readout.start": 2400, "readout.end": 2900, "readout.tau": 150.0,
             "readout.blend": 0.6, "readout.embeddings": False,
-            "model.init": "torch", "model.zero_init_proj": True, "model.init_fc_depth_scale": 0.3,
+            "model.init": "torch", "model.init_embed_bf16": True, "model.zero_init_proj": True,
+            "model.zero_init_head": None, "model.zero_init_proj_bias": True, "model.init_fc_depth_scale": 0.3,
             "model.init_gain_split": 0.125, "model.init_gain_pairs_from": 6, "model.init_gain_head_balance": 0.5,
-            "model.init_gain_seed": None}
+            "model.init_gain_seed": None, "model.norm_fp32": True}

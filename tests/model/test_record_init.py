@@ -1,9 +1,7 @@
-"""The track-3 record's init as GPTConfig options: init="torch" (PyTorch's construction init in the reference's
-module order), init_fc_depth_scale, init_gain_split with its head-balanced antithetic pairs. The golden test
-(tests/optim/test_record_golden.py) pins their numbers to the reference's bit for bit; here each rule is checked
+"""The track-3 record's init edits as GPTConfig options, on top of init="torch" (tests/model/test_init.py):
+init_fc_depth_scale and init_gain_split with its head-balanced antithetic pairs. The golden test
+(tests/optim/test_record_golden.py) pins their numbers to the reference's bit for bit; here each edit is checked
 against its definition on fresh seeds."""
-
-import math
 
 import pytest
 import torch
@@ -19,33 +17,8 @@ def model(**overrides) -> GPT:
     return GPT(model_preset("track3", **{**base, **overrides}))
 
 
-@pytest.mark.parametrize("seed", [0, 11])
-def test_torch_init_is_the_construction_draws_in_module_order(seed):
-    """The same numbers as building the reference's modules one after another from the same seed: an
-    nn.Embedding (rounded to bf16), per block the q, k, v, output, fc and MLP output nn.Linear, then the head."""
-    m = model(zero_init_proj=False)
-    torch.manual_seed(seed)
-    m._init_torch()
-    cfg = m.cfg
-    torch.manual_seed(seed)
-    want = {"wte.weight": nn.Embedding(cfg.vocab_size, cfg.n_embd).weight.bfloat16().float()}
-    for i in range(cfg.n_layer):
-        for name, (fan_in, fan_out) in (("attn.c_q", (256, 256)), ("attn.c_k", (256, 256)), ("attn.c_v", (256, 256)),
-                                        ("attn.c_proj", (256, 256)), ("mlp.c_fc", (256, 1024)),
-                                        ("mlp.c_proj", (1024, 256))):
-            layer = nn.Linear(fan_in, fan_out)
-            want[f"blocks.{i}.{name}.weight"], want[f"blocks.{i}.{name}.bias"] = layer.weight, layer.bias
-    head = nn.Linear(cfg.n_embd, cfg.vocab_size)
-    want["lm_head.weight"], want["lm_head.bias"] = head.weight, head.bias
-    for name, p in m.named_parameters():
-        if name in want:
-            assert torch.equal(p, want[name]), name
-        else:
-            assert name.endswith(".gain") and torch.equal(p, torch.ones_like(p)), name
-
-
-def test_zero_init_proj_zeroes_output_projections_and_head_with_their_biases():
-    m = model()
+def test_the_record_zeroes_output_projections_and_head_with_their_biases():
+    m = model(zero_init_proj_bias=True)
     zero = [n for n, p in m.named_parameters() if not p.any()]
     assert sorted(zero) == sorted([f"blocks.{i}.{k}.{w}" for i in range(4) for k in ("attn.c_proj", "mlp.c_proj")
                                    for w in ("weight", "bias")] + ["lm_head.weight", "lm_head.bias"])

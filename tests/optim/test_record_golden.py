@@ -9,7 +9,7 @@ window [2, 9), the Tail-EMA from step 6 to 10 with tau 4, the antithetic gain pa
 seed 0. The same points are set here as options of the recipe's parts (golden_options), nothing else changes.
 
 Checked: the init fingerprints bit for bit (the golden seeds the generator with 1234 before the model is built and
-again before the script's init rule: GPT._init_torch, then GPT._init_adjust, each after that seed); the loss and
+again before the script's init rule: GPT.init_rule, then GPT.init_edits, each after that seed); the loss and
 every gradient at a perturbed init within 1e-5 relative (a gradient by its norm and by a seeded probe <g, r>:
 |Δ<g, r>| <= 1e-5·|g|·|r|); the trainer's 10 steps: every lr, the momentum and the look-ahead scale as the script
 set them (to 1e-12), the training losses, every parameter's norm after each step, and the final validation of
@@ -81,9 +81,9 @@ def golden_model() -> GPT:
 def golden_init(model: GPT):
     """The golden's init: the construction init after seeding 1234, then the record's rule after seeding again."""
     torch.manual_seed(META["init_seed"])
-    model._init_torch()
+    model.init_rule()
     torch.manual_seed(META["init_seed"])
-    model._init_adjust()
+    model.init_edits()
 
 
 def streams() -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +251,7 @@ PARTS_OFF = {
     "power_cool": ["--schedule.coefficients=False", "--schedule.power=1.0"],
     "ema_nesterov": ["--wrapper=none"],
     "tail_ema": ["--readout=none"],
-    "zero_init_proj": ["--model.zero_init_proj=False"],
+    "zero_init_proj": ["--model.zero_init_proj=False", "--model.zero_init_proj_bias=False"],
     "fc_depth_scale": ["--model.init_fc_depth_scale=0.0"],
     "gain_split": ["--model.init_gain_split=0.0"],
     "gain_head_balance": ["--model.init_gain_head_balance=1.0"],
