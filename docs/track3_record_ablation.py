@@ -56,3 +56,71 @@ def _variant(name: str, removed: str, options: dict):
 
 for _name, (_removed, _options) in VARIANTS.items():
     _variant(_name, _removed, _options)
+
+
+# --- the tables of docs/track3_record_ablation.md --------------------------------------------------------------------
+
+
+def raw_results(path: str, out: str):
+    """A results.json whose runs are `path`'s record runs scored on their raw weights (val_loss_raw from each run's
+    log.jsonl): the record without the Tail-EMA readout, from the same training runs (the readout never changes
+    training). Written to `out` under the name record-no-tail-ema."""
+    import json
+    import os
+
+    with open(path) as f:
+        results = json.load(f)
+    name = next(iter(results["runs"]))
+    runs = []
+    for run in results["runs"][name]:
+        with open(os.path.join(run["run_dir"], "log.jsonl")) as f:
+            curve = [{"step": r["step"], "val_loss": r.get("val_loss_raw", r["val_loss"]),
+                      "train_time_s": r["train_time_s"]} for r in map(json.loads, f) if "val_loss" in r]
+        runs.append({**run, "curve": curve, "final_val_loss": curve[-1]["val_loss"]})
+    results["runs"] = {name.replace(":record", ":record-no-tail-ema"): runs}
+    results["command"] = [*results["command"], "# scored on val_loss_raw (docs/track3_record_ablation.py raw_results)"]
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+def paired(path: str, baseline: str, steps: tuple = (112, 143)) -> str:
+    """Per variant of the judged results.json at `path`: the seed-by-seed differences of the val loss to the
+    baseline's at `steps` (variant minus baseline; the same seeds, so the same data order and, but for the init
+    variants, the same init), their mean, std and t = mean/(std/sqrt(n)). Descriptive: the track's rule is the
+    unpaired test of bench.speedrun."""
+    import json
+    import math
+    import statistics
+
+    with open(path) as f:
+        runs = json.load(f)["runs"]
+
+    def at(run, step):
+        return next((r["val_loss"] for r in run["curve"] if r["step"] == step), None)
+
+    base = {r["seed"]: r for r in runs[baseline]}
+    lines = ["| variant | n | " + " | ".join(f"Δ val at {s} (mean ± std) | t" for s in steps) + " |",
+             "|---|---|" + "---|---|" * len(steps)]
+    for name, variant in runs.items():
+        if name == baseline:
+            continue
+        cells = []
+        for step in steps:
+            d = [at(r, step) - at(base[r["seed"]], step) for r in variant if r["seed"] in base]
+            n = len(d)
+            mean = statistics.fmean(d)
+            std = statistics.stdev(d) if n > 1 else float("nan")
+            t = mean / (std / math.sqrt(n)) if n > 1 and std > 0 else float("nan")
+            cells += [f"{mean:+.4f} ± {std:.4f}", f"{t:+.1f}"]
+        lines.append(f"| {name.split(':')[-1]} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1] == "raw":
+        raw_results(sys.argv[2], sys.argv[3])
+    else:
+        print(paired(sys.argv[2], sys.argv[3]))
