@@ -76,6 +76,7 @@ collective (at once on gloo; after --dist_timeout_s on NCCL, whose watchdog abor
 makes the others fail after --dist_timeout_s seconds (default 300) with an error naming the timeout.
 """
 
+import contextlib
 import ctypes
 import json
 import math
@@ -227,13 +228,15 @@ class Trainer:
         self.step_model = torch.compile(self.model, fullgraph=True) if cfg.compile == "fullgraph" else self.model
         self.optimizer = wrap_optimizer(cfg.wrapper, build_optimizer(cfg.optim, self.model), self.model)
         self.readout = make_readout(cfg.readout, self.model)  # which weights validation reads
-        if cfg.compile == "fullgraph" and isinstance(self.optimizer, Muon):
-            self.optimizer.compile_update()  # Muon/NorMuon's per-shape update too; lr and momentum as 0-D tensors
+        inner = getattr(self.optimizer, "inner", self.optimizer)  # a wrapper's inner optimizer
+        if cfg.compile == "fullgraph" and isinstance(inner, Muon):
+            inner.compile_update()  # Muon/NorMuon's per-shape update too; lr and momentum as 0-D tensors
         self.parallel = DataParallel(self.model, self.optimizer, world_size=self.world_size, rank=self.rank,
                                      bucket_mb=cfg.dist_bucket_mb)
         self.loader = self._new_loader()
         # progress of the timed run; restored by --resume
         self.step, self.train_time, self.reached, self.val_loss, self.log_offset = 0, 0.0, None, float("nan"), 0
+        self.val_loss_raw = float("nan")  # with a readout: the trained weights' val loss at the last validation
         self._reset_device_records()
         self._clock_start = None
         self._initial = None  # the state at step 0 in host memory, the rollback point until the first checkpoint
@@ -419,6 +422,12 @@ class Trainer:
             if role == "hidden" and "initial_momentum" in group:
                 group["momentum"] = cfg.schedule.momentum.momentum(group["initial_momentum"], step, cfg.horizon)
 
+    def _lr_factor(self) -> float:
+        """lr / initial lr of the hidden matrices' group as the last step applied it (the first group if none)."""
+        groups = self.optimizer.param_groups
+        group = next((g for g in groups if g.get("role", "hidden") == "hidden"), groups[0])
+        return group["lr"] / group["initial_lr"]
+
     def _record_nonfinite(self, step: int, loss: torch.Tensor, norm: torch.Tensor):
         """If this is the first step with a non-finite loss or norm, remember (step, loss, norm), on the device."""
         values = torch.stack((loss, norm.double()))
@@ -432,10 +441,11 @@ class Trainer:
         return "every gradient is finite"
 
     @torch.no_grad()
-    def evaluate(self) -> float:
+    def evaluate(self, readout: bool = True) -> float:
+        """The val loss per token of the weights the run's readout evaluates (readout=False: the trained ones)."""
         self.model.eval()
         total = torch.zeros((), device=self.device)
-        with self.readout.weights():  # the weights the run's readout evaluates (by default the trained ones)
+        with self.readout.weights() if readout else contextlib.nullcontext():
             for x, y in self.val:
                 with self._autocast():
                     total += self.step_model(self._to_device(x), self._to_device(y)).float()
@@ -623,7 +633,7 @@ class Trainer:
         steps, tokens_per_step = self._interval_steps, self.loader.tokens_per_step
         train_loss = loss_sum / steps
         self._log(log, {"step": self.step, "train_loss": train_loss, "interval_steps": steps,
-                        "lr_factor": lr_factor(self.step - 1, self.cfg), "tokens": self.step * tokens_per_step,
+                        "lr_factor": self._lr_factor(), "tokens": self.step * tokens_per_step,
                         "train_time_s": self.train_time, "step_avg_ms": 1e3 * self.train_time / self.step})
         self._loss_sum.zero_()
         self._interval_steps = 0
@@ -645,6 +655,9 @@ class Trainer:
                 self.val_loss = self.evaluate()
                 record = {"step": self.step, "val_loss": self.val_loss, "tokens": self.step * tokens_per_step,
                           "train_time_s": self.train_time}
+                if cfg.readout is not None:  # the readout's loss is the run's; the trained weights' beside it
+                    raw = self.evaluate(readout=False) if self.readout.blends() else self.val_loss
+                    self.val_loss_raw = record["val_loss_raw"] = raw
                 if cfg.target_val_loss and self.reached is None and self.val_loss <= cfg.target_val_loss:
                     self.reached = {"steps_to_target": self.step, "seconds_to_target": self.train_time}
                     record.update(self.reached)
@@ -686,6 +699,7 @@ class Trainer:
             "preset": cfg.preset, "optimizer": cfg.optim.name, "recipe": cfg.recipe, "seed": cfg.seed,
             "steps": self.step,
             "tokens": self.step * tokens_per_step, "final_val_loss": self.val_loss,
+            "final_val_loss_raw": self.val_loss_raw if cfg.readout is not None else self.val_loss,
             "target_val_loss": cfg.target_val_loss or None, "reached_target": reached is not None,
             "steps_to_target": reached["steps_to_target"] if reached else None,
             "seconds_to_target": reached["seconds_to_target"] if reached else None,

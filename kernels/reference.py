@@ -67,8 +67,23 @@ def emulated_bf16_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.float(), b.float()).bfloat16()
 
 
+# How Newton-Schulz scales its input before iterating: the Frobenius norm (Muon) or the Schatten-4 norm
+# ||X||_S4 = ||X Xᵀ||_F^(1/2) (track 3's record), which lies between the spectral and the Frobenius norm, so the
+# iteration starts with larger singular values and the same guarantee sigma_max <= 1.
+NS_NORMS = ("frobenius", "schatten4")
+
+
+def schatten4_norm(X: torch.Tensor, eps: float = 0.0, keepdim: bool = False) -> torch.Tensor:
+    """||X||_S4 = ||G||_F^(1/2) of each matrix of X (M, N) or (B, M, N), with G the smaller Gram matrix (Xᵀ X when
+    M > N, else X Xᵀ), computed in fp32 (float64 for a float64 X) and clamped below at `eps`. The fourth root of
+    sum(sigma_i^4): a cheap estimate of the spectral norm from above."""
+    Xf = X if X.dtype == torch.float64 else X.float()
+    gram = Xf.mT @ Xf if Xf.size(-2) > Xf.size(-1) else Xf @ Xf.mT
+    return gram.norm(dim=(-2, -1), keepdim=keepdim).sqrt().clamp_min(eps)
+
+
 def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: str = "quintic", eps: float = 1e-7,
-                  upcast: bool = False, emulate_bf16: bool | None = None) -> torch.Tensor:
+                  upcast: bool = False, emulate_bf16: bool | None = None, norm: str = "frobenius") -> torch.Tensor:
     """Approximate the orthogonal polar factor UVᵀ of G = USVᵀ, for one matrix (M, N) or a batch (B, M, N).
 
     Computes in G's dtype (bf16 in the optimizer), or float64 when `upcast`, with `steps` iterations of
@@ -82,9 +97,14 @@ def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: st
     In fp32 and float64 the scalings and sums go into the GEMMs (addmm/baddbmm: B = b·A + c·(A·A) and
     X = a·X + B·X, each rounded once), which saves five elementwise passes an iteration on the CPU; bf16 keeps
     the scripts' separate, bf16-rounded operations, so it gives their numbers.
+
+    `norm` scales the input: "frobenius" X / (||X||_F·s + eps) (s: NS_NORM_SCALE) in X's dtype, or "schatten4"
+    X / max(||X||_S4, eps) with the norm from an fp32 Gram matrix (schatten4_norm) rounded to X's dtype.
     """
     if G.ndim not in (2, 3):
         raise ValueError(f"newton_schulz expects a (M, N) or (B, M, N) tensor, got shape {tuple(G.shape)}")
+    if norm not in NS_NORMS:
+        raise ValueError(f"unknown Newton-Schulz input norm {norm!r}; choose from {NS_NORMS}")
     coeffs = ns_coefficients(coefficients, steps)
     X = G.double() if upcast else G
     if emulate_bf16 is None:
@@ -95,8 +115,10 @@ def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: st
     tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT
-    norm = X.norm(dim=(-2, -1), keepdim=True)
-    X = X / (norm * NS_NORM_SCALE[coefficients] + eps)
+    if norm == "schatten4":  # fp32 estimate, clamped at eps, rounded to X's dtype before the division
+        X = X / schatten4_norm(X, eps, keepdim=True).to(X.dtype)
+    else:
+        X = X / (X.norm(dim=(-2, -1), keepdim=True) * NS_NORM_SCALE[coefficients] + eps)
     fused = X.dtype in (torch.float32, torch.float64)
     add_matmul = torch.baddbmm if X.ndim == 3 else torch.addmm  # beta·C + alpha·(A @ B)
     for a, b, c in coeffs:

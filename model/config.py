@@ -100,6 +100,22 @@ class GPTConfig:
     zero_init_proj_bias: bool = False
     """Zero-init the biases of the attention and MLP output projections and of the head (the rules that draw
     biases: torch; the others start every bias at 0)."""
+    init_fc_depth_scale: float = 0.0
+    """Init edit (after the zeroing and the scales): block l's mlp.c_fc weight × (1 - init_fc_depth_scale·l/(n_layer
+    - 1)) (0 = off; track 3's record: 0.3)."""
+    init_gain_split: float = 0.0
+    """Init edit, last: each block's norm gains split by ±1 signs s, norm1 = 1 - a·s and norm2 = 1 + a·s with
+    a = init_gain_split (needs norm_gains; 0 = off; track 3's record: 0.125)."""
+    init_gain_pairs_from: int = 6
+    """With init_gain_split: blocks before this one draw s from the global generator (Rademacher); from it on,
+    blocks come in pairs whose signs are head-balanced and opposite, from a private seeded generator."""
+    init_gain_head_balance: float = 0.5
+    """With init_gain_split, paired blocks: per head of the first block of a pair, the count of + signs is pulled
+    toward head_dim/2 by this factor (0: exactly balanced, 1: as drawn); the second block takes the opposite
+    counts."""
+    init_gain_seed: int | None = None
+    """Seed of the paired blocks' private generator (per block l: 0xA9170000 + seed·1009 + l·9176); None = the
+    seed the global generator was last seeded with (the run's --seed)."""
     loss_reduction: str = "mean"
     """mean | sum (over the batch's tokens; track 3 backpropagates the sum)."""
     # implementation names (kernels.registry)
@@ -130,6 +146,16 @@ class GPTConfig:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}; choose from {', '.join(allowed)}")
+        if not 0 <= self.init_fc_depth_scale <= 1:
+            raise ConfigError(f"--model.init_fc_depth_scale={self.init_fc_depth_scale} must lie in [0, 1]")
+        if not 0 <= self.init_gain_split < 1:
+            raise ConfigError(f"--model.init_gain_split={self.init_gain_split} must lie in [0, 1)")
+        if self.init_gain_split and not (self.rmsnorm and self.norm_gains):
+            raise ConfigError("--model.init_gain_split needs norm gains (--model.norm_gains=True, rmsnorm=True)")
+        if not 0 <= self.init_gain_head_balance <= 1:
+            raise ConfigError(f"--model.init_gain_head_balance={self.init_gain_head_balance} must lie in [0, 1]")
+        if self.init_gain_pairs_from < 0:
+            raise ConfigError(f"--model.init_gain_pairs_from={self.init_gain_pairs_from} must be >= 0")
         if self.rotary and self.head_dim % (4 if self.rope == "half_truncated" else 2):
             raise ConfigError(f"{self.rope} rotary embeddings need a head_dim divisible by "
                              f"{4 if self.rope == 'half_truncated' else 2}, got {self.head_dim}")

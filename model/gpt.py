@@ -265,7 +265,8 @@ class GPT(nn.Module):
     @torch.no_grad()
     def init_edits(self):
         """The init edits on whatever the rule drew, in parameter order: init_scale_* multiplies the scaled modules'
-        weights (unless init_redraw_hidden took it into their std), zero_init_* zeroes."""
+        weights (unless init_redraw_hidden took it into their std), zero_init_* zeroes; then init_fc_depth_scale and
+        init_gain_split (track 3's record: zeroed projections and head, depth-scaled fc, split gains)."""
         cfg = self.cfg
         for name, p in self.named_parameters():
             projection = name.endswith("c_proj.weight") or name.endswith("c_proj.bias")
@@ -277,6 +278,7 @@ class GPT(nn.Module):
                 scale = self.init_scale(name)
                 if scale != 1.0:
                     p.mul_(scale)
+        self._init_depth_and_gains()
 
     def _track3_order(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) in the order of track 3's GPT.named_parameters(): the embedding; per block the
@@ -311,6 +313,45 @@ class GPT(nn.Module):
                 p.zero_()
             else:  # a gain: N(1, 0) is exactly 1, and draws from the generator as the reference's init does
                 p.normal_(mean=1.0, std=0.0)
+
+    def _init_depth_and_gains(self):
+        """The last init edits, in this order: mlp.c_fc weights scaled by depth (init_fc_depth_scale), then the norm
+        gains split by signs (init_gain_split); only the latter draws random numbers."""
+        cfg, L = self.cfg, self.cfg.n_layer
+        if cfg.init_fc_depth_scale:
+            for l, block in enumerate(self.blocks):
+                block.mlp.c_fc.weight.mul_(1.0 - cfg.init_fc_depth_scale * (l / (L - 1) if L > 1 else 0.0))
+        if cfg.init_gain_split:
+            seed = torch.initial_seed() if cfg.init_gain_seed is None else cfg.init_gain_seed
+            first, paired = cfg.init_gain_pairs_from, None
+            for l, block in enumerate(self.blocks):
+                gain = block.norm1.gain
+                if l >= first and (l - first) % 2 == 1:
+                    signs, paired = paired, None
+                elif l >= first:
+                    signs, paired = self._head_balanced_pair(l, seed, gain.numel(), gain.device)
+                else:
+                    signs = torch.randint(0, 2, gain.shape, device=gain.device, dtype=torch.float32) * 2 - 1
+                block.norm1.gain.copy_(1.0 - cfg.init_gain_split * signs)
+                block.norm2.gain.copy_(1.0 + cfg.init_gain_split * signs)
+
+    def _head_balanced_pair(self, layer: int, seed: int, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two opposite ±1 vectors of `width` for block `layer` and the next one, from a generator seeded
+        0xA9170000 + seed·1009 + layer·9176: per head, the + count of a Rademacher draw pulled toward head_dim/2 by
+        init_gain_head_balance (rounded half to even), those signs shuffled for the first block, the opposite
+        counts shuffled for the second."""
+        head_dim, balance = self.cfg.head_dim, self.cfg.init_gain_head_balance
+        gen = torch.Generator(device=device)
+        gen.manual_seed((0xA9170000 + seed * 1009 + layer * 9176) % 2**64)
+        first, second = [], []
+        for _ in range(width // head_dim):
+            draw = torch.randint(0, 2, (head_dim,), device=device, generator=gen, dtype=torch.int64) * 2 - 1
+            plus = int((draw > 0).sum().item())
+            plus = max(0, min(head_dim, int(round(head_dim / 2 + balance * (plus - head_dim / 2)))))
+            for out, count in ((first, plus), (second, head_dim - plus)):
+                signs = torch.cat([torch.ones(count, device=device), -torch.ones(head_dim - count, device=device)])
+                out.append(signs[torch.randperm(head_dim, device=device, generator=gen)])
+        return torch.cat(first), torch.cat(second)
 
     @property
     def head_weight(self) -> torch.Tensor:

@@ -89,6 +89,15 @@ def _per_matrix(weight, n: int):
     return [weight] * n if torch.is_tensor(weight) else weight
 
 
+def momentum_directions(grads, buffers, *, momentum, lerp_weight, nesterov: bool) -> list:
+    """Muon's momentum step for matrices `grads` with momentum `buffers` (advanced in place):
+    buffers ← lerp(buffers, grads, lerp_weight), lerp_weight = 1 - momentum; returns the directions
+    lerp(grads, buffers, momentum) (Nesterov, new tensors: the gradients are left as they are) or the buffers."""
+    n = len(grads)
+    torch._foreach_lerp_(buffers, grads, _per_matrix(lerp_weight, n))
+    return torch._foreach_lerp(grads, buffers, _per_matrix(momentum, n)) if nesterov else buffers
+
+
 def muon_shape_update(params, grads, buffers, *, momentum, lerp_weight, decay, alpha, nesterov: bool,
                       ns_dtype: torch.dtype, orthogonalize, ns_steps: int, ns_coefficients: str, normalize=None,
                       moments=None, apply=None):
@@ -109,9 +118,7 @@ def muon_shape_update(params, grads, buffers, *, momentum, lerp_weight, decay, a
     numbers Muon has always used) or 0-D fp32 tensors on the parameters' device (compiled: a new value is new
     data, not a new graph). The others are static: a change recompiles.
     """
-    n = len(params)
-    torch._foreach_lerp_(buffers, grads, _per_matrix(lerp_weight, n))
-    updates = torch._foreach_lerp(grads, buffers, _per_matrix(momentum, n)) if nesterov else buffers
+    updates = momentum_directions(grads, buffers, momentum=momentum, lerp_weight=lerp_weight, nesterov=nesterov)
     directions = orthogonalize(torch.stack(updates).to(ns_dtype), steps=ns_steps, coefficients=ns_coefficients)
     if normalize is not None:
         directions = normalize(directions, moments)

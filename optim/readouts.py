@@ -20,6 +20,10 @@ class Readout:
     def update(self, step: int):
         """Called after optimizer step `step` (1-based: the number of steps taken)."""
 
+    def blends(self) -> bool:
+        """Whether weights() changes what the model holds now (False: validation reads the trained weights)."""
+        return False
+
     @contextlib.contextmanager
     def weights(self):
         """Inside: the model holds the weights validation reads."""

@@ -12,9 +12,11 @@ value over the first steps and falling back over the last ones, applied to every
     stable_decay   the track's: linear warm-up, flat, then linear decay to 0 over the last cooldown_frac of the
                    horizon (a cooldown per family: aux_cooldown_frac)
     power_cool     flat, then lr·((end - step)/(end - flat_until))^power down to 0 at `end` (a flat_until per
-                   family), never above the initial lr
+                   family), never above the initial lr; or, per role, min(lr, c·(end - step)^power) with the
+                   coefficient c given (track 3's record states its schedule so)
 """
 
+import math
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -106,11 +108,19 @@ class StableDecay(Schedule):
         return initial_lr * self.factor(step, horizon, role)
 
 
+ROLE_COEFFICIENTS = {"hidden": "c_hidden", "embed": "c_embed", "head": "c_head", "scalar": "c_scalar"}
+
+
 @schedule("power_cool")
 @dataclass(frozen=True)
 class PowerCool(Schedule):
     """PowerCool: lr = min(lr0, lr0·((end - step) / (end - flat_until))^power), 0 from `end` on; the lr stays at
-    its initial value until flat_until, then follows a power law down to 0 at `end`. A flat_until per role family."""
+    its initial value until flat_until, then follows a power law down to 0 at `end`. A flat_until per role family.
+
+    A role with a coefficient (c_hidden, c_embed, c_head, c_scalar > 0) follows lr = min(lr0, c'·max(0, end -
+    step)^power) instead, c' = c·(c_end / end)^power: c as stated for a run whose `end` is c_end, rescaled so that
+    the lr leaves its initial value at the same fraction of the run when a preset scales `end` (c' = c bit for bit
+    at end = c_end). The lr then leaves lr0 at step end - (lr0/c')^(1/power)."""
 
     power: float = 1.2
     """Exponent of the fall (1 = linear)."""
@@ -120,13 +130,37 @@ class PowerCool(Schedule):
     """The step up to which the hidden matrices' lr stays at its initial value."""
     aux_flat_until: StepPoint | None = None
     """The same for the embed, head and scalar roles; None = flat_until."""
+    c_hidden: float = 0.0
+    """Coefficient c of the hidden matrices: lr = min(lr0, c·(c_end/end)^power·max(0, end - step)^power);
+    0 = flat_until's form."""
+    c_embed: float = 0.0
+    """The same for the embeddings; 0 = aux_flat_until's form."""
+    c_head: float = 0.0
+    """The same for the LM head weight; 0 = aux_flat_until's form."""
+    c_scalar: float = 0.0
+    """The same for gains and biases; 0 = aux_flat_until's form."""
+    c_end: int = 2900
+    """The `end` the coefficients are stated for (not scaled with a preset: `end` is, and c with it)."""
+    coefficients: bool = True
+    """Use the c_* coefficients that are set; False: every role follows its flat_until form."""
 
     def __post_init__(self):
         require(self.power > 0, f"--schedule.power={self.power} must be > 0")
+        require(self.end > 0 and self.c_end > 0, f"--schedule.end={self.end} and --schedule.c_end={self.c_end} "
+                "must be > 0")
         for name in ("flat_until", "aux_flat_until"):
             value = getattr(self, name)
             require(value is None or 0 <= value < self.end,
                     f"--schedule.{name}={value} must lie in [0, end={self.end})")
+        for name in ROLE_COEFFICIENTS.values():
+            value = getattr(self, name)
+            require(math.isfinite(value) and value >= 0, f"--schedule.{name}={value} must be a number >= 0 "
+                    "(0: the role follows flat_until)")
+
+    def coefficient(self, role: str) -> float:
+        """The role's coefficient at this `end` (c·(c_end/end)^power), 0 when it has none."""
+        c = getattr(self, ROLE_COEFFICIENTS[role]) if self.coefficients and role in ROLE_COEFFICIENTS else 0.0
+        return c * (self.c_end / self.end) ** self.power if c else 0.0
 
     def factor(self, step: int, horizon: int, role: str) -> float:
         flat = self.flat_until
@@ -135,6 +169,9 @@ class PowerCool(Schedule):
         return min(1.0, (max(0.0, self.end - step) / (self.end - flat)) ** self.power)
 
     def lr(self, initial_lr: float, step: int, horizon: int, role: str) -> float:
+        c = self.coefficient(role)
+        if c:
+            return min(initial_lr, c * max(0.0, self.end - step) ** self.power)
         return initial_lr * self.factor(step, horizon, role)
 
 
