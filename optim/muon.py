@@ -91,13 +91,15 @@ def _per_matrix(weight, n: int):
 
 def muon_shape_update(params, grads, buffers, *, momentum, lerp_weight, decay, alpha, nesterov: bool,
                       ns_dtype: torch.dtype, orthogonalize, ns_steps: int, ns_coefficients: str, normalize=None,
-                      moments=None):
+                      moments=None, precondition=None, precondition_state=None):
     """One Muon step of same-shape matrices `params` (B of them, with `grads` and momentum `buffers`), in place.
 
     The whole update of one shape, in one function so that it runs eagerly or as one torch.compile graph:
 
         buffers ← lerp(buffers, grads, lerp_weight)                       lerp_weight = 1 - momentum
         U ← lerp(grads, buffers, momentum) if nesterov else buffers
+        U ← precondition(stack(U), grads, precondition_state) when given  Muon²; in the params' dtype, before the
+                                                                          cast; advances precondition_state
         O ← orthogonalize(stack(U) in ns_dtype)                           (B, rows, cols)
         O ← normalize(O, moments) when given                              NorMuon; advances `moments`
         params ← params·decay + alpha·O                                   decay = 1 - lr·wd (None: no decay),
@@ -110,7 +112,10 @@ def muon_shape_update(params, grads, buffers, *, momentum, lerp_weight, decay, a
     n = len(params)
     torch._foreach_lerp_(buffers, grads, _per_matrix(lerp_weight, n))
     updates = torch._foreach_lerp(grads, buffers, _per_matrix(momentum, n)) if nesterov else buffers
-    directions = orthogonalize(torch.stack(updates).to(ns_dtype), steps=ns_steps, coefficients=ns_coefficients)
+    stacked = torch.stack(updates)
+    if precondition is not None:
+        stacked = precondition(stacked, grads, precondition_state)
+    directions = orthogonalize(stacked.to(ns_dtype), steps=ns_steps, coefficients=ns_coefficients)
     if normalize is not None:
         directions = normalize(directions, moments)
     if decay is not None:
@@ -208,6 +213,7 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buffers.append(state["momentum_buffer"])
             normalize, moments = self._normalizer(group, same_shape)
+            precondition, precondition_state = self._preconditioner(group, same_shape)
             # Python floats eagerly (the numbers the update always used); 0-D tensors when compiled, filled from
             # the same floats (fp32 of the same double, as the eager ops take them). Decay uses the unscaled lr.
             scalars = dict(momentum=beta, lerp_weight=1 - beta, decay=1 - lr * wd if wd else None,
@@ -218,7 +224,8 @@ class Muon(torch.optim.Optimizer):
             self._shape_update(same_shape, [p.grad for p in same_shape], buffers, **scalars,
                                nesterov=group["nesterov"], ns_dtype=NS_DTYPES[self.ns_dtype],
                                orthogonalize=self.orthogonalize, ns_steps=group["ns_steps"],
-                               ns_coefficients=group["ns_coefficients"], normalize=normalize, moments=moments)
+                               ns_coefficients=group["ns_coefficients"], normalize=normalize, moments=moments,
+                               precondition=precondition, precondition_state=precondition_state)
 
     def _scalar(self, name: str, value: float, device) -> torch.Tensor:
         """The 0-D fp32 tensor `name` on `device`, refilled with `value` (fill_ does not wait for the device)."""
@@ -229,6 +236,11 @@ class Muon(torch.optim.Optimizer):
 
     def _normalizer(self, group: dict, params):
         """(normalize, its per-matrix state) for muon_shape_update: (None, None) for Muon; NorMuon overrides it."""
+        return None, None
+
+    def _preconditioner(self, group: dict, params):
+        """(precondition, its per-matrix state) for muon_shape_update, applied to the update before Newton-Schulz:
+        (None, None) for Muon; Muon² (optim.muon2) overrides it."""
         return None, None
 
     # --- Adam side (embeddings, head, gains) -------------------------------------------------------

@@ -10,14 +10,16 @@ from tests.optim.test_recipes import RESULT
 from tests.optim.test_roles import BiasedModel
 
 # recipe -> (result number, published steps, mean val loss, n) from the track README's table
-RESULTS = {"track3-ema-nesterov-muon": (39, 3125, 3.2786, 20)}
+RESULTS = {"track3-ema-nesterov-muon": (39, 3125, 3.2786, 20), "track3-muon2": (7, 3325, 3.2752, 1)}
 # recipe -> (max_steps, schedule_steps, cooldown_frac)
-SCHEDULES = {"track3-ema-nesterov-muon": (3125, 3150, 0.7)}
+SCHEDULES = {"track3-ema-nesterov-muon": (3125, 3150, 0.7), "track3-muon2": (3325, 0, 0.7)}
 HIDDEN = {"track3-ema-nesterov-muon": dict(lr=0.035, weight_decay=0.025, momentum=0.95, nesterov=True,
-                                           ns_coefficients="cubic", ns_steps=12, lr_scaling="original")}
+                                           ns_coefficients="cubic", ns_steps=12, lr_scaling="original"),
+          "track3-muon2": dict(lr=0.10, weight_decay=0.0125, momentum=0.95, nesterov=True, ns_coefficients="cubic",
+                               ns_steps=12, lr_scaling="original", beta2=0.95, precondition_eps=1e-10)}
 # the #12 family's AdamW on the other roles
 UNTUNED_AUX = ({"embed": 0.3, "head": 1 / 320, "scalar": 0.01}, dict(betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0))
-AUX = {"track3-ema-nesterov-muon": UNTUNED_AUX}
+AUX = {"track3-ema-nesterov-muon": UNTUNED_AUX, "track3-muon2": UNTUNED_AUX}
 
 
 @pytest.mark.parametrize("name", sorted(RESULTS))
@@ -63,3 +65,11 @@ def test_the_cpu_preset_scales_the_recipe_s_steps(name):
     assert (cfg.max_steps, cfg.schedule_steps) == (round(max_steps * scale), round(schedule_steps * scale))
     if cfg.wrapper is not None:
         assert (cfg.wrapper.prefill_steps, cfg.wrapper.rest_steps) == (round(500 * scale), round(2400 * scale))
+
+
+def test_muon2_recipe_uses_the_published_run_s_init():
+    """The log's script: PyTorch's construction init (embedding rounded to bf16), every "proj" parameter zeroed."""
+    m = resolve(["--preset=track3", "--optimizer=track3-muon2"]).model
+    assert (m.init, m.init_embed_bf16, m.zero_init_proj, m.zero_head, m.zero_init_proj_bias) == (
+        "torch", True, True, True, True)
+    assert resolve(["--preset=track3", "--optimizer=track3-ema-nesterov-muon"]).model.init == "track3"
