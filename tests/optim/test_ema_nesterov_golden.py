@@ -19,8 +19,6 @@ tolerance (test_a_wrong_hyper_parameter_fails_the_comparison).
 import pytest
 import torch
 
-from model.config import model_preset
-from model.gpt import GPT
 from tests.optim import track3_goldens as golden_method
 
 FOLDER = "20260522_ema_nesterov_muon"
@@ -32,11 +30,8 @@ GROUP_OF_ROLE = {"embed": "AdamW#0.group0", "head": "AdamW#0.group1", "scalar": 
                  "hidden": "Muon#1.group0"}
 
 
-def tiny_model() -> GPT:
-    shape = META["shape"]
-    cfg = model_preset("track3", n_layer=shape["n_layer"], n_embd=shape["dim"], n_head=shape["dim"] // 128,
-                       vocab_size=shape["vocab"], max_seq_len=shape["seq"], ce_impl="eager")
-    model = GPT(cfg)
+def tiny_model():
+    model = golden_method.tiny_model(GOLDEN)
     baseline_init(model)
     return model
 

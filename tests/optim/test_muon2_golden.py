@@ -17,13 +17,9 @@ are the peer's bit for bit, for both goldens. A wrong hyper-parameter (beta2 0.9
 1e-8) fails the comparison (test_a_wrong_hyper_parameter_fails_the_comparison).
 """
 
-import dataclasses
-
 import pytest
 import torch
 
-from model.config import model_preset
-from model.gpt import GPT
 from tests.optim import track3_goldens as golden_method
 
 RECIPE = "track3-muon2"
@@ -57,15 +53,13 @@ def test_the_log_golden_is_the_published_run_s_script():
 
 @pytest.mark.parametrize("name", GOLDENS)
 def test_init_loss_and_every_gradient_match_the_reference(name, tmp_path):
+    """The recipe's init fields (with the baseline's for the .py's golden) draw the golden's init."""
     g = golden(name)
     cfg = golden_method.config(g, tmp_path, RECIPE, *init_options(name))
-    shape = g["meta"]["shape"]
-    model_cfg = model_preset("track3", n_layer=shape["n_layer"], n_embd=shape["dim"], n_head=shape["dim"] // 128,
-                             vocab_size=shape["vocab"], max_seq_len=shape["seq"], ce_impl="eager")
-    overrides = {k: getattr(cfg.model, k) for k in ("init", "init_embed_bf16", "zero_init_proj", "zero_init_head",
-                                                    "zero_init_proj_bias")}
+    init = {k: getattr(cfg.model, k) for k in ("init", "init_embed_bf16", "zero_init_proj", "zero_init_head",
+                                               "zero_init_proj_bias")}
     for check in (golden_method.check_init, golden_method.check_perturbed):
-        model = GPT(dataclasses.replace(model_cfg, **overrides))
+        model = golden_method.tiny_model(g, **init)
         seeded_init(g["meta"]["init_seed"])(model)
         check(g, model)
 

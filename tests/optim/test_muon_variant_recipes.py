@@ -10,16 +10,20 @@ from tests.optim.test_recipes import RESULT
 from tests.optim.test_roles import BiasedModel
 
 # recipe -> (result number, published steps, mean val loss, n) from the track README's table
-RESULTS = {"track3-ema-nesterov-muon": (39, 3125, 3.2786, 20), "track3-muon2": (7, 3325, 3.2752, 1)}
+RESULTS = {"track3-ema-nesterov-muon": (39, 3125, 3.2786, 20), "track3-muon2": (7, 3325, 3.2752, 1),
+           "track3-spectral-descent": (22, 8225, 3.2774, 4)}
 # recipe -> (max_steps, schedule_steps, cooldown_frac)
-SCHEDULES = {"track3-ema-nesterov-muon": (3125, 3150, 0.7), "track3-muon2": (3325, 0, 0.7)}
+SCHEDULES = {"track3-ema-nesterov-muon": (3125, 3150, 0.7), "track3-muon2": (3325, 0, 0.7),
+             "track3-spectral-descent": (8225, 8500, 0.7)}
 HIDDEN = {"track3-ema-nesterov-muon": dict(lr=0.035, weight_decay=0.025, momentum=0.95, nesterov=True,
                                            ns_coefficients="cubic", ns_steps=12, lr_scaling="original"),
           "track3-muon2": dict(lr=0.10, weight_decay=0.0125, momentum=0.95, nesterov=True, ns_coefficients="cubic",
-                               ns_steps=12, lr_scaling="original", beta2=0.95, precondition_eps=1e-10)}
+                               ns_steps=12, lr_scaling="original", beta2=0.95, precondition_eps=1e-10),
+          "track3-spectral-descent": dict(lr=0.03, weight_decay=0.015, momentum=0.0, nesterov=False,
+                                          ns_coefficients="cubic", ns_steps=12, lr_scaling="original")}
 # the #12 family's AdamW on the other roles
 UNTUNED_AUX = ({"embed": 0.3, "head": 1 / 320, "scalar": 0.01}, dict(betas=(0.8, 0.95), eps=1e-10, weight_decay=0.0))
-AUX = {"track3-ema-nesterov-muon": UNTUNED_AUX, "track3-muon2": UNTUNED_AUX}
+AUX = {"track3-ema-nesterov-muon": UNTUNED_AUX, "track3-muon2": UNTUNED_AUX, "track3-spectral-descent": UNTUNED_AUX}
 
 
 @pytest.mark.parametrize("name", sorted(RESULTS))

@@ -75,6 +75,17 @@ def config(golden: dict, tmp_path, recipe: str, *extra: str):
                     "--model.ce_impl=eager", *extra])
 
 
+def tiny_model(golden: dict, **init) -> torch.nn.Module:
+    """Our track3 model at the golden's shape, fp32, the reference's loss formulation; `init`: GPTConfig init fields.
+    Seed the generator and call reset_parameters() for the golden's init."""
+    from model.config import model_preset
+    from model.gpt import GPT
+
+    shape = golden["meta"]["shape"]
+    return GPT(model_preset("track3", n_layer=shape["n_layer"], n_embd=shape["dim"], n_head=shape["dim"] // 128,
+                            vocab_size=shape["vocab"], max_seq_len=shape["seq"], ce_impl="eager", **init))
+
+
 def fingerprint(p: torch.Tensor) -> dict:
     p = p.detach().double().flatten()
     return {"norm": p.norm().item(), "sum": p.sum().item(), "first": p[:2].tolist(), "last": p[-2:].tolist()}
