@@ -213,7 +213,8 @@ def test_five_steps_of_the_baseline_recipe_match_the_reference(tmp_path):
 # size; tests/golden/<folder>.json are its output for these results (folder -> the track README's result number).
 # They are the reference for implementations of those optimizers: the init fingerprints, the loss and gradients at a
 # perturbed state, every parameter's norm after each step, the validation passes, and the same run again as a peer
-# (bf16 GEMMs emulated, or 2 threads for fp32-only optimizers) whose distance (self_drift) bounds a fair tolerance.
+# (bf16 GEMMs emulated; for fp32-only optimizers 2 threads and the CPU's SIMD kernels off) whose distance
+# (self_drift) bounds a fair tolerance.
 HARNESS = Path(__file__).parents[1] / "scripts" / "track3_golden.py"
 RESULT_GOLDENS = {
     "20260430_adamh": 4, "20260430_muonh": 5, "20260501_muonsq": 7, "20260430_normuonh": 8,
@@ -230,11 +231,23 @@ def harness():
     return module
 
 
-@pytest.mark.parametrize("folder", sorted(RESULT_GOLDENS))
-def test_a_result_golden_records_its_run_and_its_peer(folder):
-    golden = json.loads((Path(__file__).parent / "golden" / f"{folder}.json").read_text())
+RESULT_FILES = sorted(p.name for p in (Path(__file__).parent / "golden").glob("2026*.json"))
+
+
+def test_every_listed_result_has_a_golden():
+    assert {f"{folder}.json" for folder in RESULT_GOLDENS} <= set(RESULT_FILES)
+
+
+@pytest.mark.parametrize("file", RESULT_FILES)
+def test_a_result_golden_records_its_run_and_its_peer(file):
+    """<folder>.json runs the folder's .py (else its log's script); <folder>.log.json, where present, the published
+    runs' log script where it differs from the .py."""
+    golden = json.loads((Path(__file__).parent / "golden" / file).read_text())
     meta, steps = golden["meta"], golden["steps"]
+    folder = file.split(".")[0]
     assert (meta["result"], meta["folder"]) == (RESULT_GOLDENS[folder], folder)
+    if file.endswith(".log.json"):
+        assert meta["source"] == "log"
     assert meta["commit"] == "f411b3d346aa52d3504324ca93c230fd84c6c07f" and meta["published"]["steps"] > 0
     assert (Path(__file__).parents[1] / meta["adapter"]).is_file()
     names = set(golden["init"])
