@@ -111,7 +111,8 @@ def test_resume_refuses_a_different_config(text_shards, tmp_path):
 def test_a_kill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
     path = tmp_path / "ckpt.pt"
     script = f"""
-import os, signal, torch, checkpoint
+import os, signal, torch
+from speedrun import checkpoint
 checkpoint.save_atomic({{"version": 1, "w": torch.arange(5)}}, {str(path)!r})
 def dying_save(obj, f, *args, **kwargs):
     f.write(b"half a checkpoint" * 4096)
