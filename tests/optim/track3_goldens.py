@@ -24,7 +24,7 @@ import torch
 
 import train
 from data.shards import write_shard
-from kernels._common import native_bf16
+from kernels.device import native_bf16
 from speedrun.config import resolve
 
 GOLDENS = Path(__file__).parents[1] / "golden"
