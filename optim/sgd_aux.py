@@ -134,9 +134,15 @@ def track3_sgd() -> dict:
     """SGD with Nesterov momentum on track 3's hidden matrices, the baseline's AdamW on the rest (no published
     result). Source: our own.
 
-    SGD (momentum 0.9, Nesterov, no weight decay) on the hidden matrices with lr 3e-4 for the summed loss of
-    track3-cpu's 1,024-token step; AdamW as in #36 on the other roles (embedding lr 0.7, head weight 0.004, 1-D
-    parameters 0.015, betas (0.8, 0.95), eps 1e-10, weight decay 0.001); the track's schedule, 3250 steps.
+    SGD (momentum 0.9, Nesterov, no weight decay) on the hidden matrices with lr 3e-4; AdamW as in #36 on the other
+    roles (embedding lr 0.7, head weight 0.004, 1-D parameters 0.015, betas (0.8, 0.95), eps 1e-10, weight decay
+    0.001); the track's schedule, 3250 steps.
+
+    The hidden lr 3e-4 is NOT tuned: a starting value for the summed loss of track3-cpu's 1,024-token step (about
+    0.3 × the per-token mean gradient). It does not carry over to track3 unchanged, whose step sums 512 times as
+    many tokens. Tuning it on track3-cpu (one seed at each multiple of the lr; the best final val loss wins):
+        python -m bench.speedrun --preset track3-cpu --optimizers track3-sgd --tune --seeds 1 --threads=1 \\
+            --lr-multipliers 0.25,0.5,1,2,4
     """
     return {"optimizer": "sgd_aux", "optim.lr": 3e-4, "optim.momentum": 0.9, "optim.nesterov": True,
             "optim.weight_decay": 0.0, "optim.embed_lr": 0.7, "optim.head_lr": 0.004, "optim.scalar_lr": 0.015,
