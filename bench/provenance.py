@@ -3,7 +3,7 @@
 Importing this module imports no torch (the GPU report's parent process and other light tools use it); the
 functions that describe torch's view of the machine (machine(), versions()) import it when called. Used by the
 timing harness (bench/harness.py) and the pytest benches' machine info (bench/conftest.py), the GPU report,
-bench.speedrun and bench.cpu_step.
+bench.speedrun, bench.cpu_step and bench.optimizer_cost.
 """
 
 import datetime

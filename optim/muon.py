@@ -100,13 +100,15 @@ def momentum_directions(grads, buffers, *, momentum, lerp_weight, nesterov: bool
 
 def muon_shape_update(params, grads, buffers, *, momentum, lerp_weight, decay, alpha, nesterov: bool,
                       ns_dtype: torch.dtype, orthogonalize, ns_steps: int, ns_coefficients: str, normalize=None,
-                      moments=None, apply=None):
+                      moments=None, apply=None, precondition=None, precondition_state=None):
     """One Muon step of same-shape matrices `params` (B of them, with `grads` and momentum `buffers`), in place.
 
     The whole update of one shape, in one function so that it runs eagerly or as one torch.compile graph:
 
         buffers ← lerp(buffers, grads, lerp_weight)                       lerp_weight = 1 - momentum
         U ← lerp(grads, buffers, momentum) if nesterov else buffers
+        U ← precondition(stack(U), grads, precondition_state) when given  Muon²; in the params' dtype, before the
+                                                                          cast; advances precondition_state
         O ← orthogonalize(stack(U) in ns_dtype)                           (B, rows, cols)
         O ← normalize(O, moments) when given                              NorMuon; advances `moments`
         params ← params·decay + alpha·O                                   decay = 1 - lr·wd (None: no decay),
@@ -119,7 +121,10 @@ def muon_shape_update(params, grads, buffers, *, momentum, lerp_weight, decay, a
     data, not a new graph). The others are static: a change recompiles.
     """
     updates = momentum_directions(grads, buffers, momentum=momentum, lerp_weight=lerp_weight, nesterov=nesterov)
-    directions = orthogonalize(torch.stack(updates).to(ns_dtype), steps=ns_steps, coefficients=ns_coefficients)
+    stacked = torch.stack(updates)
+    if precondition is not None:
+        stacked = precondition(stacked, grads, precondition_state)
+    directions = orthogonalize(stacked.to(ns_dtype), steps=ns_steps, coefficients=ns_coefficients)
     if normalize is not None:
         directions = normalize(directions, moments)
     if apply is not None:
@@ -221,6 +226,7 @@ class Muon(torch.optim.Optimizer):
                 buffers.append(state["momentum_buffer"])
             normalize, moments = self._normalizer(group, same_shape)
             apply, alpha, decay = self._application(group, shape)
+            precondition, precondition_state = self._preconditioner(group, same_shape)
             # Python floats eagerly (the numbers the update always used); 0-D tensors when compiled, filled from
             # the same floats (fp32 of the same double, as the eager ops take them).
             scalars = dict(momentum=beta, lerp_weight=1 - beta, decay=decay, alpha=alpha)
@@ -231,7 +237,8 @@ class Muon(torch.optim.Optimizer):
                                nesterov=group["nesterov"], ns_dtype=NS_DTYPES[self.ns_dtype],
                                orthogonalize=self.orthogonalize, ns_steps=group["ns_steps"],
                                ns_coefficients=group["ns_coefficients"], normalize=normalize, moments=moments,
-                               apply=apply)
+                               apply=apply, precondition=precondition,
+                               precondition_state=precondition_state)
 
     def _application(self, group: dict, shape) -> tuple:
         """(apply, alpha, decay) of muon_shape_update for a group's matrices of `shape`: Muon's own, no `apply`, the
@@ -250,6 +257,11 @@ class Muon(torch.optim.Optimizer):
 
     def _normalizer(self, group: dict, params):
         """(normalize, its per-matrix state) for muon_shape_update: (None, None) for Muon; NorMuon overrides it."""
+        return None, None
+
+    def _preconditioner(self, group: dict, params):
+        """(precondition, its per-matrix state) for muon_shape_update, applied to the update before Newton-Schulz:
+        (None, None) for Muon; Muon² (optim.muon2) overrides it."""
         return None, None
 
     # --- Adam side (embeddings, head, gains) -------------------------------------------------------

@@ -11,7 +11,8 @@ import pytest
 
 from bench import provenance, speedrun
 
-COMMANDS = ["bench.speedrun", "bench.codegen", "bench.cpu_step", "bench.summary", "bench.plot", "bench.gpu_report"]
+COMMANDS = ["bench.speedrun", "bench.codegen", "bench.cpu_step", "bench.optimizer_cost", "bench.summary", "bench.plot",
+            "bench.gpu_report"]
 
 
 def _words(text: str) -> str:

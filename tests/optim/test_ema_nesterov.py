@@ -247,3 +247,35 @@ def test_the_state_round_trips_through_torch_save(tmp_path):
     assert fresh_opt.shift == opt.shift != 0 and not math.isnan(opt.shift)
     for a, b in zip(model.parameters(), fresh.parameters()):
         assert torch.equal(a, b)
+
+
+def test_two_gloo_ranks_match_one_rank(text_shards, tmp_path):
+    """Around Muon on 2 processes (gloo; the wrapped optimizer steps replicated on both ranks, each shifting its
+    copy of the weights alike) the losses, val losses and weights are one process's up to rounding, with the
+    look-ahead window open from step 1."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    common = ["--preset=track3", f"--data_dir={text_shards}", "--train_pattern=*_train_*.bin",
+              "--val_pattern=*_val_*.bin", "--model.n_layer=1", "--model.n_embd=128", "--model.n_head=1",
+              "--batch_size=1", "--seq_len=32", "--reference_world_size=2", "--max_steps=4", "--val_tokens=256",
+              "--val_every=4", "--compile=False", "--dtype=fp32", "--threads=1", "--run_name=r",
+              "--checkpoint_every=4", "--optimizer=track3-ema-nesterov-muon", "--wrapper.prefill_steps=1",
+              "--wrapper.rest_steps=4", "--schedule_steps=0"]
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "train.py", *common,
+                           f"--out_dir={tmp_path / 'two'}"], cwd=repo, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    train.main([*common, f"--out_dir={tmp_path / 'one'}"])
+    logs = [[json.loads(line) for line in open(tmp_path / d / "r" / "log.jsonl")] for d in ("one", "two")]
+    for a, b in zip(*logs):
+        for key in ("train_loss", "val_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-6), (a, b)
+    saved = [checkpoint.load(tmp_path / d / "r" / "checkpoint.pt") for d in ("one", "two")]
+    for name, w in saved[0]["model"].items():
+        torch.testing.assert_close(saved[1]["model"][name], w, rtol=1e-6, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+    assert saved[0]["optimizer"]["steps"] == saved[1]["optimizer"]["steps"] == 4
