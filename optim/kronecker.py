@@ -14,7 +14,7 @@ and load_state_dict() round-trip them; while training, the tensors of one batch 
 (KroneckerOptimizer.stacked), so the batched ops update them in place without copies. A loaded state is stacked again
 (one copy) at its first step.
 
-The AdamW side (embeddings, head, 1-D parameters) is torch's functional AdamW, as under Muon, in the same Optimizer:
+The AdamW side (embeddings, head, 1-D parameters) is Muon's (optim.muon.adamw_update), in the same Optimizer:
 one state_dict holds everything. Param groups: the hidden matrices' group has role "hidden" and `kronecker` True;
 every other group an AdamW group of its role (optim.roles).
 """
@@ -24,10 +24,10 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 
 import torch
-from torch.optim.adamw import adamw
 
 from kernels import registry
 from optim.adamw import fused_adamw_available
+from optim.muon import adamw_update
 from optim.registry import require
 from optim.roles import AuxRoles, check_betas, check_positive
 
@@ -170,29 +170,10 @@ class KroneckerOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def adam_update(self):
-        """AdamW on every non-Kronecker group (torch's functional AdamW: fused on CPU/CUDA, foreach elsewhere)."""
-        for group in self.param_groups:
-            if group["kronecker"]:
-                continue
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
-                state = self.state[p]
-                if not state:  # torch.optim.AdamW's state: fp32 step count, moments like p
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if group["fused"] else "cpu")
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            states = [self.state[p] for p in params]
-            beta1, beta2 = group["betas"]
-            adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                  [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
-                  foreach=not group["fused"], fused=group["fused"] or None, amsgrad=False, beta1=beta1,
-                  beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-                  maximize=False)
+        """AdamW on every non-Kronecker group (optim.muon.adamw_update: torch's functional AdamW)."""
+        adamw_update(self, [g for g in self.param_groups if not g["kronecker"]])
 
 
-ADAM_ROLES = ("embed", "head", "scalar")
 
 
 def fp32(value: float) -> float:

@@ -44,7 +44,6 @@ from dataclasses import dataclass
 import torch
 
 from optim.kronecker import (
-    ADAM_ROLES,
     EIGH_DTYPES,
     KroneckerConfig,
     KroneckerOptimizer,
@@ -53,6 +52,7 @@ from optim.kronecker import (
     eigh,
     fp32,
 )
+from optim.muon import ADAM_ROLES
 from optim.registry import optimizer, recipe, require
 from optim.roles import RoleHparams, check_non_negative, check_positive, role_table, torch_groups
 from optim.schedules import TRACK3_SCHEDULE
@@ -106,10 +106,13 @@ class Shampoo(KroneckerOptimizer):
             return lambda p: torch.eye(size, dtype=dtype, device=p.device)
 
         # 1. statistics of the raw gradient
+        # factor ← β2·factor, then + (1-β2)·G·Gᵀ (two roundings, as the reference: not gram's fused alpha·G + beta·out)
         weight = 1.0 if beta2 == 1 else 1 - beta2
-        left = self.gram(grads, side="left", out=self.stacked(params, "left", zeros(m, m)), alpha=weight, beta=beta2)
-        right = self.gram(grads, side="right", out=self.stacked(params, "right", zeros(n, n)), alpha=weight,
-                          beta=beta2)
+        left, right = self.stacked(params, "left", zeros(m, m)), self.stacked(params, "right", zeros(n, n))
+        for factor, side in ((left, "left"), (right, "right")):
+            if beta2 != 1:
+                factor.mul_(beta2)
+            factor.add_(self.gram(grads, side=side), alpha=weight)
         if graft:
             gbeta2 = group["grafting_beta2"]
             second = self.stacked(params, "graft_second_moment", zeros(m, n))
