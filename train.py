@@ -42,7 +42,7 @@ back to its last checkpoint (or the initial state, kept in host memory until the
 with a check after each, stopping with the step and the first parameter whose gradient is not finite. A
 checkpoint is only written after a clean check and with finite weights.
 
-Precision (--dtype): auto runs bf16 where kernels._common.native_bf16(device) (CUDA, AVX-512-bf16/AMX CPUs),
+Precision (--dtype): auto runs bf16 where kernels.device.native_bf16(device) (CUDA, AVX-512-bf16/AMX CPUs),
 else fp32; bf16 means autocast over fp32 parameters, or, for a bf16_embedding model (track 3), a bf16 token
 embedding whose bf16 activations flow through every layer without autocast. The choice is printed at the start
 and recorded in the summary.

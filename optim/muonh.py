@@ -98,7 +98,7 @@ def track3_muonh() -> dict:
     included; it is the recipe with TRACK3_HYPERBALL_INIT's model fields:
         --model.init=track3 --model.zero_init_proj=False --model.zero_init_head=False
         --model.zero_init_proj_bias=False --model.norm_fp32=False
-    (the multipliers stay), which is what tests/optim/test_hyperball_golden.py checks against that script.
+    (the multipliers stay). tests/optim/test_hyperball_golden.py runs both against their scripts.
     """
     return {"optimizer": "muonh", "optim.lr": 0.018, **TRACK3_NEWTON_SCHULZ, **HYPERBALL_AUX, "max_steps": 3325,
             **HYPERBALL_SCHEDULE, **TORCH_HYPERBALL_INIT, "model.norm_fp32": True}

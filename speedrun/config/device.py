@@ -20,7 +20,7 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
 
         field                           "auto" on CUDA                         "auto" elsewhere (the CPU)
         device                          the device's type
-        dtype                           bf16 where bf16 matmuls are native (kernels._common.native_bf16), else fp32
+        dtype                           bf16 where bf16 matmuls are native (kernels.device.native_bf16), else fp32
         model.attn_impl                 fa3 > fa2 > sdpa, the best that runs   sdpa
         model.mlp_impl                  triton                                 eager
         model.ce_impl                   triton                                 chunked (one compiled pass per row)
@@ -34,11 +34,12 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
     """
     import torch
 
-    from kernels import _common, attention_select
+    from kernels import attention_select
+    from kernels import device as kernel_device
 
     device = torch.device(device)
     cuda = device.type == "cuda"
-    native = _common.native_bf16(device) if bf16_native is None else bf16_native
+    native = kernel_device.native_bf16(device) if bf16_native is None else bf16_native
 
     def kernel(name: str, cpu: str = "eager") -> str:
         return ("triton" if cuda else cpu) if name == "auto" else name

@@ -15,7 +15,8 @@ from speedrun.cli import ConfigError
 
 GOLDENS = Path(__file__).parents[1] / "golden"
 MULTIPLIERS = dict(init_scale_attn_proj=1.25, init_scale_mlp_proj=3.0, init_scale_mlp_fc=1.5)
-# Each result's init as GPTConfig fields (modded-nanogpt track-3 result folders; the baseline's file):
+# Each result's init as GPTConfig fields (modded-nanogpt track-3 result folders, ".log" for the script of a folder's
+# published logs where it differs from the folder's .py; the baseline's file):
 #   D1 + the hyperball edits: PyTorch's construction init, attn.proj x1.25, mlp.proj x3, mlp.fc x1.5, the head
 #   weight and every output-projection bias zero (q/k/v/fc biases keep their uniform draw);
 #   D2 + the multipliers: the baseline's normal rule without zeroing the projections or the head;
@@ -26,11 +27,13 @@ INITS = {
     "20260430_adamh": D1_HYPERBALL,
     "20260430_normuonh": D1_HYPERBALL,
     "20260504_muloco_normuonh": D1_HYPERBALL,
-    "20260430_muonh": D2_MULTIPLIED,  # the folder's .py (its logs ran D1_HYPERBALL)
+    "20260430_muonh": D2_MULTIPLIED,  # the folder's .py
+    "20260430_muonh.log": D1_HYPERBALL,  # the script its published logs ran
     "20260611_muonh_tuned_aux_3250": D2_MULTIPLIED,
     "20260518_soaph": dict(D1_HYPERBALL, init_embed_bf16=False),  # re-runs the default init on the fp32 embedding
     "20260527_psgd": dict(init="torch", zero_init_proj=False, init_redraw_hidden=True, **MULTIPLIERS),
     "20260501_muonsq": {},  # the baseline's rule, the track3 preset's default
+    "20260501_muonsq.log": dict(init="torch", zero_init_proj_bias=True),  # D1, every "proj" parameter zero
     "track3_train_gpt_simple": {},
 }
 # Goldens whose script seeds the generator again between the model's construction and its own init (the harness

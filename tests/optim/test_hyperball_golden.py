@@ -15,15 +15,17 @@ from the golden's seed must give:
     for the Newton-Schulz results; 2 threads and no SIMD for AdamH), at least LOSS_FLOOR = 5e-7 for a loss (the
     summed fp32 loss is reported per token: one rounding of the sum, 1.2e-7, separates the two where the drift
     is 0) and NORM_FLOOR = 1e-9 for a norm; the val loss before within 1e-5 and after within 4 × the val drift.
-The golden's self_drift (loss / largest parameter norm / val): #4 1.2e-7 / 1.9e-7 / 0, #5 1.1e-5 / 8.8e-4 /
-5.4e-5, #37 7.3e-5 / 7.1e-4 / 1.7e-4, #8 1.4e-6 / 1.7e-4 / 3.4e-6, #13 1.8e-5 / 1.5e-4 / 7.4e-6.
-Measured on the recording's kind of CPU (AVX2, one thread): #4 every norm and the final val loss bitwise equal to
-the golden's; #5, #37, #8 and #13 every norm bitwise equal to the emulated-bf16 peer's (our Newton-Schulz emulates
-bf16 the same way on a CPU without native bf16), which test_..._bitwise_where_the_peer_is asserts there.
+The golden's self_drift (loss / largest parameter norm / val): #4 1.2e-7 / 1.9e-7 / 0, #5 (logs) 2.5e-6 / 1.1e-4 /
+2.8e-7, #5 (.py) 1.1e-5 / 8.8e-4 / 5.4e-5, #37 7.3e-5 / 7.1e-4 / 1.7e-4, #8 1.4e-6 / 1.7e-4 / 3.4e-6, #13 1.8e-5 /
+1.5e-4 / 7.4e-6. Measured on the recording's kind of CPU (AVX2, one thread): #4 every norm and the final val loss
+bitwise equal to the golden's; #5, #37, #8 and #13 every norm bitwise equal to the emulated-bf16 peer's (our
+Newton-Schulz emulates bf16 the same way on a CPU without native bf16), which
+test_the_norms_are_bitwise_the_peer_s_where_the_peer_is_ours asserts there.
 
 The hidden matrices' norms stay at their init radius under the hyperball whatever the direction: the update itself
-shows in the losses and in the other parameters' norms. #5's golden runs the folder's .py, whose init differs from
-its logs' (the recipe's): the test runs the recipe with the .py's model fields (optim.hyperball.TRACK3_HYPERBALL_INIT).
+shows in the losses and in the other parameters' norms. #5 has two goldens: <folder>.log.json runs the script of its
+published logs (the recipe's: PyTorch's init, fp32 RMSNorm), <folder>.json the folder's later .py, whose init the
+recipe takes with the .py's model fields (optim.hyperball.TRACK3_HYPERBALL_INIT).
 """
 
 import json
@@ -34,7 +36,7 @@ import torch
 
 import train
 from data.shards import write_shard
-from kernels._common import native_bf16
+from kernels.device import native_bf16
 from model.config import model_preset
 from model.gpt import GPT
 from optim.hyperball import TRACK3_HYPERBALL_INIT
@@ -50,8 +52,9 @@ NORM_FLOOR = 1e-9
 # folder -> (recipe, the command-line options that move its schedule points as the golden's adapter did)
 RESULTS = {
     "20260430_adamh": ("track3-adamh", ["--schedule.matrix_warmup_steps=2"]),
+    "20260430_muonh.log": ("track3-muonh", []),  # the script of the published logs, which the recipe follows
     "20260430_muonh": ("track3-muonh", [f"--{k}={v}" for k, v in TRACK3_HYPERBALL_INIT.items()]
-                       + ["--model.norm_fp32=False"]),  # the folder's .py (the recipe follows its logs)
+                       + ["--model.norm_fp32=False"]),  # the folder's .py: the recipe with the .py's init
     "20260611_muonh_tuned_aux_3250": ("track3-muonh-tuned", []),
     "20260430_normuonh": ("track3-normuonh", []),
     "20260504_muloco_normuonh": ("track3-muloco-normuonh", ["--wrapper.sync_interval=3"]),

@@ -41,8 +41,8 @@ SCHEDULES = {"track3-adamh": (4875, 0, 1.0, 0.4, 250), "track3-muonh": (3325, 0,
              "track3-muonh-tuned": (3250, 0, 1.0, 0.85, 0), "track3-normuonh": (3250, 3275, 1.0, 0.4, 0),
              "track3-muloco-normuonh": (3210, 0, 1.0, 0.4, 0)}
 # The model's init each recipe runs (the test of the init rules checks these against the scripts' numbers). #5: its
-# logs' script (the recipe's choice, the same rule as #4, #8 and #13); the golden's .py is INITS[folder].
-INIT_FOLDER = {"track3-muonh": "20260430_adamh"}
+# logs' script (the recipe's choice); the folder's .py is INITS["20260430_muonh"].
+INIT_FOLDER = {"track3-muonh": "20260430_muonh.log"}
 NORM_FP32 = {"track3-adamh": True, "track3-muonh": True, "track3-muonh-tuned": False, "track3-normuonh": True,
              "track3-muloco-normuonh": True}
 
