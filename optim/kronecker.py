@@ -2,10 +2,12 @@
 same-shape matrices, the symmetric eigendecomposition, their state, the AdamW side, and their common config fields.
 
 Both methods keep, for each hidden matrix W (m × n) with gradient G, Kronecker factors of its gradient's second
-moment: a left m × m statistic built from G·Gᵀ and a right n × n one from Gᵀ·G. Those products go through one
-function, gram(), one call per shape for every matrix of that shape (a (B, m, n) batch: track 3's q, k, v and
-attention output matrices are one batch, the MLP's two matrices one each); the factor's EMA is in the call:
-L ← β·L + (1-β)·G·Gᵀ is gram(G, side="left", out=L, alpha=1-β, beta=β). `gram_impl` names its implementation.
+moment: a left m × m statistic built from G·Gᵀ and a right n × n one from Gᵀ·G. Those products go through the gram op
+of kernels.registry (the eager GEMM, or the Triton kernel that computes one triangle of tiles and mirrors it), one
+call per shape for every matrix of that shape (a (B, m, n) batch: track 3's q, k, v and attention output matrices
+are one batch, the MLP's two matrices one each); an EMA can be in the call: L ← β·L + (1-β)·G·Gᵀ is gram(G,
+side="left", out=L, alpha=1-β, beta=β). `gram_impl` names the implementation (KroneckerOptimizer.statistic); float64
+weights (the tests' float64 statements) take the eager one in float64.
 Eigendecompositions (eigh, QR) stay in torch.linalg, batched over the same matrices, in fp32 unless configured
 otherwise, retried in fp64 when the fp32 one fails (as the methods' published code does).
 
@@ -20,6 +22,7 @@ every other group an AdamW group of its role (optim.roles).
 """
 
 import math
+import struct
 from collections import defaultdict
 from dataclasses import dataclass, replace
 
@@ -37,36 +40,13 @@ EIGH_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 # --- the statistics: G·Gᵀ and Gᵀ·G of same-shape matrices ------------------------------------------------------
 
 
-def gram(x: torch.Tensor, *, side: str = "left", out: torch.Tensor | None = None, alpha: float = 1.0,
-         beta: float = 0.0) -> torch.Tensor:
-    """alpha·G + beta·out with G = x·xᵀ (side "left", (…, m, m)) or xᵀ·x (side "right", (…, n, n)), for x (m, n) or a
-    batch (B, m, n): one GEMM (addmm / baddbmm) with the scaling and the sum in it, in fp32 (float64 for float64 x).
-    `out` (that dtype) is updated in place and returned when given (read only when beta != 0); else a new tensor."""
-    if x.ndim not in (2, 3):
-        raise ValueError(f"gram takes x of shape (m, n) or (B, m, n), got {tuple(x.shape)}")
-    if side not in ("left", "right"):
-        raise ValueError(f"side must be 'left' (x·xᵀ) or 'right' (xᵀ·x), got {side!r}")
-    if beta != 0 and out is None:
-        raise ValueError("beta != 0 adds beta·out: pass out=")
-    x = x.to(torch.promote_types(x.dtype, torch.float32))
-    a, b = (x, x.mT) if side == "left" else (x.mT, x)
-    if out is None:
-        product = torch.matmul(a, b)
-        return product if alpha == 1 else product.mul_(alpha)
-    if x.ndim == 3:
-        return out.baddbmm_(a, b, beta=beta, alpha=alpha)
-    return out.addmm_(a, b, beta=beta, alpha=alpha)
-
-
 def gram_impls() -> tuple[str, ...]:
-    """The implementations of the statistics that gram_impl may name (besides "auto")."""
-    return tuple(sorted({"eager", *registry.names("gram")}))
+    """The implementations of the statistics that gram_impl may name (besides "auto"): kernels.registry's gram op."""
+    return tuple(registry.names("gram"))
 
 
 def gram_function(impl: str):
-    """The implementation of gram() named `impl` ("auto" must be resolved first: KroneckerConfig.resolve_auto)."""
-    if impl == "eager":
-        return gram
+    """The implementation of the gram op named `impl` ("auto" must be resolved first: KroneckerConfig.resolve_auto)."""
     return registry.get("gram", impl)
 
 
@@ -99,8 +79,9 @@ class KroneckerOptimizer(torch.optim.Optimizer):
     """A Kronecker-factored method on the hidden matrices and AdamW on the other roles, in one Optimizer.
 
     Subclasses give update_batch(group, params, grads, step): one step of the matrices `params` (same shape, same
-    step count), `grads` their stacked gradients (B, m, n), `step` their step count after this step (an int64 0-D
-    CPU tensor, 1 at the first step). hidden_defaults: the hidden group's hyper-parameters."""
+    step count), `grads` their stacked gradients (B, m, n), `step` their step count after this step (1 at the first;
+    a Python int in each matrix's state, so nothing waits for the device). hidden_defaults: the hidden group's
+    hyper-parameters."""
 
     def __init__(self, hidden, adam_groups=(), *, hidden_defaults: dict, adam_eps: float, gram_impl: str = "eager"):
         hidden = list(hidden)
@@ -115,7 +96,7 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         for g in groups[1:]:
             g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
         super().__init__([g for g in groups if g["params"]], {})
-        self.gram = gram_function(gram_impl)
+        self._gram = gram_function(gram_impl)
         self._stacks = {}  # (state name, ids of a batch's params) -> the stacked tensor its slices are
 
     @torch.no_grad()
@@ -127,15 +108,23 @@ class KroneckerOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             if group["kronecker"]:
                 for params in self.batches(group):
-                    steps = self.state[params[0]]["step"]
                     for p in params:
-                        self.state[p]["step"].add_(1)
-                    self.update_batch(group, params, torch.stack([p.grad for p in params]), steps)
+                        self.state[p]["step"] += 1
+                    self.update_batch(group, params, torch.stack([p.grad for p in params]),
+                                      self.state[params[0]]["step"])
         self.adam_update()
         return loss
 
-    def update_batch(self, group: dict, params: list, grads: torch.Tensor, step: torch.Tensor):
+    def update_batch(self, group: dict, params: list, grads: torch.Tensor, step: int):
         raise NotImplementedError
+
+    def statistic(self, x: torch.Tensor, *, side: str, out: torch.Tensor | None = None, alpha: float = 1.0,
+                  beta: float = 0.0) -> torch.Tensor:
+        """alpha·(x·xᵀ or xᵀ·x) + beta·out for the batch x (B, m, n) through the configured gram implementation
+        (fp32 result); float64 x through the eager one in float64."""
+        if x.dtype == torch.float64:
+            return gram_function("eager")(x, side=side, out=out, alpha=alpha, beta=beta, upcast=True)
+        return self._gram(x, side=side, out=out, alpha=alpha, beta=beta)
 
     def batches(self, group: dict) -> list[list]:
         """The group's matrices with a gradient, by (shape, dtype, device, step count): each list one batch."""
@@ -144,9 +133,8 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             if p.grad is None:
                 continue
             state = self.state[p]
-            if "step" not in state:
-                state["step"] = torch.zeros((), dtype=torch.int64)  # on the CPU: read without a device sync
-            by_key[(tuple(p.shape), p.dtype, p.device, int(state["step"]))].append(p)
+            state.setdefault("step", 0)
+            by_key[(tuple(p.shape), p.dtype, p.device, state["step"])].append(p)
         return list(by_key.values())
 
     def stacked(self, params: list, name: str, init) -> torch.Tensor:
@@ -177,8 +165,14 @@ class KroneckerOptimizer(torch.optim.Optimizer):
 
 
 def fp32(value: float) -> float:
-    """`value` rounded to fp32 (exactly representable there): a step factor applied as a 0-D fp32 tensor would be."""
-    return torch.tensor(value, dtype=torch.float32).item()
+    """`value` rounded to fp32 (a Python float exactly representable there), as a 0-D fp32 tensor holds it; computed
+    on the host (no tensor: also under FakeTensorMode)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def power_correction(beta: float, step: int) -> torch.Tensor:
+    """1 - beta^step as the reference computes a bias correction: an fp32 0-D tensor from the integer step."""
+    return torch.tensor(1.0) - beta ** torch.tensor(step, dtype=torch.int64)
 
 
 @dataclass(frozen=True)
@@ -188,7 +182,7 @@ class KroneckerConfig(AuxRoles):
 
     gram_impl: str = "auto"
     """Implementation of the preconditioners' statistics G·Gᵀ and Gᵀ·G (kernels.registry's gram op, batched over
-    same-shape matrices): eager | triton (CUDA) | auto (triton on CUDA where registered, eager elsewhere)."""
+    same-shape matrices): eager | triton | auto (triton on CUDA, eager elsewhere)."""
     eigh_dtype: str = "fp32"
     """Precision of the eigendecompositions (and QR factorizations): fp32 (retried in fp64 where fp32 fails) | fp64."""
     aux_lr: float = 3e-3
@@ -208,10 +202,10 @@ class KroneckerConfig(AuxRoles):
                 f"--optim.eigh_dtype={self.eigh_dtype!r}; choose from {', '.join(EIGH_DTYPES)}")
 
     def resolve_auto(self, device, *, native_bf16: bool):
-        """The config on `device`: gram_impl auto -> triton on CUDA (where it is registered), eager elsewhere."""
+        """The config on `device`: gram_impl auto -> triton on CUDA, eager elsewhere (as MuonConfig's Newton-Schulz)."""
         impl = self.gram_impl
         if impl == "auto":
-            impl = "triton" if torch.device(device).type == "cuda" and "triton" in gram_impls() else "eager"
+            impl = "triton" if torch.device(device).type == "cuda" else "eager"
         return replace(self, gram_impl=impl)
 
     def implementations(self) -> dict:

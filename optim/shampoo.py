@@ -35,8 +35,8 @@ retried in fp64 that still fails is an error). Its host reads of min λ and of t
 replaced by device-side arithmetic (the same numbers; a non-finite factor gives non-finite weights, which the
 trainer's guard reports).
 
-The statistics G·Gᵀ and Gᵀ·G are one gram() call per shape for every matrix of that shape (optim.kronecker,
-`gram_impl`); the eigendecompositions and products are batched the same way.
+The statistics G·Gᵀ and Gᵀ·G are one call of kernels.registry's gram op per shape for every matrix of that shape
+(KroneckerOptimizer.statistic, `gram_impl`); the eigendecompositions and products are batched the same way.
 """
 
 from dataclasses import dataclass
@@ -51,6 +51,7 @@ from optim.kronecker import (
     check_unit_interval,
     eigh,
     fp32,
+    power_correction,
 )
 from optim.muon import ADAM_ROLES
 from optim.registry import optimizer, recipe, require
@@ -91,10 +92,10 @@ class Shampoo(KroneckerOptimizer):
             bias_correction=bias_correction, grafting=grafting, grafting_beta2=grafting_beta2,
             grafting_eps=grafting_eps, eigh_dtype=eigh_dtype))
 
-    def update_batch(self, group: dict, params: list, grads: torch.Tensor, step: torch.Tensor):
+    def update_batch(self, group: dict, params: list, grads: torch.Tensor, step: int):
         _, m, n = grads.shape
         beta1, beta2 = group["betas"]
-        t, f, s = int(step), group["precondition_frequency"], group["start_preconditioning_step"]
+        t, f, s = step, group["precondition_frequency"], group["start_preconditioning_step"]
         graft = group["grafting"] == "adam"
 
         dtype = torch.promote_types(grads.dtype, torch.float32)  # of the statistics: fp32 (float64 for float64)
@@ -112,7 +113,7 @@ class Shampoo(KroneckerOptimizer):
         for factor, side in ((left, "left"), (right, "right")):
             if beta2 != 1:
                 factor.mul_(beta2)
-            factor.add_(self.gram(grads, side=side), alpha=weight)
+            factor.add_(self.statistic(grads, side=side), alpha=weight)
         if graft:
             gbeta2 = group["grafting_beta2"]
             second = self.stacked(params, "graft_second_moment", zeros(m, n))
@@ -120,7 +121,7 @@ class Shampoo(KroneckerOptimizer):
         left_root = self.stacked(params, "left_root", eye(m))
         right_root = self.stacked(params, "right_root", eye(n))
         if t == s or (t > s and t % f == 0):
-            correction = torch.tensor(1.0) - beta2 ** step if group["bias_correction"] and beta2 < 1 else 1.0
+            correction = power_correction(beta2, t) if group["bias_correction"] and beta2 < 1 else 1.0
             eigh_dtype = torch.promote_types(dtype, EIGH_DTYPES[group["eigh_dtype"]])
             for factor, root in ((left, left_root), (right, right_root)):
                 root.copy_(inverse_root(factor / correction, group["exponent"], group["epsilon"], eigh_dtype))
@@ -129,13 +130,14 @@ class Shampoo(KroneckerOptimizer):
         if beta1 > 0:
             filtered = self.stacked(params, "filtered_grad", zeros(m, n)).lerp_(grads, 1 - beta1)
             if group["bias_correction"]:
-                filtered = filtered / (1.0 - beta1 * beta1 ** (step - 1))
+                # 1 - β1^t as the reference writes it with β3 = β1, β1·β1^(t-1): fp32 numbers of the integer step
+                filtered = filtered / (1.0 - beta1 * beta1 ** torch.tensor(t - 1, dtype=torch.int64))
         else:
             filtered = grads
 
         # 3. the direction: the graft alone before the start step, then Shampoo's with the graft's norm
         if graft:
-            denominator = (second / (torch.tensor(1.0) - gbeta2 ** step)).sqrt_().add_(group["grafting_eps"])
+            denominator = (second / power_correction(gbeta2, t)).sqrt_().add_(group["grafting_eps"])
             grafted = filtered / denominator
         if graft and t < s:
             direction = grafted

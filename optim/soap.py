@@ -10,7 +10,7 @@ For each hidden matrix W (m × n) with gradient G, at its step t = 1, 2, ...:
     M̃ = Q_Lᵀ·M·Q_R,   G̃ = Q_Lᵀ·G·Q_R                            both projected into the current basis
     S ← β·S + (1-β)·G̃²                                           second moment in the basis (elementwise)
     U = Q_L · (M̃ / (sqrt(S) + ε)) · Q_Rᵀ                          bias_correction: M̃/(1-μ^t), S/(1-β^t)
-    if t % f == 0:  Q_L ← QR(L·Q_L).Q,  Q_R ← QR(R·Q_R).Q         one power-iteration step, after U (f = precondition_frequency)
+    if t % f == 0:  Q_L ← QR(L·Q_L).Q,  Q_R ← QR(R·Q_R).Q         one power-iteration step, after U (f: the frequency)
     hyperball:  W' = W - lr·‖W‖·U/max(‖U‖, ε_h);  W ← W'·‖W‖/max(‖W'‖, ε_h)      (optim.hyperball.hyperball_step)
     else:       W ← W·(1 - lr·wd) - lr·U
 
@@ -19,9 +19,10 @@ re-sorting by eigenvalue and without rotating S into the new basis (S keeps accu
 uses), the first basis comes from the first gradient alone, and (as SOAPH) nothing is bias corrected by default and
 there is no grafting. Each matrix keeps its momentum, S, L, R, Q_L and Q_R (fp32; float64 for float64 weights).
 
-The statistics G·Gᵀ and Gᵀ·G (the first basis's and the factors') are one gram() call per shape for every matrix of
-that shape (optim.kronecker, `gram_impl`); the projections, the eigendecompositions and QR factorizations are
-batched the same way, in fp32 (eigh retried in fp64 where fp32 fails) or as eigh_dtype says.
+The statistics G·Gᵀ and Gᵀ·G (the first basis's and the factors') are one call of kernels.registry's gram op per
+shape for every matrix of that shape (KroneckerOptimizer.statistic, `gram_impl`); the projections, the
+eigendecompositions and QR factorizations are batched the same way, in fp32 (eigh retried in fp64 where fp32 fails)
+or as eigh_dtype says.
 
 The hidden matrices' lr under SOAPH follows its own schedule, matrix_power_decay below: (1 - step/3200)^1.25 from
 step 0 on a 3200-step horizon while the run stops at 3125, the other roles track 3's stable-then-linear decay.
@@ -72,9 +73,9 @@ class SOAP(KroneckerOptimizer):
             bias_correction=bias_correction, hyperball=hyperball, hyperball_eps=hyperball_eps,
             weight_decay=weight_decay, eigh_dtype=eigh_dtype))
 
-    def update_batch(self, group: dict, params: list, grads: torch.Tensor, step: torch.Tensor):
+    def update_batch(self, group: dict, params: list, grads: torch.Tensor, step: int):
         _, m, n = grads.shape
-        t = int(step)
+        t = step
         momentum, beta, eps = group["momentum"], group["beta2"], group["eps"]
         dtype = torch.promote_types(grads.dtype, torch.float32)  # of the state: fp32 (float64 for float64)
         solver_dtype = torch.promote_types(dtype, EIGH_DTYPES[group["eigh_dtype"]])
@@ -84,7 +85,7 @@ class SOAP(KroneckerOptimizer):
         new = [i for i, p in enumerate(params) if "basis_left" not in self.state[p]]
         if new:
             for side, name in (("left", "basis_left"), ("right", "basis_right")):
-                basis = first_basis(self.gram(grads[new], side=side), solver_dtype)
+                basis = first_basis(self.statistic(grads[new], side=side), solver_dtype)
                 for j, i in enumerate(new):
                     self.state[params[i]][name] = basis[j]
 
@@ -92,9 +93,10 @@ class SOAP(KroneckerOptimizer):
             return lambda p: torch.zeros(shape, dtype=dtype, device=p.device)
 
         moment = self.stacked(params, "momentum_buffer", zeros(m, n)).lerp_(grads, 1 - momentum)
-        left = self.gram(grads, side="left", out=self.stacked(params, "left", zeros(m, m)), alpha=1 - beta, beta=beta)
-        right = self.gram(grads, side="right", out=self.stacked(params, "right", zeros(n, n)), alpha=1 - beta,
-                          beta=beta)
+        left = self.statistic(grads, side="left", out=self.stacked(params, "left", zeros(m, m)), alpha=1 - beta,
+                              beta=beta)
+        right = self.statistic(grads, side="right", out=self.stacked(params, "right", zeros(n, n)), alpha=1 - beta,
+                               beta=beta)
         basis_left = self.stacked(params, "basis_left", None)
         basis_right = self.stacked(params, "basis_right", None)
         projected_moment = basis_left.mT @ moment @ basis_right

@@ -172,7 +172,8 @@ def test_state_dict_round_trip_continues_bit_for_bit():
         assert torch.equal(a, b)
     for p, q in zip(model.parameters(), fresh.parameters()):
         for key, value in opt.state[p].items():
-            assert torch.equal(value, fresh_opt.state[q][key]), key
+            other = fresh_opt.state[q][key]
+            assert torch.equal(value, other) if torch.is_tensor(value) else value == other, key
 
 
 def test_groups_roles_and_the_adamw_side():
