@@ -96,6 +96,29 @@ def test_estimate_parts_of_a_known_model():
     assert est.peak_bytes > est.params_bytes + est.grads_bytes + est.optimizer_bytes
 
 
+@pytest.mark.parametrize("optimizer", ["track3-shampoo", "track3-soaph"])
+def test_kronecker_optimizer_state_is_traced_exactly(optimizer):
+    """Shampoo's and SOAP's steps trace on fake tensors (their step counts and step factors live on the host, not
+    in tensors a fake trace cannot read), and the traced state is the state two real steps leave."""
+    from model.gpt import GPT
+    from optim import build_optimizer
+    from speedrun.config import resolve_auto
+
+    cfg = resolve(["--preset=tiny", "--dtype=fp32", f"--optimizer={optimizer}"])
+    est = estimate_step_memory(cfg, device_type="cpu")
+    cfg = resolve_auto(cfg, "cpu")
+    model = GPT(cfg.model)
+    opt = build_optimizer(cfg.optim, model)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=g)
+        opt.step()
+    storages = {id(v.untyped_storage()): v.untyped_storage().nbytes()
+                for s in opt.state.values() for v in s.values() if torch.is_tensor(v)}
+    assert est.optimizer_bytes == sum(storages.values()) > 0
+
+
 # --- the fit check the trainer runs before building the model ------------------------------------------------
 
 def _required(estimate) -> int:
