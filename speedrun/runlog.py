@@ -1,0 +1,53 @@
+"""What a run reports as it goes: log.jsonl and the progress bar.
+
+log.jsonl holds one JSON record a line, each flushed as it is written: a train record at every boundary (step,
+train_loss: the mean loss per token since the previous one, interval_steps, lr_factor, tokens, train_time_s,
+step_avg_ms) and a val record at every validation (step, val_loss, tokens, train_time_s, and steps_to_target /
+seconds_to_target where the target is first reached). `offset` is the file's length after the last record; each
+checkpoint keeps it, and a resumed run truncates the file there, dropping the records written after the
+checkpoint, so the log of a resumed run is the uninterrupted run's.
+"""
+
+import json
+
+
+class RunLog:
+    """Rank 0's log.jsonl and progress bar; on other ranks (path None) both are absent and writes do nothing."""
+
+    def __init__(self, path: str | None, *, offset: int = 0, resume: bool = False, total: int = 0, initial: int = 0,
+                 desc: str = ""):
+        self.offset = offset
+        self.file = self.bar = None
+        if path is None:
+            return
+        self.file = open(path, "r+" if resume else "w")
+        self.file.truncate(offset)  # drop lines written after the checkpoint we resume from
+        self.file.seek(offset)
+        if total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+
+    def write(self, record: dict):
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+            self.offset = self.file.tell()
+
+    def progress(self, steps: int = 0, **postfix):
+        """Advance the bar by `steps` and show `postfix` (name=value)."""
+        if self.bar is not None:
+            if steps:
+                self.bar.update(steps)
+            self.bar.set_postfix(**postfix)
+
+    def close_bar(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def close(self):
+        self.close_bar()
+        if self.file is not None:
+            self.file.close()
+            self.file = None
