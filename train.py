@@ -17,17 +17,26 @@ counts the training steps between them and nothing else.
 
 What it writes, in runs/<name>/ (--out_dir, --run_name; rank 0 only): config.json (the resolved config) at the
 start, log.jsonl (a train record per boundary, a val record per validation), summary.json at the end (steps and
-seconds to the target, the final val loss, the machine), checkpoint.pt (atomically: every --checkpoint_every steps,
-at the end, and when a signal stops the run), and `lock` while it runs.
+seconds to the target, the final val loss, the machine), and `lock` while it runs. checkpoint.pt, written
+atomically, follows one rule: with --checkpoint_every=K, every K steps and at the end, and the last one is kept;
+a stop by a signal writes one and keeps it (the run can be resumed); a run that finishes without
+--checkpoint_every leaves none (a checkpoint of its own interruption is removed at the end).
 
 What it guarantees.
-- Every mistake a user can make (options, data, the checkpoint to resume, the run directory) is found before the
-  warm-up and ends the command with one line, `error: ...`, exit status 2 (options) or 1 (the rest).
+- Every mistake a user can make (options, implementations this device cannot run, data, the checkpoint to
+  resume, the run directory) is found before the warm-up and ends the command with one line, `error: ...`, exit
+  status 2 (options) or 1 (the rest).
+- A run directory holding an earlier run (finished, interrupted or failed) is never written into unasked: the
+  command is refused, naming --resume=True, a new --run_name and --overwrite (which replaces the earlier run only
+  once the new one writes its first file).
 - --resume=True continues from checkpoint.pt along the same trajectory as an uninterrupted run (bitwise on the CPU
-  with a fixed thread count); it may change only the options in RESUMABLE_OPTIONS, any other difference is
-  refused, named with both values.
+  with a fixed thread count). Options the command line does not give keep the checkpoint's values; those it gives,
+  and edits made to config.json, are applied and printed when they leave the trajectory so far unchanged
+  (speedrun/resume.py: cadences, paths, threads, more steps when the schedule of the steps taken stays the same)
+  and refused otherwise, each named with both values. config.json is rewritten only with a note.
 - SIGINT or SIGTERM stops the run at the next boundary on every rank with a checkpoint, printing
-  `interrupted at step N; resume with: <command>` (exit status 130 or 143); a second signal stops at once.
+  `interrupted at step N; resume with: <command>` (exit status 130 or 143). Further signals are held until that
+  checkpoint is in place; two more within 3 s abort at once, leaving the last good checkpoint as it was.
 - A NaN or inf loss or gradient stops the run naming the step and the first parameter with a non-finite
   gradient (speedrun/guard.py); a checkpoint never holds non-finite weights, so the last one is always good.
 - On several ranks (torchrun) the trajectory is the one-rank trajectory of the same global batch; a rank that
@@ -37,7 +46,7 @@ What it guarantees.
 import dataclasses
 import json
 import os
-import shlex
+import signal
 import sys
 import time
 
@@ -48,24 +57,21 @@ from data.loader import DataExhausted, TokenLoader, val_batches
 from data.shards import list_shards
 from model.gpt import GPT
 from optim import build_optimizer
-from optim.distributed import DataParallel, accumulation_steps, all_reduce_mean, init_process_group
+from optim.distributed import DataParallel, accumulation_steps, init_process_group
 from optim.muon import Muon
-from speedrun import checkpoint, cli, memory
+from speedrun import checkpoint, cli, memory, resume, rundir
 from speedrun.checkpoint import Checkpointer, host_copy
 from speedrun.clock import Clock
 from speedrun.config import TrainConfig, device_type, help_text, resolve, resolve_auto
 from speedrun.guard import Diverged, NonFiniteGuard, check_weights
 from speedrun.memory import keep_freed_memory
-from speedrun.runlog import RunLog
-from speedrun.signals import StopSignals
+from speedrun.resume import RESUMABLE_OPTIONS, SCHEDULE_OPTIONS
+from speedrun.runlog import RunLog, format_summary
+from speedrun.signals import Aborted, StopSignals
+from speedrun.step import TrainingStep
 
-__all__ = ["Diverged", "Trainer", "is_boundary", "is_val_step", "keep_freed_memory", "lr_factor", "main"]
-
-# Options a resumed run may change: they decide what is logged, validated, checkpointed and where, or how fast it
-# runs, not the sequence of weights (every other option is refused on --resume when it differs from the checkpoint).
-RESUMABLE_OPTIONS = frozenset({
-    "resume", "checkpoint_every", "val_every", "val_every_late", "val_late_frac", "log_every", "threads", "out_dir",
-    "run_name", "data_dir", "memory_check", "dist_timeout_s", "dist_bucket_mb"})
+__all__ = ["Diverged", "RESUMABLE_OPTIONS", "SCHEDULE_OPTIONS", "Trainer", "format_summary", "is_boundary",
+           "is_val_step", "keep_freed_memory", "lr_factor", "main"]
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -116,14 +122,16 @@ def device_memory_bytes(device: torch.device) -> int | None:
     return None
 
 
-class Trainer:
+class Trainer(TrainingStep):
     """A run: `Trainer(cfg)` builds it (every "auto" resolved, inputs checked, model and optimizer built), `run()`
     trains to max_steps (or the target) and returns the summary. It wires together the parts in speedrun/: the
-    clock, the non-finite guard, the checkpointer, the stop signals and the run log."""
+    training step (step.py), the clock, the non-finite guard, the checkpointer, the stop signals and the run
+    log."""
 
-    def __init__(self, cfg: TrainConfig, argv: list[str] | None = None):
-        self.requested = cfg  # as given; self.cfg is what runs (every "auto" resolved)
+    def __init__(self, cfg: TrainConfig, argv: list[str] | None = None, *, overwrite: bool = False):
+        self.requested = cfg  # as given; self.cfg is what runs (every "auto" resolved, the resumed run's changes)
         self.argv = argv  # the command line, for the command that resumes an interrupted run
+        self.overwrite = overwrite  # replace an earlier run in the run directory (train.py --overwrite)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = torch.device(cfg.device if cfg.device != "auto" else device_type("auto"))
@@ -135,6 +143,15 @@ class Trainer:
         # Implementations, precision and compile, once, before anything is built: the model's registry lookups
         # get the resolved names, and an explicit attention backend that cannot run here fails now.
         self.cfg = cfg = resolve_auto(cfg, self.device)
+        self.master = self.rank == 0
+        self.run_dir = run_directory(cfg)
+        self.config_path = os.path.join(self.run_dir, "config.json")
+        self.checkpoints = Checkpointer(self.run_dir)
+        self._resumed = self._config_json = None  # --resume: the checkpoint and config.json, read now
+        if overwrite and cfg.resume:
+            raise cli.UsageError("--overwrite and --resume=True contradict each other: choose one")
+        if cfg.resume:  # before anything that depends on an option config.json or the command line may change
+            self.cfg = cfg = self._resume_config(cfg)
         try:
             self.accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, self.world_size,
                                             cfg.batch_size)
@@ -146,10 +163,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.master = self.rank == 0
-        self.run_dir = run_directory(cfg)
 
         self.train_files = list_shards(cfg.data_dir, cfg.train_pattern)
+        if self._resumed is not None:
+            self._check_data(self._resumed)
         val_files = list_shards(cfg.data_dir, cfg.val_pattern)
         self.val = val_batches(val_files, n_tokens=cfg.val_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                rank=self.rank, world_size=self.world_size, vocab_size=cfg.model.vocab_size)
@@ -170,10 +187,9 @@ class Trainer:
         # the run's collaborators, and its progress (restored by --resume)
         self.clock = Clock(self.synchronize)
         self.guard = NonFiniteGuard(self.device)
-        self.checkpoints = Checkpointer(self.run_dir)
         self.signals = StopSignals(self.device, self.world_size, announce=self.master)
         self.log = RunLog(None)
-        self.step, self.reached, self.val_loss = 0, None, float("nan")
+        self.step, self.reached, self.val_loss, self.val_step = 0, None, float("nan"), None
         self._loss_sum, self._interval_steps = torch.zeros((), dtype=torch.float64, device=self.device), 0
 
     # --- what runs -----------------------------------------------------------------------------------------
@@ -194,26 +210,13 @@ class Trainer:
             return "bf16 autocast (fp32 parameters)"
         return "bf16 activations from the bf16 token embedding (no autocast; fp32 parameters elsewhere)"
 
-    @property
-    def train_time(self) -> float:
-        return self.clock.elapsed
-
     def _check_memory(self) -> memory.MemoryEstimate | None:
         """Refuse a step that cannot fit in the device's memory (memory.check_fit), before the model is built."""
         capacity = device_memory_bytes(self.device)
         if capacity is None or not self.cfg.memory_check:
             return None
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device)
-        try:
-            return memory.check_fit(self.cfg, capacity, device_type=self.device.type, device_name=name,
-                                    micro_batches=min(2, self.accum))
-        except memory.StepDoesNotFit:
-            raise
-        except Exception as e:  # noqa: BLE001 - an op without a fake-tensor implementation: the check cannot run
-            if self.master:
-                print(f"memory check not done: one step of this config could not be traced on fake tensors "
-                      f"({type(e).__name__}: {e})", file=sys.stderr)
-            return None
+        return memory.check_device(self.cfg, self.device, capacity, micro_batches=min(2, self.accum),
+                                   announce=self.master)
 
     # --- checkpoints (speedrun/checkpoint.py) --------------------------------------------------------------
 
@@ -228,26 +231,36 @@ class Trainer:
         state = None
         if self.master:
             state = {"config": dataclasses.asdict(self.cfg), "step": self.step, "train_time": self.clock.elapsed,
-                     "reached": self.reached, "val_loss": self.val_loss, "log_offset": self.log.offset,
-                     "model": self.model.state_dict(), "optimizer": optimizer_state,
+                     "reached": self.reached, "val_loss": self.val_loss, "val_step": self.val_step,
+                     "log_offset": self.log.offset, "model": self.model.state_dict(), "optimizer": optimizer_state,
                      "loader": self.loader.state_dict(), "rng": checkpoint.rng_state()}
         self.checkpoints.save(self.step, state)
 
-    def read_checkpoint(self) -> dict:
-        """The run's checkpoint, read and checked against this run: the options that shape the trajectory (all but
-        RESUMABLE_OPTIONS) and the data files must be the checkpoint's. Changes nothing."""
-        state = self.checkpoints.check(self.checkpoints.read(), dataclasses.asdict(self.cfg), RESUMABLE_OPTIONS)
+    def _resume_config(self, cfg: TrainConfig) -> TrainConfig:
+        """--resume: read the checkpoint and config.json (as the user may have edited it); the config the run
+        continues with, the changes it may make applied and printed (speedrun/resume.py), the others refused."""
+        state = self._resumed = self.checkpoints.read()
+        self._config_json = rundir.read_config(self.config_path)
+        given = None if self.argv is None else resume.given_options(self.argv, self.requested, resolve)
+        new, applied = resume.resumed_config(cfg, state["config"], self._config_json, given=given,
+                                             step=state["step"], schedule=lr_factor,
+                                             checkpoint_path=self.checkpoint_path, config_path=self.config_path)
+        if applied and self.master:
+            print(f"resuming {self.run_dir} at step {state['step']} with: {'; '.join(applied)}")
+        return resolve_auto(new, self.device)  # the checkpoint's implementations must run here too
+
+    def _check_data(self, state: dict):
         try:
             self._new_loader().load_state_dict(state["loader"])
         except ValueError as e:
             raise checkpoint.CheckpointMismatch(f"{self.checkpoint_path} was written for other data: {e}") from e
-        return state
 
     def load_checkpoint(self, state: dict):
         """Continue from the checkpoint `state`."""
         self._restore(state)
         self.loader.load_state_dict(state["loader"])
         self.step, self.reached, self.val_loss = state["step"], state["reached"], state["val_loss"]
+        self.val_step = state.get("val_step")
         self.clock.elapsed, self.log.offset = state["train_time"], state["log_offset"]
         self.checkpoints.resumed(self.step)
 
@@ -285,77 +298,11 @@ class Trainer:
         x, y = self.loader.next_batch()  # (accum*B, T)
         return zip(x.split(self.cfg.batch_size), y.split(self.cfg.batch_size))
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        """Host batch -> device without waiting: a copy from pageable memory may wait for the stream, one from
-        pinned memory does not."""
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
-
-    @property
-    def summed_loss(self) -> bool:
-        return self.cfg.model.loss_reduction == "sum"
-
     def _apply_schedule(self, step: int):
         """Set the optimizer's hyper-parameters for `step`: the one place the schedule reaches the param groups."""
         factor = lr_factor(step, self.cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor
-
-    def train_step(self, step: int, *, checked: bool = False) -> torch.Tensor:
-        """One optimizer step; returns the training loss per token, a float64 0-dim tensor on the device.
-
-        Nothing here waits for the device: a non-finite loss or gradient norm is recorded by the guard for the
-        next boundary to find. checked=True reads both at once and raises Diverged (a FloatingPointError) naming
-        the step and the first parameter with a non-finite gradient (the replay)."""
-        cfg, model = self.cfg, self.model
-        self._apply_schedule(step)
-        total = torch.zeros((), device=self.device)
-        for micro, (x, y) in enumerate(self.micro_batches()):
-            x, y = self._to_device(x), self._to_device(y)
-            with self._autocast():
-                loss = self.step_model(x, y)
-            self.parallel.prepare_backward(last_micro_batch=micro == self.accum - 1)  # then grads go out as ready
-            if self.summed_loss:
-                # DataParallel averages over the ranks: W × each rank's sum averages to the sum over all ranks
-                # (track 3 all-reduces a SUM); a power-of-two W scales exactly
-                (loss * self.world_size).backward()
-                total += loss.detach()
-            else:
-                (loss / self.accum).backward()
-                total += loss.detach() / self.accum
-        loss_per_token = self.parallel.reduce(total).double()  # waits for every gradient's reduction (on the GPU)
-        if self.summed_loss:
-            loss_per_token = loss_per_token / (self.accum * cfg.batch_size * cfg.seq_len)  # this rank's tokens
-        norm = self.parallel.grad_norm()
-        if checked:
-            self.guard.check(step, loss_per_token, norm, model.named_parameters())
-        else:
-            self.guard.record(step, loss_per_token, norm)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.grad_clip, norm)
-        self.parallel.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss_per_token
-
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        self.model.eval()
-        total = torch.zeros((), device=self.device)
-        for x, y in self.val:
-            with self._autocast():
-                total += self.step_model(self._to_device(x), self._to_device(y)).float()
-        total /= len(self.val) * (self.cfg.batch_size * self.cfg.seq_len if self.summed_loss else 1)  # per token
-        all_reduce_mean(total, self.world_size)  # every rank holds the same number of val batches
-        self.model.train()
-        return total.item()
-
-    def synchronize(self):
-        """Wait for the device's queued work (a no-op on the CPU, whose ops have finished when they return)."""
-        torch.get_device_module(self.device).synchronize(self.device)
 
     def warmup(self, steps: int = 1) -> float:
         """Run `steps` training steps (compilation, allocator warm-up), then restore the initial state, which stays
@@ -381,50 +328,66 @@ class Trainer:
         return is_boundary(step, self.cfg)
 
     def run(self) -> dict:
-        """Train; before the warm-up, the checkpoint to resume is read and checked, and rank 0 (the only writer)
-        takes the run directory's lock, so a bad --resume or a directory in use fails before any compute."""
+        """Train. Before the warm-up (the checkpoint to resume was read and checked when the run was built), rank 0
+        (the only writer) takes the run directory's lock and every rank checks that it holds no earlier run, unless
+        resuming or told to overwrite it, so a directory in use or holding a run fails before any compute. Stop
+        signals are handled from here to the end (speedrun/signals.py)."""
         cfg = self.cfg
         if self.loader.steps_available() < cfg.max_steps:  # found now, not after hours of training
             raise DataExhausted(
                 f"--max_steps={cfg.max_steps} needs {cfg.max_steps} windows of {self.loader.tokens_per_step + 1} "
                 f"tokens, but the train shards in {cfg.data_dir} hold {self.loader.steps_available()}; use fewer "
                 "steps or add shards")
-        resumed = self.read_checkpoint() if cfg.resume else None
-        lock = checkpoint.RunLock(self.run_dir).acquire() if self.master else None
-        try:
-            return self._run(resumed)
-        finally:
-            if lock is not None:
-                lock.release()
+        with self.signals:
+            lock = checkpoint.RunLock(self.run_dir).acquire() if self.master else None
+            try:
+                if not cfg.resume and not self.overwrite:
+                    rundir.refuse_earlier_run(self.run_dir)
+                return self._run()
+            except Aborted as e:
+                raise cli.Interrupted(self._aborted(e), e.signum) from None
+            finally:
+                if lock is not None:
+                    lock.release()
 
-    def _run(self, resumed: dict | None) -> dict:
+    def _run(self) -> dict:
         warmup_s = self.warmup()
-        if resumed is not None:
-            self.load_checkpoint(resumed)
+        if self._resumed is not None:
+            self.load_checkpoint(self._resumed)
+            self._resumed = None
         if self.master:
-            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
-                json.dump(dataclasses.asdict(self.cfg), f, indent=1)
+            self._write_config()
         self.log = RunLog(os.path.join(self.run_dir, "log.jsonl") if self.master else None, offset=self.log.offset,
                           resume=self.cfg.resume, total=self.cfg.max_steps, initial=self.step,
                           desc=f"{self.cfg.preset}/{self.cfg.optim.name}")
         try:
-            with self.signals:
-                self._loop()
+            self._loop()
         finally:
             self.log.close()
         summary = self.summary(warmup_s)
         if self.master:
-            with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=1)
+            rundir.write_json(os.path.join(self.run_dir, "summary.json"), summary)
+            if not self.cfg.checkpoint_every and os.path.exists(self.checkpoint_path):
+                os.unlink(self.checkpoint_path)  # a finished run keeps a checkpoint only with --checkpoint_every
         return summary
+
+    def _write_config(self):
+        """config.json: written at the start; on --resume rewritten only where this run's config differs from it (an
+        option the command line changed), saying so, and left as it is when it holds this run's config already."""
+        if self.overwrite:
+            rundir.remove_earlier_run(self.run_dir)
+        earlier = self._config_json if self.cfg.resume else None
+        changed = rundir.write_config(self.config_path, dataclasses.asdict(self.cfg), earlier=earlier)
+        if changed:
+            print(f"{self.config_path} now holds this run's config: {'; '.join(changed)}")
 
     def _loop(self):
         cfg = self.cfg
         while True:  # the clock is stopped here: at the start, and after every boundary (every validation is one)
-            if is_val_step(self.step, cfg):
+            if is_val_step(self.step, cfg) and self.val_step != self.step:  # (a resumed run may have validated it)
                 self._validate()
-                if self.step == cfg.max_steps or (self.reached and cfg.stop_at_target):
-                    break
+            if self.step == cfg.max_steps or (self.reached and cfg.stop_at_target):
+                break
             if not self.clock.running:
                 self.clock.start()
             self._loss_sum += self.train_step(self.step)
@@ -439,11 +402,12 @@ class Trainer:
             if self.signals.agreed and self.step < cfg.max_steps:
                 self._stop()
         self.log.close_bar()
-        self.save_checkpoint()
+        if cfg.checkpoint_every:
+            self.save_checkpoint()
 
     def _validate(self):
         """The val loss at this step, logged; the target's step and time when it is first reached."""
-        self.val_loss = self.evaluate()
+        self.val_loss, self.val_step = self.evaluate(), self.step
         record = {"step": self.step, "val_loss": self.val_loss, "tokens": self.step * self.loader.tokens_per_step,
                   "train_time_s": self.clock.elapsed}
         target = self.cfg.target_val_loss
@@ -484,24 +448,18 @@ class Trainer:
         raise cli.Interrupted(f"interrupted at step {self.step}; resume with: {self.resume_command()}",
                               self.signals.agreed)
 
+    def _aborted(self, e: Aborted) -> str:
+        """The last line of a run aborted by repeated signals."""
+        name = f"aborted by repeated {signal.Signals(e.signum).name}, without a checkpoint for this stop"
+        if self.checkpoints.step is None or not os.path.exists(self.checkpoint_path):
+            return f"{name}; there is no checkpoint, so the run cannot be resumed"
+        return (f"{name}; the last checkpoint, of step {self.checkpoints.step}, is intact: resume with: "
+                f"{self.resume_command()}")
+
     def resume_command(self) -> str:
-        """The command line that resumes this run: its own, with --resume=True."""
-        args, skip = [], False
-        for arg in self.argv or []:
-            if skip:
-                skip = False
-            elif arg == "--resume":
-                skip = True
-            elif not arg.startswith("--resume="):
-                args.append(arg)
-        here = os.path.relpath(os.path.abspath(__file__))
-        script = [here if not here.startswith("..") else os.path.abspath(__file__), *args, "--resume=True"]
-        if self.world_size == 1:
-            return shlex.join([sys.executable, *script])
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
-        if local == self.world_size:
-            return shlex.join(["torchrun", "--standalone", f"--nproc_per_node={local}", *script])
-        return "the same torchrun command on every node, with: " + shlex.join(script)
+        """The command line that resumes this run (speedrun.resume.resume_command)."""
+        carried = resume.carried_options(resolve_auto(self.requested, self.device), self.cfg)
+        return resume.resume_command(self.argv or [], __file__, carried, world_size=self.world_size)
 
     def summary(self, warmup_s: float) -> dict:
         cfg, reached = self.cfg, self.reached
@@ -525,27 +483,18 @@ class Trainer:
         }
 
 
-def format_summary(s: dict) -> str:
-    target = s["target_val_loss"]
-    if not target:
-        outcome = "no target set"
-    elif s["reached_target"]:
-        outcome = f"target {target:.4f} reached at step {s['steps_to_target']} in {s['seconds_to_target']:.1f}s"
-    else:
-        outcome = f"target {target:.4f} NOT reached in {s['steps']} steps"
-    return (f"{s['preset']}/{s['optimizer']} seed {s['seed']}: val {s['final_val_loss']:.4f} after {s['steps']} steps "
-            f"({s['tokens']:,} tokens, {s['train_time_s']:.1f}s train, {s['step_avg_ms']:.0f} ms/step, "
-            f"warm-up {s['warmup_s']:.1f}s excluded); {outcome}")
-
-
 def main(argv=None) -> dict | None:
     """Train with the options in argv (default sys.argv[1:]); returns the summary. `--help` lists the options."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help" in argv or "-h" in argv:
         print(help_text())
+        print("\ntrain.py also takes --overwrite: replace the earlier run in the run directory (refused without it)")
         return None
-    cfg = resolve(argv)
-    trainer = Trainer(cfg, argv)
+    overwrite, options = cli.flag(argv, "--overwrite")
+    cfg = resolve(options)
+    if not cfg.resume and not overwrite:
+        rundir.refuse_earlier_run(run_directory(cfg))  # before anything is built (and again under the lock)
+    trainer = Trainer(cfg, argv, overwrite=overwrite)
     if trainer.master:
         print(json.dumps(dataclasses.asdict(trainer.cfg)))
         print(f"precision: dtype={cfg.dtype} -> {trainer.precision}")

@@ -2,7 +2,9 @@
 that keeps two runs out of one run directory.
 
 A checkpoint is written to a temporary file in the same directory, flushed to disk, then renamed over the
-old one (os.replace is atomic on POSIX): a kill during the save leaves the previous checkpoint intact.
+old one (os.replace is atomic on POSIX): a kill during the save leaves the previous checkpoint intact, and so does
+a KeyboardInterrupt raised inside the save by a signal handler (the temporary file is removed and that interrupt,
+not torch's failure to finish the half-written file, is what propagates).
 
 `Checkpointer` is a run's checkpoint file and its rollback point: the last checkpoint written or resumed from
 or, before the first one, the state at step 0 kept as a host copy (`host_copy`). `check` compares a checkpoint's
@@ -10,7 +12,8 @@ config with the run's: every option outside the given resumable set must be equa
 
 The lock is a file `lock` in the run directory, created with O_CREAT|O_EXCL (one creator wins) and holding
 "<pid> <host>". A second run into the directory is refused while that process lives; a lock whose process is
-gone (a run killed with SIGKILL) is taken over with a note.
+gone (a run killed with SIGKILL) is taken over with a note. Releasing it removes the folders acquiring it created
+when they are empty again (a run that failed before writing anything leaves no empty folder behind).
 """
 
 import os
@@ -21,7 +24,7 @@ import sys
 import numpy as np
 import torch
 
-from speedrun.atomic import atomic_write
+from speedrun.atomic import atomic_write, missing_dirs, remove_empty
 from speedrun.cli import UsageError, UserError
 
 
@@ -62,8 +65,15 @@ def set_rng_state(state: dict):
 
 def save_atomic(obj, path: str):
     """torch.save(obj) to `path` so that readers only ever see the old or the complete new file."""
-    with atomic_write(path) as f:
-        torch.save(obj, f)
+    try:
+        with atomic_write(path) as f:
+            torch.save(obj, f)
+    except Exception as e:
+        # An interrupt raised inside torch.save (a signal handler) leaves its zip writer half-way, and closing it
+        # fails again ("unexpected pos"); the interrupt is what happened.
+        if isinstance(e.__context__, KeyboardInterrupt):
+            raise e.__context__ from None
+        raise
 
 
 def load(path: str) -> dict:
@@ -112,9 +122,15 @@ class Checkpointer:
         self.initial = None
 
     def save(self, step: int, state: dict | None):
-        """Write `state` (None: another rank writes) as the checkpoint of `step`, which becomes the rollback point."""
+        """Write `state` (None: another rank writes) as the checkpoint of `step`, which becomes the rollback point
+        as soon as the file is in place, also where an interrupt arrives right after the rename."""
         if state is not None:
-            save_atomic(state, self.path)
+            before = _inode(self.path)
+            try:
+                save_atomic(state, self.path)
+            finally:
+                if _inode(self.path) != before:
+                    self.step, self.initial = step, None
         self.step, self.initial = step, None
 
     def read(self) -> dict:
@@ -147,6 +163,13 @@ class Checkpointer:
         return self.initial
 
 
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -164,9 +187,11 @@ class RunLock:
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, "lock")
         self.held = False
+        self.created = []  # the folders acquire() made
 
     def acquire(self):
         try:
+            self.created = missing_dirs(self.run_dir)
             os.makedirs(self.run_dir, exist_ok=True)
         except OSError as e:
             raise RunDirUnwritable(f"cannot create the run directory {self.run_dir} ({e.strerror}); choose another "
@@ -216,3 +241,4 @@ class RunLock:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+            remove_empty(self.created)

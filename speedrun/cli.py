@@ -76,6 +76,21 @@ def read_json(path, *, what: str, hint: str):
         raise UserError(f"{what} {path} is not JSON ({e}); {hint}") from e
 
 
+def flag(argv, name: str) -> tuple[bool, list[str]]:
+    """A boolean command-line flag given as `name`, `name=True` or `name=False` (the last one counts): its value
+    and argv without it. Any other value is a UsageError."""
+    value, rest = False, []
+    for arg in argv:
+        if arg != name and not arg.startswith(name + "="):
+            rest.append(arg)
+            continue
+        text = arg.partition("=")[2] if arg != name else "True"
+        if text not in ("True", "true", "False", "false"):
+            raise UsageError(f"{arg}: {name} takes no value, or True/False")
+        value = text in ("True", "true")
+    return value, rest
+
+
 def debug_requested(argv) -> bool:
     return "--debug" in argv or os.environ.get("SPEEDRUN_DEBUG", "") not in ("", "0")
 

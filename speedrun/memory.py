@@ -30,6 +30,7 @@ blocks are reused instead of page-faulted anew each step).
 
 import ctypes
 import dataclasses
+import sys
 import weakref
 
 import torch
@@ -217,6 +218,21 @@ def check_fit(cfg, capacity_bytes: int, *, device_type: str = "cuda", device_nam
         f"{MARGIN_FIXED_BYTES / GB:.1f} GB for the CUDA context, workspaces and communication buffers) it needs "
         f"{(estimate.peak_bytes + margin) / GB:.1f} GB of the device's {capacity_bytes / GB:.1f} GB; {hint}. "
         "(--memory_check=False skips this check)")
+
+
+def check_device(cfg, device, capacity_bytes: int, *, micro_batches: int, announce: bool = True):
+    """check_fit on the run's device: the estimate, or StepDoesNotFit; None (said when `announce`) where the step
+    cannot be traced on fake tensors (an op without a fake implementation), so the check cannot run."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+    try:
+        return check_fit(cfg, capacity_bytes, device_type=device.type, device_name=name, micro_batches=micro_batches)
+    except StepDoesNotFit:
+        raise
+    except Exception as e:  # noqa: BLE001 - an op without a fake-tensor implementation: the check cannot run
+        if announce:
+            print(f"memory check not done: one step of this config could not be traced on fake tensors "
+                  f"({type(e).__name__}: {e})", file=sys.stderr)
+        return None
 
 
 def keep_freed_memory():

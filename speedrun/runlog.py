@@ -5,7 +5,8 @@ train_loss: the mean loss per token since the previous one, interval_steps, lr_f
 step_avg_ms) and a val record at every validation (step, val_loss, tokens, train_time_s, and steps_to_target /
 seconds_to_target where the target is first reached). `offset` is the file's length after the last record; each
 checkpoint keeps it, and a resumed run truncates the file there, dropping the records written after the
-checkpoint, so the log of a resumed run is the uninterrupted run's.
+checkpoint, so the log of a resumed run is the uninterrupted run's. format_summary is the line a finished run
+prints from its summary.json.
 """
 
 import json
@@ -51,3 +52,16 @@ class RunLog:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def format_summary(s: dict) -> str:
+    target = s["target_val_loss"]
+    if not target:
+        outcome = "no target set"
+    elif s["reached_target"]:
+        outcome = f"target {target:.4f} reached at step {s['steps_to_target']} in {s['seconds_to_target']:.1f}s"
+    else:
+        outcome = f"target {target:.4f} NOT reached in {s['steps']} steps"
+    return (f"{s['preset']}/{s['optimizer']} seed {s['seed']}: val {s['final_val_loss']:.4f} after {s['steps']} steps "
+            f"({s['tokens']:,} tokens, {s['train_time_s']:.1f}s train, {s['step_avg_ms']:.0f} ms/step, "
+            f"warm-up {s['warmup_s']:.1f}s excluded); {outcome}")

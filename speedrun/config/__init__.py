@@ -443,8 +443,10 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
         compile                         fullgraph                              off
 
     The attention choice is kernels.attention_select.select_backend's, for the run's compute dtype and head dim;
-    an explicit backend that cannot run on `device` raises there. bf16_native replaces the native_bf16 probe
-    (memory.py estimates a CUDA step on a machine without a GPU).
+    an explicit backend that cannot run on `device` raises there. An explicit triton MLP, loss or Newton-Schulz off
+    CUDA needs Triton's interpreter (TRITON_INTERPRET=1, kernels._common.is_interpreter): without it, or where the
+    interpreter cannot run (interpreter_unavailable_reason), it is a ConfigError here, before anything is built.
+    bf16_native replaces the native_bf16 probe (memory.py estimates a CUDA step on a machine without a GPU).
     """
     import torch
 
@@ -469,6 +471,16 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
     model = dataclasses.replace(cfg.model, attn_impl=attention, mlp_impl=kernel(cfg.model.mlp_impl),
                                 ce_impl=kernel(cfg.model.ce_impl, cpu="chunked"))
     optim = dataclasses.replace(cfg.optim, ns_impl=kernel(cfg.optim.ns_impl), ns_dtype=precision(cfg.optim.ns_dtype))
+    if not cuda:
+        for option, impl in (("model.mlp_impl", model.mlp_impl), ("model.ce_impl", model.ce_impl),
+                             ("optim.ns_impl", optim.ns_impl)):
+            if impl == "triton":
+                why = (_common.interpreter_unavailable_reason() if _common.is_interpreter() else
+                       "Triton kernels run on CUDA GPUs, or on the CPU under Triton's interpreter, slowly, with "
+                       "TRITON_INTERPRET=1 set before the command")
+                if why:
+                    raise ConfigError(f"--{option}=triton cannot run on {device.type}: {why}; use "
+                                      f"--{option}=auto (the device's choice) or eager")
     compile_mode = ("fullgraph" if cuda else "off") if cfg.compile == "auto" else cfg.compile
     return dataclasses.replace(cfg, device=device.type, dtype=dtype, model=model, optim=optim, compile=compile_mode)
 

@@ -88,6 +88,7 @@ def test_sigterm_checkpoints_and_the_printed_command_resumes_the_same_trajectory
             resumed = train.main(command[2:])
             assert resumed["steps"] == 24 and resumed["final_val_loss"] == reference["final_val_loss"]
             assert _log_without_timings(out / "r") == _log_without_timings(tmp_path / "ref" / "r")
+            assert not (out / "r" / "checkpoint.pt").exists()  # finished without --checkpoint_every: none kept
 
 
 def test_resume_may_change_what_does_not_shape_the_trajectory(text_shards, tmp_path):
@@ -100,7 +101,8 @@ def test_resume_may_change_what_does_not_shape_the_trajectory(text_shards, tmp_p
 
 
 def test_resume_refuses_a_different_config(text_shards, tmp_path):
-    args = ["--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}", "--max_steps=2", "--run_name=r"]
+    args = ["--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}", "--max_steps=2", "--run_name=r",
+            "--checkpoint_every=2"]
     train.main(args)
     with pytest.raises(ValueError, match="different config.*--optim.lr: 0.003 in the checkpoint, 0.5 now"):
         train.main([*args, "--resume=True", "--optim.lr=0.5"])
