@@ -43,7 +43,6 @@ What it guarantees.
   dies or hangs ends the job within --dist_timeout_s with an error naming it.
 """
 
-import dataclasses
 import json
 import os
 import signal
@@ -56,13 +55,13 @@ import torch.distributed as dist
 from data.loader import DataExhausted, TokenLoader, val_batches
 from data.shards import list_shards
 from model.gpt import GPT
-from optim import build_optimizer
+from optim import build_optimizer, make_readout, wrap_optimizer
 from optim.distributed import DataParallel, accumulation_steps, init_process_group
 from optim.muon import Muon
 from speedrun import checkpoint, cli, memory, resume, rundir
 from speedrun.checkpoint import Checkpointer, host_copy
 from speedrun.clock import Clock
-from speedrun.config import TrainConfig, device_type, help_text, resolve, resolve_auto
+from speedrun.config import TrainConfig, device_type, help_text, resolve, resolve_auto, to_dict
 from speedrun.guard import Diverged, NonFiniteGuard, check_weights
 from speedrun.memory import keep_freed_memory
 from speedrun.resume import RESUMABLE_OPTIONS, SCHEDULE_OPTIONS
@@ -74,15 +73,16 @@ __all__ = ["Diverged", "RESUMABLE_OPTIONS", "SCHEDULE_OPTIONS", "Trainer", "form
            "is_val_step", "keep_freed_memory", "lr_factor", "main"]
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up over warmup_steps, then stable, then linear decay to 0 over the last cooldown_frac of the
-    horizon (schedule_steps, default max_steps), in track 3's arithmetic: progress = step / horizon."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = step / cfg.horizon
-    if progress < 1 - cfg.cooldown_frac:
-        return 1.0
-    return max(0.0, (1 - progress) / cfg.cooldown_frac)
+def lr_factor(step: int, cfg: TrainConfig, role: str = "hidden") -> float:
+    """The schedule's lr multiplier at `step` for a param group of `role` (optim.schedules)."""
+    return cfg.schedule.lr(1.0, step, cfg.horizon, role)
+
+
+def schedule_at(step: int, cfg: TrainConfig) -> dict:
+    """What the schedule sets at `step`: the lr factor of the hidden matrices and of the other roles, and the
+    matrices' momentum (for the optimizer's own). A resumed run compares it over the steps already taken."""
+    return {"lr factor": lr_factor(step, cfg, "hidden"), "aux lr factor": lr_factor(step, cfg, "embed"),
+            "momentum": cfg.schedule.momentum.momentum(getattr(cfg.optim, "momentum", 0.95), step, cfg.horizon)}
 
 
 def is_val_step(step: int, cfg: TrainConfig) -> bool:
@@ -178,7 +178,8 @@ class Trainer(TrainingStep):
         torch.manual_seed(cfg.seed)
         self.model = GPT(cfg.model, dtype=self.dtype).to(self.device)
         self.step_model = torch.compile(self.model, fullgraph=True) if cfg.compile == "fullgraph" else self.model
-        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.optimizer = wrap_optimizer(cfg.wrapper, build_optimizer(cfg.optim, self.model), self.model)
+        self.readout = make_readout(cfg.readout, self.model)  # which weights validation reads
         if cfg.compile == "fullgraph" and isinstance(self.optimizer, Muon):
             self.optimizer.compile_update()  # Muon/NorMuon's per-shape update too; lr and momentum as 0-D tensors
         self.parallel = DataParallel(self.model, self.optimizer, world_size=self.world_size, rank=self.rank,
@@ -198,8 +199,9 @@ class Trainer(TrainingStep):
     def implementations(self) -> dict:
         """What runs, by op ("unused": Newton-Schulz under an optimizer without it)."""
         cfg = self.cfg
-        return {"attention": cfg.model.attn_impl, "mlp": cfg.model.mlp_impl, "ce": cfg.model.ce_impl,
-                "ns": cfg.optim.ns_impl if isinstance(self.optimizer, Muon) else "unused", "compile": cfg.compile}
+        optimizer = cfg.optim.implementations() if hasattr(cfg.optim, "implementations") else {}
+        return {"attention": cfg.model.attn_impl, "mlp": cfg.model.mlp_impl, "ce": cfg.model.ce_impl, **optimizer,
+                "compile": cfg.compile}
 
     @property
     def precision(self) -> str:
@@ -230,10 +232,11 @@ class Trainer(TrainingStep):
         optimizer_state = self.parallel.optimizer_state_dict()  # every rank: gathers the sharded Muon state
         state = None
         if self.master:
-            state = {"config": dataclasses.asdict(self.cfg), "step": self.step, "train_time": self.clock.elapsed,
+            state = {"config": to_dict(self.cfg), "step": self.step, "train_time": self.clock.elapsed,
                      "reached": self.reached, "val_loss": self.val_loss, "val_step": self.val_step,
                      "log_offset": self.log.offset, "model": self.model.state_dict(), "optimizer": optimizer_state,
-                     "loader": self.loader.state_dict(), "rng": checkpoint.rng_state()}
+                     "readout": self.readout.state_dict(), "loader": self.loader.state_dict(),
+                     "rng": checkpoint.rng_state()}
         self.checkpoints.save(self.step, state)
 
     def _resume_config(self, cfg: TrainConfig) -> TrainConfig:
@@ -243,7 +246,7 @@ class Trainer(TrainingStep):
         self._config_json = rundir.read_config(self.config_path)
         given = None if self.argv is None else resume.given_options(self.argv, self.requested, resolve)
         new, applied = resume.resumed_config(cfg, state["config"], self._config_json, given=given,
-                                             step=state["step"], schedule=lr_factor,
+                                             step=state["step"], schedule=schedule_at,
                                              checkpoint_path=self.checkpoint_path, config_path=self.config_path)
         if applied and self.master:
             print(f"resuming {self.run_dir} at step {state['step']} with: {'; '.join(applied)}")
@@ -267,11 +270,12 @@ class Trainer(TrainingStep):
     def _snapshot(self) -> dict:
         """The model and optimizer state in host memory (a copy), the RNG state; the loader restarts from step 0."""
         return {"model": host_copy(self.model.state_dict()), "optimizer": host_copy(self.optimizer.state_dict()),
-                "rng": checkpoint.rng_state()}
+                "readout": host_copy(self.readout.state_dict()), "rng": checkpoint.rng_state()}
 
     def _restore(self, state: dict):
         self.model.load_state_dict(state["model"])
         self.parallel.load_optimizer_state_dict(state["optimizer"])
+        self.readout.load_state_dict(state["readout"])
         checkpoint.set_rng_state(state["rng"])
         self.loader = self._new_loader()
 
@@ -299,10 +303,14 @@ class Trainer(TrainingStep):
         return zip(x.split(self.cfg.batch_size), y.split(self.cfg.batch_size))
 
     def _apply_schedule(self, step: int):
-        """Set the optimizer's hyper-parameters for `step`: the one place the schedule reaches the param groups."""
-        factor = lr_factor(step, self.cfg)
+        """Each param group's lr (and the hidden matrices' momentum) at `step`, from its initial values
+        (optim.schedules): the one place the schedule reaches the param groups."""
+        cfg = self.cfg
         for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
+            role = group.get("role", "hidden")
+            group["lr"] = cfg.schedule.lr(group["initial_lr"], step, cfg.horizon, role)
+            if role == "hidden" and "initial_momentum" in group:
+                group["momentum"] = cfg.schedule.momentum.momentum(group["initial_momentum"], step, cfg.horizon)
 
     def warmup(self, steps: int = 1) -> float:
         """Run `steps` training steps (compilation, allocator warm-up), then restore the initial state, which stays
@@ -377,7 +385,7 @@ class Trainer(TrainingStep):
         if self.overwrite:
             rundir.remove_earlier_run(self.run_dir)
         earlier = self._config_json if self.cfg.resume else None
-        changed = rundir.write_config(self.config_path, dataclasses.asdict(self.cfg), earlier=earlier)
+        changed = rundir.write_config(self.config_path, to_dict(self.cfg), earlier=earlier)
         if changed:
             print(f"{self.config_path} now holds this run's config: {'; '.join(changed)}")
 
@@ -487,7 +495,7 @@ def main(argv=None) -> dict | None:
     """Train with the options in argv (default sys.argv[1:]); returns the summary. `--help` lists the options."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help" in argv or "-h" in argv:
-        print(help_text())
+        print(help_text([a for a in argv if a not in ("--help", "-h")]))
         print("\ntrain.py also takes --overwrite: replace the earlier run in the run directory (refused without it)")
         return None
     overwrite, options = cli.flag(argv, "--overwrite")
@@ -496,7 +504,7 @@ def main(argv=None) -> dict | None:
         rundir.refuse_earlier_run(run_directory(cfg))  # before anything is built (and again under the lock)
     trainer = Trainer(cfg, argv, overwrite=overwrite)
     if trainer.master:
-        print(json.dumps(dataclasses.asdict(trainer.cfg)))
+        print(json.dumps(to_dict(trainer.cfg)))
         print(f"precision: dtype={cfg.dtype} -> {trainer.precision}")
         print(f"attention: {cfg.model.attn_impl} -> {trainer.attention}")
         print("implementations: " + ", ".join(f"{op} {impl}" for op, impl in trainer.implementations.items()))

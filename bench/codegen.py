@@ -17,6 +17,8 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 
+from bench import command_help
+
 # Modules whose codegen_cases() are compiled; a new Triton op adds its bench/cases module here.
 KERNEL_MODULES = ["bench.cases.newton_schulz", "bench.cases.fused_linear_cross_entropy", "bench.cases.relu2_mlp"]
 
@@ -140,7 +142,7 @@ def format_table(reports) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.codegen", **command_help(__doc__))
     parser.add_argument("--json", help="also write the reports to this JSON file")
     parser.add_argument("--kernel", action="append", help="only kernel modules whose name contains this (repeatable)")
     args = parser.parse_args(argv)

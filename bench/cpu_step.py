@@ -22,7 +22,7 @@ adds torch.profiler's top operators over N more steps of ours.
 
 Timings mean something only on a quiet machine. The script waits (up to --wait seconds) for a 1-minute load
 below --max-load before it starts, prints the load, and measures how many cores *other* processes used
-during the timing (bench.harness.OtherCpuUse); figures taken on a busy machine are labelled NOT QUIET.
+during the timing (bench.provenance.OtherCpuUse); figures taken on a busy machine are labelled NOT QUIET.
 """
 
 import argparse
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from bench import harness
+from bench import command_help, harness, provenance
 from data.loader import TokenLoader
 from speedrun.config import TrainConfig, resolve
 
@@ -146,8 +146,8 @@ class PhaseTimer:
 
 
 def quantiles_ms(seconds: list[float]) -> dict:
-    q = torch.tensor(seconds, dtype=torch.float64).quantile(torch.tensor(harness.QUANTILES, dtype=torch.float64))
-    return {"median": 1e3 * float(q[0]), "p20": 1e3 * float(q[1]), "p80": 1e3 * float(q[2])}
+    median, p20, p80 = harness.quantiles_ms(seconds, harness.QUANTILES)
+    return {"median": median, "p20": p20, "p80": p80}
 
 
 def wait_for_quiet(max_load: float, wait_s: float) -> tuple[float, bool]:
@@ -208,7 +208,7 @@ def report(r: dict) -> str:
         return ", ".join(f"{k} {ph[k]:.1f}" for k in PhaseTimer.PHASES)
 
     lines = [
-        f"machine: {harness.machine_line(m)} (before timing); {m['platform']}, torch {m['torch']}{label}",
+        f"machine: {provenance.machine_line(m)} (before timing); {m['platform']}, torch {m['torch']}{label}",
         f"shape: {s['n_layer']} layers, {s['n_head']} heads, d={s['n_embd']}, {s['batch_size']} rows × "
         f"{s['seq_len']} tokens, vocab {r['vocab_size']}, fp32, eager, {s['threads']} threads; "
         f"median of {r['steps']} steps after {r['warmup']} warm-up, alternating",
@@ -226,7 +226,7 @@ def report(r: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu_step", **command_help(__doc__))
     parser.add_argument("--nanogpt", required=True, help="a nanoGPT checkout (or its model.py)")
     parser.add_argument("--preset", default="track3-cpu", help="our config preset the shape overrides apply to")
     parser.add_argument("--optimizer", default="track3-muon",
@@ -254,14 +254,14 @@ def main(argv=None) -> dict:
     trainer = train.Trainer(cfg)  # sets the thread count
     theirs = NanoGPTStep(module, shape, cfg.model.vocab_size, trainer.train_files)
     load_before, quiet = wait_for_quiet(args.max_load, args.wait)
-    machine = harness.machine()
-    with harness.OtherCpuUse() as other:
+    machine = provenance.machine()
+    with provenance.OtherCpuUse() as other:
         times = measure(theirs, trainer, steps=args.steps, warmup=args.warmup)
     # Another job holding a tenth of a core or more disturbed the figures, whatever the load said before.
     quiet = quiet and other.cores is not None and other.cores < 0.1
     result = {
         "command": [sys.executable, "-m", "bench.cpu_step", *(sys.argv[1:] if argv is None else argv)],
-        "commit": harness.git_commit(), "machine": machine, "quiet": quiet, "load_before": load_before,
+        "commit": provenance.git_commit(), "machine": machine, "quiet": quiet, "load_before": load_before,
         "other_cores": other.cores if other.cores is not None else float("nan"),
         "loadavg_1m_after": round(os.getloadavg()[0], 2),
         "shape": dataclasses.asdict(shape), "vocab_size": cfg.model.vocab_size, "preset": args.preset,

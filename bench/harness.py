@@ -1,42 +1,49 @@
-"""The single timing harness for kernel benchmarks (used through bench/conftest.py's `measure` fixture), and the
-one peak-memory measurement (peak_memory_bytes: benches and the memory tests).
+"""The single timing harness of the project: kernel benchmarks (through bench/conftest.py's `measure` fixture and
+pytest-benchmark) and the GPU report's microbenchmarks (time_rounds) time with it; plus the one peak-memory
+measurement (peak_memory_bytes: benches and the memory tests).
 
-One timer per device. GPU: triton.testing.do_bench (median and p20/p80 in ms; it flushes L2 between calls, so
-the cache is not what is timed); pytest-benchmark runs that one do_bench call once, only so that its fixture
-carries the figures into --benchmark-json (its own stats there are the duration of the do_bench call, not a
-kernel time: read extra_info). CPU (do_bench needs a GPU): pytest-benchmark rounds of the call, quantiles from
-its samples. Every case records the machine, versions, thread count and load average, FLOPs, bytes, TFLOP/s,
-GB/s and % of the device roofline.
+One round is one timed call of the kernel, and pytest-benchmark records every round (benchmark.pedantic with a
+per-round setup), so its own statistics (min, median, IQR, stddev, outliers), --benchmark-compare,
+--benchmark-compare-fail, --benchmark-histogram and `pytest-benchmark compare` describe the kernel.
+
+The clock, per device (Clock):
+- CUDA: the round's target records a CUDA event on the current stream before and after the call; the clock that
+  pytest-benchmark reads (the `timer` of the benchmark marker bench/conftest.py puts on every bench) returns the
+  sum of the finished rounds' event times, waiting for the last end event, so end - start of a round is its GPU
+  time. The round's setup first zeroes a 256 MB buffer, flushing the L2 cache as triton.testing.do_bench does;
+  the flush is queued, not waited for, so the start event runs right after it and the GPU does not idle between
+  the two (do_bench's order too).
+- CPU: time.perf_counter around the call.
+
+Rounds (plan_rounds): warm-up rounds first, the same sequence as the timed ones (flush, events, call), until a
+tenth of the budget has gone (at least one); then as many timed rounds as fit in the budget at the warm-up's
+median wall time per round (flush and synchronisation included), never fewer than min_rounds nor more than
+MAX_ROUNDS. In pytest the budget is --benchmark-max-time (seconds per case, default 1.0) and the minimum
+--benchmark-min-rounds (default 5): pytest-benchmark's own options, with their documented meaning.
+
+Per row (benchmark.extra_info) only what is per row: op, provider, case, shape, FLOPs, bytes, TFLOP/s, GB/s,
+% of the device roofline, and the cores other processes used while the rounds ran. The machine (CPU, SIMD
+level, native bf16, threads, load, GPU, versions, commit) is recorded once per run, in pytest-benchmark's
+machine_info (bench/conftest.py).
 """
 
 import ctypes
-import datetime
 import gc
+import math
 import os
-import platform
-import resource
-import subprocess
+import statistics
 import time
 
 import torch
 
-from kernels._common import cpu_capability, native_bf16
+from bench.provenance import OtherCpuUse, cpu_model, git_commit, machine, machine_line  # noqa: F401 (re-exported)
 
 # Dense bf16 tensor-core peak and HBM bandwidth (vendor datasheets, SXM parts).
 ROOFLINES = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
 QUANTILES = [0.5, 0.2, 0.8]
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), or what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+L2_FLUSH_BYTES = 256 * 2**20  # do_bench's flush size: well above the L2 of an H100/H200 (50 MB)
+MAX_ROUNDS = 10_000
+WARMUP_FRACTION = 0.1  # of the budget spent on warm-up rounds (at least one round)
 
 
 def device_name(device: torch.device | str = "cuda") -> str:
@@ -53,152 +60,158 @@ def roofline(name: str):
     return None
 
 
-def git_commit() -> str:
-    """The checkout's short commit, "+dirty" when tracked files differ from it; "unknown" outside git."""
-
-    def git(*args):
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=os.path.dirname(__file__),
-                              timeout=5).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        if not commit:
-            return "unknown"
-        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+# ---------------------------------------------------------------------------------------------------
+# The clock
+# ---------------------------------------------------------------------------------------------------
 
 
-def machine() -> dict:
-    """Where a figure was measured: OS, CPU model, the SIMD level torch's CPU kernels run at (AVX512, AVX2 ...),
-    whether bf16 matmuls are native, torch threads and the 1-minute load (other work on the cores shows here);
-    the GPU when there is one."""
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cpu_capability": cpu_capability(),
-        "native_bf16_cpu": native_bf16("cpu"),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+class Clock:
+    """How a round is timed on one device: setup() before the round (untimed), timer() read before and after it,
+    target(fn) the callable timed. round(target) runs one round the way pytest-benchmark's runner does."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self._flush = None
+        self._total = 0.0  # CUDA: seconds of GPU time of the finished rounds
+        self._pending = None  # CUDA: the (start, end) events of the round not yet read
+
+    def setup(self):
+        if self.cuda:
+            if self._flush is None:
+                self._flush = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device=self.device)
+            self._flush.zero_()
+
+    def timer(self) -> float:
+        if not self.cuda:
+            return time.perf_counter()
+        if self._pending is not None:
+            start, end = self._pending
+            self._pending = None
+            end.synchronize()
+            self._total += start.elapsed_time(end) / 1e3
+        return self._total
+
+    def target(self, fn):
+        if not self.cuda:
+            return fn
+
+        def timed():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            self._pending = (start, end)
+            return out
+
+        return timed
+
+    def round(self, target) -> float:
+        self.setup()
+        start = self.timer()
+        target()
+        return self.timer() - start
+
+    @property
+    def unread(self) -> bool:
+        """A CUDA round ran whose events nobody read: the benchmark's timer is not this clock."""
+        return self._pending is not None
+
+    def describe(self) -> str:
+        if self.cuda:
+            return "CUDA events per round, L2 flushed (256 MB zeroed) before each round"
+        return "time.perf_counter per round"
 
 
-def machine_line(m: dict | None = None) -> str:
-    """One line naming the kind of machine a result came from (`m` from machine(); default: this one, now)."""
-    m = machine() if m is None else m
-    native = {True: "yes", False: "no"}.get(m.get("native_bf16_cpu"), "?")
-    line = (f"{m['cpu']}, {m['cores']} cores, torch CPU capability {m['cpu_capability']}, native bf16 {native}, "
-            f"{m['threads']} threads, load {m['loadavg_1m']:.2f}")
-    if m.get("gpu"):
-        line += f"; GPU {m['gpu']}"
-    return line
+_CUDA_CLOCK: Clock | None = None
 
 
-class OtherCpuUse:
-    """Cores used by *other* processes while the block runs: the machine's busy CPU time (/proc/stat, steal
-    included) minus this process's own (getrusage), over the wall time. Unlike the 1-minute load average it
-    excludes the measurement itself, so it says whether a timing was disturbed. `cores` is None off Linux.
-
-        with OtherCpuUse() as other:
-            ...                      # the timed work
-        other.cores                  # e.g. 0.02: quiet; 1.0: another job held a whole core
-    """
-
-    cores: float | None = None
-
-    def __enter__(self):
-        self._start = (self._busy_s(), self._own_s(), time.perf_counter())
-        return self
-
-    def __exit__(self, *exc):
-        busy, own, wall = self._busy_s(), self._own_s(), time.perf_counter()
-        if busy is not None and self._start[0] is not None:
-            elapsed = wall - self._start[2]
-            self.cores = max(0.0, ((busy - self._start[0]) - (own - self._start[1])) / elapsed) if elapsed else 0.0
-        return False
-
-    @staticmethod
-    def _busy_s() -> float | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        guest = sum(fields[8:10])  # guest time is already counted in user/nice
-        return (sum(fields) - idle - guest) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own_s() -> float:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
-
-
-def environment(device: torch.device | str) -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {
-        "device": device_name(device),
-        "cpu": cpu_model(),
-        "cpu_capability": cpu_capability(),
-        "native_bf16_cpu": native_bf16("cpu"),
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "threads": torch.get_num_threads(),
-        "loadavg_1m": round(os.getloadavg()[0], 2),
-        "commit": git_commit(),
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def measure(benchmark, fn, *, device, flops: float = 0.0, bytes: float = 0.0, rounds: int = 5,
-            peak_memory: bool = False, **info) -> dict:
-    """Time fn() with the project's one method and store the figures in benchmark.extra_info; `rounds` is for
-    the CPU timer. peak_memory: also record the peak memory of one call (peak_memory_bytes)."""
+def clock(device) -> Clock:
+    """The clock of `device`; one per process on CUDA (pytest-benchmark's timer reads it: cuda_event_time)."""
+    global _CUDA_CLOCK
     device = torch.device(device)
-    if device.type == "cuda":
-        import triton.testing
+    if device.type != "cuda":
+        return Clock(device)
+    if _CUDA_CLOCK is None:
+        _CUDA_CLOCK = Clock(device)
+    return _CUDA_CLOCK
 
-        quantiles = []
-        benchmark.pedantic(lambda: quantiles.extend(triton.testing.do_bench(fn, quantiles=QUANTILES)), rounds=1,
-                           iterations=1)
-        median, p20, p80 = quantiles
-    else:
-        benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)
-        samples = sorted(benchmark.stats.stats.data)
-        q = torch.tensor(samples, dtype=torch.float64).quantile(torch.tensor(QUANTILES, dtype=torch.float64))
-        median, p20, p80 = (float(v) * 1e3 for v in q)
-    env = environment(device)
-    seconds = median / 1e3
-    figures = {
-        **env,
-        **info,
-        "timer": "triton.testing.do_bench" if device.type == "cuda" else "pytest-benchmark rounds",
-        "ms_median": median,
-        "ms_p20": p20,
-        "ms_p80": p80,
-        "flops": flops,
-        "bytes": bytes,
-        "tflops": flops / seconds / 1e12 if flops else None,
-        "gbps": bytes / seconds / 1e9 if bytes else None,
-    }
-    peaks = roofline(env["device"])
-    if peaks and (flops or bytes):
-        floor = max(flops / peaks[0], bytes / peaks[1])
-        figures["pct_roofline"] = 100.0 * floor / seconds
+
+def cuda_event_time() -> float:
+    """pytest-benchmark's timer on a GPU (`@pytest.mark.benchmark(timer=...)`, set by bench/conftest.py): seconds of
+    GPU time of the rounds finished so far, read from CUDA events."""
+    return clock("cuda").timer()
+
+
+def plan_rounds(run_round, *, budget_s: float, min_rounds: int) -> tuple[int, int]:
+    """(warm-up rounds run, timed rounds to run): run_round() is called until WARMUP_FRACTION of budget_s has
+    gone (at least once); the timed rounds fill budget_s at the warm-up's median wall time per round, clamped to
+    [min_rounds, MAX_ROUNDS]."""
+    walls = []
+    while not walls or (sum(walls) < WARMUP_FRACTION * budget_s and len(walls) < MAX_ROUNDS):
+        start = time.perf_counter()
+        run_round()
+        walls.append(time.perf_counter() - start)
+    per_round = max(statistics.median(walls), 1e-9)
+    return len(walls), int(min(max(math.ceil(budget_s / per_round), min_rounds), MAX_ROUNDS))
+
+
+def time_rounds(fn, device, *, budget_s: float, min_rounds: int) -> list[float]:
+    """Seconds of each timed round of fn() (warm-up rounds first), outside pytest: the GPU report's timer."""
+    c = clock(device)
+    target = c.target(fn)
+    _, rounds = plan_rounds(lambda: c.round(target), budget_s=budget_s, min_rounds=min_rounds)
+    return [c.round(target) for _ in range(rounds)]
+
+
+def quantiles_ms(samples_s: list[float], qs=QUANTILES) -> list[float]:
+    """Quantiles (linear interpolation, as torch.quantile) of samples in seconds, returned in ms."""
+    xs = sorted(samples_s)
+    out = []
+    for q in qs:
+        pos = q * (len(xs) - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        out.append(1e3 * (xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# pytest-benchmark
+# ---------------------------------------------------------------------------------------------------
+
+
+def derived(seconds: float, *, flops: float, bytes: float, device) -> dict:
+    """TFLOP/s, GB/s and % of the device's roofline (None where the device has none) at `seconds` per call."""
+    figures = {"tflops": flops / seconds / 1e12 if flops and seconds else None,
+               "gbps": bytes / seconds / 1e9 if bytes and seconds else None,
+               "pct_roofline": None, "pct_peak_tflops": None}
+    peaks = roofline(device_name(device)) if torch.device(device).type == "cuda" else None
+    if peaks and seconds and (flops or bytes):
+        figures["pct_roofline"] = 100.0 * max(flops / peaks[0], bytes / peaks[1]) / seconds
         figures["pct_peak_tflops"] = 100.0 * flops / seconds / peaks[0] if flops else None
-    else:
-        figures["pct_roofline"] = figures["pct_peak_tflops"] = None  # no roofline for this device (CPU, unlisted GPU)
+    return figures
+
+
+def measure(benchmark, fn, *, device, op: str, budget_s: float, min_rounds: int, flops: float = 0.0,
+            bytes: float = 0.0, peak_memory: bool = False, **info) -> dict:
+    """Time fn() as pytest-benchmark rounds (warm-up first, see plan_rounds) in benchmark group `op`, and store
+    the per-row figures in benchmark.extra_info. peak_memory: also record the peak memory of one call."""
+    c = clock(device)
+    target = c.target(fn)
+    warmup, rounds = plan_rounds(lambda: c.round(target), budget_s=budget_s, min_rounds=min_rounds)
+    benchmark.group = op
+    with OtherCpuUse() as other:
+        benchmark.pedantic(target, setup=c.setup if c.cuda else None, rounds=rounds, iterations=1)
+    if c.unread and not benchmark.disabled:
+        raise RuntimeError("the benchmark fixture's timer is not the CUDA event clock (bench.harness.cuda_event_time): "
+                           "run benches with bench/conftest.py, which sets it")
+    c._pending = None
+    median = benchmark.stats.stats.median if benchmark.stats is not None else None
+    figures = {"op": op, **info, "flops": flops, "bytes": bytes, "warmup_rounds": warmup,
+               "other_cores": other.cores, **derived(median, flops=flops, bytes=bytes, device=device)}
     if peak_memory:
         figures["peak_mem_mb"] = peak_memory_bytes(fn, device)[1] / 2**20
-        figures["peak_mem_method"] = "cuda.max_memory_allocated" if device.type == "cuda" else "profiler"
+        figures["peak_mem_method"] = "cuda.max_memory_allocated" if torch.device(device).type == "cuda" else "profiler"
     benchmark.extra_info.update(figures)
     return figures
 

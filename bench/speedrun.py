@@ -45,7 +45,7 @@ import os
 import statistics
 import sys
 
-from bench import harness
+from bench import command_help, harness
 from bench.results import load_results
 from speedrun import cli
 
@@ -205,8 +205,14 @@ def records_table(rows: dict, pairs: list[dict], rule: Rule, machine: str, basel
     return "\n".join(lines)
 
 
-def plot(rows: dict, rule: Rule, out: str):
-    import matplotlib
+def plot(rows: dict, rule: Rule, out: str) -> bool:
+    """curves.png and steps.png in `out`; without matplotlib, one line saying so (the rest is written) and False."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install matplotlib); results.json and records.md "
+              "are written")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -238,6 +244,7 @@ def plot(rows: dict, rule: Rule, out: str):
     fig.tight_layout()
     fig.savefig(os.path.join(out, "steps.png"), dpi=120)
     plt.close(fig)
+    return True
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -268,7 +275,7 @@ def finished_run(args) -> dict | None:
     an interrupted bench.speedrun, or one given more --lr-multipliers, does not train a finished run again. The
     options in REUSE_MAY_DIFFER may differ."""
     import train
-    from speedrun.config import device_type, resolve, resolve_auto
+    from speedrun.config import device_type, resolve, resolve_auto, to_dict
 
     cfg = resolve(args)
     cfg = resolve_auto(cfg, device_type(cfg.device))
@@ -280,7 +287,7 @@ def finished_run(args) -> dict | None:
             summary = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    now = json.loads(json.dumps(to_dict(cfg)))
     same = {k for k in now if saved.get(k) == now[k]} | REUSE_MAY_DIFFER
     if set(now) - same or set(saved) != set(now) or summary.get("steps") != cfg.max_steps:
         return None
@@ -386,7 +393,7 @@ OWN_OPTIONS = {
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = cli.ArgumentParser(prog="python -m bench.speedrun", description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog="python -m bench.speedrun", **command_help(__doc__))
     parser.add_argument("--preset", default=None, help="default: cpu; with --from-results, the files' own")
     parser.add_argument("--optimizers", default="adamw,muon,normuon")
     parser.add_argument("--seeds", type=int, default=3)
@@ -440,7 +447,7 @@ def main(argv=None):
         print(table)
         return results
 
-    from speedrun.config import recipes, resolve
+    from speedrun.config import resolve
 
     args.preset = args.preset or "cpu"
     optimizers = args.optimizers.split(",")
@@ -462,15 +469,7 @@ def main(argv=None):
         parser.error("--target auto needs --tune and adamw first in --optimizers")
     cfg = resolve([f"--preset={args.preset}", *extra])
     for opt in optimizers:  # every run's options resolve before the first one trains
-        try:
-            resolve([f"--preset={args.preset}", f"--optimizer={opt}", *extra])
-        except cli.ConfigError:
-            import optim
-
-            if opt in optim.OPTIMIZERS or opt in recipes():
-                raise
-            parser.error(f"--optimizers: {opt!r} is neither an optimizer ({', '.join(sorted(optim.OPTIMIZERS))}) "
-                         f"nor a recipe ({', '.join(sorted(recipes()))})")
+        resolve([f"--preset={args.preset}", f"--optimizer={opt}", *extra])
     rule_params["sigma"] = _rule_sigma(parser, args, cfg)
     for name in ("z", "loss_per_100_steps"):  # the track's unless given
         if rule_params[name] is None:

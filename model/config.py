@@ -15,38 +15,70 @@ CHOICES = {"softcap_kind": ("tanh", "algebraic"), "rope": ("standard", "half_tru
 
 @dataclass(frozen=True)
 class GPTConfig:
-    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 128
+    """The model: the speedrun architecture's switches, track 3's differences and the kernels' implementations."""
+
+    vocab_size: int = 50304
+    """Vocabulary size: GPT-2's 50257 padded up to a multiple of 128."""
     n_layer: int = 12
+    """Transformer blocks."""
     n_head: int = 6
-    n_embd: int = 768  # head_dim = n_embd // n_head
+    """Attention heads per block (head_dim = n_embd // n_head)."""
+    n_embd: int = 768
+    """Model width (head_dim = n_embd // n_head)."""
     mlp_ratio: int = 4
+    """MLP hidden width as a multiple of n_embd."""
     max_seq_len: int = 2048
+    """Longest sequence the model takes (rotary tables and position embeddings are built for it)."""
     # speedrun architecture switches (all on) / vanilla GPT-2 (all off, see the "gpt2-vanilla" preset)
-    rotary: bool = True  # rotary position embeddings; False = learned absolute positions
-    qk_norm: bool = True  # RMS-normalise queries and keys before attention
-    rmsnorm: bool = True  # weightless RMSNorm; False = LayerNorm with weight and bias
-    relu2: bool = True  # ReLU² MLP; False = GELU
-    tied_head: bool = False  # share the token embedding with the LM head
-    zero_init_proj: bool = True  # zero-init attention/MLP output projections (and the head)
-    logit_softcap: float | None = 15.0  # bound on the logits (see softcap_kind); None disables
-    softcap_kind: str = "tanh"  # tanh: c·tanh(z/c) | algebraic: c·z/sqrt(z² + c²) (track 3)
-    value_embeds: bool = True  # extra token embeddings mixed into V of the first and last layers
-    unet_skips: bool = True  # U-net skips: the first half's outputs added into the second half (learned gains)
-    window: int | None = None  # sliding-window attention (keys within `window` positions); None = full causal
-    doc_masking: bool = False  # no attention across <|endoftext|> document boundaries
+    rotary: bool = True
+    """Rotary position embeddings; False = learned absolute positions."""
+    qk_norm: bool = True
+    """RMS-normalise queries and keys before attention."""
+    rmsnorm: bool = True
+    """Weightless RMSNorm; False = LayerNorm with weight and bias."""
+    relu2: bool = True
+    """ReLU² MLP; False = GELU."""
+    tied_head: bool = False
+    """Share the token embedding with the LM head."""
+    zero_init_proj: bool = True
+    """Zero-init attention/MLP output projections (and the head)."""
+    logit_softcap: float | None = 15.0
+    """Bound on the logits (see softcap_kind); None disables."""
+    softcap_kind: str = "tanh"
+    """tanh: c·tanh(z/c) | algebraic: c·z/sqrt(z² + c²) (track 3)."""
+    value_embeds: bool = True
+    """Extra token embeddings mixed into V of the first and last layers."""
+    unet_skips: bool = True
+    """U-net skips: the first half's outputs added into the second half (learned gains)."""
+    window: int | None = None
+    """Sliding-window attention (keys within `window` positions); None = full causal."""
+    doc_masking: bool = False
+    """No attention across <|endoftext|> document boundaries."""
     eot_token: int = 50256
+    """The <|endoftext|> id document masking splits on."""
     # modded-nanogpt's optimization track ("track 3", the "track3" preset) differs from the speedrun model in:
-    bias: bool = False  # a bias on every Linear: attention q, k, v, proj, MLP fc, proj and the head
-    norm_gains: bool = False  # RMSNorms with a learned gain vector (each block's two, the input and final norms)
-    rope: str = "standard"  # standard: base 10000 over head_dim/2 frequencies | half_truncated: see model/gpt.py
-    attn_scale: float | None = None  # attention logits scale; None = 1/sqrt(head_dim) (track 3: 0.12)
-    bf16_embedding: bool = False  # in a bf16 run: a bf16 token embedding, bf16 activations, no autocast
-    init: str = "normal"  # normal: N(0, 0.02) matrices (GPT-2) | track3: modded-nanogpt's per-parameter rule
-    loss_reduction: str = "mean"  # mean | sum (over the batch's tokens; track 3 backpropagates the sum)
+    bias: bool = False
+    """A bias on every Linear: attention q, k, v, proj, MLP fc, proj and the head."""
+    norm_gains: bool = False
+    """RMSNorms with a learned gain vector (each block's two, the input and final norms)."""
+    rope: str = "standard"
+    """standard: base 10000 over head_dim/2 frequencies | half_truncated: see model/gpt.py."""
+    attn_scale: float | None = None
+    """Attention logits scale; None = 1/sqrt(head_dim) (track 3: 0.12)."""
+    bf16_embedding: bool = False
+    """In a bf16 run: a bf16 token embedding, bf16 activations, no autocast."""
+    init: str = "normal"
+    """normal: N(0, 0.02) matrices (GPT-2) | track3: modded-nanogpt's per-parameter rule."""
+    loss_reduction: str = "mean"
+    """mean | sum (over the batch's tokens; track 3 backpropagates the sum)."""
     # implementation names (kernels.registry)
-    attn_impl: str = "eager"  # eager | sdpa | flex | fa2 | fa3 | auto
-    mlp_impl: str = "eager"  # eager | triton
-    ce_impl: str = "eager"  # eager | chunked (the CPU's) | triton | auto (triton on CUDA, chunked on the CPU)
+    attn_impl: str = "eager"
+    """kernels.registry implementation of attention: eager | sdpa | flex | fa2 | fa3 | fa4 | auto."""
+    mlp_impl: str = "eager"
+    """kernels.registry implementation of relu2_mlp: eager | triton | auto (triton on CUDA)."""
+    ce_impl: str = "eager"
+    """kernels.registry implementation of linear_cross_entropy: eager | chunked (the CPU's) | triton | auto
+    (triton on CUDA, chunked on the CPU)."""
 
     def __post_init__(self):
         for name in ("vocab_size", "n_layer", "n_head", "n_embd", "mlp_ratio", "max_seq_len"):

@@ -7,23 +7,39 @@
     scalar  every tensor with fewer than 2 dims: gains, norms, skip weights,  the AdamW side
             and all biases (the head's bias too)
 
-AdamW and SGD apply their own rule to every role, one param group per role.
-role_table(cfg, default_lr) gives each role its hyper-parameters (lr, betas, weight decay) from the OptimConfig;
-build_optimizer(cfg, model) looks cfg.name up in optim.registry and hands the builder cfg and the role lists.
-Every param group of the result carries `role` (the registered optimizers keep one group per role) and
-`initial_lr`: the trainer's schedule sets lr = initial_lr × factor.
+An optimizer is one file of this package (or a file of your own, `--optimizer PATH.py:NAME`): its hyper-parameters
+as a frozen dataclass with a docstring under every field, its builder registered with @optim.registry.optimizer,
+and its named recipes (@optim.registry.recipe); optim.registry finds every file of the package by itself.
+build_optimizer(cfg, model) calls the builder of cfg's class with param_groups(model); every param group of the
+result carries `role` (hidden when the builder set none) and `initial_lr` (and `initial_momentum` where it has a
+momentum): the trainer's schedule (optim.schedules) sets lr (and momentum) from them each step. Wrappers
+(optim.wrappers) and readouts (optim.readouts) are parts of the same registry.
 """
 
 import torch
 
-from optim import adamw, muon, normuon, sgd  # noqa: F401  (each registers its builder)
-from optim.registry import OPTIMIZERS, get_optimizer, register_optimizer  # noqa: F401
-from optim.roles import ROLES, RoleHparams, param_groups, role_table  # noqa: F401
+from optim import registry
+from optim.roles import ROLES, AuxRoles, RoleHparams, param_groups, role_table  # noqa: F401
 
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer cfg.name (KeyError listing the registered names if unknown) over param_groups(model)."""
-    optimizer = get_optimizer(cfg.name)(cfg, param_groups(model))
+    """The registered optimizer whose hyper-parameter class `cfg` is, over param_groups(model)."""
+    optimizer = registry.entry_of(cfg).factory(cfg, param_groups(model))
     for group in optimizer.param_groups:
+        group.setdefault("role", "hidden")
         group["initial_lr"] = group["lr"]
+        if "momentum" in group:
+            group["initial_momentum"] = group["momentum"]
     return optimizer
+
+
+def wrap_optimizer(cfg, optimizer, model: torch.nn.Module):
+    """`optimizer` inside the registered wrapper whose hyper-parameter class `cfg` is (None: as it is)."""
+    return optimizer if cfg is None else registry.entry_of(cfg).factory(cfg, optimizer, model)
+
+
+def make_readout(cfg, model: torch.nn.Module):
+    """The registered readout whose hyper-parameter class `cfg` is (None: the trained weights as they are)."""
+    from optim.readouts import Readout
+
+    return Readout(model) if cfg is None else registry.entry_of(cfg).factory(cfg, model)

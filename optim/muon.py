@@ -40,6 +40,7 @@ optim/distributed.py gives each rank its share of the matrices and all-gathers t
 """
 
 from collections import defaultdict
+from dataclasses import dataclass, replace
 
 import torch
 from torch.optim.adamw import adamw
@@ -47,8 +48,18 @@ from torch.optim.adamw import adamw
 from kernels import reference, registry
 from kernels._common import native_bf16
 from optim.adamw import fused_adamw_available
-from optim.registry import register_optimizer
-from optim.roles import role_table, torch_groups
+from optim.registry import optimizer, recipe, require
+from optim.roles import (
+    AuxRoles,
+    RoleHparams,
+    check_betas,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    role_table,
+    torch_groups,
+)
+from optim.schedules import TRACK3_SCHEDULE
 
 LR_SCALINGS = ("original", "match_rms_adamw")
 NS_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -129,7 +140,6 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(f"Muon momentum must be in [0, 1), got {momentum}")
         lr_scale((1, 1), lr_scaling)  # validate the names now, not at the first step
         ns_steps = len(reference.ns_coefficients(ns_coefficients, ns_steps or None))  # 0/None: the set's default
-        self.orthogonalize = registry.get("newton_schulz", ns_impl)  # KeyError listing the registered impls
         adam_groups = list(adam_groups)
         if adam_groups and not isinstance(adam_groups[0], dict):
             adam_groups = [{"params": adam_groups}]
@@ -146,6 +156,9 @@ class Muon(torch.optim.Optimizer):
         params = [p for g in groups for p in g["params"]]
         device = params[0].device if params else torch.device("cpu")
         self.ns_dtype = resolve_ns_dtype(ns_dtype, device)  # what the run uses; the trainer prints it
+        if ns_impl == "auto":  # as the trainer resolves it (MuonConfig.resolve_auto): Triton on CUDA
+            ns_impl = "triton" if device.type == "cuda" else "eager"
+        self.orthogonalize = registry.get("newton_schulz", ns_impl)  # KeyError listing the registered impls
         fused = fused_adamw_available(params)
         for g in groups[1:]:
             g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
@@ -247,15 +260,94 @@ class Muon(torch.optim.Optimizer):
 ADAM_ROLES = ("embed", "head", "scalar")
 
 
-def muon_kwargs(cfg, groups: dict) -> dict:
-    """Muon/NorMuon constructor arguments from an OptimConfig and param_groups(model)."""
-    table = role_table(cfg, cfg.adam_lr)
+@dataclass(frozen=True)
+class MuonConfig(AuxRoles):
+    """Muon on the hidden matrices (momentum orthogonalized by Newton-Schulz), AdamW on the other roles."""
+
+    lr: float = 0.02
+    """Learning rate of the hidden matrices (times the shape scale, lr_scaling)."""
+    momentum: float = 0.95
+    """Momentum of the hidden matrices (lerp form: B <- momentum·B + (1-momentum)·G)."""
+    nesterov: bool = True
+    """Orthogonalize (1-momentum)·G + momentum·B instead of B."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay of the hidden matrices: W <- W·(1 - lr·wd)."""
+    newton_schulz_impl: str = "auto"
+    """kernels.registry implementation of newton_schulz: eager | triton | auto (triton on CUDA, eager elsewhere)."""
+    ns_coefficients: str = "quintic"
+    """Newton-Schulz coefficient set: quintic | polar_express | cubic."""
+    ns_steps: int = 0
+    """Newton-Schulz iterations; 0 = the coefficient set's own (5 quintic, 5 polar_express, 12 cubic)."""
+    ns_dtype: str = "auto"
+    """Newton-Schulz precision: auto (bf16 where the device multiplies bf16 natively, else fp32) | bf16 | fp32;
+    bf16 on a CPU without native bf16 runs each product as an fp32 matmul of the bf16 operands, rounded."""
+    lr_scaling: str = "original"
+    """Shape scale of the step: original sqrt(max(1, rows/cols)) | match_rms_adamw 0.2·sqrt(max(rows, cols))."""
+    aux_lr: float = 3e-3
+    """Learning rate of the embed, head and scalar roles (AdamW) without their own."""
+    aux_betas: tuple = (0.9, 0.95)
+    """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
+    aux_eps: float = 1e-8
+    """AdamW's eps on the embed, head and scalar roles."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive(self, "lr", "aux_lr", "aux_eps")
+        check_non_negative(self, "weight_decay")
+        check_fraction(self, "momentum")
+        check_betas("aux_betas", self.aux_betas)
+        require(self.ns_steps >= 0, f"--optim.ns_steps={self.ns_steps} must be >= 0 (0 = the coefficient set's own)")
+        for name, allowed in (("newton_schulz_impl", (*registry.names("newton_schulz"), "auto")),
+                              ("ns_coefficients", tuple(reference.NS_DEFAULT_STEPS)),
+                              ("ns_dtype", ("auto", *NS_DTYPES)), ("lr_scaling", LR_SCALINGS)):
+            value = getattr(self, name)
+            require(value in allowed, f"--optim.{name}={value!r}; choose from {', '.join(allowed)}")
+
+    def resolve_auto(self, device, *, native_bf16: bool):
+        """The config on `device`: newton_schulz_impl auto -> triton on CUDA, eager elsewhere; ns_dtype auto -> bf16
+        where the device multiplies bf16 natively, else fp32."""
+        impl = self.newton_schulz_impl
+        if impl == "auto":
+            impl = "triton" if torch.device(device).type == "cuda" else "eager"
+        ns_dtype = ("bf16" if native_bf16 else "fp32") if self.ns_dtype == "auto" else self.ns_dtype
+        return replace(self, newton_schulz_impl=impl, ns_dtype=ns_dtype)
+
+    def implementations(self) -> dict:
+        return {"ns": self.newton_schulz_impl}
+
+
+def muon_kwargs(cfg: MuonConfig, groups: dict) -> dict:
+    """Muon/NorMuon constructor arguments from a MuonConfig and param_groups(model)."""
+    table = role_table(cfg, RoleHparams(cfg.lr, (0.0, 0.0), cfg.weight_decay), aux_lr=cfg.aux_lr,
+                       aux_betas=cfg.aux_betas)
     return dict(hidden=groups["hidden"], adam_groups=torch_groups(groups, table, ADAM_ROLES), lr=table["hidden"].lr,
                 momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=table["hidden"].weight_decay,
-                eps=cfg.eps, ns_impl=cfg.ns_impl, ns_coefficients=cfg.ns_coefficients, ns_steps=cfg.ns_steps,
-                ns_dtype=cfg.ns_dtype, lr_scaling=cfg.muon_lr_scaling)
+                eps=cfg.aux_eps, ns_impl=cfg.newton_schulz_impl, ns_coefficients=cfg.ns_coefficients,
+                ns_steps=cfg.ns_steps, ns_dtype=cfg.ns_dtype, lr_scaling=cfg.lr_scaling)
 
 
-@register_optimizer("muon")
-def build(cfg, groups):
+@optimizer("muon", MuonConfig)
+def build(cfg: MuonConfig, groups):
     return Muon(**muon_kwargs(cfg, groups))
+
+
+# The Newton-Schulz and Muon settings shared by track 3's Muon-family recipes: 12 cubic Newton-Schulz steps in
+# bf16 (the reference's; emulated at fp32 speed on CPUs without native bf16), momentum 0.95 with Nesterov, the
+# sqrt(max(1, rows/cols)) shape scale.
+TRACK3_NEWTON_SCHULZ = {"optim.ns_coefficients": "cubic", "optim.ns_steps": 12, "optim.ns_dtype": "bf16",
+                        "optim.momentum": 0.95, "optim.nesterov": True, "optim.lr_scaling": "original"}
+
+
+@recipe("track3-muon")
+def track3_muon() -> dict:
+    """Track-3 result #36, the benchmark's tuned baseline: 3250 steps, mean val loss 3.2787 (n=10).
+    Source: records/track_3_optimization/results/20260610_tuned_baseline_3250/ (its log; the track's own
+    train_gpt_simple.py with these values).
+
+    Muon (momentum 0.95, Nesterov, 12 cubic Newton-Schulz steps in bf16, sqrt(max(1, rows/cols)) scale) on the
+    hidden matrices with lr 0.025 and decoupled weight decay 0.05. AdamW on the rest, betas (0.8, 0.95),
+    eps 1e-10, weight decay 0.001: embedding lr 0.7, head weight 0.004, 1-D parameters 0.015.
+    """
+    return {"optimizer": "muon", "optim.lr": 0.025, "optim.weight_decay": 0.05, **TRACK3_NEWTON_SCHULZ,
+            "optim.embed_lr": 0.7, "optim.head_lr": 0.004, "optim.scalar_lr": 0.015, "optim.aux_betas": (0.8, 0.95),
+            "optim.aux_eps": 1e-10, "optim.aux_weight_decay": 0.001, "max_steps": 3250, **TRACK3_SCHEDULE}

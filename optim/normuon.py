@@ -21,17 +21,20 @@ is needed: a uniform scale of v cancels in the rescale.
               (1 or 2 at the 124M shapes) that gives the numbers of scaling the step afterwards, as here.
 
 The paper's Algorithm 1 instead sets the step to η̂ = 0.2·η·sqrt(rows·cols)/‖Ô‖_F (update RMS 0.2·η, as
-AdamW); with --optim.muon_lr_scaling=match_rms_adamw this rule gives the same step up to the factor
+AdamW); with --optim.lr_scaling=match_rms_adamw this rule gives the same step up to the factor
 ‖O‖_F / sqrt(min(rows, cols)), which is 1 for an exactly orthogonal O (measured 0.85-0.89 for Gaussian
 gradients after 5 quintic Newton-Schulz steps in bf16).
 """
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 
-from optim.muon import Muon, muon_kwargs
-from optim.registry import register_optimizer
+from optim.muon import TRACK3_NEWTON_SCHULZ, Muon, MuonConfig, muon_kwargs
+from optim.registry import optimizer, recipe, require
+from optim.roles import check_fraction
+from optim.schedules import TRACK3_SCHEDULE
 
 AXES = ("row", "longer")
 
@@ -83,6 +86,40 @@ def normalize(directions: torch.Tensor, moments: list, *, weight: float, eps: fl
     return out
 
 
-@register_optimizer("normuon")
-def build(cfg, groups):
-    return NorMuon(**muon_kwargs(cfg, groups), beta2=cfg.normuon_beta2, axis=cfg.normuon_axis)
+@dataclass(frozen=True)
+class NorMuonConfig(MuonConfig):
+    """NorMuon: Muon's orthogonalized direction normalized per neuron by a second moment, norm kept; AdamW on the
+    other roles."""
+
+    beta2: float = 0.95
+    """EMA coefficient of the per-row (per-column) second moment of the direction."""
+    axis: str = "row"
+    """row: one moment per output row (the NorMuon authors') | longer: per row if rows >= cols, else per column
+    (modded-nanogpt's)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_fraction(self, "beta2")
+        require(self.axis in AXES, f"--optim.axis={self.axis!r}; choose from {', '.join(AXES)}")
+
+
+@optimizer("normuon", NorMuonConfig)
+def build(cfg: NorMuonConfig, groups):
+    return NorMuon(**muon_kwargs(cfg, groups), beta2=cfg.beta2, axis=cfg.axis)
+
+
+@recipe("track3-normuon")
+def track3_normuon() -> dict:
+    """Track-3 result #10, NorMuon: 3250 steps, mean val loss 3.2789 (n=20).
+    Source: records/track_3_optimization/results/20260503_normuon/.
+
+    Muon as in #36 followed by modded-nanogpt's NorMuon normalization (axis="longer": one second moment per
+    row if rows >= cols, else per column; beta2 0.95, v^(-1/2) with v >= 1e-10, Frobenius norm kept), lr 0.035,
+    weight decay 0.025. AdamW as in #2's non-hidden groups: betas (0.8, 0.95), eps 1e-10, no weight decay;
+    embedding lr 0.3, head weight 1/320, 1-D parameters 0.01. The schedule's horizon is 3300 steps and the run
+    stops (and is scored) at 3250 ("end 50 steps early").
+    """
+    return {"optimizer": "normuon", "optim.lr": 0.035, "optim.weight_decay": 0.025, **TRACK3_NEWTON_SCHULZ,
+            "optim.axis": "longer", "optim.beta2": 0.95, "optim.embed_lr": 0.3, "optim.head_lr": 1 / 320,
+            "optim.scalar_lr": 0.01, "optim.aux_betas": (0.8, 0.95), "optim.aux_eps": 1e-10,
+            "optim.aux_weight_decay": 0.0, "max_steps": 3250, **TRACK3_SCHEDULE, "schedule_steps": 3300}

@@ -148,8 +148,8 @@ def estimate_step_memory(cfg, *, device_type: str | None = None, micro_batches: 
     model_cfg = cfg.model
     bf16 = cfg.dtype == "bf16"
     impls = f"mlp {model_cfg.mlp_impl}, ce {model_cfg.ce_impl}, attention {model_cfg.attn_impl}"
-    if cfg.optim.name in ("muon", "normuon"):
-        impls += f", ns {cfg.optim.ns_impl}"
+    for op, impl in (cfg.optim.implementations() if hasattr(cfg.optim, "implementations") else {}).items():
+        impls += f", {op} {impl}"
     # as train.Trainer: bf16 autocast, or for a bf16_embedding model a bf16 embedding and no autocast
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and not cfg.model.bf16_embedding)
 

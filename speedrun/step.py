@@ -11,9 +11,10 @@ the gradient of the step's total summed loss; train and val losses are reported 
 DataParallel averages the gradients over the ranks, so each rank backpropagates W × its sum (track 3 all-reduces a
 SUM; a power-of-two W scales exactly).
 
-The trainer provides: cfg, device, model, step_model (compiled or not), optimizer, parallel (DataParallel), loader,
-val (the val batches), accum (micro-batches per step on this rank), world_size, autocast, guard, micro_batches()
-and _apply_schedule(step).
+The trainer provides: cfg, device, model, step_model (compiled or not), optimizer (and its wrapper's
+before_forward(step) hook, when it has one), readout (which weights validation reads; updated after each step),
+parallel (DataParallel), loader, val (the val batches), accum (micro-batches per step on this rank), world_size,
+autocast, guard, micro_batches() and _apply_schedule(step).
 """
 
 import torch
@@ -46,6 +47,8 @@ class TrainingStep:
         the step and the first parameter with a non-finite gradient (the replay)."""
         cfg, model = self.cfg, self.model
         self._apply_schedule(step)
+        if hasattr(self.optimizer, "before_forward"):  # a wrapper's lookahead moves the weights first
+            self.optimizer.before_forward(step)
         total = torch.zeros((), device=self.device)
         for micro, (x, y) in enumerate(self.micro_batches()):
             x, y = self._to_device(x), self._to_device(y)
@@ -72,15 +75,17 @@ class TrainingStep:
             torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.grad_clip, norm)
         self.parallel.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.readout.update(step + 1)
         return loss_per_token
 
     @torch.no_grad()
     def evaluate(self) -> float:
         self.model.eval()
         total = torch.zeros((), device=self.device)
-        for x, y in self.val:
-            with self._autocast():
-                total += self.step_model(self._to_device(x), self._to_device(y)).float()
+        with self.readout.weights():  # the weights the run's readout evaluates (by default the trained ones)
+            for x, y in self.val:
+                with self._autocast():
+                    total += self.step_model(self._to_device(x), self._to_device(y)).float()
         total /= len(self.val) * (self.cfg.batch_size * self.cfg.seq_len if self.summed_loss else 1)  # per token
         all_reduce_mean(total, self.world_size)  # every rank holds the same number of val batches
         self.model.train()

@@ -1,8 +1,11 @@
-"""Registering an optimizer recipe for one test (configs.resolve reads optim.recipes.RECIPES)."""
+"""Registering an optimizer recipe for one test (speedrun.config resolves recipes through optim.registry)."""
 
-from optim.recipes import RECIPES
+from optim import registry
 
 
 def register_recipe(monkeypatch, name: str, fn):
     """Make `name` a recipe for the duration of the test."""
-    monkeypatch.setitem(RECIPES, name, fn)
+    registry.discover()
+    fn.__doc__ = fn.__doc__ or f"A test recipe. Source: our own ({name})."
+    entry = registry.Entry("recipe", name, None, fn, __file__)
+    monkeypatch.setitem(registry._ENTRIES["recipe"], name, entry)

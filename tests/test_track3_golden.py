@@ -24,8 +24,12 @@ non-zero momentum, and within the measured arithmetic drift after it (see DRIFT_
 with one thread every figure is bitwise equal to the reference's.
 """
 
+import importlib.util
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -202,3 +206,113 @@ def test_five_steps_of_the_baseline_recipe_match_the_reference(tmp_path):
                                                                          rel=1e-12)
     assert vals[0] == pytest.approx(GOLDEN["val_loss_before"], rel=RTOL)
     check_trajectory(losses, norms[1:], vals[1], GOLDEN["steps"], GOLDEN["val_loss_after"])
+
+
+# ---- the harness and the goldens of other track-3 results -------------------------------------------------------
+# scripts/track3_golden.py runs any result's own script (its loop, optimizers, schedules, init, wrappers) at the tiny
+# size; tests/golden/<folder>.json are its output for these results (folder -> the track README's result number).
+# They are the reference for implementations of those optimizers: the init fingerprints, the loss and gradients at a
+# perturbed state, every parameter's norm after each step, the validation passes, and the same run again as a peer
+# (bf16 GEMMs emulated; for fp32-only optimizers 2 threads and the CPU's SIMD kernels off) whose distance
+# (self_drift) bounds a fair tolerance.
+HARNESS = Path(__file__).parents[1] / "scripts" / "track3_golden.py"
+RESULT_GOLDENS = {
+    "20260430_adamh": 4, "20260430_muonh": 5, "20260501_muonsq": 7, "20260430_normuonh": 8,
+    "20260504_muloco_normuonh": 13, "20260513_shampoo_1_4_power": 21, "20260517_ortho": 22, "20260518_soaph": 27,
+    "20260527_psgd": 33, "20260611_muonh_tuned_aux_3250": 37, "20260522_ema_nesterov_muon": 39,
+    "20260619_cwd_rowfloor_tailema": 46,
+}
+
+
+def harness():
+    spec = importlib.util.spec_from_file_location("track3_golden_harness", HARNESS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RESULT_FILES = sorted(p.name for p in (Path(__file__).parent / "golden").glob("2026*.json"))
+
+
+def test_every_listed_result_has_a_golden():
+    assert {f"{folder}.json" for folder in RESULT_GOLDENS} <= set(RESULT_FILES)
+
+
+@pytest.mark.parametrize("file", RESULT_FILES)
+def test_a_result_golden_records_its_run_and_its_peer(file):
+    """<folder>.json runs the folder's .py (else its log's script); <folder>.log.json, where present, the published
+    runs' log script where it differs from the .py."""
+    golden = json.loads((Path(__file__).parent / "golden" / file).read_text())
+    meta, steps = golden["meta"], golden["steps"]
+    folder = file.split(".")[0]
+    assert (meta["result"], meta["folder"]) == (RESULT_GOLDENS[folder], folder)
+    if file.endswith(".log.json"):
+        assert meta["source"] == "log"
+    assert meta["commit"] == "f411b3d346aa52d3504324ca93c230fd84c6c07f" and meta["published"]["steps"] > 0
+    assert (Path(__file__).parents[1] / meta["adapter"]).is_file()
+    names = set(golden["init"])
+    assert len(steps) == meta["steps"] and all(set(s["norms"]) == names for s in steps)
+    assert set(golden["perturbed"]["grads"]) == names
+    assert sorted(p for g in golden["param_groups"] if not g["optimizer"].startswith("EMA_Nesterov")
+                  for p in g["params"]) == sorted(names)  # every parameter has exactly one optimizer role
+    finals = [p for p in golden["val_passes"] if p["after_steps"] == meta["steps"]]
+    assert finals and finals[0]["loss"] == golden["val_loss_after"]
+    drift = golden["self_drift"]
+    assert drift["peers"] == (["bf16"] if meta["bf16_matmuls_per_run"] else ["threads", "nosimd"])
+    assert drift["norms_max"] > 0  # a peer that moves nothing states no tolerance
+
+    def within(a, b, rtol):  # self_drift's definition: |a - b| / max(|a|, |b|)
+        return abs(a - b) <= rtol * max(abs(a), abs(b)) * (1 + 1e-12)
+    for kind in drift["peers"]:
+        peer = {"bf16": "_emulated_bf16", "threads": "_threads2", "nosimd": "_nosimd"}[kind]
+        assert len(golden["steps" + peer]) == len(steps) and golden["val_loss_after" + peer] > 0
+        if kind == "bf16":  # the first forward precedes any bf16 GEMM
+            assert steps[0]["loss"] == golden["steps" + peer][0]["loss"]
+        for k, (a, b) in enumerate(zip(steps, golden["steps" + peer])):
+            assert within(a["loss"], b["loss"], drift["loss"]), (kind, k)
+            for name in names:
+                assert within(a["norms"][name], b["norms"][name], drift["norms"][name]), (kind, k, name)
+
+
+def test_the_harness_reads_a_log_script_and_rewrites_its_constants():
+    h = harness()
+    log = ("train_steps = 3250\nfor _ in range(1):\n    h_warmup = 250\n"
+           "def loader(pattern, batch_size, seq_len=1024):\n    train_steps = 7\n    return seq_len\n"
+           "model = GPT(vocab_size=50304, num_layers=12)\n" + "=" * 100 + "\nstep:0/3250 val_loss:10.8\n")
+    text = h.script_from_log(log)
+    assert text.endswith("GPT(vocab_size=50304, num_layers=12)\n")
+    code, applied = h.rewrite(text, "script.py", {"train_steps": 5, "h_warmup": 2}, {"GPT": {"num_layers": 2}},
+                              {"loader": {"seq_len": 64}}, set())
+    namespace = {"GPT": lambda **kwargs: kwargs}
+    exec(code, namespace)
+    assert namespace["train_steps"] == 5 and namespace["h_warmup"] == 2  # module level and inside a loop
+    assert namespace["loader"]("x", 1) == 64  # a default; the assignment inside the function is left alone
+    assert namespace["model"] == {"vocab_size": 50304, "num_layers": 2}
+    assert {(a["name"], a["was"], a["line"]) for a in applied} >= {("train_steps", "3250", 1), ("h_warmup", "250", 3)}
+    with pytest.raises(SystemExit, match="nothing to rewrite for mbs"):
+        h.rewrite(text, "script.py", {"mbs": 2}, {}, {}, set())
+
+
+@pytest.mark.slow
+def test_the_harness_regenerates_the_baseline_golden_within_the_drift():
+    """The harness on the reference script itself (about 5 minutes on 2 cores): bit for bit on the recording
+    machine; here within the arithmetic drift the tolerances above state. Needs a modded-nanogpt checkout (a git
+    directory, bare or not, holding commit f411b3d) named by the MODDED_NANOGPT environment variable."""
+    checkout = os.environ.get("MODDED_NANOGPT")
+    if not checkout:
+        pytest.skip("set MODDED_NANOGPT to a modded-nanogpt checkout")
+    out = subprocess.run([sys.executable, str(HARNESS), "--result", "train_gpt_simple", "--checkout", checkout,
+                          "--commit", "f411b3d"], capture_output=True, text=True, check=True)
+    new = json.loads(out.stdout)
+    assert new["meta"]["reference_git_blob"] == META["reference_git_blob"]
+    assert new["init"] == GOLDEN["init"]
+    assert new["perturbed"]["loss"] == pytest.approx(GOLDEN["perturbed"]["loss"], rel=RTOL)
+    for name, grad in GOLDEN["perturbed"]["grads"].items():
+        assert new["perturbed"]["grads"][name]["norm"] == pytest.approx(grad["norm"], rel=RTOL), name
+    assert new["val_loss_before"] == pytest.approx(GOLDEN["val_loss_before"], rel=RTOL)
+    tokens = META["shape"]["rows"] * META["shape"]["seq"]
+    for key in ("", "_emulated_bf16"):
+        steps = new["steps" + key]
+        norms = [{our_name(r): v for r, v in s["norms"].items()} for s in steps]
+        check_trajectory([s["loss"] / tokens for s in steps], norms, new["val_loss_after" + key], GOLDEN["steps"],
+                         GOLDEN["val_loss_after"])

@@ -38,7 +38,8 @@ def run(shards, tmp_path, *args):
 def test_tiny_run_learns(shards, tmp_path, optimizer):
     lr = {"sgd": 0.5}.get(optimizer, 0.01)
     summary = run(shards, tmp_path, f"--optimizer={optimizer}", "--max_steps=4", "--val_every=4",
-                  f"--optim.lr={lr}", f"--optim.adam_lr={lr}", "--warmup_steps=1")
+                  f"--optim.lr={lr}", "--schedule.warmup_steps=1",
+                  *([f"--optim.aux_lr={lr}"] if optimizer in ("muon", "normuon") else []))
     log = [json.loads(line) for line in open(os.path.join(summary["run_dir"], "log.jsonl"))]
     vals = [r["val_loss"] for r in log if "val_loss" in r]
     assert len(vals) == 2 and vals[1] < vals[0] - 0.05, vals
@@ -68,12 +69,13 @@ def test_missing_data_is_refused_with_the_command_to_run(tmp_path):
 
 
 def test_lr_schedule_is_trapezoidal():
-    cfg = train.resolve(["--preset=tiny", "--max_steps=100", "--warmup_steps=10", "--cooldown_frac=0.5"])
+    cfg = train.resolve(["--preset=tiny", "--max_steps=100", "--schedule.warmup_steps=10",
+                         "--schedule.cooldown_frac=0.5"])
     factors = [train.lr_factor(s, cfg) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[49] == 1.0
     assert factors[75] == pytest.approx(0.5) and factors[99] == pytest.approx(0.02)
-    longer = train.resolve(["--preset=tiny", "--max_steps=100", "--schedule_steps=200", "--warmup_steps=0",
-                            "--cooldown_frac=0.5"])
+    longer = train.resolve(["--preset=tiny", "--max_steps=100", "--schedule_steps=200", "--schedule.warmup_steps=0",
+                            "--schedule.cooldown_frac=0.5"])
     assert train.lr_factor(99, longer) == 1.0 and train.lr_factor(150, longer) == pytest.approx(0.5)
 
 
@@ -321,7 +323,7 @@ def test_no_host_sync_between_boundaries_on_two_gloo_ranks(shards, tmp_path):
 def test_resolved_implementations_are_printed_recorded_and_used(shards, tmp_path, capsys):
     from kernels import registry
 
-    args = ["--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto", "--optim.ns_impl=auto",
+    args = ["--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto", "--optim.newton_schulz_impl=auto",
             "--attention=auto", "--max_steps=1"]
     summary = run(shards, tmp_path, *args)
     expected = {"attention": "sdpa", "mlp": "eager", "ce": "chunked", "ns": "eager", "compile": "off"}
@@ -330,14 +332,14 @@ def test_resolved_implementations_are_printed_recorded_and_used(shards, tmp_path
     config = json.load(open(os.path.join(summary["run_dir"], "config.json")))
     assert (config["model"]["mlp_impl"], config["model"]["ce_impl"], config["model"]["attn_impl"]) == \
         ("eager", "chunked", "sdpa")
-    assert (config["optim"]["ns_impl"], config["compile"], config["device"]) == ("eager", "off", "cpu")
+    assert (config["optim"]["newton_schulz_impl"], config["compile"], config["device"]) == ("eager", "off", "cpu")
     assert config["dtype"] in ("bf16", "fp32") and config["optim"]["ns_dtype"] in ("bf16", "fp32")
     trainer = train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}", *args]))
     assert trainer.requested.model.mlp_impl == "auto" and trainer.step_model is trainer.model  # no compile
     assert trainer.model.blocks[0].mlp.relu2 is registry.get("relu2_mlp", "eager")
     assert trainer.model.cross_entropy is registry.get("linear_cross_entropy", "chunked")
     assert trainer.model.blocks[0].attn.attend is registry.get("attention", "sdpa")
-    assert train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}"])).implementations["ns"] == "unused"
+    assert "ns" not in train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}"])).implementations
 
 
 def test_compile_on_compiles_the_whole_graph(shards, monkeypatch):
@@ -391,7 +393,8 @@ def test_no_synchronizing_cuda_op_inside_a_training_step(shards, tmp_path):
     """On a GPU, torch's sync debug mode turns every synchronizing CUDA op (item, a blocking copy to the host,
     nonzero, ...) inside train_step into an error, with the implementations the GPU presets resolve to."""
     cfg = train.resolve(["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--device=cuda",
-                         "--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto", "--optim.ns_impl=auto",
+                         "--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto",
+                         "--optim.newton_schulz_impl=auto",
                          "--attention=auto", "--compile=off", "--grad_accum=2", *SYNC_ARGS])
     trainer = train.Trainer(cfg)
     train_step = trainer.train_step

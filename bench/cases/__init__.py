@@ -1,8 +1,15 @@
-"""What the benchmarks and the codegen report know about each op: FLOP and byte models, and sm_90 codegen cases.
+"""Every op's benchmark case, once: what the pytest benches (bench/kernels/) and the GPU report (bench.gpu_report)
+time, the FLOP and byte models, and the sm_90 codegen cases.
 
-One module per op (newton_schulz, fused_linear_cross_entropy, relu2_mlp, attention). A module whose op has
-Triton kernels lists every launch configuration as `codegen_cases() -> list[CodegenCase]`, compiled ahead of
-time for sm_90 by `python -m bench.codegen`. The kernel files hold only kernels, launchers and autograd.
+One module per op (newton_schulz, fused_linear_cross_entropy, relu2_mlp, attention). Each has a case factory,
+`<op>_case(provider, <shape>, *, device, dtype, ...) -> Timed`: it builds the inputs and the callable one
+provider times (eager = kernels.reference, compile = torch.compile of eager, triton and chunked = the registered
+implementations, and the peers: Liger-Kernel, torch.optim.Muon, modded-nanogpt (bench/modded.py)), with its
+FLOPs, bytes and the fields that describe the row, or raises Unavailable saying why that provider cannot run it
+here. Callers decide what they allow (the benches do not time the Triton interpreter; the report's dry run
+does, to prove the path). A module whose op has Triton kernels also lists every launch configuration as
+`codegen_cases() -> list[CodegenCase]`, compiled ahead of time for sm_90 by `python -m bench.codegen`. The kernel
+files hold only kernels, launchers and autograd.
 
 A case is specialised the way Triton's JIT specialises a launch (`jit_case`): the signature comes from the
 kernel's own argument list (JITFunction.arg_names), so it cannot drift from the kernel.
@@ -10,11 +17,42 @@ kernel's own argument list (JITFunction.arg_names), so it cannot drift from the 
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
-from kernels._common import TRITON_DTYPE
+from kernels._common import TRITON_DTYPE, native_bf16
+
+
+class Unavailable(Exception):
+    """The provider cannot run this case here (the message says why)."""
+
+
+class Timed(NamedTuple):
+    """One benchmark row's callable and what it is: fn() runs the work once; flops and bytes are one call's;
+    fields describe the row (shape, dtype, provider notes)."""
+
+    fn: Callable
+    flops: float
+    bytes: float
+    fields: dict
+
+
+def case_dtype(device) -> torch.dtype:
+    """bf16 where the device multiplies bf16 natively (GPUs, AVX-512 bf16 CPUs), fp32 elsewhere: the dtype the
+    model's --dtype=auto trains in there (torch's bf16 matmul is emulated, ~100-300x slower, on AVX2 CPUs)."""
+    return torch.bfloat16 if native_bf16(device) else torch.float32
+
+
+def compiled(fn, backend: str | None = None):
+    """torch.compile(fn) with a fresh dynamo cache (each case compiles its own graph, not another shape's entry);
+    backend "eager" (the report's dry run) traces without generating code."""
+    torch._dynamo.reset()
+    return torch.compile(fn, backend=backend) if backend else torch.compile(fn)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 @dataclass

@@ -1,5 +1,9 @@
-"""Attention (kernels/attention.py): the FLOP model. The backends are not Triton kernels of ours, so no codegen
-cases."""
+"""Attention (kernels/attention.py): the benchmark case and the FLOP model. The backends are not Triton kernels of
+ours, so no codegen cases."""
+
+from bench.cases import Timed, Unavailable
+
+PROVIDERS = ("eager", "sdpa", "flex", "fa3", "fa2", "fa4", "auto")
 
 
 def attention_flops(B: int, T: int, H: int, D: int, *, causal: bool = True, backward: bool = False) -> float:
@@ -7,10 +11,6 @@ def attention_flops(B: int, T: int, H: int, D: int, *, causal: bool = True, back
     the forward (five matmuls instead of two, as FlashAttention's and Triton's benchmarks count)."""
     flops = 4.0 * B * H * T * T * D / (2 if causal else 1)
     return flops * 2.5 if backward else flops
-
-
-class Unavailable(Exception):
-    """The backend cannot run this case here (the message says why)."""
 
 
 def window_pairs(T: int, w: int) -> int:
@@ -37,8 +37,8 @@ def doc_ids(B: int, T: int, device, *, shortest: int, longest: int, seed: int = 
 
 
 def attention_case(provider: str, B: int, T: int, H: int, D: int, *, device, dtype, backward: bool,
-                   mask: str = "causal", scale: float | None = None, doc_lengths=(64, 2048)):
-    """One attention benchmark case: (fn, flops, fields). fn runs the forward (no grad), or the backward of one
+                   mask: str = "causal", scale: float | None = None, doc_lengths=(64, 2048)) -> Timed:
+    """One attention benchmark case. fn runs the forward (no grad), or the backward of one
     retained forward graph; flops counts only the work the mask leaves. mask: causal | window (T/2) | docs
     (documents of doc_lengths tokens). Raises Unavailable naming why the provider cannot run it here."""
     import torch
@@ -75,7 +75,7 @@ def attention_case(provider: str, B: int, T: int, H: int, D: int, *, device, dty
             with torch.no_grad():
                 return attend(q, k, v, **kwargs)
 
-        return fwd, flops, fields
+        return Timed(fwd, flops, 0.0, fields)
     out = attend(q, k, v, **kwargs)
     grad = torch.randn_like(out)
 
@@ -84,4 +84,4 @@ def attention_case(provider: str, B: int, T: int, H: int, D: int, *, device, dty
             t.grad = None
         out.backward(grad, retain_graph=True)
 
-    return bwd, flops, fields
+    return Timed(bwd, flops, 0.0, fields)

@@ -1,11 +1,14 @@
-"""Fused linear cross-entropy (kernels/fused_linear_cross_entropy.py): FLOP and byte models, sm_90 codegen cases."""
+"""Fused linear cross-entropy (kernels/fused_linear_cross_entropy.py): the benchmark case, FLOP and byte models,
+sm_90 codegen cases."""
 
 import torch
 import triton
 
-from bench.cases import jit_case
+from bench import modded
+from bench.cases import Timed, Unavailable, compiled, dtype_name, jit_case
 from kernels import _flce_kernels as K
 from kernels import fused_linear_cross_entropy as flce
+from kernels import registry
 from kernels._common import TRITON_DTYPE, precision_flags
 
 # The 124M shape the codegen rows are labelled with: 8192 tokens (chunks of 4096 at the default budget),
@@ -28,6 +31,88 @@ def flce_bytes(N: int, H: int, V: int, itemsize: int, chunk_rows: int) -> float:
     logits = 20.0 * N * V
     acc = 4.0 * V * H * max(0, 2 * chunks - 2)  # fp32 inputs: the same traffic, in grad_weight itself
     return float(io + logits + acc)
+
+
+PROVIDERS = ("eager", "compile", "triton", "chunked", "liger", "modded")
+IGNORED_FRACTION = 0.05  # a few ignore_index tokens, as padded batches have
+# modded-nanogpt's LM head scales (train_gpt.py, CastedLinearT(..., x_s=100/448, w_s=1.6/448, grad_s=0.75/448)).
+MODDED_SCALES = {"x_s": 100 / 448, "w_s": 1.6 / 448, "grad_s": 0.75 / 448}
+
+
+def make_inputs(N, H, V, device, dtype, ignored_fraction=IGNORED_FRACTION):
+    """hidden (N, H) and weight (V, H) leaves that need grad, at the model's scale, and targets with some ignored."""
+    hidden = torch.randn(N, H, device=device).to(dtype).requires_grad_()
+    weight = (torch.randn(V, H, device=device) / H**0.5).to(dtype).requires_grad_()
+    targets = torch.randint(0, V, (N,), device=device)
+    targets[torch.rand(N, device=device) < ignored_fraction] = -100
+    return hidden, weight, targets
+
+
+def flce_case(provider: str, N: int, H: int, V: int, *, device, dtype: torch.dtype, softcap: float | None,
+              softcap_kind: str = "tanh", bias: bool = False, reduction: str = "mean",
+              compile_backend: str | None = None, modded_path=None) -> Timed:
+    """One forward + backward of the LM head loss (hidden (N, H) @ weightᵀ (+ bias), softcap, cross-entropy; the
+    gradients of every leaf), as `provider`: eager (kernels.reference, as the model calls it), compile, triton
+    (kernels.fused_linear_cross_entropy), chunked (kernels.chunked_cross_entropy, any device), liger (Liger-Kernel's
+    fused linear cross-entropy; tanh softcap only, CUDA) or modded (modded-nanogpt's FusedSoftcappedCrossEntropy:
+    fp8 head, its own sigmoid cap, no bias, vocabulary 50304, sm_90; a speed peer, not the same function). One
+    mode: the fused kernels finish the gradients during forward, so a forward-only time would not compare like
+    with like. Each call allocates its gradients, as a training step."""
+    hidden, weight, targets = make_inputs(N, H, V, device, dtype)
+    b = torch.zeros(V, device=device, dtype=dtype, requires_grad=True) if bias else None
+    leaves = [hidden, weight] + ([b] if bias else [])
+    fields = {"shape": [N, H, V], "dtype": dtype_name(dtype), "softcap": softcap, "softcap_kind": softcap_kind,
+              "bias": bias, "reduction": reduction, "logits_mb": N * V * 4 / 2**20}
+    if provider in ("eager", "compile", "triton", "chunked"):
+        f = registry.get("linear_cross_entropy", "eager" if provider == "compile" else provider)
+        if provider == "compile":
+            f = compiled(f, compile_backend)
+        kwargs = {"softcap": softcap, "softcap_kind": softcap_kind, "reduction": reduction, "bias": b}
+
+        def loss_fn():
+            return f(hidden, weight, targets, **kwargs)
+    elif provider == "liger":
+        if torch.device(device).type != "cuda":
+            raise Unavailable("liger: Liger-Kernel's Triton kernels are timed on CUDA tensors only")
+        try:
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy as liger
+        except Exception as exc:  # noqa: BLE001 - any import failure means "not here"
+            raise Unavailable(f"liger: liger-kernel does not import ({type(exc).__name__}: {exc})") from None
+        capped = softcap if softcap_kind == "tanh" else None
+        if softcap is not None and capped is None:
+            fields["note"] = f"Liger has no {softcap_kind} softcap: timed without one"
+
+        def loss_fn():
+            return liger(hidden, weight, targets, bias=b, softcap=capped, reduction=reduction)
+    elif provider == "modded":
+        try:
+            fused = modded.peer(modded_path, "FusedSoftcappedCrossEntropy", device)
+        except modded.ModdedUnavailable as exc:
+            raise Unavailable(f"modded: {exc}") from None
+        if V != modded.CE_VOCAB:
+            raise Unavailable(f"modded: FusedSoftcappedCrossEntropy is compiled for vocabulary {modded.CE_VOCAB}, "
+                              f"not {V}")
+        weight_t = weight.detach().T.contiguous().requires_grad_()  # their head stores (H, V)
+        leaves = [hidden, weight_t]
+        s = MODDED_SCALES
+        fields["note"] = ("modded-nanogpt's fp8 head + A·sigmoid((z+B)/C) cap (A=23, B=5, C=7.5), loss summed, no "
+                          "bias: a speed peer, not the same function")
+
+        def loss_fn():
+            return fused.apply(hidden, targets, None, None, None, weight_t, s["x_s"], s["w_s"], s["grad_s"],
+                               1.0).sum()
+    else:
+        raise ValueError(f"unknown linear_cross_entropy provider {provider!r}; choose from {PROVIDERS}")
+
+    def step():
+        loss = loss_fn()
+        loss.backward()
+        for t in leaves:
+            t.grad = None  # after the peak: each call allocates its gradients, as a training step
+        return loss.detach()
+
+    return Timed(step, flops=flce_flops(N, H, V),
+                 bytes=flce_bytes(N, H, V, dtype.itemsize, flce.pick_chunk_rows(N, V, 128)), fields=fields)
 
 
 # The logits-kernel variants compiled per config: (softcap kind, head bias). 16-bit: the speedrun's tanh head, no

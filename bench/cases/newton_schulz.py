@@ -1,9 +1,15 @@
-"""Newton-Schulz (kernels/newton_schulz.py): FLOP and byte models, sm_90 codegen cases."""
+"""Newton-Schulz (kernels/newton_schulz.py): the benchmark case, FLOP and byte models, sm_90 codegen cases."""
 
+import torch
 
-from bench.cases import jit_case
+from bench import modded
+from bench.cases import Timed, Unavailable, compiled, dtype_name, jit_case
 from kernels import newton_schulz as ns
+from kernels import registry
 from kernels._common import TRITON_DTYPE, precision_flags
+from kernels.reference import ns_coefficients
+
+PROVIDERS = ("eager", "compile", "triton", "torch_muon", "modded")
 
 # The 124M shapes: an MLP weight (768×3072; the Gram side is 768) and its 768×768 Gram matrix.
 M, N = 768, 3072
@@ -31,6 +37,59 @@ def ns_bytes(M: int, N: int, steps: int, itemsize: int, batch: int = 1) -> float
     writes X (2mn + m²). The Gram matrices stay in L2 on an H100 at 768, so this is a floor, not a forecast."""
     m, n = min(M, N), max(M, N)
     return float(batch * steps * itemsize * (3 * m * n + 5 * m * m))
+
+
+def ns_case(provider: str, shape, *, steps: int, coefficients: str, device, dtype: torch.dtype,
+            compile_backend: str | None = None, modded_path=None) -> Timed:
+    """Orthogonalise one bf16/fp32 G of `shape` ((M, N) or a batch (B, M, N) of the same shape), `steps`
+    iterations of `coefficients`, as `provider`: eager (kernels.reference, as the optimizer calls it), compile
+    (torch.compile of eager), triton (kernels.newton_schulz), torch_muon (torch.optim.Muon's orthogonaliser, one
+    2-D call per matrix as it steps; it has one (a, b, c) for all steps) or modded (our iteration on
+    modded-nanogpt's XXT/XTX + ba_plus_cAA, bench.modded.newton_schulz). flops: the symmetric (useful) count;
+    fields also give the naive 3-matmul count and their ratio, the symmetric scheme's speedup ceiling."""
+    G = torch.randn(shape, device=device).to(dtype)
+    *lead, rows, cols = G.shape
+    batch = lead[0] if lead else 1
+    useful = ns_flops(rows, cols, steps, symmetric=True, batch=batch)
+    naive = ns_flops(rows, cols, steps, symmetric=False, batch=batch)
+    fields = {"shape": list(G.shape), "dtype": dtype_name(dtype), "steps": steps, "coefficients": coefficients,
+              "useful_flops": useful, "naive_flops": naive, "flop_ratio": naive / useful}
+    if provider in ("eager", "triton", "compile"):
+        f = registry.get("newton_schulz", "eager" if provider == "compile" else provider)
+        if provider == "compile":
+            f = compiled(f, compile_backend)
+
+        def fn():
+            return f(G, steps=steps, coefficients=coefficients)
+    elif provider == "torch_muon":
+        try:
+            from torch.optim._muon import _zeropower_via_newtonschulz as zeropower
+        except ImportError as exc:
+            raise Unavailable(f"torch_muon: torch {torch.__version__} has no torch.optim._muon Newton-Schulz ({exc})")
+        coeffs = ns_coefficients(coefficients, steps)
+        if len(set(coeffs)) != 1:
+            raise Unavailable(f"torch_muon: torch.optim.Muon uses one (a, b, c) for every step; {coefficients!r} "
+                              "varies per step")
+        mats = G if G.ndim == 3 else G.unsqueeze(0)
+
+        def fn():
+            for g in mats:
+                zeropower(g, coeffs[0], steps, 1e-7)
+
+        fields["note"] = "torch.optim.Muon's Newton-Schulz, one 2-D call per matrix (as it steps)"
+    elif provider == "modded":
+        try:
+            kernels = modded.kernels_at(modded_path)
+        except modded.ModdedUnavailable as exc:
+            raise Unavailable(f"modded: {exc}") from None
+
+        def fn():
+            return modded.newton_schulz(kernels, G, steps=steps, coefficients=coefficients)
+
+        fields["note"] = "our iteration on modded-nanogpt's XXT/XTX and ba_plus_cAA kernels, baddbmm update"
+    else:
+        raise ValueError(f"unknown newton_schulz provider {provider!r}; choose from {PROVIDERS}")
+    return Timed(fn, flops=useful, bytes=ns_bytes(rows, cols, steps, G.element_size(), batch=batch), fields=fields)
 
 
 def codegen_cases() -> list:

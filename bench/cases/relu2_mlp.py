@@ -1,10 +1,15 @@
 """ReLU² MLP (kernels/relu2_mlp.py, its kernel in kernels/_relu2_kernels.py): FLOP and byte models, sm_90 codegen
 cases."""
 
-import torch
+import contextlib
 
-from bench.cases import jit_case
+import torch
+import torch.nn.functional as F
+
+from bench import modded
+from bench.cases import Timed, Unavailable, compiled, dtype_name, jit_case
 from kernels import _relu2_kernels as K
+from kernels import registry
 from kernels import relu2_mlp as r2
 from kernels._common import TRITON_DTYPE, precision_flags
 
@@ -26,6 +31,100 @@ def mlp_bytes(N: int, H: int, F: int, mode: str, itemsize: int) -> float:
     fwd = (nh + hf + nf) + (nf + hf + nh)
     bwd = (nh + hf + 2 * nf) + (nf + hf + nh) + (nf + nh + hf) + (nh + nf + hf)
     return float(itemsize * {"forward": fwd, "backward": bwd, "full": fwd + bwd}[mode])
+
+
+PROVIDERS = ("eager", "compile", "triton", "liger", "modded")
+MODES = ("forward", "backward", "full")
+
+
+def _provider_fn(provider: str, device, biases: bool, compile_backend, modded_path):
+    """(f(x, w_fc, w_proj, **biases), note) for one provider."""
+    if provider in ("eager", "triton"):
+        return registry.get("relu2_mlp", provider), None
+    if provider == "compile":
+        # A backward timed with retain_graph=True many times: no donated buffers in that graph (a graph compiled
+        # for a single backward may reuse its saved buffers and then refuses the second call).
+        import torch._functorch.config as functorch_config
+
+        f = compiled(registry.get("relu2_mlp", "eager"), compile_backend)
+
+        def call(*args, **kwargs):
+            patch = functorch_config.patch(donated_buffer=False) if hasattr(functorch_config, "donated_buffer") \
+                else contextlib.nullcontext()
+            with patch:
+                return f(*args, **kwargs)
+
+        return call, None
+    if provider == "liger":
+        if torch.device(device).type != "cuda":
+            raise Unavailable("liger: Liger-Kernel's Triton kernels are timed on CUDA tensors only")
+        try:
+            from liger_kernel.transformers.functional import liger_relu_squared
+        except Exception as exc:  # noqa: BLE001 - any import failure means "not here"
+            raise Unavailable(f"liger: liger-kernel does not import ({type(exc).__name__}: {exc})") from None
+
+        def mlp(x, w_fc, w_proj, b_fc=None, b_proj=None):
+            return F.linear(liger_relu_squared(F.linear(x, w_fc, b_fc)), w_proj, b_proj)
+
+        return mlp, "cuBLAS GEMMs around Liger's relu² kernel"
+    if provider == "modded":
+        if biases:
+            raise Unavailable("modded: FusedLinearReLUSquareFunction has no biases")
+        try:
+            fused = modded.peer(modded_path, "FusedLinearReLUSquareFunction", device)
+        except modded.ModdedUnavailable as exc:
+            raise Unavailable(f"modded: {exc}") from None
+
+        def mlp(x, w_fc, w_proj_t):
+            return fused.apply(x, w_fc, w_proj_t)
+
+        return mlp, "modded-nanogpt's FusedLinearReLUSquare (bf16 path), W2 = w_projᵀ stored (F, H)"
+    raise ValueError(f"unknown relu2_mlp provider {provider!r}; choose from {PROVIDERS}")
+
+
+def mlp_case(provider: str, N: int, H: int, F_: int, *, mode: str, device, dtype: torch.dtype, biases: bool = False,
+             compile_backend: str | None = None, modded_path=None) -> Timed:
+    """x (N, H) → relu(x w_fcᵀ (+ b_fc))² w_projᵀ (+ b_proj) → (N, H), as `provider`: eager (kernels.reference, as
+    the model calls it), compile, triton (kernels.relu2_mlp), liger (Liger's relu² between cuBLAS GEMMs; CUDA)
+    or modded (modded-nanogpt's FusedLinearReLUSquareFunction; CUDA, bf16, no biases). mode: forward (with
+    autograd recording), backward (of one retained graph; grads reset each call) or full (forward + backward)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    f, note = _provider_fn(provider, device, biases, compile_backend, modded_path)
+    x = torch.randn(N, H, device=device).to(dtype).requires_grad_()
+    w_fc = (torch.randn(F_, H, device=device) / H**0.5).to(dtype).requires_grad_()
+    w_proj = (torch.randn(H, F_, device=device) / F_**0.5).to(dtype)
+    if provider == "modded":
+        w_proj = w_proj.T.contiguous()  # their W2 is (F, H): post @ W2
+    w_proj.requires_grad_()
+    extra = {}
+    if biases:
+        extra = {"b_fc": torch.zeros(F_, device=device, dtype=dtype, requires_grad=True),
+                 "b_proj": torch.zeros(H, device=device, dtype=dtype, requires_grad=True)}
+    leaves = [x, w_fc, w_proj, *extra.values()]
+    dy = torch.randn(N, H, device=device).to(dtype)
+
+    def clear_grads():
+        for t in leaves:
+            t.grad = None
+
+    if mode == "forward":
+        def fn():
+            return f(x, w_fc, w_proj, **extra)
+    elif mode == "backward":
+        y = f(x, w_fc, w_proj, **extra)
+
+        def fn():
+            clear_grads()
+            y.backward(dy, retain_graph=True)
+    else:
+        def fn():
+            clear_grads()
+            f(x, w_fc, w_proj, **extra).backward(dy)
+
+    fields = {"shape": {"N": N, "H": H, "F": F_}, "dtype": dtype_name(dtype), "mode": mode, "biases": biases,
+              "note": note}
+    return Timed(fn, flops=mlp_flops(N, H, F_, mode), bytes=mlp_bytes(N, H, F_, mode, dtype.itemsize), fields=fields)
 
 
 def codegen_cases() -> list:

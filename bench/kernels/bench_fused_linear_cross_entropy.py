@@ -1,29 +1,23 @@
-"""Fused linear cross-entropy (the LM head: hidden @ Wᵀ, tanh softcap, cross-entropy, both gradients).
+"""Fused linear cross-entropy (the LM head: hidden @ Wᵀ, softcap, cross-entropy, both gradients).
 
-    pytest bench/kernels/bench_fused_linear_cross_entropy.py --benchmark-json=out/flce.json
+    pytest bench/kernels/bench_fused_linear_cross_entropy.py --benchmark-json=out/flce.json [--modded-nanogpt PATH]
 
-Providers: eager (kernels.reference.linear_cross_entropy in bf16, as the model calls it), compile (torch.compile
-of the same function), triton (kernels.fused_linear_cross_entropy; GPU only), chunked
-(kernels.chunked_cross_entropy, the CPU's default; any device), liger (Liger-Kernel's fused linear
-cross-entropy; GPU only, when installed). One mode, forward + backward: the Triton and Liger kernels finish the
-gradients during forward, so a forward-only time would not compare like with like. Each row stores the time,
-TFLOP/s of the 6·N·H·V matmul FLOPs, and the peak memory of one call above the inputs
-(bench.harness.peak_memory_bytes: torch.cuda.max_memory_allocated on a GPU, the torch.profiler allocation trace
-on the CPU).
+The case is bench.cases.fused_linear_cross_entropy.flce_case. Providers: eager (kernels.reference, as the model
+calls it), compile (torch.compile of the same function), triton (kernels.fused_linear_cross_entropy; GPU only),
+chunked (kernels.chunked_cross_entropy, the CPU's default; any device), liger (Liger-Kernel's fused linear
+cross-entropy; GPU only, when installed), modded (modded-nanogpt's FusedSoftcappedCrossEntropy, an fp8 head with
+its own cap: a speed peer; sm_90, with --modded-nanogpt). One mode, forward + backward. bf16 where the device
+multiplies it natively, else fp32 (bench.cases.case_dtype). Each row stores the time, TFLOP/s of the 6·N·H·V
+matmul FLOPs, and the peak memory of one call above the inputs (bench.harness.peak_memory_bytes:
+torch.cuda.max_memory_allocated on a GPU, the torch.profiler allocation trace on the CPU).
 """
 
-import functools
-
 import pytest
-import torch
 
-from bench.cases.fused_linear_cross_entropy import flce_bytes, flce_flops
-from bench.conftest import optional, provider_fn, require_gpu
-from kernels import fused_linear_cross_entropy as flce
+from bench.cases import case_dtype
+from bench.cases.fused_linear_cross_entropy import PROVIDERS, flce_case
+from bench.conftest import timed
 from model.config import model_preset
-
-DTYPE = torch.bfloat16
-IGNORED_FRACTION = 0.05  # a few ignore_index tokens, as padded batches have
 
 
 def _cases():
@@ -40,44 +34,14 @@ CASES = _cases()
 BIG = {name for name in CASES if not name.startswith("cpu")}
 
 
-def make_inputs(N, H, V, device, dtype=DTYPE, ignored_fraction=IGNORED_FRACTION):
-    """hidden (N, H) and weight (V, H) leaves that need grad, at the model's scale, and targets with some ignored."""
-    hidden = torch.randn(N, H, device=device).to(dtype).requires_grad_()
-    weight = (torch.randn(V, H, device=device) / H**0.5).to(dtype).requires_grad_()
-    targets = torch.randint(0, V, (N,), device=device)
-    targets[torch.rand(N, device=device) < ignored_fraction] = -100
-    return hidden, weight, targets
-
-
-def setup(case: str, provider: str, device):
-    """(inputs, fn) for one case and provider; fn runs forward + backward. Skips, with the reason, what
-    cannot run here."""
-    N, H, V, softcap = CASES[case]
-    hidden, weight, targets = make_inputs(N, H, V, device)
-    if provider == "liger":
-        require_gpu("liger")
-        liger = optional("liger_kernel.transformers.functional", "liger_fused_linear_cross_entropy", "liger")
-        loss_fn = functools.partial(liger, softcap=softcap)
-    else:
-        loss_fn = functools.partial(provider_fn("linear_cross_entropy", provider), softcap=softcap)
-
-    def step():
-        loss = loss_fn(hidden, weight, targets)
-        loss.backward()
-        hidden.grad = weight.grad = None  # after the peak: each call allocates its gradients, as a training step
-        return loss.detach()
-
-    return (hidden, weight, targets), step
-
-
-@pytest.mark.parametrize("provider", ["eager", "compile", "triton", "chunked", "liger"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_fused_linear_cross_entropy(benchmark, measure, device, case, provider):
+def test_fused_linear_cross_entropy(benchmark, measure, device, modded_path, case, provider):
     if device.type == "cpu" and case in BIG and provider in ("eager", "compile", "chunked"):
         pytest.skip(f"{provider}: the 124M case needs ~10 GB and minutes per round on the CPU; see the cpu case")
-    (hidden, weight, targets), fn = setup(case, provider, device)
     N, H, V, softcap = CASES[case]
-    fn()  # compile / autotune / first-launch work outside the timed rounds
-    measure(fn, flops=flce_flops(N, H, V), bytes=flce_bytes(N, H, V, DTYPE.itemsize, flce.pick_chunk_rows(N, V, 128)),
-            rounds=3, peak_memory=True, case=case, provider=provider, shape=[N, H, V],
-            dtype=str(DTYPE).removeprefix("torch."), softcap=softcap, logits_mb=N * V * 4 / 2**20)
+    t = timed(flce_case, provider, N, H, V, device=device, dtype=case_dtype(device), softcap=softcap,
+              modded_path=modded_path)
+    t.fn()  # compile / autotune / first-launch work outside the timed rounds
+    measure(t.fn, op="linear_cross_entropy", flops=t.flops, bytes=t.bytes, peak_memory=True, case=case,
+            provider=provider, **t.fields)

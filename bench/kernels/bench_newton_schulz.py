@@ -1,24 +1,24 @@
 """Newton-Schulz orthogonalisation (Muon's inner loop) over the 124M weight shapes.
 
-    pytest bench/kernels/bench_newton_schulz.py --benchmark-json=out/ns.json
+    pytest bench/kernels/bench_newton_schulz.py --benchmark-json=out/ns.json [--modded-nanogpt PATH]
 
-Providers: eager (kernels.reference, bf16 in and out, as the optimizer calls it), compile (torch.compile of
-the same function), triton (kernels.newton_schulz; GPU only), torch_muon (torch.optim.Muon's private
-orthogonaliser, 2-D only, quintic coefficients). Each row stores the useful (symmetric) FLOPs, the naive
-3-matmul FLOPs and their ratio: the symmetric scheme's speedup ceiling over the naive iteration.
+The case is bench.cases.newton_schulz.ns_case. Providers: eager (kernels.reference, as the optimizer calls it),
+compile (torch.compile of the same function), triton (kernels.newton_schulz; GPU only), torch_muon
+(torch.optim.Muon's orthogonaliser, one 2-D call per matrix), modded (our iteration on modded-nanogpt's XXT/XTX
+and ba_plus_cAA kernels; GPU only, with --modded-nanogpt). bf16 where the device multiplies it natively, else
+fp32 (bench.cases.case_dtype). Each row stores the useful (symmetric) FLOPs, the naive 3-matmul FLOPs and their
+ratio: the symmetric scheme's speedup ceiling over the naive iteration.
 """
 
 import pytest
-import torch
 
-from bench.cases.newton_schulz import ns_bytes, ns_flops
-from bench.conftest import optional, provider_fn
-from kernels.reference import QUINTIC
+from bench.cases import case_dtype
+from bench.cases.newton_schulz import PROVIDERS, ns_case
+from bench.conftest import timed
 from model.config import model_preset
 
 STEPS = 5
 COEFFICIENTS = "quintic"
-DTYPE = torch.bfloat16
 
 
 def _cases():
@@ -34,33 +34,12 @@ def _cases():
 
 
 CASES = _cases()
-BIG = {name for name in CASES if not name.startswith("cpu")}
 
 
-def setup(case: str, provider: str, device):
-    """(inputs, fn) for one case and provider; skips, with the reason, what cannot run here."""
-    shape = CASES[case]
-    G = torch.randn(shape, device=device).to(DTYPE)
-    if provider == "torch_muon":
-        if G.ndim != 2:
-            pytest.skip("torch_muon: torch.optim.Muon orthogonalises 2-D matrices only (no batch)")
-        zeropower = optional("torch.optim._muon", "_zeropower_via_newtonschulz", "torch_muon")
-        return G, lambda: zeropower(G, QUINTIC, STEPS, 1e-7)
-    fn = provider_fn("newton_schulz", provider)
-    return G, lambda: fn(G, steps=STEPS, coefficients=COEFFICIENTS)
-
-
-@pytest.mark.parametrize("provider", ["eager", "compile", "triton", "torch_muon"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("case", list(CASES))
-def test_newton_schulz(benchmark, measure, device, case, provider):
-    G, fn = setup(case, provider, device)
-    *lead, rows, cols = G.shape
-    batch = lead[0] if lead else 1
-    useful = ns_flops(rows, cols, STEPS, symmetric=True, batch=batch)
-    naive = ns_flops(rows, cols, STEPS, symmetric=False, batch=batch)
-    fn()  # compile / first-launch work outside the timed rounds
-    rounds = 3 if device.type == "cpu" and case in BIG else 5
-    measure(fn, flops=useful, bytes=ns_bytes(rows, cols, STEPS, G.element_size(), batch=batch), rounds=rounds,
-            case=case, provider=provider, shape=list(G.shape), dtype=str(G.dtype).removeprefix("torch."),
-            steps=STEPS, coefficients=COEFFICIENTS, useful_flops=useful, naive_flops=naive,
-            flop_ratio=naive / useful)
+def test_newton_schulz(benchmark, measure, device, modded_path, case, provider):
+    t = timed(ns_case, provider, CASES[case], steps=STEPS, coefficients=COEFFICIENTS, device=device,
+              dtype=case_dtype(device), modded_path=modded_path)
+    t.fn()  # compile / first-launch work outside the timed rounds
+    measure(t.fn, op="newton_schulz", flops=t.flops, bytes=t.bytes, case=case, provider=provider, **t.fields)

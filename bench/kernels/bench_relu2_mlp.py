@@ -1,33 +1,32 @@
 """ReLU² MLP (x (N, H) → relu(x w_fcᵀ)² → w_projᵀ → (N, H)) at the 124M shapes: forward, backward, full.
 
-    pytest bench/kernels/bench_relu2_mlp.py --benchmark-json=out/relu2.json
+    pytest bench/kernels/bench_relu2_mlp.py --benchmark-json=out/relu2.json [--modded-nanogpt PATH]
 
-Providers: eager (kernels.reference.relu2_mlp in bf16, as the model calls it), compile (torch.compile of
-the same function), triton (kernels.relu2_mlp; GPU only: the interpreter is for parity, not timing).
-Modes: forward (the training forward, with autograd recording), backward (retain_graph, grads reset to
-None each call), full (forward + backward). FLOPs: forward 4·N·H·F, backward 8·N·H·F (mlp_flops); bytes:
-the compulsory traffic of the Triton path (mlp_bytes). On a GPU each row also records the peak memory one
-call allocates beyond its inputs (bench.harness.peak_memory_bytes; the saved activation is the difference
-between implementations).
+The case is bench.cases.relu2_mlp.mlp_case. Providers: eager (kernels.reference, as the model calls it), compile
+(torch.compile of the same function), triton (kernels.relu2_mlp; GPU only), liger (Liger's relu² between cuBLAS
+GEMMs; GPU only, when installed), modded (modded-nanogpt's FusedLinearReLUSquareFunction; GPU only, with
+--modded-nanogpt). Modes: forward (the training forward, with autograd recording), backward (retain_graph, grads
+reset to None each call), full (forward + backward). bf16 where the device multiplies it natively, else fp32.
+FLOPs: forward 4·N·H·F, backward 8·N·H·F (mlp_flops); bytes: the compulsory traffic of the Triton path
+(mlp_bytes). On a GPU each row also records the peak memory one call allocates beyond its inputs
+(bench.harness.peak_memory_bytes; the saved activation is the difference between implementations).
 """
 
 import pytest
-import torch
 
-from bench.cases.relu2_mlp import mlp_bytes, mlp_flops
-from bench.conftest import provider_fn
+from bench.cases import case_dtype
+from bench.cases.relu2_mlp import MODES, PROVIDERS, mlp_case
+from bench.conftest import timed
 from model.config import model_preset
-
-DTYPE = torch.bfloat16
-MODES = ["forward", "backward", "full"]
 
 
 def _micro_batch_tokens(preset: str, default: int) -> int:
-    """Tokens of one micro-batch (batch_size × seq_len) of a training preset in configs.py."""
+    """Tokens of one micro-batch (batch_size × seq_len) of a training preset (speedrun.config.PRESETS)."""
     try:
         from speedrun.config import PRESETS
 
-        return PRESETS[preset]["batch_size"] * PRESETS[preset]["seq_len"]
+        cfg = PRESETS[preset]()
+        return cfg.batch_size * cfg.seq_len
     except (ImportError, KeyError):
         return default
 
@@ -47,62 +46,15 @@ CASES = _cases()
 CPU_SKIP = {name for name, (n, _, _) in CASES.items() if n > 8192}  # minutes per round on 2 shared cores
 
 
-def setup(case: str, provider: str, mode: str, device):
-    """(inputs, fn) for one case, provider and mode; skips, with the reason, what cannot run here."""
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_relu2_mlp(benchmark, measure, device, modded_path, case, mode, provider):
     N, H, F = CASES[case]
     if device.type == "cpu" and case in CPU_SKIP:
         pytest.skip(f"{case}: {N} tokens take minutes per round on the CPU; a GPU case")
-    fn = provider_fn("relu2_mlp", provider)
-
-    x = torch.randn(N, H, device=device).to(DTYPE).requires_grad_()
-    w_fc = (torch.randn(F, H, device=device) / H**0.5).to(DTYPE).requires_grad_()
-    w_proj = (torch.randn(H, F, device=device) / F**0.5).to(DTYPE).requires_grad_()
-    dy = torch.randn(N, H, device=device).to(DTYPE)
-    leaves = (x, w_fc, w_proj)
-
-    def clear_grads():
-        for t in leaves:
-            t.grad = None
-
-    if mode == "forward":
-        return leaves, lambda: fn(x, w_fc, w_proj)
-    if mode == "backward":
-        y = fn(x, w_fc, w_proj)
-
-        def backward():
-            clear_grads()
-            y.backward(dy, retain_graph=True)
-
-        return leaves, backward
-    if mode == "full":
-        def full():
-            clear_grads()
-            fn(x, w_fc, w_proj).backward(dy)
-
-        return leaves, full
-    raise ValueError(f"unknown mode {mode!r}")
-
-
-@pytest.mark.parametrize("provider", ["eager", "compile", "triton"])
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("case", list(CASES))
-def test_relu2_mlp(benchmark, measure, device, case, mode, provider):
-    if provider == "compile":
-        # A fresh compile per case, without donated buffers: a graph compiled for a retain_graph=False
-        # backward (the full mode) may reuse its saved buffers, and then refuses the backward mode's
-        # retain_graph=True calls ("compiled with non-empty donated buffers").
-        torch._dynamo.reset()
-        with torch._functorch.config.patch(donated_buffer=False):
-            _run(benchmark, measure, device, case, mode, provider)
-    else:
-        _run(benchmark, measure, device, case, mode, provider)
-
-
-def _run(benchmark, measure, device, case, mode, provider):
-    leaves, fn = setup(case, provider, mode, device)
-    N, H, F = CASES[case]
-    fn()  # compile / autotune / first-launch work outside the timed rounds
-    rounds = 3 if device.type == "cpu" and N * H * F > 10**9 else 5
-    measure(fn, flops=mlp_flops(N, H, F, mode), bytes=mlp_bytes(N, H, F, mode, DTYPE.itemsize), rounds=rounds,
-            peak_memory=device.type == "cuda", case=case, provider=provider, mode=mode,
-            shape={"N": N, "H": H, "F": F}, dtype=str(DTYPE).removeprefix("torch."))
+    t = timed(mlp_case, provider, N, H, F, mode=mode, device=device, dtype=case_dtype(device),
+              modded_path=modded_path)
+    t.fn()  # compile / autotune / first-launch work outside the timed rounds
+    measure(t.fn, op="relu2_mlp", flops=t.flops, bytes=t.bytes, peak_memory=device.type == "cuda", case=case,
+            provider=provider, **t.fields)

@@ -23,12 +23,12 @@ def test_doc_ids_cover_the_batch_in_documents():
 @pytest.mark.parametrize("mask", ["causal", "window", "docs"])
 def test_a_case_runs_forward_and_backward_and_counts_only_the_masked_work(mask):
     B, T, H, D = 2, 64, 2, 16
-    fwd, flops, fields = attention_case("sdpa", B, T, H, D, device="cpu", dtype=torch.float32, backward=False,
+    fwd, flops, _, fields = attention_case("sdpa", B, T, H, D, device="cpu", dtype=torch.float32, backward=False,
                                         mask=mask, doc_lengths=(8, 64))
     assert fwd().shape == (B, T, H, D) and fields["shape"] == [B, T, H, D] and fields["backend"] == "sdpa"
     causal = attention_flops(B, T, H, D)
     assert (flops == causal) if mask == "causal" else (0 < flops < causal)
-    bwd, bwd_flops, _ = attention_case("sdpa", B, T, H, D, device="cpu", dtype=torch.float32, backward=True,
+    bwd, bwd_flops, _, _ = attention_case("sdpa", B, T, H, D, device="cpu", dtype=torch.float32, backward=True,
                                        mask=mask, doc_lengths=(8, 64))
     bwd()
     assert bwd_flops == pytest.approx(2.5 * flops) if mask != "docs" else bwd_flops > flops

@@ -15,6 +15,9 @@ from types import SimpleNamespace
 import pytest
 
 from bench import gpu_report as gr
+from bench.gpu_report import codegen as codegen_stage
+from bench.gpu_report import correctness, e2e, microbench, runner
+from tests.bench import modded_checkout
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE_NAMES = ["environment", "correctness", "microbench", "e2e", "codegen"]
@@ -48,16 +51,19 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
+    """One dry run of every stage (with modded-nanogpt's kernels as peers where the mirror is on this machine)."""
     out = tmp_path_factory.mktemp("gpu_report_dry")
+    checkout = modded_checkout.materialise(tmp_path_factory.mktemp("modded"))
+    extra = ["--modded-nanogpt", str(checkout)] if checkout else []
     proc = subprocess.run([sys.executable, "-m", "bench.gpu_report", "--out", str(out), "--dry-run",
-                           "--budget-s", "300"], cwd=REPO, capture_output=True, text=True, timeout=400)
+                           "--budget-s", "300", *extra], cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, _load(out), proc
+    return out, _load(out), checkout
 
 
 def _plan_keys(dry_run: bool) -> list[str]:
-    ctx = SimpleNamespace(dry_run=dry_run, device="cpu" if dry_run else "cuda")
-    return [r.key for r in gr.microbench_rows(ctx)]
+    ctx = SimpleNamespace(dry_run=dry_run, device="cpu" if dry_run else "cuda", options={})
+    return [r.key for r in microbench.microbench_rows(ctx)]
 
 
 def test_dry_run_keys_equal_gpu_keys():
@@ -69,17 +75,20 @@ def test_dry_run_keys_equal_gpu_keys():
                 "newton_schulz/track3/mlp.c_proj/compile", "linear_cross_entropy/124m/fwd+bwd/triton",
                 "linear_cross_entropy/124m/fwd+bwd.nocap/liger", "linear_cross_entropy/track3/fwd+bwd/triton",
                 "relu2_mlp/124m/backward/triton", "relu2_mlp/track3/forward/eager", "attention/124m/docs.bwd/sdpa",
-                "attention/124m/window.fwd/flex", "attention/track3/causal.fwd/fa3"):
+                "attention/124m/window.fwd/flex", "attention/track3/causal.fwd/fa3",
+                "newton_schulz/124m/mlp.c_fc/modded", "linear_cross_entropy/124m/fwd+bwd/modded",
+                "relu2_mlp/124m/forward/modded", "linear_cross_entropy/124m/fwd+bwd/chunked"):
         assert key in gpu, key
 
 
 def test_gpu_cases_use_the_speedrun_shapes():
-    by_name = {c.name: c for c in gr.benchmark_cases(False)}
+    by_name = {c.name: c for c in microbench.benchmark_cases(False)}
     big, t3 = by_name["124m"], by_name["track3"]
     assert (big.d, big.n_head, big.head_dim, big.vocab, big.mlp) == (768, 6, 128, 50304, 3072)
     assert big.tokens == 32 * 2048  # the gpt2-124m preset's micro-batch
     assert (t3.d, t3.head_dim, t3.vocab, t3.mlp, t3.batch, t3.seq) == (768, 128, 50304, 3072, 64, 1024)
-    assert t3.track3 and t3.attn_scale == 0.12
+    assert t3.attn_scale == 0.12 and t3.bias and t3.softcap_kind == "algebraic" and t3.reduction == "sum"
+    assert not big.bias and big.softcap_kind == "tanh"
     shapes = {label: (count, rows, cols) for label, count, rows, cols in big.hidden_shapes}
     assert shapes == {"attn.{c_k,c_proj,c_q,c_v}": (48, 768, 768), "mlp.c_fc": (12, 3072, 768),
                       "mlp.c_proj": (12, 768, 3072)}
@@ -112,7 +121,7 @@ def test_dry_run_environment_and_correctness(dry_run):
 
 
 def test_dry_run_microbench_rows(dry_run):
-    _, data, _ = dry_run
+    _, data, checkout = dry_run
     rows = _rows(data, "microbench")
     assert set(rows) == set(_plan_keys(True))
     for key, r in rows.items():
@@ -130,6 +139,15 @@ def test_dry_run_microbench_rows(dry_run):
         assert rows[key]["status"] == "ok", rows[key]
     assert rows["newton_schulz/124m/mlp.c_fc/eager"]["speedup_vs_eager"] == 1.0
     assert rows["attention/124m/causal.fwd/fa3"]["status"] == "not available"
+    assert "Liger-Kernel's Triton kernels are timed on CUDA tensors only" in rows[
+        "linear_cross_entropy/124m/fwd+bwd/liger"]["reason"]
+    ns_modded = rows["newton_schulz/124m/mlp.c_fc/modded"]
+    if checkout is None:
+        assert ns_modded["status"] == "not available" and "--modded-nanogpt" in ns_modded["reason"]
+    else:  # their Gram kernels run under the interpreter; their MLP and cross-entropy need a GPU, and say why
+        assert ns_modded["status"] == "ok" and "modded-nanogpt" in ns_modded["note"]
+        assert "get_device_properties" in rows["relu2_mlp/124m/forward/modded"]["reason"]
+        assert "sm_90" in rows["linear_cross_entropy/124m/fwd+bwd/modded"]["reason"]
 
 
 def test_dry_run_e2e_and_codegen(dry_run):
@@ -139,8 +157,7 @@ def test_dry_run_e2e_and_codegen(dry_run):
     run = e2e["e2e/gpt2-124m"]
     assert run["status"] == "ok" and run["steps_timed"] == 3 and run["ms_per_step"] > 0
     assert run["projection_8gpu"]["full_run_s"] == pytest.approx(run["max_steps"] * run["ms_per_step"] / 8 / 1e3)
-    if e2e["e2e/track3"]["status"] != "ok":
-        assert e2e["e2e/track3"]["status"] == "not available" and "track3" in e2e["e2e/track3"]["reason"]
+    assert e2e["e2e/track3"]["status"] == "ok" and e2e["e2e/track3"]["published"]
     published = _stage(data, "e2e")["info"]["published"]
     assert {p["result"] for p in published} >= {"#36 tuned baseline (Muon + aux AdamW)", "#10 NorMuon"}
     codegen = _rows(data, "codegen")
@@ -280,18 +297,18 @@ def test_failing_stage_is_reported_and_the_run_continues(tmp_path):
 
 
 def _stage_obj(min_s, cap_s):
-    return gr.Stage("s", "s", run=None, min_s=min_s, cap_s=cap_s, dry_min_s=min_s)
+    return runner.Stage("s", "s", run=None, min_s=min_s, cap_s=cap_s, dry_min_s=min_s)
 
 
 def test_time_box_reserves_for_later_stages_but_never_below_own_minimum():
     later = [_stage_obj(60, 100), _stage_obj(15, 60)]
-    box, _ = gr.time_box(_stage_obj(30, 150), later, 400, dry_run=False)
+    box, _ = runner.time_box(_stage_obj(30, 150), later, 400, dry_run=False)
     assert box == 150  # 400 - 75 reserved leaves room for the full cap
-    box, _ = gr.time_box(_stage_obj(30, 150), later, 150, dry_run=False)
+    box, _ = runner.time_box(_stage_obj(30, 150), later, 150, dry_run=False)
     assert box == 75  # the later stages keep their 75 s
-    box, _ = gr.time_box(_stage_obj(30, 150), later, 50, dry_run=False)
+    box, _ = runner.time_box(_stage_obj(30, 150), later, 50, dry_run=False)
     assert box == 30  # earlier stages have priority: the reserve shrinks, this stage's minimum does not
-    box, why = gr.time_box(_stage_obj(30, 150), later, 20, dry_run=False)
+    box, why = runner.time_box(_stage_obj(30, 150), later, 20, dry_run=False)
     assert box is None and "needs at least 30 s" in why
 
 
@@ -312,23 +329,15 @@ def test_parse_junit_and_progress_on_a_real_pytest_run(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pytest", "test_sample.py", "-q", "-p", "no:cacheprovider",
                            f"--junitxml={xml}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    counts, first = gr.parse_junit(str(xml))
+    counts, first = correctness.parse_junit(str(xml))
     assert counts == {"passed": 1, "failed": 1, "errors": 0, "skipped": 1, "total": 3}
     assert "test_bad" in first and "arithmetic is broken" in first
-    assert gr.parse_progress(proc.stdout) == counts
-
-
-def test_quantiles_match_torch():
-    import torch
-
-    samples = [0.3, 0.1, 0.7, 0.2, 0.5]
-    expected = torch.tensor(samples, dtype=torch.float64).quantile(torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64))
-    assert gr.quantiles_ms(samples, (0.5, 0.2, 0.8)) == pytest.approx([1e3 * float(v) for v in expected])
+    assert correctness.parse_progress(proc.stdout) == counts
 
 
 def test_row_stream_reads_only_complete_lines(tmp_path):
     path = tmp_path / "rows.jsonl"
-    stream = gr._RowStream(str(path))
+    stream = runner._RowStream(str(path))
     assert stream.read() == []
     path.write_text('{"row": {"key": "a"}}\n{"row": {"ke')
     assert stream.read() == [{"row": {"key": "a"}}]
@@ -344,15 +353,15 @@ def test_match_jit_pairs_variants_with_their_codegen_case():
     pointers = {k: v for k, v in case.signature.items() if v.startswith("*")}
     jit = {"fn": case.fn.__name__, "num_warps": case.num_warps, "num_stages": case.num_stages,
            "constexprs": {**case.constexprs, "M_IS_ONE": True}, "pointer_types": pointers}  # extra JIT constexprs ok
-    assert gr.match_jit(case, [jit]) == [jit]
-    assert gr.match_jit(case, [{**jit, "num_warps": case.num_warps * 2}]) == []
-    assert gr.match_jit(case, [{**jit, "constexprs": {**case.constexprs, "BLOCK_M": 1}}]) == []
+    assert codegen_stage.match_jit(case, [jit]) == [jit]
+    assert codegen_stage.match_jit(case, [{**jit, "num_warps": case.num_warps * 2}]) == []
+    assert codegen_stage.match_jit(case, [{**jit, "constexprs": {**case.constexprs, "BLOCK_M": 1}}]) == []
     other_dtype = {k: "*fp32" for k in pointers}
-    assert gr.match_jit(case, [{**jit, "pointer_types": other_dtype}]) == []
+    assert codegen_stage.match_jit(case, [{**jit, "pointer_types": other_dtype}]) == []
 
 
 def test_published_track3_step_times():
-    published = {p["result"]: p for p in gr.published_track3()}
+    published = {p["result"]: p for p in e2e.published_track3()}
     baseline = published["#36 tuned baseline (Muon + aux AdamW)"]
     assert baseline["logs"] == 10 and baseline["gpus"] == ["NVIDIA H100 80GB HBM3"]
     assert 150 < baseline["ms_per_step_min"] <= baseline["ms_per_step_mean"] <= baseline["ms_per_step_max"] < 160

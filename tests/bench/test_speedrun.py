@@ -168,7 +168,7 @@ def test_sigma_comes_from_the_config_field_when_there_is_one():
 
 # ----------------------------------------------------------------------------------------------- end to end
 
-TINY = ["--preset=tiny", "--max_steps=4", "--val_every=1", "--threads=1", "--optim.lr=0.01", "--optim.adam_lr=0.01"]
+TINY = ["--preset=tiny", "--max_steps=4", "--val_every=1", "--threads=1", "--optim.lr=0.01"]
 
 
 def test_end_to_end_with_tuning(text_shards, tmp_path):

@@ -5,12 +5,12 @@ import torch
 
 from model import GPT, model_preset
 from optim import build_optimizer, param_groups
-from speedrun.config import OptimConfig
+from optim.adamw import AdamWConfig
 
 
 def test_hyperparameters_per_group():
     model = GPT(model_preset("tiny"))
-    opt = build_optimizer(OptimConfig(name="adamw", lr=1e-3, weight_decay=0.1, betas=(0.8, 0.9), eps=1e-6), model)
+    opt = build_optimizer(AdamWConfig(lr=1e-3, weight_decay=0.1, betas=(0.8, 0.9), eps=1e-6), model)
     assert isinstance(opt, torch.optim.AdamW)
     groups = param_groups(model)
     for g in opt.param_groups:
@@ -22,7 +22,7 @@ def test_hyperparameters_per_group():
 def test_decay_shrinks_only_hidden_matrices():
     # With zero gradients Adam's moments stay 0, so the step is the decoupled decay alone: W ← W·(1 - lr·wd).
     model = GPT(model_preset("tiny"))
-    opt = build_optimizer(OptimConfig(name="adamw", lr=0.5, weight_decay=0.2), model)
+    opt = build_optimizer(AdamWConfig(lr=0.5, weight_decay=0.2), model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -37,8 +37,8 @@ def test_per_role_hyperparameters_and_fused():
     # The track3-adam recipe's shape of configuration: the hidden matrices and the other roles differ in lr,
     # betas and decay; torch's fused AdamW (one kernel per dtype) on the CPU.
     model = GPT(model_preset("tiny"))
-    cfg = OptimConfig(name="adamw", lr=0.0015, betas=(0.9, 0.95), weight_decay=0.1, embed_lr=0.3, head_lr=1 / 320,
-                      scalar_lr=0.01, adam_betas=(0.8, 0.95), eps=1e-10)
+    cfg = AdamWConfig(lr=0.0015, betas=(0.9, 0.95), weight_decay=0.1, embed_lr=0.3, head_lr=1 / 320,
+                      scalar_lr=0.01, aux_betas=(0.8, 0.95), eps=1e-10)
     opt = build_optimizer(cfg, model)
     assert opt.defaults["fused"]
     expected = {"hidden": (0.0015, (0.9, 0.95), 0.1), "embed": (0.3, (0.8, 0.95), 0.0),
@@ -53,7 +53,7 @@ def test_hidden_group_matches_the_float64_formula():
     # 1e-7 + 1e-6·|w| (fp32 rounding of the weights); a 1% error in the step would be ~7e-5 (5 steps of 0.0015).
     lr, (b1, b2), eps, wd = 0.0015, (0.9, 0.95), 1e-10, 0.1
     model = GPT(model_preset("tiny"))
-    opt = build_optimizer(OptimConfig(name="adamw", lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd), model)
+    opt = build_optimizer(AdamWConfig(lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd), model)
     p = param_groups(model)["hidden"][0]
     w = p.detach().double().clone()
     m, v = torch.zeros_like(w), torch.zeros_like(w)

@@ -12,8 +12,9 @@ from kernels import reference, registry
 from kernels._common import native_bf16
 from model import GPT, model_preset
 from optim import build_optimizer
-from optim.muon import Muon, lr_scale, muon_shape_update, resolve_ns_dtype
-from speedrun.config import OptimConfig
+from optim.muon import Muon, MuonConfig, lr_scale, muon_shape_update, resolve_ns_dtype
+from optim.normuon import NorMuonConfig
+from speedrun.cli import ConfigError
 
 # --- parity with torch.optim.Muon --------------------------------------------------------------------
 
@@ -194,7 +195,7 @@ def test_one_orthogonalization_per_shape_in_the_chosen_dtype(monkeypatch, ns_dty
         return eager(G, **kwargs)
 
     monkeypatch.setitem(registry.OPS["newton_schulz"], "eager", counting)
-    opt = build_optimizer(OptimConfig(name="muon", ns_dtype=ns_dtype, ns_coefficients="cubic"), model)
+    opt = build_optimizer(MuonConfig(ns_dtype=ns_dtype, ns_coefficients="cubic"), model)
     chosen = resolve_ns_dtype(ns_dtype, "cpu")
     assert opt.ns_dtype == chosen
     idx = torch.randint(0, 50304, (2, 16))
@@ -252,8 +253,8 @@ def test_updating_subsets_equals_updating_all():
 
 def test_groups_follow_the_role_table():
     model = GPT(model_preset("tiny"))
-    opt = build_optimizer(OptimConfig(name="muon", lr=0.05, adam_lr=0.008, head_lr=0.004, weight_decay=0.1,
-                                      adam_weight_decay=0.001, betas=(0.8, 0.9), eps=1e-10), model)
+    opt = build_optimizer(MuonConfig(lr=0.05, aux_lr=0.008, head_lr=0.004, weight_decay=0.1, aux_weight_decay=0.001,
+                                     aux_betas=(0.8, 0.9), aux_eps=1e-10), model)
     by_role = {g["role"]: g for g in opt.param_groups}
     hidden = by_role["hidden"]
     assert hidden["use_muon"] and (hidden["lr"], hidden["weight_decay"], hidden["momentum"]) == (0.05, 0.1, 0.95)
@@ -280,20 +281,29 @@ def test_lr_scaling():
         lr_scale((2, 2), "nope")
 
 
-@pytest.mark.parametrize("name", ["muon", "normuon"])
-def test_bad_configuration_raises_at_construction(name):
-    model = GPT(model_preset("tiny"))
-    bad = [(KeyError, r"no implementation 'cuda'; registered: \[.*'eager'", dict(ns_impl="cuda")),
-           (ValueError, "unknown Newton-Schulz coefficients 'quartic'", dict(ns_coefficients="quartic")),
-           (ValueError, "unknown Muon lr scaling 'rms'", dict(muon_lr_scaling="rms")),
-           # refused by OptimConfig itself, before an optimizer is built
-           (ValueError, "--optim.ns_steps=-1 must be >= 0", dict(ns_steps=-1)),
-           (ValueError, "--optim.ns_dtype='fp16'; choose from", dict(ns_dtype="fp16")),
-           (ValueError, r"--optim.embed_lr=-1.0 must be a number >= 0", dict(embed_lr=-1.0)),
-           (ValueError, r"--optim.betas=\(0.9, 1.0\) must be two numbers in \[0, 1\)", dict(betas=(0.9, 1.0)))]
-    for error, message, overrides in bad:
-        with pytest.raises(error, match=message):
-            build_optimizer(OptimConfig(name=name, **overrides), model)
+@pytest.mark.parametrize("config", [MuonConfig, NorMuonConfig])
+def test_bad_configuration_is_refused_by_the_config(config):
+    """Every bad value is refused when the config is made (before an optimizer is built), naming the option."""
+    bad = [(r"--optim.newton_schulz_impl='cuda'; choose from eager, triton, auto", dict(newton_schulz_impl="cuda")),
+           ("--optim.ns_coefficients='quartic'; choose from", dict(ns_coefficients="quartic")),
+           ("--optim.lr_scaling='rms'; choose from original, match_rms_adamw", dict(lr_scaling="rms")),
+           ("--optim.ns_steps=-1 must be >= 0", dict(ns_steps=-1)),
+           ("--optim.ns_dtype='fp16'; choose from", dict(ns_dtype="fp16")),
+           (r"--optim.embed_lr=-1.0 must be a number >= 0", dict(embed_lr=-1.0)),
+           (r"--optim.momentum=1.0 must lie in \[0, 1\)", dict(momentum=1.0)),
+           (r"--optim.aux_betas=\(0.9, 1.0\) must be two numbers in \[0, 1\)", dict(aux_betas=(0.9, 1.0)))]
+    for message, overrides in bad:
+        with pytest.raises(ConfigError, match=message):
+            config(**overrides)
+
+
+def test_bad_arguments_raise_at_construction():
+    with pytest.raises(KeyError, match=r"no implementation 'cuda'; registered: \[.*'eager'"):
+        Muon([], lr=1, ns_impl="cuda")
+    with pytest.raises(ValueError, match="unknown Newton-Schulz coefficients 'quartic'"):
+        Muon([], lr=1, ns_coefficients="quartic")
+    with pytest.raises(ValueError, match="unknown Muon lr scaling 'rms'"):
+        Muon([], lr=1, lr_scaling="rms")
     with pytest.raises(ValueError, match="2-D"):
         Muon([torch.nn.Parameter(torch.zeros(2, 2, 2))], lr=1)
 

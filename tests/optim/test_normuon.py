@@ -8,8 +8,8 @@ from kernels import reference, registry
 from model import GPT, model_preset
 from optim import build_optimizer
 from optim.muon import Muon, lr_scale
-from optim.normuon import NorMuon
-from speedrun.config import OptimConfig
+from optim.normuon import NorMuon, NorMuonConfig
+from speedrun.cli import ConfigError
 
 
 def rms_spread(update: torch.Tensor, dim: int) -> float:
@@ -258,8 +258,8 @@ def test_track3_normuon_is_its_bf16_arithmetic_bit_for_bit():
 
 def test_build_from_config():
     model = GPT(model_preset("tiny"))
-    opt = build_optimizer(OptimConfig(name="normuon", normuon_axis="longer", normuon_beta2=0.9), model)
+    opt = build_optimizer(NorMuonConfig(axis="longer", beta2=0.9), model)
     hidden = next(g for g in opt.param_groups if g["use_muon"])
     assert isinstance(opt, NorMuon) and (hidden["axis"], hidden["beta2"]) == ("longer", 0.9)
-    with pytest.raises(ValueError, match="unknown NorMuon axis"):
-        build_optimizer(OptimConfig(name="normuon", normuon_axis="column"), model)
+    with pytest.raises(ConfigError, match="--optim.axis='column'; choose from row, longer"):
+        NorMuonConfig(axis="column")

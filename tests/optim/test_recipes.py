@@ -1,16 +1,13 @@
-"""optim.recipes: each track-3 recipe builds the published optimizer and schedule, and says where it comes from."""
+"""Recipes: each track-3 recipe builds the published optimizer and schedule, and says where it comes from."""
 
-import dataclasses
 import re
 
 import pytest
-import torch
 
-from optim import build_optimizer
+from optim import build_optimizer, registry
 from optim.muon import Muon
 from optim.normuon import NorMuon
-from optim.recipes import RECIPES
-from speedrun.config import OptimConfig, TrainConfig
+from speedrun.config import resolve
 from tests.optim.test_roles import BiasedModel
 
 # The published numbers (modded-nanogpt records/track_3_optimization: README table and the logs' scripts).
@@ -32,24 +29,21 @@ AUX = {  # role -> lr, and what every non-hidden group shares
                                                                             weight_decay=0.0)),
     "track3-normuon": ({"embed": 0.3, "head": 1 / 320, "scalar": 0.01}, dict(betas=(0.8, 0.95), eps=1e-10,
                                                                                weight_decay=0.0))}
-TRAIN_KEYS = ("max_steps", "warmup_steps", "cooldown_frac", "schedule_steps", "grad_clip")
+# a recipe's docstring: "Track-3 result #N ...: S steps, (mean) val loss L (n=K" and where its script is
+RESULT = re.compile(r"result #(\d+)[^:]*: (\d+) steps, (?:mean )?val loss (\d\.\d{4}) \(n=(\d+)")
 
 
-def optim_config(overrides: dict) -> OptimConfig:
-    return dataclasses.replace(OptimConfig(), **{k.removeprefix("optim."): v for k, v in overrides.items()
-                                                 if k.startswith("optim.")})
-
-
-def test_the_three_track3_recipes():
-    assert sorted(RECIPES) == sorted(RESULTS)
+def test_the_track3_recipes_are_registered():
+    assert set(RESULTS) <= set(registry.entries("recipe"))
 
 
 @pytest.mark.parametrize("name", sorted(RESULTS))
 def test_recipe_builds_the_published_optimizer(name):
-    overrides = RECIPES[name]()
+    cfg = resolve(["--preset=track3", f"--optimizer={name}"])
     model = BiasedModel()  # every role, biases included (the track-3 model's Linears have them)
-    opt = build_optimizer(optim_config(overrides), model)
-    assert type(opt) is {"track3-muon": Muon, "track3-adam": torch.optim.AdamW, "track3-normuon": NorMuon}[name]
+    opt = build_optimizer(cfg.optim, model)
+    assert type(opt) is {"track3-muon": Muon, "track3-adam": __import__("torch").optim.AdamW,
+                         "track3-normuon": NorMuon}[name]
     if name == "track3-adam":
         assert opt.defaults["fused"]  # as the reference's
     else:
@@ -64,30 +58,40 @@ def test_recipe_builds_the_published_optimizer(name):
 
 @pytest.mark.parametrize("name", sorted(RESULTS))
 def test_recipe_sets_the_published_schedule(name):
-    overrides = RECIPES[name]()
-    train = {k: v for k, v in overrides.items() if not k.startswith("optim.")}
-    assert set(train) == set(TRAIN_KEYS)
-    assert tuple(train[k] for k in TRAIN_KEYS) == SCHEDULES[name]
-    fields = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    for key, value in train.items():  # keys TrainConfig has must take values of their type
-        if key in fields:
-            assert isinstance(value, type(fields[key])), (key, value)
+    cfg = resolve(["--preset=track3", f"--optimizer={name}"])
+    assert (cfg.max_steps, cfg.schedule.warmup_steps, cfg.schedule.cooldown_frac, cfg.schedule_steps,
+            cfg.grad_clip) == SCHEDULES[name]
+    assert cfg.schedule.aux_cooldown_frac is None and cfg.recipe == name
 
 
 @pytest.mark.parametrize("name", sorted(RESULTS))
-def test_recipe_values_have_the_config_types(name):
-    defaults = OptimConfig()
-    for key, value in RECIPES[name]().items():
-        if key.startswith("optim."):
-            field = key.removeprefix("optim.")
-            assert isinstance(value, type(getattr(defaults, field))), (key, value)
+def test_the_cpu_preset_scales_the_recipe_s_steps(name):
+    """track3-cpu's budget is 160 steps: every step count a recipe states for 3250 scales by 160/3250."""
+    cfg = resolve(["--preset=track3-cpu", f"--optimizer={name}"])
+    scale = 160 / 3250
+    max_steps, warmup, _, schedule_steps, _ = SCHEDULES[name]
+    assert (cfg.max_steps, cfg.schedule.warmup_steps, cfg.schedule_steps) == (
+        round(max_steps * scale), round(warmup * scale), round(schedule_steps * scale))
 
 
 @pytest.mark.parametrize("name", sorted(RESULTS))
 def test_docstring_states_the_result(name):
     number, steps, loss, n = RESULTS[name]
-    doc = RECIPES[name].__doc__
-    match = re.search(r"result #(\d+)[^:]*: (\d+) steps, (?:mean )?val loss (\d\.\d{4}) \(n=(\d+)", doc)
-    assert match, doc
+    entry = registry.lookup("recipe", name)
+    match = RESULT.search(entry.factory.__doc__)
+    assert match, entry.factory.__doc__
     assert (int(match[1]), int(match[2]), float(match[3]), int(match[4])) == (number, steps, loss, n)
-    assert RECIPES[name]()["max_steps"] == steps
+    assert entry.factory()["max_steps"] == steps
+
+
+@pytest.mark.parametrize("name", sorted(registry.entries("recipe")))
+def test_every_recipe_resolves_and_says_where_it_comes_from(name):
+    """Every registered recipe: a docstring naming its source (a track-3 result folder, or "our own"), and a config
+    on both track-3 presets."""
+    doc = registry.lookup("recipe", name).factory.__doc__
+    assert "Source:" in doc, name
+    if RESULT.search(doc) is None:
+        assert "our own" in doc, name  # a recipe without a published result says so
+    for preset in ("track3", "track3-cpu"):
+        cfg = resolve([f"--preset={preset}", f"--optimizer={name}"])
+        assert cfg.recipe == name

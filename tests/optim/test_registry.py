@@ -1,21 +1,22 @@
 """optim: the registry, and behaviour shared by every registered optimizer."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 import torch.nn as nn
 
 from model import GPT, model_preset
-from optim import OPTIMIZERS, ROLES, build_optimizer, register_optimizer
-from optim import registry as optim_registry
-from speedrun.config import DEFAULT_LR, OptimConfig
+from optim import ROLES, build_optimizer, registry
+from speedrun.cli import ConfigError
 
 ALL = ["adamw", "sgd", "muon", "normuon"]
 
 
 def cfg_for(name, **overrides):
-    return OptimConfig(name=name, lr=DEFAULT_LR[name], adam_lr=3e-3, **overrides)
+    """Optimizer `name` with its own defaults (its own lr: adamw 3e-3, sgd 0.1, muon and normuon 0.02)."""
+    return registry.lookup("optimizer", name).config(**overrides)
 
 
 def tiny_model(**overrides):
@@ -45,23 +46,51 @@ class LeastSquares(nn.Module):
 
 
 def test_registry_names_and_unknown_name():
-    assert set(ALL) <= set(OPTIMIZERS)
-    with pytest.raises(KeyError, match=r"unknown optimizer 'nope'; registered: \[.*'adamw'.*'normuon'"):
-        build_optimizer(OptimConfig(name="nope"), tiny_model())
+    assert set(ALL) <= set(registry.entries("optimizer"))
+    with pytest.raises(ConfigError, match=r"unknown optimizer or recipe 'nope'; optimizers: adamw, .*normuon.*; "
+                                          r"recipes: .*track3-muon"):
+        registry.lookup("optimizer", "nope", also=("recipe",))
+
+
+def test_every_part_documents_every_field():
+    """--help prints these docstrings: every hyper-parameter of every registered part has one."""
+    for kind in registry.KINDS:
+        for name, entry in registry.entries(kind).items():
+            if entry.config is None:
+                assert entry.factory.__doc__, (kind, name)
+                continue
+            docs = registry.field_docs(entry.config)
+            missing = [f.name for f in dataclasses.fields(entry.config) if not docs.get(f.name)]
+            assert not missing, (kind, name, missing)
+            assert entry.config.name == name
 
 
 def test_a_new_optimizer_is_one_registration():
-    @register_optimizer("test-rmsprop")
+    @dataclasses.dataclass(frozen=True)
+    class RMSpropConfig:
+        lr: float = 0.01
+        "Learning rate."
+
+    @registry.optimizer("test-rmsprop", RMSpropConfig)
     def build(cfg, groups):
         return torch.optim.RMSprop([p for ps in groups.values() for p in ps], lr=cfg.lr)
 
     try:
-        opt = build_optimizer(OptimConfig(name="test-rmsprop", lr=0.1), tiny_model())
+        opt = build_optimizer(RMSpropConfig(lr=0.1), tiny_model())
         assert isinstance(opt, torch.optim.RMSprop) and opt.param_groups[0]["initial_lr"] == 0.1
-        with pytest.raises(ValueError, match="already registered"):
-            register_optimizer("test-rmsprop")(build)
+        assert opt.param_groups[0]["role"] == "hidden"  # a builder that sets no role: the matrix schedule
+        assert RMSpropConfig.name == "test-rmsprop"
     finally:
-        del optim_registry.OPTIMIZERS["test-rmsprop"]
+        del registry._ENTRIES["optimizer"]["test-rmsprop"]
+
+
+def test_a_name_taken_by_another_file_is_refused(tmp_path):
+    clash = tmp_path / "clash.py"
+    clash.write_text("from dataclasses import dataclass\nfrom optim.registry import optimizer\n"
+                     "@dataclass(frozen=True)\nclass C:\n    lr: float = 1.0\n    'lr'\n"
+                     "@optimizer('muon', C)\ndef build(cfg, groups):\n    pass\n")
+    with pytest.raises(ConfigError, match=r"clash.py: the optimizer name 'muon' is already registered by .*muon.py"):
+        registry.load_file(str(clash))
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -71,8 +100,8 @@ def test_groups_carry_role_and_initial_lr(name):
     assert sorted(roles) == sorted(ROLES) and len(set(roles)) == len(roles)
     for g in opt.param_groups:
         assert g["initial_lr"] == g["lr"]
-        uses_adam_lr = name in ("muon", "normuon") and g["role"] != "hidden"
-        assert g["lr"] == (3e-3 if uses_adam_lr else DEFAULT_LR[name])
+        uses_aux_lr = name in ("muon", "normuon") and g["role"] != "hidden"
+        assert g["lr"] == (3e-3 if uses_aux_lr else {"adamw": 3e-3, "sgd": 0.1, "muon": 0.02, "normuon": 0.02}[name])
 
 
 # --- every optimizer ---------------------------------------------------------------------------------
@@ -128,8 +157,8 @@ def test_each_optimizer_learns_a_repeated_batch(name):
 @pytest.mark.parametrize("name", ALL)
 def test_each_optimizer_solves_least_squares(name):
     model = LeastSquares()
-    opt = build_optimizer(OptimConfig(name=name, lr={"adamw": 0.05, "sgd": 0.1, "muon": 0.05, "normuon": 0.05}[name],
-                                      adam_lr=0.05), model)
+    lr = {"adamw": 0.05, "sgd": 0.1, "muon": 0.05, "normuon": 0.05}[name]
+    opt = build_optimizer(cfg_for(name, lr=lr, **({"aux_lr": 0.05} if name in ("muon", "normuon") else {})), model)
     losses = []
     for _ in range(40):
         loss = model()

@@ -5,8 +5,11 @@ import torch
 import torch.nn as nn
 
 from model import GPT, model_preset
-from optim import ROLES, RoleHparams, build_optimizer, param_groups, role_table
-from speedrun.config import OptimConfig
+from optim import ROLES, AuxRoles, RoleHparams, build_optimizer, param_groups, role_table
+from optim.adamw import AdamWConfig
+from optim.muon import MuonConfig
+from optim.normuon import NorMuonConfig
+from optim.sgd import SGDConfig
 
 
 def tiny_model(**overrides):
@@ -100,50 +103,53 @@ def test_a_parameter_outside_the_contract_is_refused(stray):
 
 
 def test_role_table_defaults():
-    cfg = OptimConfig(lr=0.02, adam_lr=0.008, weight_decay=0.1, betas=(0.9, 0.99))
-    table = role_table(cfg, cfg.adam_lr)
+    table = role_table(AuxRoles(), RoleHparams(0.02, (0.9, 0.99), 0.1), aux_lr=0.008, aux_betas=(0.9, 0.99))
     assert table == {"hidden": RoleHparams(0.02, (0.9, 0.99), 0.1), "embed": RoleHparams(0.008, (0.9, 0.99), 0.0),
                      "head": RoleHparams(0.008, (0.9, 0.99), 0.0), "scalar": RoleHparams(0.008, (0.9, 0.99), 0.0)}
 
 
 def test_role_table_per_role_overrides():
-    cfg = OptimConfig(lr=0.0015, embed_lr=0.3, head_lr=1 / 320, scalar_lr=0.01, weight_decay=0.1,
-                      adam_weight_decay=0.001, betas=(0.9, 0.95), adam_betas=(0.8, 0.95))
-    table = role_table(cfg, cfg.lr)
+    cfg = AuxRoles(embed_lr=0.3, head_lr=1 / 320, scalar_lr=0.01, aux_weight_decay=0.001)
+    table = role_table(cfg, RoleHparams(0.0015, (0.9, 0.95), 0.1), aux_lr=0.0015, aux_betas=(0.8, 0.95))
     assert table["hidden"] == RoleHparams(0.0015, (0.9, 0.95), 0.1)
     assert {r: table[r].lr for r in ("embed", "head", "scalar")} == {"embed": 0.3, "head": 1 / 320, "scalar": 0.01}
     assert all(table[r].betas == (0.8, 0.95) and table[r].weight_decay == 0.001 for r in ("embed", "head", "scalar"))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(head_lr=-0.1), r"role head: lr=-0.1"), (dict(weight_decay=-1.0), r"role hidden: .*weight_decay=-1.0"),
-    (dict(adam_betas=(0.9,)), r"role embed: .*betas=\(0.9,\)"), (dict(betas=(1.0, 0.9)), r"role hidden: .*betas")])
-def test_role_table_refuses_bad_values(overrides, message):
-    """The table's own check, for a config that skipped OptimConfig's (which refuses these values first)."""
-    cfg = OptimConfig()
-    for key, value in overrides.items():
-        object.__setattr__(cfg, key, value)
+@pytest.mark.parametrize("hidden, aux_betas, message", [
+    (RoleHparams(0.01, (0.9, 0.95), -1.0), (0.9, 0.95), r"role hidden: .*weight_decay=-1.0"),
+    (RoleHparams(0.01, (0.9, 0.95), 0.0), (0.9,), r"role embed: .*betas=\(0.9,\)"),
+    (RoleHparams(0.01, (1.0, 0.9), 0.0), (0.9, 0.95), r"role hidden: .*betas")])
+def test_role_table_refuses_bad_values(hidden, aux_betas, message):
+    """The table's own check, for values that skipped a config's (which refuses them first)."""
     with pytest.raises(ValueError, match=message):
-        role_table(cfg, 0.01)
+        role_table(AuxRoles(), hidden, aux_lr=0.01, aux_betas=aux_betas)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(head_lr=-0.1), r"--optim.head_lr=-0.1 must be a number >= 0"),
-    (dict(weight_decay=-1.0), r"--optim.weight_decay=-1.0 must be"),
-    (dict(adam_betas=(0.9,)), r"--optim.adam_betas=\(0.9,\) must be two numbers"),
-    (dict(betas=(1.0, 0.9)), r"--optim.betas=\(1.0, 0.9\) must be two numbers in \[0, 1\)")])
-def test_the_config_refuses_bad_values(overrides, message):
+@pytest.mark.parametrize("config, overrides, message", [
+    (AdamWConfig, dict(head_lr=-0.1), r"--optim.head_lr=-0.1 must be a number >= 0"),
+    (AdamWConfig, dict(weight_decay=-1.0), r"--optim.weight_decay=-1.0 must be"),
+    (AdamWConfig, dict(aux_betas=(0.9,)), r"--optim.aux_betas=\(0.9,\) must be two numbers"),
+    (AdamWConfig, dict(betas=(1.0, 0.9)), r"--optim.betas=\(1.0, 0.9\) must be two numbers in \[0, 1\)"),
+    (MuonConfig, dict(aux_weight_decay=-1.0), r"--optim.aux_weight_decay=-1.0 must be a number >= 0"),
+    (SGDConfig, dict(lr=0.0), r"--optim.lr=0.0 must be a number > 0")])
+def test_the_config_refuses_bad_values(config, overrides, message):
     with pytest.raises(ValueError, match=message):
-        OptimConfig(**overrides)
+        config(**overrides)
 
 
 @pytest.mark.parametrize("name", ["adamw", "sgd", "muon", "normuon"])
 def test_every_optimizer_uses_the_table(name):
-    cfg = OptimConfig(name=name, lr=0.02, adam_lr=0.008, embed_lr=0.5, scalar_lr=0.01, weight_decay=0.1,
-                      adam_weight_decay=0.002, betas=(0.85, 0.9), adam_betas=(0.8, 0.95))
+    shared = dict(lr=0.02, embed_lr=0.5, scalar_lr=0.01, weight_decay=0.1, aux_weight_decay=0.002)
+    cfg = {"adamw": lambda: AdamWConfig(**shared, betas=(0.85, 0.9), aux_betas=(0.8, 0.95)),
+           "sgd": lambda: SGDConfig(**shared),
+           "muon": lambda: MuonConfig(**shared, aux_lr=0.008, aux_betas=(0.8, 0.95)),
+           "normuon": lambda: NorMuonConfig(**shared, aux_lr=0.008, aux_betas=(0.8, 0.95))}[name]()
     model = BiasedModel()
     opt = build_optimizer(cfg, model)
-    table = role_table(cfg, cfg.adam_lr if name in ("muon", "normuon") else cfg.lr)
+    aux_lr, aux_betas = (cfg.aux_lr, cfg.aux_betas) if name in ("muon", "normuon") else (cfg.lr, (0.8, 0.95))
+    table = role_table(cfg, RoleHparams(cfg.lr, getattr(cfg, "betas", (0.0, 0.0)), cfg.weight_decay), aux_lr=aux_lr,
+                       aux_betas=aux_betas if name != "sgd" else (0.0, 0.0))
     groups = param_groups(model)
     assert sorted(g["role"] for g in opt.param_groups) == sorted(ROLES)
     for g in opt.param_groups:

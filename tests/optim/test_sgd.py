@@ -5,13 +5,13 @@ import torch
 
 from model import GPT, model_preset
 from optim import build_optimizer, param_groups
-from speedrun.config import OptimConfig
+from optim.sgd import SGDConfig
 
 
 @pytest.mark.parametrize("nesterov", [True, False])
 def test_hyperparameters_per_group(nesterov):
     model = GPT(model_preset("tiny"))
-    opt = build_optimizer(OptimConfig(name="sgd", lr=0.1, momentum=0.8, nesterov=nesterov, weight_decay=0.01),
+    opt = build_optimizer(SGDConfig(lr=0.1, momentum=0.8, nesterov=nesterov, weight_decay=0.01),
                           model)
     assert isinstance(opt, torch.optim.SGD)
     groups = param_groups(model)
@@ -26,7 +26,7 @@ def test_momentum_zero_is_plain_sgd():
     w = torch.nn.Parameter(torch.ones(3))
     model = torch.nn.Module()
     model.gain = w
-    opt = build_optimizer(OptimConfig(name="sgd", lr=0.5, momentum=0.0, nesterov=True), model)
+    opt = build_optimizer(SGDConfig(lr=0.5, momentum=0.0, nesterov=True), model)
     assert not opt.param_groups[0]["nesterov"]
     w.grad = torch.full((3,), 2.0)
     opt.step()
@@ -35,7 +35,7 @@ def test_momentum_zero_is_plain_sgd():
 
 def test_decay_moves_only_hidden_matrices():
     model = GPT(model_preset("tiny"))
-    opt = build_optimizer(OptimConfig(name="sgd", lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.2), model)
+    opt = build_optimizer(SGDConfig(lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.2), model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
