@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from bench import command_help
 
 # Modules whose codegen_cases() are compiled; a new Triton op adds its bench/cases module here.
-KERNEL_MODULES = ["bench.cases.newton_schulz", "bench.cases.fused_linear_cross_entropy", "bench.cases.relu2_mlp"]
+KERNEL_MODULES = ["bench.cases.newton_schulz", "bench.cases.gram", "bench.cases.linear_cross_entropy",
+                  "bench.cases.relu2_mlp"]
 
 H100_PEAK_BF16_FLOPS = 989e12
 H100_HBM_BYTES_PER_S = 3.35e12

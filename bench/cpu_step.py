@@ -10,7 +10,7 @@
     betas (0.9, 0.95); fused only on CUDA, so torch's default foreach AdamW here), zero_grad(set_to_none).
 (b) ours: train.Trainer.train_step of --preset at the same layers, heads, width, rows × tokens and vocab,
     fp32 (no autocast, fp32 Newton-Schulz), eager (nanoGPT's compile is off too; the CPU's loss compiles its own
-    row pass, kernels/chunked_cross_entropy.py), --optimizer (default track3-muon, the preset's baseline recipe;
+    row pass, kernels/linear_cross_entropy_chunked.py), --optimizer (default track3-muon, the preset's baseline recipe;
     track3-adam puts AdamW beside AdamW). Other `--key=value` arguments are overrides of our config.
 
 Both read batches of the same train shards (--data_dir, default the preset's) through data.loader.TokenLoader

@@ -78,7 +78,7 @@ def machine() -> dict:
     the GPU when there is one. Imports torch."""
     import torch
 
-    from kernels._common import cpu_capability, native_bf16
+    from kernels.device import cpu_capability, native_bf16
 
     return {
         "platform": platform.platform(),

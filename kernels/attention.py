@@ -56,8 +56,8 @@ import torch.nn.functional as F
 
 from kernels import attention_select as selection
 from kernels import registry
-from kernels._common import autocast_inputs, op_name
 from kernels.attention_select import BACKENDS, AttentionBackendUnavailable, select_backend
+from kernels.custom_ops import autocast_inputs, op_name
 from kernels.reference import attention as reference_attention
 from kernels.reference import attention_keep, attention_mask
 

@@ -8,7 +8,7 @@ import importlib
 
 import torch
 
-from kernels._common import dtype_name
+from kernels.checks import dtype_name
 from speedrun.cli import UserError
 
 # Every backend name, in the order available_backends reports them; "auto" resolves to one of these.

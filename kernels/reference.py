@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import registry
-from kernels._common import native_bf16
+from kernels.device import native_bf16
 
 # ---------------------------------------------------------------------------------------------------
 # Newton-Schulz orthogonalization (Muon / NorMuon)
@@ -75,7 +75,7 @@ def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: st
     `coefficients` (default: NS_DEFAULT_STEPS). Tall matrices are transposed so the Gram matrix A = XXᵀ is the
     small one. bf16 matmuls are emulated (emulated_bf16_matmul; elementwise ops stay bf16) when
     `emulate_bf16`, which defaults to "G is a bf16 tensor on a CPU without native bf16"
-    (kernels._common.native_bf16). Returns a tensor of G's shape and dtype.
+    (kernels.device.native_bf16). Returns a tensor of G's shape and dtype.
 
     B = b·A + c·(A·A) is formed as written; the speedrun scripts write `b * A + c * A @ A`, which Python
     evaluates as (c·A)·A: the same values when c is a power of two (the cubic set's 0.5), not in general.
@@ -110,6 +110,37 @@ def newton_schulz(G: torch.Tensor, *, steps: int | None = None, coefficients: st
     if tall:
         X = X.mT
     return X.to(G.dtype).contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gram matrices (the statistics of Shampoo / SOAP preconditioners)
+# ---------------------------------------------------------------------------------------------------
+
+GRAM_SIDES = ("left", "right")
+
+
+def gram(x: torch.Tensor, *, side: str = "left", out: torch.Tensor | None = None, alpha: float = 1.0,
+         beta: float = 0.0, upcast: bool = False) -> torch.Tensor:
+    """alpha·G + beta·out with G = x·xᵀ (side "left", (…, m, m)) or xᵀ·x ("right", (…, n, n)) for x (m, n) or
+    (B, m, n): x taken to fp32 (float64 when `upcast`), one GEMM with the scaling and the sum in it (addmm /
+    baddbmm), fp32 result. `out` (fp32, float64 when upcast) is read only when beta != 0 (beta = 0 ignores it,
+    NaN included, as torch.addmm does) and, when given, receives the result in place and is returned."""
+    if x.ndim not in (2, 3):
+        raise ValueError(f"gram expects x of shape (m, n) or (B, m, n), got {tuple(x.shape)}")
+    if side not in GRAM_SIDES:
+        raise ValueError(f"side must be 'left' (x·xᵀ) or 'right' (xᵀ·x), got {side!r}")
+    if beta != 0 and out is None:
+        raise ValueError("beta != 0 adds beta·out: pass out=")
+    acc = torch.float64 if upcast else torch.float32
+    X = x.to(acc)
+    a, b = (X, X.mT) if side == "left" else (X.mT, X)
+    if out is None:
+        return torch.matmul(a, b) if alpha == 1 else alpha * torch.matmul(a, b)
+    if out.dtype != acc:
+        raise TypeError(f"out must be {acc}, got {out.dtype}")
+    if x.ndim == 3:
+        return out.baddbmm_(a, b, beta=beta, alpha=alpha)
+    return out.addmm_(a, b, beta=beta, alpha=alpha)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -253,4 +284,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 registry.register("newton_schulz", "eager", newton_schulz)
 registry.register("linear_cross_entropy", "eager", linear_cross_entropy)
 registry.register("relu2_mlp", "eager", relu2_mlp)
+registry.register("gram", "eager", gram)
 registry.register("attention", "eager", attention)

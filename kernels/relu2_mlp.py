@@ -1,4 +1,4 @@
-"""ReLU² MLP: a Triton matmul whose epilogue applies relu(·)² (forward) or its derivative (backward).
+"""relu2_mlp in Triton: a matmul whose epilogue applies relu(·)² (forward) or its derivative (backward).
 
 Op (the speedrun's MLP; kernels.reference.relu2_mlp is the test oracle and the eager peer); the biases are
 optional (the track-3 MLP has both):
@@ -6,53 +6,32 @@ optional (the track-3 MLP has both):
     h = x w_fcᵀ + b_fc       (N, F)   pre-activation, never stored
     a = relu(h)²             (N, F)   Triton, EPILOGUE_RELU2 (+ b_fc in fp32 in the same epilogue): written once,
                                       saved for backward
-    y = a w_projᵀ + b_proj   (N, H)   torch.matmul / torch.addmm (cuBLAS)
+    y = a w_projᵀ + b_proj   (N, H)   torch.matmul / torch.addmm
 
     dA = dy w_proj           (N, F)
-    dH = dA · 2·relu(h)      (N, F)   Triton, EPILOGUE_DRELU2, with relu(h) = sqrt(a) (see below)
+    dH = dA · 2·relu(h)      (N, F)   Triton, EPILOGUE_DRELU2, with relu(h) = sqrt(a)
     dx = dH w_fc             (N, H)   torch.matmul
     dW_fc = dHᵀ x            (F, H)   torch.matmul
     dW_proj = dyᵀ a          (H, F)   torch.matmul
     db_fc = Σ_rows dH        (F,)     torch.sum (column sums; one more read of dH)
     db_proj = Σ_rows dy      (H,)     torch.sum
 
-Shapes: x (N, H), w_fc (F, H), w_proj (H, F), b_fc (F,), b_proj (H,), all one dtype (bf16, fp16 or fp32; under
-torch.autocast the entry point casts them to the autocast dtype), all contiguous; y (N, H). At the 124M shape
-H = 768, F = 3072, N = tokens of one micro-batch.
+Shapes and dtypes: x (N, H), w_fc (F, H), w_proj (H, F), b_fc (F,), b_proj (H,), all one dtype (bf16, fp16 or
+fp32; under torch.autocast the entry point casts them to the autocast dtype), all contiguous; y (N, H).
+Numerics: fp32 accumulation (tf32x3 for fp32 inputs on the GPU), fp32 epilogue, one rounding at each store;
+sqrt(a) carries half the relative error of rounding h itself, so dH is at least as accurate as the eager peer's.
+NaN and inf land where eager's do. Saved for backward: only `a` (plus the inputs a requested gradient needs).
 
-Which matmuls are Triton: the two whose epilogue fuses an elementwise op (the up projection with relu²; dA with
-the 2·relu(h) factor), each saving the write and re-read of an (N, F) tensor. The other four are plain GEMMs with
-nothing to fuse: torch (cuBLAS, no autotuning; torch.matmul(…, out=) keeps the launchers' `out=` contract). The
-kernel, relu2_mm_kernel (C = epilogue(A·B), GROUP_M tile order, fp32 epilogue, NaN/inf where eager's land), and
-its design are in kernels/_relu2_kernels.py; this file has the configs, launchers, autograd and custom ops.
+Checked before any launch (errors name the argument): ranks, dtypes, one dtype, shapes, contiguity, device (CUDA,
+or the CPU under TRITON_INTERPRET=1), output buffers, config names.
 
-Saved for backward: only `a` (plus the inputs, which are alive anyway, each saved only when a requested gradient
-needs it). The backward needs a for dW_proj = dyᵀ a whatever else is saved, and the only other thing it needs,
-relu(h), is sqrt(a), exactly 0 where h <= 0: one (N, F) tensor is the minimum for a recompute-free backward, and
-costs no extra write (the forward writes a for the down projection anyway). Alternatives: saving h as well costs one
-more (N, F) write and buffer (50 MB a layer at N = 8192 in bf16, 400 MB at the 64k-token micro-batch); saving h
-instead of a makes dW_proj need relu(h)² on the fly or a re-materialised a; saving nothing means recomputing x w_fcᵀ
-(2NHF FLOPs, +17 % on the 12NHF of forward + backward) to save that one buffer, a bad trade on an 80 GB H100 where
-the 124M model's activations fit. Precision of sqrt(a): a = relu(h)²·(1 + ε), |ε| <= u (the dtype's unit roundoff),
-so sqrt(a) = relu(h)·(1 + ε/2), half the relative error of rounding h itself to the dtype: dH is at least as
-accurate as the eager peer's dA · 2·relu(h_rounded). (In fp16, h above 256 overflows a to inf, as the eager fp16
-forward does, and h below ~8e-3 makes a subnormal, which loses relative precision on entries whose gradient is tiny
-in absolute terms.)
-
-Custom ops: relu2_mlp runs as torch.ops.speedrun.relu2_mlp ((y, a) = relu2_mlp_fwd) with an autograd formula
-that calls torch.ops.speedrun.relu2_mlp_backward (relu2_mlp_bwd): torch.compile keeps both whole in its graph
-(no graph break; Dynamo never traces the launches), their fake implementations give the shapes.
-
-Configs: CONFIGS is the autotune space on the GPU (pruned per dtype and problem size by prune_configs;
-`config=` on the launchers forces one); under the interpreter one pinned small tile runs (autotune with
-several configs fails there). bench/cases/relu2_mlp.py compiles every (config, dtype, epilogue) the GPU
-launch can pick for sm_90 (`python -m bench.codegen`).
-
-Provenance: the fused relu² forward epilogue / 2·relu backward epilogue split follows
-FusedLinearReLUSquareFunction in KellerJordan/modded-nanogpt (PR #197, @andrewbriand, @jrauvola; its H100
-tile 128×256×64, 8 warps, 4 stages forward / 3 backward is in CONFIGS). The GROUP_M ordering is the one
-described in Triton's tutorial 03-matrix-multiplication. This code is written from scratch.
+Custom ops: torch.ops.speedrun.relu2_mlp ((y, a) = relu2_mlp_fwd) with an autograd formula that calls
+torch.ops.speedrun.relu2_mlp_backward (relu2_mlp_bwd); torch.compile keeps both whole in its graph. Configs:
+CONFIGS is the autotune space on the GPU (pruned per dtype and size by prune_configs; `config=` forces one); under
+the interpreter one pinned small tile runs. Which matmuls are Triton, what is saved and why, the configs' origin:
+docs/kernels/relu2_mlp.md.
 """
+
 import functools
 from typing import Optional
 
@@ -60,20 +39,11 @@ import torch
 import triton
 
 from kernels import registry
-from kernels._common import (
-    SM90_SHARED_BYTES,
-    Tile,
-    absent,
-    autocast_inputs,
-    check_out,
-    check_tensor,
-    check_triton_device,
-    is_interpreter,
-    op_name,
-    precision_flags,
-    same_dtype,
-)
-from kernels._relu2_kernels import EPILOGUE_DRELU2, EPILOGUE_RELU2, relu2_mm_kernel
+from kernels.checks import check_out, check_tensor, check_triton_device, same_dtype
+from kernels.custom_ops import absent, autocast_inputs, op_name
+from kernels.device import is_interpreter
+from kernels.jit.relu2_mlp import EPILOGUE_DRELU2, EPILOGUE_RELU2, relu2_mm_kernel
+from kernels.tiles import SM90_SHARED_BYTES, Tile, precision_flags
 
 # ---------------------------------------------------------------------------------------------------
 # Constants
@@ -97,14 +67,9 @@ GROUP_M = 8
 # Configs
 # ---------------------------------------------------------------------------------------------------
 
-# The autotune space. Not yet tuned on a GPU (`pytest bench/kernels/bench_relu2_mlp.py` on one would measure
-# it); sizes follow the sm_90 budget: 128-byte K rows, 64-128-row tiles per warpgroup, 3-4 stages. The first
-# two are modded-nanogpt's H100 choice for this MLP (its forward / backward stage counts); 128×128 gives 2x the
-# programs, 64×128 4x, for smaller token counts. fp32 (the accuracy path, not the training one) has one
-# config. Kept short on purpose: every entry is autotuned on first use of a shape and compiled for every dtype
-# and epilogue by `python -m bench.codegen`. Left out to keep autotuning and the codegen test short, though
-# they compiled clean: 128×128×64 and 128×64×64 with 4 warps (240 and 121 registers in the backward), and a
-# 64×128×32 fp32 tile.
+# The autotune space: sizes follow the sm_90 budget (128-byte K rows, 64-128-row tiles per warpgroup, 3-4
+# stages), not yet tuned on a GPU; where each entry comes from and what was left out: docs/kernels/relu2_mlp.md.
+# Every entry is compiled for every dtype and epilogue by `python -m bench.codegen`.
 CONFIGS = [
     # bf16 / fp16 (BLOCK_K 64)
     Tile(block_m=128, block_n=256, block_k=64, warps=8, stages=4),
@@ -369,7 +334,7 @@ def _relu2_mlp_backward_op(dy: torch.Tensor, x: Optional[torch.Tensor], w_fc: Op
                            need_dw_proj: bool, need_db_fc: bool,
                            need_db_proj: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                         torch.Tensor]:
-    """(dx, dW_fc, dW_proj, db_fc, db_proj) of relu2_mlp_bwd, an empty tensor (kernels._common.absent) for each
+    """(dx, dW_fc, dW_proj, db_fc, db_proj) of relu2_mlp_bwd, an empty tensor (kernels.custom_ops.absent) for each
     one not needed."""
     grads = relu2_mlp_bwd(dy, x, w_fc, w_proj, a, need_dx=need_dx, need_dw_fc=need_dw_fc, need_dw_proj=need_dw_proj,
                           need_db_fc=need_db_fc, need_db_proj=need_db_proj)

@@ -15,7 +15,7 @@ the two give the same numbers bit for bit; otherwise the bf16 product rounds (te
 
 Same-shape matrices are stacked and orthogonalized in one batched call (the Triton kernel's batch axis); the
 momentum, decay and update are foreach ops over them. ns_dtype "auto" is bf16 where the device multiplies bf16
-natively (kernels._common.native_bf16) and fp32 elsewhere; the choice is `optimizer.ns_dtype`.
+natively (kernels.device.native_bf16) and fp32 elsewhere; the choice is `optimizer.ns_dtype`.
 
 The whole update of one shape (momentum, stack, Newton-Schulz, NorMuon's normalization, decay, step) is one pure
 function, muon_shape_update, which runs eagerly by default. optimizer.compile_update() (the trainer calls it when
@@ -46,7 +46,7 @@ import torch
 from torch.optim.adamw import adamw
 
 from kernels import reference, registry
-from kernels._common import native_bf16
+from kernels.device import native_bf16
 from optim.adamw import fused_adamw_available
 from optim.registry import optimizer, recipe, require
 from optim.roles import (

@@ -10,8 +10,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # One inductor cache directory per CPU capability (tests/test_cpu_kinds.py runs the suite forced to AVX2 too),
-# before any test compiles: the rule every process of the project follows (kernels._common applies it at import).
-from kernels._common import separate_inductor_cache  # noqa: E402 (after TRITON_INTERPRET)
+# before any test compiles: the rule every process of the project follows (kernels.device applies it at import).
+from kernels.device import separate_inductor_cache  # noqa: E402 (after TRITON_INTERPRET)
 
 separate_inductor_cache()
 
@@ -26,7 +26,7 @@ def pytest_report_header(config):
     lines = [f"machine: {machine_line()}",
              f"torch {torch.__version__}, triton {triton.__version__}, numpy {numpy.__version__}, "
              f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}"]
-    from kernels._common import interpreter_unavailable_reason
+    from kernels.device import interpreter_unavailable_reason
 
     why = interpreter_unavailable_reason()
     if why and os.environ.get("TRITON_INTERPRET") == "1":
@@ -37,7 +37,7 @@ def pytest_report_header(config):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item):
     """A test that reaches a Triton launcher when the interpreter cannot run here is skipped with the reason."""
-    from kernels._common import InterpreterUnavailable
+    from kernels.device import InterpreterUnavailable
 
     try:
         return (yield)

@@ -25,7 +25,7 @@ SENSITIVE = ["tests/kernels/test_attention.py", "tests/bench/test_codegen.py"]
 
 
 def test_forced_avx2_environment_really_is_avx2():
-    probe = ("import torch; from kernels._common import native_bf16; "
+    probe = ("import torch; from kernels.device import native_bf16; "
              "print(torch.backends.cpu.get_cpu_capability(), native_bf16('cpu'))")
     out = subprocess.run([sys.executable, "-c", probe], env=avx2_env(), cwd=REPO, capture_output=True,
                          text=True, timeout=120, check=True).stdout.split()
@@ -42,14 +42,14 @@ def test_compiled_loss_row_pass_right_after_the_other_capability_compiled_it(tmp
     """The chunked loss compiles its row pass with inductor. A native process, one forced to AVX2 and a native one
     again, none naming an inductor cache (as train.py runs outside the suite), one temporary directory: the AVX2
     process must not load the AVX-512 process's graph (with torch 2.13 from one shared cache it did, and its row
-    sums were off by ~0.8), nor the reverse (kernels._common.separate_inductor_cache)."""
+    sums were off by ~0.8), nor the reverse (kernels.device.separate_inductor_cache)."""
     probe = (
-        "import torch; from kernels import chunked_cross_entropy as cce; torch.manual_seed(0); "
+        "import torch; from kernels import linear_cross_entropy_chunked as cce; torch.manual_seed(0); "
         "h, w, b = torch.randn(64, 32), 0.3 * torch.randn(5000, 32), 0.1 * torch.randn(5000); "
         "t = torch.randint(0, 5000, (64,)); "
         "kw = dict(bias=b, softcap=15.0, softcap_kind='algebraic', reduction='none'); "
-        "got = cce.chunked_linear_cross_entropy(h, w, t, **kw); "
-        "want = cce.chunked_linear_cross_entropy(h, w, t, rows_per_block=4, **kw); "
+        "got = cce.linear_cross_entropy(h, w, t, **kw); "
+        "want = cce.linear_cross_entropy(h, w, t, rows_per_block=4, **kw); "
         "print(torch.backends.cpu.get_cpu_capability(), float((got - want).abs().max()), cce._compile_failure)")
     tmp = {"TMPDIR": str(tmp_path)}  # inductor's default cache and ours both live under tempfile.gettempdir()
     native = {k: v for k, v in os.environ.items() if k not in (*AVX2, "TORCHINDUCTOR_CACHE_DIR")}

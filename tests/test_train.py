@@ -17,7 +17,7 @@ import torch
 import train
 from data.loader import DataExhausted
 from data.shards import write_shard
-from kernels._common import native_bf16
+from kernels.device import native_bf16
 from model.config import model_preset
 from model.gpt import GPT
 from optim.muon import muon_shape_update

@@ -1,7 +1,7 @@
 """Every op's benchmark case, once: what the pytest benches (bench/kernels/) and the GPU report (bench.gpu_report)
 time, the FLOP and byte models, and the sm_90 codegen cases.
 
-One module per op (newton_schulz, fused_linear_cross_entropy, relu2_mlp, attention). Each has a case factory,
+One module per op (newton_schulz, gram, linear_cross_entropy, relu2_mlp, attention). Each has a case factory,
 `<op>_case(provider, <shape>, *, device, dtype, ...) -> Timed`: it builds the inputs and the callable one
 provider times (eager = kernels.reference, compile = torch.compile of eager, triton and chunked = the registered
 implementations, and the peers: Liger-Kernel, torch.optim.Muon, modded-nanogpt (bench/modded.py)), with its
@@ -21,7 +21,8 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
-from kernels._common import TRITON_DTYPE, native_bf16
+from kernels.device import native_bf16
+from kernels.tiles import TRITON_DTYPE
 
 
 class Unavailable(Exception):

@@ -1,4 +1,5 @@
-"""Newton-Schulz (kernels/newton_schulz.py): the benchmark case, FLOP and byte models, sm_90 codegen cases."""
+"""Newton-Schulz (kernels/newton_schulz.py; its kernels: kernels/jit/gram.py and kernels/jit/newton_schulz.py): the
+benchmark case, FLOP and byte models, sm_90 codegen cases."""
 
 import torch
 
@@ -6,8 +7,10 @@ from bench import modded
 from bench.cases import Timed, Unavailable, compiled, dtype_name, jit_case
 from kernels import newton_schulz as ns
 from kernels import registry
-from kernels._common import TRITON_DTYPE, precision_flags
+from kernels.jit.gram import gram_kernel
+from kernels.jit.newton_schulz import ns_update_kernel
 from kernels.reference import ns_coefficients
+from kernels.tiles import TRITON_DTYPE, precision_flags
 
 PROVIDERS = ("eager", "compile", "triton", "torch_muon", "modded")
 
@@ -103,12 +106,13 @@ def codegen_cases() -> list:
         flags = precision_flags(dtype, interpreter=False)
         syrk, update = cfg.syrk, cfg.update
         for fuse, K, label in ((False, N, "XXt"), (True, M, "bA+cAA")):
-            args = dict(p_ptr=dtype, add_ptr=dtype, c_ptr=dtype, M=M, K=K, stride_pb=M * K, stride_pm=K,
+            args = dict(p_ptr=dtype, add_ptr=dtype, c_ptr=dtype, M=M, K=K, stride_pb=M * K, stride_p=K,
                         stride_ab=M * M, stride_am=M, stride_cb=M * M, stride_cm=M, alpha=1.0, beta=0.0,
-                        BLOCK=syrk.block_m, BLOCK_K=syrk.block_k, FUSE_ADD=fuse, **flags)
+                        BLOCK=syrk.block_m, BLOCK_K=syrk.block_k, TRANS_P=False, FUSE_ADD=fuse, ADD_SYMMETRIC=True,
+                        EXACT_SYMMETRY=False, **flags)
             cases.append(jit_case(
                 "ns_syrk" + ("_poly" if fuse else "_gram"),
-                f"{family} {ty} {syrk.block_m}x{syrk.block_n}x{syrk.block_k} {label}", ns._ns_syrk_kernel, args,
+                f"{family} {ty} {syrk.block_m}x{syrk.block_n}x{syrk.block_k} {label}", gram_kernel, args,
                 num_warps=syrk.warps, num_stages=syrk.stages, flops=M * (M + 1) * K,
                 bytes=size * (M * K + (2 if fuse else 1) * M * M)))
         for tall, label in ((False, "aX+BX"), (True, "aX+BX tall")):
@@ -117,6 +121,6 @@ def codegen_cases() -> list:
                         stride_on=M if tall else 1, alpha=1.0, **update.meta(), **flags)
             cases.append(jit_case(
                 "ns_update", f"{family} {ty} {update.block_m}x{update.block_n}x{update.block_k} {label}",
-                ns._ns_update_kernel, args, num_warps=update.warps, num_stages=update.stages,
+                ns_update_kernel, args, num_warps=update.warps, num_stages=update.stages,
                 flops=2 * M * M * N, bytes=size * (2 * M * N + M * M)))
     return cases

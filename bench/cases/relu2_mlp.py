@@ -1,4 +1,4 @@
-"""ReLU² MLP (kernels/relu2_mlp.py, its kernel in kernels/_relu2_kernels.py): FLOP and byte models, sm_90 codegen
+"""ReLU² MLP (kernels/relu2_mlp.py, its kernel in kernels/jit/relu2_mlp.py): FLOP and byte models, sm_90 codegen
 cases."""
 
 import contextlib
@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 from bench import modded
 from bench.cases import Timed, Unavailable, compiled, dtype_name, jit_case
-from kernels import _relu2_kernels as K
 from kernels import registry
 from kernels import relu2_mlp as r2
-from kernels._common import TRITON_DTYPE, precision_flags
+from kernels.jit import relu2_mlp as K
+from kernels.tiles import TRITON_DTYPE, precision_flags
 
 # The 124M MLP at 8192 tokens (4 sequences of 2048): N tokens, H = n_embd, F = 4·n_embd.
 CODEGEN_SHAPE = (8192, 768, 3072)

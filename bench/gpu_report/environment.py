@@ -94,7 +94,7 @@ def run(ctx):
 
     # The measured peak: one square bf16 matmul, the denominator of every "% of peak" in the report.
     n = 8192 if ctx.device == "cuda" else 512
-    from kernels._common import native_bf16
+    from kernels.device import native_bf16
 
     dtype = torch.bfloat16 if native_bf16(ctx.device) else torch.float32
     a = torch.randn(n, n, device=ctx.device, dtype=dtype)

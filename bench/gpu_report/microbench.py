@@ -148,8 +148,8 @@ def _ns_rows(case: Case, ctx) -> list[Row]:
     return rows
 
 
-def _flce_rows(case: Case, ctx) -> list[Row]:
-    from bench.cases.fused_linear_cross_entropy import flce_case
+def _lce_rows(case: Case, ctx) -> list[Row]:
+    from bench.cases.linear_cross_entropy import lce_case
 
     variants = [("fwd+bwd", case.softcap)] + ([] if case.bias else [("fwd+bwd.nocap", None)])
     rows = []
@@ -159,7 +159,7 @@ def _flce_rows(case: Case, ctx) -> list[Row]:
             providers += [("modded", 1), ("compile", 3)]
         for provider, tier in providers:
             def setup(provider=provider, softcap=softcap):
-                return flce_case(provider, case.tokens, case.d, case.vocab, softcap=softcap,
+                return lce_case(provider, case.tokens, case.d, case.vocab, softcap=softcap,
                                  softcap_kind=case.softcap_kind, bias=case.bias, reduction=case.reduction,
                                  compile_backend=_backend(ctx), modded_path=ctx.options.get("modded"), **_common(ctx))
 
@@ -214,7 +214,7 @@ def _backend(ctx) -> str | None:
 def microbench_rows(ctx) -> list[Row]:
     rows = []
     for case in benchmark_cases(ctx.dry_run):
-        rows += _ns_rows(case, ctx) + _flce_rows(case, ctx) + _mlp_rows(case, ctx) + _attention_rows(case, ctx)
+        rows += _ns_rows(case, ctx) + _lce_rows(case, ctx) + _mlp_rows(case, ctx) + _attention_rows(case, ctx)
     return rows
 
 

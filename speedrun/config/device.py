@@ -20,7 +20,7 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
 
         field                           "auto" on CUDA                         "auto" elsewhere (the CPU)
         device                          the device's type
-        dtype                           bf16 where bf16 matmuls are native (kernels._common.native_bf16), else fp32
+        dtype                           bf16 where bf16 matmuls are native (kernels.device.native_bf16), else fp32
         model.attn_impl                 fa3 > fa2 > sdpa, the best that runs   sdpa
         model.mlp_impl                  triton                                 eager
         model.ce_impl                   triton                                 chunked (one compiled pass per row)
@@ -35,11 +35,12 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
     """
     import torch
 
-    from kernels import _common, attention_select
+    from kernels import attention_select
+    from kernels import device as kernel_device
 
     device = torch.device(device)
     cuda = device.type == "cuda"
-    native = _common.native_bf16(device) if bf16_native is None else bf16_native
+    native = kernel_device.native_bf16(device) if bf16_native is None else bf16_native
 
     def kernel(name: str, cpu: str = "eager") -> str:
         return ("triton" if cuda else cpu) if name == "auto" else name
@@ -67,14 +68,14 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
 
 def _check_triton_runs(device, implementations):
     """A triton implementation off CUDA runs only under Triton's interpreter (TRITON_INTERPRET=1, set before the
-    command): without it, or where the interpreter cannot run (kernels._common.interpreter_unavailable_reason),
+    command): without it, or where the interpreter cannot run (kernels.device.interpreter_unavailable_reason),
     refuse it now, before anything is built, instead of failing in the first forward after the warm-up."""
-    from kernels import _common
+    from kernels import device as kernel_device
 
     for option, impl in implementations:
         if impl != "triton":
             continue
-        why = (_common.interpreter_unavailable_reason() if _common.is_interpreter() else
+        why = (kernel_device.interpreter_unavailable_reason() if kernel_device.is_interpreter() else
                "Triton kernels run on CUDA GPUs, or on the CPU under Triton's interpreter, slowly, with "
                "TRITON_INTERPRET=1 set before the command")
         if why:

@@ -93,7 +93,7 @@ def test_jit_case_specialises_like_the_jit():
     import torch
 
     from bench.cases import jit_case
-    from kernels.newton_schulz import _ns_update_kernel
+    from kernels.jit.newton_schulz import ns_update_kernel
 
     try:
         from triton._C.libtriton import native_specialize_impl
@@ -106,7 +106,7 @@ def test_jit_case_specialises_like_the_jit():
                   stride_bm=48, stride_ob=7, stride_om=-16, stride_on=1, alpha=0.5)
     meta = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, UPCAST=False, TF32X3=True, RNE_BF16=False)
     args = {k: (v.dtype if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
-    case = jit_case("k", "c", _ns_update_kernel, {**args, **meta}, num_warps=4, num_stages=3)
+    case = jit_case("k", "c", ns_update_kernel, {**args, **meta}, num_warps=4, num_stages=3)
     for name, value in values.items():
         kind, key = native_specialize_impl(BaseBackend, value, False, True, True)
         if kind == "constexpr":
@@ -117,5 +117,5 @@ def test_jit_case_specialises_like_the_jit():
     assert all(case.signature[k] == "constexpr" and case.constexprs[k] == v for k, v in meta.items())
 
     with pytest.raises(ValueError, match=r"\['nope'\] are not parameters, \['alpha'\] are not given"):
-        jit_case("k", "c", _ns_update_kernel, {**{k: v for k, v in args.items() if k != "alpha"}, **meta, "nope": 1},
+        jit_case("k", "c", ns_update_kernel, {**{k: v for k, v in args.items() if k != "alpha"}, **meta, "nope": 1},
                  num_warps=4, num_stages=3)

@@ -62,11 +62,11 @@ def test_what_cannot_run_here_says_why(theirs, checkout):
     with pytest.raises(modded.ModdedUnavailable, match="get_device_properties"):
         modded.peer(checkout, "FusedLinearReLUSquareFunction", "cpu")
     from bench.cases import Unavailable
-    from bench.cases.fused_linear_cross_entropy import flce_case
+    from bench.cases.linear_cross_entropy import lce_case
     from bench.cases.relu2_mlp import mlp_case
 
     with pytest.raises(Unavailable, match="sm_90"):
-        flce_case("modded", 8, 16, modded.CE_VOCAB, device="cpu", dtype=torch.float32, softcap=15.0,
+        lce_case("modded", 8, 16, modded.CE_VOCAB, device="cpu", dtype=torch.float32, softcap=15.0,
                   modded_path=checkout)
     with pytest.raises(Unavailable, match="bf16 only"):
         mlp_case("modded", 8, 16, 32, mode="forward", device="cpu", dtype=torch.float32, modded_path=checkout)

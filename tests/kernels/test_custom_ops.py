@@ -12,7 +12,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kernels import fused_linear_cross_entropy as flce
+from kernels import linear_cross_entropy as lce
 from kernels import newton_schulz as ns
 from kernels import reference, registry
 from kernels import relu2_mlp as r2
@@ -65,8 +65,10 @@ def test_registry_entries_call_the_custom_ops():
         registry.get("linear_cross_entropy", "triton")(hidden, weight, targets, bias=bias, softcap=15.0,
                                                        softcap_kind="algebraic").backward()
         registry.get("newton_schulz", "triton")(torch.randn(8, 12), coefficients="cubic")
+        registry.get("gram", "triton")(torch.randn(8, 12))
+        registry.get("gram", "triton")(torch.randn(8, 12), side="right", out=torch.zeros(12, 12), beta=0.5)
     for name in ("speedrun::relu2_mlp", "speedrun::relu2_mlp_backward", "speedrun::linear_cross_entropy",
-                 "speedrun::newton_schulz"):
+                 "speedrun::newton_schulz", "speedrun::gram", "speedrun::gram_out"):
         assert name in log.names, f"{name} not dispatched; saw {sorted(set(log.names))}"
 
 
@@ -95,10 +97,19 @@ def _op_calls():
         for G in (torch.randn(10, 14), torch.randn(14, 10), torch.randn(2, 10, 14), torch.randn(14, 10).mT):
             calls.append((f"newton_schulz {tuple(G.shape)} {G.stride()} {dtype}", OPS.newton_schulz.default,
                           (G.to(dtype), 5, "quintic", 1e-7, None)))
+        for x in (torch.randn(10, 14), torch.randn(2, 14, 10), torch.randn(14, 10).mT):
+            for side in ("left", "right"):
+                s = x.shape[-2] if side == "left" else x.shape[-1]
+                calls.append((f"gram {tuple(x.shape)} {x.stride()} {side} {dtype}", OPS.gram.default,
+                              (x.to(dtype), side, 0.5, None)))
+                calls.append((f"gram_out {tuple(x.shape)} {x.stride()} {side} {dtype}", OPS.gram_out.default,
+                              (x.to(dtype), torch.randn(*x.shape[:-2], s, s), side, 0.5, 2.0, None)))
     return calls
 
 
 def _metadata(out):
+    if out is None:  # an op that mutates its output buffer returns nothing
+        return []
     outs = out if isinstance(out, (tuple, list)) else (out,)
     return [(tuple(t.shape), t.dtype, t.stride()) for t in outs]
 
@@ -114,16 +125,16 @@ def test_fake_outputs_match_the_real_ones():
         assert fake == real, f"{label}: fake {fake} != real {real}"
 
 
-@pytest.mark.parametrize("op", ["relu2_mlp", "linear_cross_entropy", "newton_schulz"])
+@pytest.mark.parametrize("op", ["relu2_mlp", "linear_cross_entropy", "newton_schulz", "gram", "gram_out"])
 def test_opcheck(op):
     """torch.library.opcheck: schema (no mutation, no aliasing), autograd registration, fake tensor, and AOT
     dispatch with dynamic shapes, for the forward ops (the backward op runs inside the autograd checks)."""
     calls = [(label, fn, args) for label, fn, args in _op_calls() if label.split(" ")[0] == op
              and "bfloat16" not in label]  # one dtype: the checks are about the op's registration, not numerics
     for label, fn, args in calls:
-        if op == "newton_schulz" and not args[0].is_contiguous():
+        if op in ("newton_schulz", "gram", "gram_out") and not args[0].is_contiguous():
             continue  # opcheck's own comparison re-creates inputs contiguous; the strided case is tested above
-        grads = op != "newton_schulz" and "none" not in label
+        grads = op in ("relu2_mlp", "linear_cross_entropy") and "none" not in label
         args = [a.detach().clone().requires_grad_(grads and a.is_floating_point()) if isinstance(a, torch.Tensor)
                 else a for a in args]
         torch.library.opcheck(fn, args)
@@ -146,7 +157,7 @@ def test_autocast_casts_at_the_entry_points():
         y = r2.relu2_mlp(*leaves)
         y.float().sum().backward()
         ce = _leaves((hidden, weight, bias))
-        loss = flce.fused_linear_cross_entropy(ce[0], ce[1], targets, bias=ce[2], softcap=15.0)
+        loss = lce.linear_cross_entropy(ce[0], ce[1], targets, bias=ce[2], softcap=15.0)
         loss.backward()
         o = ns.newton_schulz(G, coefficients="cubic")
         y_ref = reference.relu2_mlp(*mlp)
@@ -154,7 +165,7 @@ def test_autocast_casts_at_the_entry_points():
     assert y.dtype == torch.bfloat16 and loss.dtype == torch.float32 and o.dtype == torch.float32
     assert all(t.grad.dtype == torch.float32 for t in leaves + ce)
     assert torch.equal(y, r2.relu2_mlp(*[t.bfloat16() for t in mlp]))
-    assert torch.equal(loss, flce.fused_linear_cross_entropy(hidden.bfloat16(), weight.bfloat16(), targets,
+    assert torch.equal(loss, lce.linear_cross_entropy(hidden.bfloat16(), weight.bfloat16(), targets,
                                                              bias=bias.bfloat16(), softcap=15.0))
     assert torch.equal(o, ns.newton_schulz(G.bfloat16(), coefficients="cubic").float())
     assert_close(y, y_ref, atol=5e-2, rtol=5e-2, name="relu2_mlp vs eager under autocast")
@@ -179,14 +190,14 @@ def _saved_shapes(fn):
 
 
 def test_saved_tensors_are_the_minimum():
-    """FLCE saves only the gradients it computed in forward (never an (N, V) tensor); the MLP saves a = relu(h)²
+    """The loss saves only the gradients it computed in forward (never an (N, V) tensor); the MLP saves a = relu(h)²
     and only the inputs a requested gradient needs (the inputs are alive anyway)."""
     N, H, V = 9, 24, 97
     hidden, weight, targets, bias = _ce_inputs(N, H, V)
     h, w, b = _leaves((hidden, weight, bias))
-    _, saved = _saved_shapes(lambda: flce.fused_linear_cross_entropy(h, w, targets, bias=b, softcap=15.0))
+    _, saved = _saved_shapes(lambda: lce.linear_cross_entropy(h, w, targets, bias=b, softcap=15.0))
     assert saved == sorted([(N, H), (V, H), (V,)])
-    _, saved = _saved_shapes(lambda: flce.fused_linear_cross_entropy(hidden, w, targets, softcap=15.0))
+    _, saved = _saved_shapes(lambda: lce.linear_cross_entropy(hidden, w, targets, softcap=15.0))
     assert saved == [(0,), (0,), (V, H)]  # the absent gradients' empty stand-ins cost nothing
 
     x, w_fc, w_proj, b_fc, b_proj = _mlp_inputs(N=7, H=24, F=40)
@@ -199,13 +210,13 @@ def test_saved_tensors_are_the_minimum():
 
 
 def test_backward_allocates_no_zero_gradients_for_extra_outputs():
-    """The ops return more than the caller sees (the MLP's a; FLCE's gradients): autograd must not fill (N, F) or
+    """The ops return more than the caller sees (the MLP's a; The loss's gradients): autograd must not fill (N, F) or
     (V, H) zero tensors as their "gradients" during backward (that would grow peak memory by one activation)."""
     x, w_fc, w_proj, b_fc, b_proj = _leaves(_mlp_inputs())
     y = r2.relu2_mlp(x, w_fc, w_proj, b_fc, b_proj)
     hidden, weight, targets, bias = _ce_inputs()
     h, w, b = _leaves((hidden, weight, bias))
-    loss = flce.fused_linear_cross_entropy(h, w, targets, bias=b, softcap=15.0)
+    loss = lce.linear_cross_entropy(h, w, targets, bias=b, softcap=15.0)
     with _OpLog() as log:
         (y.sum() + loss).backward()
     zero_fills = [n for n in log.names if "zero" in n or "fill" in n]
@@ -227,12 +238,20 @@ def _ce_call(hidden, weight, targets, bias):
                                                           softcap_kind="algebraic", reduction="sum")
 
 
+def _gram_ema(G, L):
+    """An optimizer's statistics step: L ← 0.9·L + 0.1·G·Gᵀ in place, and the right Gram as a new tensor."""
+    gram = registry.get("gram", "triton")
+    gram(G, out=L, alpha=0.1, beta=0.9)
+    return gram(G, side="right")
+
+
 def test_dynamo_traces_every_op_without_a_graph_break():
     """torch._dynamo.explain of each registry entry: one graph, no break (under the interpreter Dynamo would
     crash tracing the raw Triton launches; the ops are opaque to it)."""
     hidden, weight, targets, bias = _ce_inputs()
     cases = [(_mlp_call, _leaves(_mlp_inputs())), (_ce_call, [*_leaves((hidden, weight)), targets, *_leaves((bias,))]),
-             (lambda G: registry.get("newton_schulz", "triton")(G, coefficients="cubic"), [torch.randn(8, 12)])]
+             (lambda G: registry.get("newton_schulz", "triton")(G, coefficients="cubic"), [torch.randn(8, 12)]),
+             (_gram_ema, [torch.randn(8, 12), torch.zeros(8, 8)])]
     for fn, args in cases:
         explained = torch._dynamo.explain(fn)(*args)
         assert explained.graph_break_count == 0, explained.break_reasons
@@ -274,3 +293,17 @@ def test_compiled_newton_schulz_fullgraph():
     compiled = torch.compile(step, fullgraph=True)
     out = compiled(G)
     assert out.dtype == torch.bfloat16 and torch.equal(out, step(G))
+
+
+def test_compiled_gram_fullgraph():
+    """gram inside torch.compile(fullgraph=True) by inductor: the in-place EMA (gram_out, a mutating op
+    functionalised by the compiler) and the fresh right Gram give exactly the eager calls' results, and the
+    statistic is updated in place."""
+    torch._dynamo.reset()
+    G = torch.randn(2, 16, 24).bfloat16()
+    L_eager = torch.randn(2, 16, 16)
+    L_compiled = L_eager.clone()
+    R_eager = _gram_ema(G, L_eager)
+    R_compiled = torch.compile(_gram_ema, fullgraph=True)(G, L_compiled)
+    assert torch.equal(R_compiled, R_eager) and R_compiled.dtype == torch.float32
+    assert torch.equal(L_compiled, L_eager)

@@ -11,8 +11,8 @@ import torch
 from bench.cases import newton_schulz as cases
 from kernels import newton_schulz as ns
 from kernels import registry
-from kernels._common import TRITON_DTYPE
 from kernels.reference import newton_schulz as eager_newton_schulz
+from kernels.tiles import TRITON_DTYPE
 from tests.parity import NAN_WARNINGS, assert_close, check_nonfinite, check_parity, poisoned
 
 # Relative Frobenius error to the float64 oracle allowed after 5 steps ("the band" of a dtype). The bf16

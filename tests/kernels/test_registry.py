@@ -4,7 +4,7 @@ import pytest
 
 from kernels import registry
 
-TRITON_OPS = ["newton_schulz", "linear_cross_entropy", "relu2_mlp"]
+TRITON_OPS = ["newton_schulz", "linear_cross_entropy", "relu2_mlp", "gram"]
 
 
 @pytest.mark.parametrize("op", TRITON_OPS)

@@ -16,8 +16,8 @@ import triton
 from bench.cases import relu2_mlp as cases
 from kernels import reference, registry
 from kernels import relu2_mlp as r2
-from kernels._common import TRITON_DTYPE
 from kernels.reference import relu2_mlp as eager_relu2_mlp
+from kernels.tiles import TRITON_DTYPE
 from tests.parity import NAN_WARNINGS, assert_close, assert_same_nonfinite, check_nonfinite, check_parity, poisoned, run
 
 # (N, H, F): a single row, rows fewer than a tile, 37 rows (3 tile-rows: the last GROUP_M=2 group is short);

@@ -9,7 +9,7 @@ import torch
 import torch.optim._muon as torch_muon
 
 from kernels import reference, registry
-from kernels._common import native_bf16
+from kernels.device import native_bf16
 from model import GPT, model_preset
 from optim import build_optimizer
 from optim.muon import Muon, MuonConfig, lr_scale, muon_shape_update, resolve_ns_dtype
@@ -357,7 +357,7 @@ def fresh_dynamo():
 @pytest.mark.parametrize(("kind", "nesterov", "ns_dtype"), [
     ("muon", True, "fp32"), ("muon", False, "fp32"), ("normuon-row", True, "fp32"), ("normuon-row", False, "fp32"),
     ("normuon-longer", True, "fp32"), ("normuon-longer", False, "fp32"),
-    ("muon", True, "bf16"), ("normuon-longer", True, "bf16")])  # bf16: native or emulated (kernels._common)
+    ("muon", True, "bf16"), ("normuon-longer", True, "bf16")])  # bf16: native or emulated (kernels.device)
 def test_compiled_update_matches_eager(kind, nesterov, ns_dtype, fresh_dynamo):
     # aot_eager runs the traced aten graph: the same ops as eager except the step, p + (alpha·O) in two roundings
     # instead of foreach add's one (tensor alpha), so weights agree to a few fp32 ulps per step; the momentum

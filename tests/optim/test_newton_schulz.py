@@ -12,7 +12,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import reference, registry
-from kernels._common import native_bf16
+from kernels.device import native_bf16
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHAPES = {"square": (64, 64), "wide": (48, 128), "tall": (128, 48), "odd": (37, 53)}
@@ -201,7 +201,7 @@ def test_emulation_is_chosen_by_the_cpu_and_only_for_bf16():
 # automatic emulation must be chosen, agree with torch's bf16 GEMM as above, and run at fp32 speed.
 _AVX2_CHECK = """
 import json, time, torch
-from kernels._common import native_bf16
+from kernels.device import native_bf16
 from kernels.reference import newton_schulz
 from tests.optim.test_newton_schulz import EMULATION_SHAPES, MatmulDtypes, check_emulated_matmul
 

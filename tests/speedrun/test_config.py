@@ -156,12 +156,13 @@ MACHINES = {  # name: (device, native bf16, FlashAttention modules that import, 
 def machine(monkeypatch):
     """simulate(name) -> the device of a simulated MACHINES[name]: what native_bf16, the FlashAttention imports and
     the compute capability report."""
-    from kernels import _common, attention
+    from kernels import attention
     from kernels import attention_select as S
+    from kernels import device as kernel_device
 
     def simulate(name):
         device, bf16, modules, capability = MACHINES[name]
-        monkeypatch.setattr(_common, "native_bf16", lambda d: bf16)
+        monkeypatch.setattr(kernel_device, "native_bf16", lambda d: bf16)
         monkeypatch.setattr(S, "probe_import", lambda module, needs=(): (object(), None) if module in modules
                             else (None, f"`import {module}` failed"))
         monkeypatch.setattr(S, "cuda_capability", lambda d: capability if torch.device(d).type == "cuda" else None)

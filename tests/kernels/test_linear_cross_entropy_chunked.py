@@ -1,7 +1,8 @@
-"""kernels.chunked_cross_entropy: parity (loss and every gradient; tanh, algebraic and no softcap, head bias,
-z-loss, mean / sum / none) with the row pass compiled and run eagerly in blocks of every height (ragged last
-blocks), ignored rows, NaN/inf as in eager, one compiled row pass for every shape, the eager fallback without a
-C++ compiler, the custom op (opcheck, fullgraph trace, compiled == eager), input checks, the CPU's "auto" choice.
+"""kernels.linear_cross_entropy_chunked (linear_cross_entropy's "chunked" implementation): parity (loss and every
+gradient; tanh, algebraic and no softcap, head bias, z-loss, mean / sum / none) with the row pass compiled and run
+eagerly in blocks of every height (ragged last blocks), ignored rows, NaN/inf as in eager, one compiled row pass for
+every shape, the eager fallback without a C++ compiler, the custom op (opcheck, fullgraph trace, compiled == eager),
+input checks, the CPU's "auto" choice.
 
 Parity through tests.parity.check_parity, as the Triton loss's tests: oracle kernels.reference.linear_cross_entropy
 in float64, peer the same eager code in the input dtype, one random grad_output for all three paths. PyTorch and
@@ -13,9 +14,9 @@ import warnings
 import pytest
 import torch
 
-from kernels import chunked_cross_entropy as cce
+from kernels import linear_cross_entropy_chunked as cce
 from kernels import registry
-from tests.kernels.test_fused_linear_cross_entropy import (
+from tests.kernels.test_linear_cross_entropy import (
     IGNORE,
     NAMES,
     NAMES_BIAS,
@@ -28,7 +29,7 @@ from tests.parity import NAN_WARNINGS, assert_close, check_nonfinite, check_pari
 
 
 def kernel_fn(h, w, t, b=None, **kw):
-    return cce.chunked_linear_cross_entropy(h, w, t, bias=b, **kw)
+    return cce.linear_cross_entropy(h, w, t, bias=b, **kw)
 
 
 def parity(hidden, weight, targets, bias=None, *, rows_per_block=None, reduction="mean", **kw):
@@ -108,8 +109,8 @@ def test_no_grad_computes_no_gradient_buffer():
     """Without autograd the op skips the gradient (an empty G) and gives the same loss."""
     hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, "cpu", ignore_rows=(4,), weight_scale=4.0)
     args = (hidden, weight, targets, None, 15.0, "algebraic", IGNORE, 0.0)
-    loss_only, G_none, rho_none = torch.ops.speedrun.chunked_cross_entropy(*args, False, 3)
-    loss, G, rho = torch.ops.speedrun.chunked_cross_entropy(*args, True, 3)
+    loss_only, G_none, rho_none = torch.ops.speedrun.linear_cross_entropy_chunked(*args, False, 3)
+    loss, G, rho = torch.ops.speedrun.linear_cross_entropy_chunked(*args, True, 3)
     assert G_none.numel() == rho_none.numel() == 0 and G.shape == (7, 97) and rho.shape == (7,)
     assert torch.equal(loss_only, loss) and loss[4] == 0
     with torch.no_grad():
@@ -175,7 +176,7 @@ def test_nan_and_inf_propagate_as_in_eager(kind, softcap, rows_per_block):
 def test_one_compiled_row_pass_serves_every_shape():
     """The compiled row pass is traced with symbolic sizes: new row counts and vocabularies compile nothing."""
     cases = [(37, 24, 131), (41, 24, 149), (53, 40, 131), (12, 24, 1031)]
-    cce.chunked_linear_cross_entropy(*make_inputs(*cases[0], torch.float32, "cpu"), softcap=15.0,
+    cce.linear_cross_entropy(*make_inputs(*cases[0], torch.float32, "cpu"), softcap=15.0,
                                      softcap_kind="algebraic")
     with torch._dynamo.config.patch(error_on_recompile=True):
         for N, H, V in cases[1:]:
@@ -219,7 +220,7 @@ def test_opcheck():
     for compute_grad in (True, False):
         leaves = [t.clone().requires_grad_(compute_grad) for t in (hidden, weight, bias)]
         args = (leaves[0], leaves[1], targets, leaves[2], 15.0, "algebraic", IGNORE, 1e-3, compute_grad, 4)
-        torch.library.opcheck(torch.ops.speedrun.chunked_cross_entropy.default, args)
+        torch.library.opcheck(torch.ops.speedrun.linear_cross_entropy_chunked.default, args)
 
 
 def test_compiled_fullgraph_matches_eager():
@@ -260,6 +261,6 @@ def test_registered_and_the_cpu_choice():
     """Registered as "chunked"; the CPU's "auto" loss is this one (tests/test_configs.py holds the whole table)."""
     from speedrun.config import resolve, resolve_auto
 
-    assert registry.get("linear_cross_entropy", "chunked") is cce.chunked_linear_cross_entropy
+    assert registry.get("linear_cross_entropy", "chunked") is cce.linear_cross_entropy
     assert resolve_auto(resolve(["--preset=track3-cpu"]), "cpu").model.ce_impl == "chunked"
 

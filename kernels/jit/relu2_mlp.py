@@ -10,7 +10,7 @@ cores, fp32 epilogue, one rounding at the store. Tile order: GROUP_M-swizzled (p
 column by column, so a wave of programs shares A row-blocks and B column-blocks in L2). Edges are masked (loads
 with other=0, masked stores): no alignment assumption. The backward epilogue runs on two column halves of the
 tile (fewer live registers: no spills on sm_90). The epilogues select rather than take maxima, so NaN and inf
-land where eager's do. Interpreter and fp32 switches (UPCAST, RNE_BF16, TF32X3): kernels._common.precision_flags.
+land where eager's do. Interpreter and fp32 switches (UPCAST, RNE_BF16, TF32X3): kernels.tiles.precision_flags.
 
 Device code only: kernels/relu2_mlp.py has the op's math, the configs and autotuning, the launchers with their
 input checks, the autograd formula, the custom ops and the registration.
@@ -19,7 +19,7 @@ input checks, the autograd formula, the custom ops and the registration.
 import triton
 import triton.language as tl
 
-from kernels._common import store_tile, tile_matmul
+from kernels.jit.matmul import store_tile, tile_matmul
 
 # Epilogue selectors (a tl.constexpr: the unused branch is not compiled).
 EPILOGUE_RELU2 = 1  # C = relu(acc)²
@@ -63,7 +63,7 @@ def relu2_mm_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,  # tile-rows per swizzle group (L2 reuse)
-    UPCAST: tl.constexpr,  # see kernels._common.precision_flags
+    UPCAST: tl.constexpr,  # see kernels.tiles.precision_flags
     TF32X3: tl.constexpr,
     RNE_BF16: tl.constexpr,
 ):
@@ -96,10 +96,8 @@ def relu2_mm_kernel(
                       ROUND_A=False, UPCAST=UPCAST, TF32X3=TF32X3)
 
     # --- epilogue in fp32, one rounding at the store. The backward one runs on two column halves, so that
-    # the AUX tile, its pointers and the converted output of only half the tile are live at once: on sm_90
-    # that took 128x256 (8 warps) and 128x128 (4 warps) from 255 registers + 65-99 spill stores to 234-240
-    # registers and no spills, and the other backward tiles from ~160 to ~125 registers (bench.codegen).
-    # The forward epilogue reads no AUX; halving it changed nothing there (±14 registers).
+    # the AUX tile, its pointers and the converted output of only half the tile are live at once (what that
+    # does to registers and spills on sm_90: docs/kernels/relu2_mlp.md).
     if EPILOGUE == 2:
         halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))  # (BLOCK_M, BLOCK_N/2, 2)
         acc0, acc1 = tl.split(halves)  # columns [0, BLOCK_N/2) and [BLOCK_N/2, BLOCK_N)

@@ -1,27 +1,27 @@
-"""Fused linear cross-entropy (kernels/fused_linear_cross_entropy.py): the benchmark case, FLOP and byte models,
-sm_90 codegen cases."""
+"""Linear cross-entropy (kernels/linear_cross_entropy.py, its kernels in kernels/jit/linear_cross_entropy.py): the
+benchmark case, FLOP and byte models, sm_90 codegen cases."""
 
 import torch
 import triton
 
 from bench import modded
 from bench.cases import Timed, Unavailable, compiled, dtype_name, jit_case
-from kernels import _flce_kernels as K
-from kernels import fused_linear_cross_entropy as flce
+from kernels import linear_cross_entropy as lce
 from kernels import registry
-from kernels._common import TRITON_DTYPE, precision_flags
+from kernels.jit import linear_cross_entropy as K
+from kernels.tiles import TRITON_DTYPE, precision_flags
 
 # The 124M shape the codegen rows are labelled with: 8192 tokens (chunks of 4096 at the default budget),
 # d = 768, GPT-2 vocab padded to 50304.
 SPEEDRUN_N, SPEEDRUN_H, SPEEDRUN_V = 8192, 768, 50304
 
 
-def flce_flops(N: int, H: int, V: int) -> float:
+def lce_flops(N: int, H: int, V: int) -> float:
     """Matmul FLOPs of loss + both gradients: logits, grad_hidden, grad_weight, 2·N·H·V each."""
     return 6.0 * N * H * V
 
 
-def flce_bytes(N: int, H: int, V: int, itemsize: int, chunk_rows: int) -> float:
+def lce_bytes(N: int, H: int, V: int, itemsize: int, chunk_rows: int) -> float:
     """Compulsory HBM traffic of one call: hidden and weight read by the two matmuls that use each, the
     grads written once, the fp32 chunk buffer written (logits), read + written (dz), read twice (the grad
     matmuls): 20 B per logit; plus the fp32 grad_weight running sum (written, read + written per middle
@@ -48,12 +48,12 @@ def make_inputs(N, H, V, device, dtype, ignored_fraction=IGNORED_FRACTION):
     return hidden, weight, targets
 
 
-def flce_case(provider: str, N: int, H: int, V: int, *, device, dtype: torch.dtype, softcap: float | None,
+def lce_case(provider: str, N: int, H: int, V: int, *, device, dtype: torch.dtype, softcap: float | None,
               softcap_kind: str = "tanh", bias: bool = False, reduction: str = "mean",
               compile_backend: str | None = None, modded_path=None) -> Timed:
     """One forward + backward of the LM head loss (hidden (N, H) @ weightᵀ (+ bias), softcap, cross-entropy; the
     gradients of every leaf), as `provider`: eager (kernels.reference, as the model calls it), compile, triton
-    (kernels.fused_linear_cross_entropy), chunked (kernels.chunked_cross_entropy, any device), liger (Liger-Kernel's
+    (kernels.linear_cross_entropy), chunked (kernels.linear_cross_entropy_chunked, any device), liger (Liger-Kernel's
     fused linear cross-entropy; tanh softcap only, CUDA) or modded (modded-nanogpt's FusedSoftcappedCrossEntropy:
     fp8 head, its own sigmoid cap, no bias, vocabulary 50304, sm_90; a speed peer, not the same function). One
     mode: the fused kernels finish the gradients during forward, so a forward-only time would not compare like
@@ -111,8 +111,8 @@ def flce_case(provider: str, N: int, H: int, V: int, *, device, dtype: torch.dty
             t.grad = None  # after the peak: each call allocates its gradients, as a training step
         return loss.detach()
 
-    return Timed(step, flops=flce_flops(N, H, V),
-                 bytes=flce_bytes(N, H, V, dtype.itemsize, flce.pick_chunk_rows(N, V, 128)), fields=fields)
+    return Timed(step, flops=lce_flops(N, H, V),
+                 bytes=lce_bytes(N, H, V, dtype.itemsize, lce.pick_chunk_rows(N, V, 128)), fields=fields)
 
 
 # The logits-kernel variants compiled per config: (softcap kind, head bias). 16-bit: the speedrun's tanh head, no
@@ -129,12 +129,12 @@ def codegen_cases() -> list:
     dtype; fp32 has no last form). FLOPs and bytes are one launch on a 4096-row chunk."""
     N, H, V = SPEEDRUN_N, SPEEDRUN_H, SPEEDRUN_V
     cases = []
-    for (name, dtype), cfg in flce.CONFIGS.items():
+    for (name, dtype), cfg in lce.CONFIGS.items():
         ty, size = TRITON_DTYPE[dtype], dtype.itemsize
         fp32 = dtype == torch.float32
         flags = precision_flags(dtype, interpreter=False)
         label = f"{name} {ty}"
-        M = flce.pick_chunk_rows(N, V, cfg.logits.block_m)
+        M = lce.pick_chunk_rows(N, V, cfg.logits.block_m)
         lg, T = cfg.logits, triton.cdiv(V, cfg.logits.block_n)
 
         for kind, bias in LOGITS_VARIANTS[fp32]:
@@ -143,8 +143,8 @@ def codegen_cases() -> list:
                         softcap=15.0, inv_softcap=1 / 15.0, **lg.meta(), HAS_BIAS=bias, SOFTCAP=SOFTCAP_CODES[kind],
                         FAST_TANH=not fp32, UPCAST=flags["UPCAST"], TF32X3=flags["TF32X3"])
             cases.append(jit_case(
-                "flce_logits", f"{label} {lg.block_m}x{lg.block_n}x{lg.block_k} {kind}" + (" bias" if bias else ""),
-                K.flce_logits_kernel, args, num_warps=lg.warps, num_stages=lg.stages, flops=2 * M * V * H,
+                "lce_logits", f"{label} {lg.block_m}x{lg.block_n}x{lg.block_k} {kind}" + (" bias" if bias else ""),
+                K.lce_logits_kernel, args, num_warps=lg.warps, num_stages=lg.stages, flops=2 * M * V * H,
                 bytes=size * (M * H + V * H) + 4 * M * V))
 
         for kind in ("tanh", "algebraic"):
@@ -153,14 +153,14 @@ def codegen_cases() -> list:
                         ignore_index=-100, softcap=15.0, inv_softcap=1 / 15.0, z_loss=0.0, BLOCK_V=cfg.loss.block_v,
                         BLOCK_T=cfg.loss.block_t, SOFTCAP=SOFTCAP_CODES[kind], COMPUTE_GRAD=True)
             cases.append(jit_case(
-                "flce_loss_grad", f"{label} {cfg.loss.block_v}/{cfg.loss.block_t} {kind}", K.flce_loss_grad_kernel,
+                "lce_loss_grad", f"{label} {cfg.loss.block_v}/{cfg.loss.block_t} {kind}", K.lce_loss_grad_kernel,
                 args, num_warps=cfg.loss.warps, num_stages=1, bytes=8 * M * V, expect_hgmma=False))
 
         gh = cfg.grad_hidden
         args = dict(dz_ptr=torch.float32, b_ptr=dtype, acc_ptr=dtype, c_ptr=dtype, M=M, N=H, K=V, stride_zm=V,
                     stride_bk=H, stride_am=H, stride_cm=H, **gh.meta(), DZ_T=False, ACCUMULATE=False, **flags)
         cases.append(jit_case(
-            "flce_grad_hidden", f"{label} {gh.block_m}x{gh.block_n}x{gh.block_k}", K.flce_grad_kernel, args,
+            "lce_grad_hidden", f"{label} {gh.block_m}x{gh.block_n}x{gh.block_k}", K.lce_grad_kernel, args,
             num_warps=gh.warps, num_stages=gh.stages, flops=2 * M * V * H, bytes=4 * M * V + size * (V * H + M * H)))
 
         gw = cfg.grad_weight
@@ -171,7 +171,7 @@ def codegen_cases() -> list:
                         stride_zm=V, stride_bk=H, stride_am=H, stride_cm=H, **gw.meta(), DZ_T=True,
                         ACCUMULATE=accumulate, **flags)
             cases.append(jit_case(
-                "flce_grad_weight", f"{label} {gw.block_m}x{gw.block_n}x{gw.block_k} {form}", K.flce_grad_kernel,
+                "lce_grad_weight", f"{label} {gw.block_m}x{gw.block_n}x{gw.block_k} {form}", K.lce_grad_kernel,
                 args, num_warps=gw.warps, num_stages=gw.stages, flops=2 * M * V * H,
                 bytes=4 * M * V + size * M * H + (4 * V * H if accumulate else 0) + out_dtype.itemsize * V * H))
     return cases

@@ -1,58 +1,41 @@
-"""LM head + softcap + cross-entropy in PyTorch, its gradient finished in one pass over the logits: the CPU's loss.
+"""linear_cross_entropy's chunked implementation ("chunked", the CPU's): LM head + softcap + cross-entropy in
+PyTorch, the gradient finished in one pass over the logits.
 
-Op (same semantics as kernels.reference.linear_cross_entropy, the test oracle; the formulas of
-kernels/fused_linear_cross_entropy.py, the GPU's implementation):
+Op (kernels.reference.linear_cross_entropy is the test oracle; the formulas of kernels/linear_cross_entropy.py):
 
     z      = hidden @ weightᵀ + bias          (N, V), the GEMM in the input dtype, then fp32
     c      = cap(z)                           tanh, algebraic or none (kernels.reference.softcap_logits)
     loss_i = lse(c_i) - c_i,t(i) + z_loss · lse(c_i)²
     ∂loss_i/∂z_ij = (softmax(c_i)_j · (1 + 2·z_loss·lse_i) - [j == t(i)]) · cap'(z_ij)  =  ρ_i · G'_ij
 
-Why: on a CPU the eager loss spends more time moving the (N, V) fp32 logits than in its three GEMMs. Eager
-autograd walks them a dozen times (the bias broadcast, the softcap's products, log_softmax and its backward,
-nll_loss's one-hot gradient, the softcap's backward), each a full read and write of N·V·4 bytes (824 MB at 4096
-tokens of a 50304-token vocabulary), each into a tensor of its own. Here one GEMM writes the logits, then one row
-pass reads each row once and writes it back once as
+with G'_ij = (e_ij - [j == t(i)] / ρ_i) · cap'(z_ij), e = exp(c - m), ρ_i = (1 + 2·z_loss·lse_i) / Σ_j e_ij: one
+GEMM writes the logits, one row pass (row_pass: bias, softcap and its slope, exp, row sum) reads and writes each
+row once, compiled by torch.compile into one C++ loop per row (eager blocks of rows when given rows_per_block or
+without a C++ compiler); the backward is three GEMMs with per-row factors, G' read only by them.
 
-    G'_ij = (e_ij - [j == t(i)] / ρ_i) · cap'(z_ij)     e = exp(c - m),  ρ_i = (1 + 2·z_loss·lse_i) / Σ_j e_ij
+Shapes and dtypes: as kernels.reference.linear_cross_entropy (hidden (N, H), weight (V, H), bias (V,) or None,
+targets (N,) int64/int32, one floating dtype), any one device. Numerics: fp32 from the GEMM's output on; 16-bit
+inputs: the logits GEMM in their dtype and G' rounded to it for the backward GEMMs, as eager autograd rounds the
+logits' gradient. Sums run in another order than eager's: results agree to rounding, not bit for bit. Memory:
+G' (N×V fp32, the logits' own buffer) and a few (N,) vectors. Inputs are checked as the Triton implementation's
+(kernels.linear_cross_entropy.check_inputs, any device).
 
-with the bias, the softcap and its derivative, exp and the row sum all in that one pass (the target's term is
-added after, N elements). m is the row max, or 0 where a softcap <= UNSHIFTED_SOFTCAP bounds every c (no overflow:
-one pass over the row saved), and the softmax's division is left to ρ, a factor per row (another pass saved).
-The row pass is plain PyTorch (row_pass), compiled by torch.compile into one vectorised C++ loop per row (inductor,
-symbolic shapes: one compilation, cached on disk, serves every N and V); given rows_per_block, or where inductor
-cannot build (no C++ compiler: one warning), the same function runs eagerly over blocks of BLOCK_BYTES of rows per
-thread, each block in L2. The backward is three products with the row factors w_i = ∂L/∂loss_i · ρ_i (0 on ignored
-rows) on the N-row side:
-
-    grad_hidden = (G' @ weight) · w      grad_weight = G'ᵀ @ (hidden · w)      grad_bias = G'ᵀ @ w
-
-so G' is read by the GEMMs only and stays as it is (a second backward with retain_graph=True is right).
-`python -m bench.cpu_step` measures the training step this is part of, beside nanoGPT's.
-
-Memory: G' (N×V fp32, the logits' own buffer) and a few (N,) vectors (the eager blocks: one block of temporaries);
-eager holds several N×V tensors.
-Numerics: fp32 from the GEMM's output on, as the reference. 16-bit inputs: the logits GEMM runs in their dtype
-and G' is rounded to it for the backward GEMMs, as eager autograd rounds the logits' gradient. Sums run in another
-order than eager's: results agree to rounding (the tests state the tolerance), not bit for bit.
-
-Runs as the custom op torch.ops.speedrun.chunked_cross_entropy (per-row losses, G' and ρ; the reduction is plain
-PyTorch outside it, so autograd gives the backward its w), and torch.compile keeps it whole. Any device; on CUDA
-the Triton kernel needs no N×V buffer.
+Custom op: torch.ops.speedrun.linear_cross_entropy_chunked (per-row losses, G' and ρ; the reduction is plain
+PyTorch outside it, so autograd gives the backward its row factors); torch.compile keeps it whole. Why this
+design, and what it measured: docs/kernels/linear_cross_entropy.md.
 """
-
 import warnings
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from kernels import _common, registry
-from kernels.fused_linear_cross_entropy import check_inputs
+from kernels import registry
+from kernels.custom_ops import absent, autocast_inputs, op_name
+from kernels.linear_cross_entropy import check_inputs
 
 # fp32 bytes of logits per thread processed at once by the eager row pass (rows_per_block given, or no compiler):
-# inside a core's L2. Measured at 4096×50304 (algebraic softcap, bias), 2 threads, forward: blocks of 2, 5, 10 and 20
-# rows took 1570, 1583, 1464 and 1516 ms, the compiled pass 869 ms, the logits GEMM alone 547 ms.
+# inside a core's L2 (the block sizes measured: docs/kernels/linear_cross_entropy.md).
 BLOCK_BYTES = 512 << 10
 # A softcap at most this bounds every logit, so Σ exp(c) <= V·e^50 cannot overflow fp32 and needs no max shift.
 UNSHIFTED_SOFTCAP = 50.0
@@ -101,14 +84,14 @@ def _run_row_pass(logits, bias, param, kind, shift, rows_per_block):
         try:
             # Always without autograd (one graph for training and evaluation alike). Softcap kinds x shift x size
             # classes x thread counts can pass dynamo's default of 8 graphs per function. (Inductor's cache is one
-            # per CPU capability: kernels._common.separate_inductor_cache.)
+            # per CPU capability: kernels.device.separate_inductor_cache.)
             with torch.no_grad(), torch._dynamo.config.patch(recompile_limit=64):
                 return _compiled_row_pass(logits, bias, param, kind, shift)
         except torch._dynamo.exc.BackendCompilerFailed as err:
             inner = getattr(err, "inner_exception", None) or err
             _compile_failure.append(f"{type(inner).__name__}: {(str(inner).strip().splitlines() or [''])[0]}")
-            warnings.warn(f"chunked cross-entropy: its row pass could not be compiled ({_compile_failure[0]}); "
-                          "running it eagerly in blocks of rows (slower)", stacklevel=3)
+            warnings.warn(f"linear_cross_entropy (chunked): its row pass could not be compiled "
+                          f"({_compile_failure[0]}); running it eagerly in blocks of rows (slower)", stacklevel=3)
     N, V = logits.shape
     rows = rows_per_block or block_rows(V)
     totals, maxes = logits.new_empty(N), logits.new_empty(N) if shift else None
@@ -120,8 +103,8 @@ def _run_row_pass(logits, bias, param, kind, shift, rows_per_block):
     return totals, maxes
 
 
-def chunked_cross_entropy_rows(hidden, weight, targets, bias, softcap, softcap_kind, ignore_index, z_loss,
-                               compute_grad, rows_per_block=None):
+def chunked_rows(hidden, weight, targets, bias, softcap, softcap_kind, ignore_index, z_loss, compute_grad,
+                 rows_per_block=None):
     """(loss_i (N,) fp32, G' (N, V) fp32, ρ (N,) fp32) with ∂loss_i/∂z_ij = ρ_i·G'_ij; loss_i = 0 on ignored rows.
     Without compute_grad, G' and ρ are empty tensors.
 
@@ -149,18 +132,18 @@ def chunked_cross_entropy_rows(hidden, weight, targets, bias, softcap, softcap_k
     lse = totals.log() if maxes is None else maxes[:, None] + totals.log()
     loss = (lse + z_loss * lse.square() - picked).squeeze(1).masked_fill_(~keep, 0.0)
     if not compute_grad:
-        return loss, _common.absent(logits), _common.absent(logits)
+        return loss, absent(logits), absent(logits)
     inv_rho = totals if not z_loss else totals / (1 + 2 * z_loss * lse)
     logits.scatter_add_(1, safe_targets, -inv_rho if picked_slope is None else -inv_rho * picked_slope)
     return loss, logits, (1 / inv_rho).squeeze(1)
 
 
-@torch.library.custom_op(_common.op_name("chunked_cross_entropy"), mutates_args=())
+@torch.library.custom_op(op_name("linear_cross_entropy_chunked"), mutates_args=())
 def _chunked_op(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: Optional[torch.Tensor],
                 softcap: Optional[float], softcap_kind: str, ignore_index: int, z_loss: float, compute_grad: bool,
                 rows_per_block: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return chunked_cross_entropy_rows(hidden, weight, targets, bias, softcap, softcap_kind, ignore_index, z_loss,
-                                      compute_grad, rows_per_block)
+    return chunked_rows(hidden, weight, targets, bias, softcap, softcap_kind, ignore_index, z_loss, compute_grad,
+                        rows_per_block)
 
 
 @_chunked_op.register_fake
@@ -168,7 +151,7 @@ def _(hidden, weight, targets, bias, softcap, softcap_kind, ignore_index, z_loss
     N, V = hidden.shape[0], weight.shape[0]
     loss = hidden.new_empty(N, dtype=torch.float32)
     if not compute_grad:
-        return loss, _common.absent(loss), _common.absent(loss)
+        return loss, absent(loss), absent(loss)
     return loss, hidden.new_empty(N, V, dtype=torch.float32), hidden.new_empty(N, dtype=torch.float32)
 
 
@@ -200,7 +183,7 @@ def _backward(ctx, grad_loss, *_):
 _chunked_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                                  bias: torch.Tensor | None = None, softcap: float | None = None,
                                  softcap_kind: str = "tanh", ignore_index: int = -100, reduction: str = "mean",
                                  z_loss: float = 0.0, rows_per_block: int | None = None) -> torch.Tensor:
@@ -211,13 +194,13 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     the inputs are cast to the autocast dtype here, as F.linear would. rows_per_block: the row pass eagerly, in blocks
     of that many rows, instead of compiled (tests; the fallback without a C++ compiler uses block_rows(V)).
     """
-    hidden, weight, bias = _common.autocast_inputs(hidden, weight, bias)
+    hidden, weight, bias = autocast_inputs(hidden, weight, bias)
     check_inputs(hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind,
                  ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, device_rule="same")
     if rows_per_block is not None and rows_per_block < 1:
         raise ValueError(f"rows_per_block must be >= 1, got {rows_per_block}")
     compute_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
-    loss, _, _ = torch.ops.speedrun.chunked_cross_entropy(hidden, weight, targets, bias,
+    loss, _, _ = torch.ops.speedrun.linear_cross_entropy_chunked(hidden, weight, targets, bias,
                                                        None if softcap is None else float(softcap), softcap_kind,
                                                        ignore_index, float(z_loss), compute_grad, rows_per_block)
     if reduction == "none":
@@ -227,4 +210,4 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, tar
     return loss.sum() / (targets != ignore_index).sum().clamp(min=1)
 
 
-registry.register("linear_cross_entropy", "chunked", chunked_linear_cross_entropy)
+registry.register("linear_cross_entropy", "chunked", linear_cross_entropy)

@@ -1,6 +1,6 @@
-"""kernels.fused_linear_cross_entropy: parity (loss and every gradient; tanh and algebraic softcaps, head bias, mean
-and sum), Liger and torch.compile peers (parity and peak memory), poisoned buffers, codegen, input checks; 124M
-shape and determinism on a GPU.
+"""kernels.linear_cross_entropy (the Triton implementation): parity (loss and every gradient; tanh and algebraic
+softcaps, head bias, mean and sum), Liger and torch.compile peers (parity and peak memory), poisoned buffers,
+codegen, input checks; 124M shape and determinism on a GPU.
 
 On the CPU the kernels run under the Triton interpreter (tests/conftest.py), so shapes stay tiny. Parity through
 tests.parity.check_parity: oracle kernels.reference.linear_cross_entropy(upcast=True) in float64, peer the same
@@ -10,11 +10,12 @@ eager code in the input dtype, one random grad_output scalar applied to all thre
 import pytest
 import torch
 
-from bench.cases import fused_linear_cross_entropy as cases
-from kernels import fused_linear_cross_entropy as flce
+from bench.cases import linear_cross_entropy as cases
+from kernels import linear_cross_entropy as lce
 from kernels import registry
-from kernels._common import TRITON_DTYPE, is_interpreter
+from kernels.device import is_interpreter
 from kernels.reference import linear_cross_entropy as eager_lce
+from kernels.tiles import TRITON_DTYPE
 from tests.parity import (
     NAN_WARNINGS,
     assert_close,
@@ -50,7 +51,7 @@ NAMES_BIAS = NAMES + ("grad_bias",)
 
 def kernel_fn(h, w, t, b=None, **kw):
     """The Triton op with the bias as a positional input, so that check_parity compares its gradient."""
-    return flce.fused_linear_cross_entropy(h, w, t, bias=b, **kw)
+    return lce.linear_cross_entropy(h, w, t, bias=b, **kw)
 
 
 def eager_fn(h, w, t, b=None, upcast=False, **kw):
@@ -166,29 +167,29 @@ def test_algebraic_softcap_far_from_zero_and_saturated(device):
 def test_reduction_none_without_grad(device):
     hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, device, ignore_rows=(4,), weight_scale=4.0)
     with torch.no_grad():
-        loss = flce.fused_linear_cross_entropy(hidden, weight, targets, softcap=15.0, reduction="none")
+        loss = lce.linear_cross_entropy(hidden, weight, targets, softcap=15.0, reduction="none")
     expected = eager_lce(hidden, weight, targets, softcap=15.0, reduction="none")
     assert loss.shape == (7,) and loss.dtype == torch.float32
     assert_close(loss, expected, atol=1e-5, rtol=1e-5, name="per-token loss")
     assert loss[4] == 0
     with torch.no_grad():
-        loss32 = flce.fused_linear_cross_entropy(hidden, weight, targets.int(), softcap=15.0, reduction="none")
+        loss32 = lce.linear_cross_entropy(hidden, weight, targets.int(), softcap=15.0, reduction="none")
     assert torch.equal(loss32, loss)  # int32 targets are accepted too
 
 
 def test_reduction_none_with_grad_raises():
     hidden, weight, targets = make_inputs(4, 24, 97, torch.float32, "cpu")
     with pytest.raises(NotImplementedError, match="reduction='none' is supported only without autograd"):
-        flce.fused_linear_cross_entropy(hidden.requires_grad_(), weight, targets, reduction="none")
+        lce.linear_cross_entropy(hidden.requires_grad_(), weight, targets, reduction="none")
 
 
 def test_no_grad_path_matches_and_skips_gradients(device):
     hidden, weight, targets = make_inputs(7, 24, 97, torch.bfloat16, device)
     with torch.no_grad():
-        loss = flce.fused_linear_cross_entropy(hidden, weight, targets, softcap=15.0)
-    loss2, gh, gw, gb = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0)
+        loss = lce.linear_cross_entropy(hidden, weight, targets, softcap=15.0)
+    loss2, gh, gw, gb = lce.linear_cross_entropy_fwd(hidden, weight, targets, softcap=15.0)
     assert torch.equal(loss, loss2) and gb is None  # no bias: no bias gradient
-    _, gh_none, gw_none, _ = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, compute_grad_hidden=False,
+    _, gh_none, gw_none, _ = lce.linear_cross_entropy_fwd(hidden, weight, targets, compute_grad_hidden=False,
                                                                   compute_grad_weight=False)
     assert gh_none is None and gw_none is None
 
@@ -200,7 +201,7 @@ def test_only_requested_gradients(needs, device):
     hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, device)
     bias = make_bias(97, torch.float32, device)
     ours = [t.clone().requires_grad_(n) for t, n in zip((hidden, weight, bias), needs)]
-    flce.fused_linear_cross_entropy(*ours[:2], targets, bias=ours[2], softcap=15.0).backward()
+    lce.linear_cross_entropy(*ours[:2], targets, bias=ours[2], softcap=15.0).backward()
     ref = [t.clone().requires_grad_(n) for t, n in zip((hidden, weight, bias), needs)]
     eager_lce(*ref[:2], targets, bias=ref[2], softcap=15.0).backward()
     for name, a, b, n in zip(NAMES_BIAS[1:], ours, ref, needs):
@@ -214,7 +215,7 @@ def test_all_targets_ignored_gives_zero(device):
     hidden, weight, targets = make_inputs(5, 24, 97, torch.float32, device, ignore_rows=range(5))
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
     b = make_bias(97, torch.float32, device).requires_grad_()
-    loss = flce.fused_linear_cross_entropy(h, w, targets, bias=b, softcap=15.0, softcap_kind="algebraic")
+    loss = lce.linear_cross_entropy(h, w, targets, bias=b, softcap=15.0, softcap_kind="algebraic")
     loss.backward()
     assert loss.item() == 0.0  # 0 / max(0, 1), as the eager reference
     for t in (h, w, b):
@@ -225,7 +226,7 @@ def test_retain_graph_second_backward(device):
     """backward scales the saved gradients out of place: a second backward gives the same gradients again."""
     hidden, weight, targets = make_inputs(7, 24, 97, torch.float32, device)
     leaf = hidden.clone().requires_grad_()
-    check_second_backward(lambda h: flce.fused_linear_cross_entropy(h, weight, targets), leaf)
+    check_second_backward(lambda h: lce.linear_cross_entropy(h, weight, targets), leaf)
 
 
 # 41.0: s·fl(1/s) is not 1 in fp32, so a saturated logit's tanh derivative is exactly 0, as eager's 1 - tanh² is,
@@ -260,7 +261,7 @@ def test_nan_and_inf_propagate_as_in_eager(dtype, kind, softcap, device):
 
 
 def test_registered_as_triton():
-    assert registry.get("linear_cross_entropy", "triton") is flce.fused_linear_cross_entropy
+    assert registry.get("linear_cross_entropy", "triton") is lce.linear_cross_entropy
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -306,14 +307,14 @@ def test_nan_outputs_and_workspace_are_fully_overwritten(dtype, head, device):
     head_kw = dict(softcap=15.0, softcap_kind="algebraic" if track3 else "tanh",
                    bias=make_bias(131, dtype, device) if track3 else None)
     kw = dict(z_loss=1e-3, config=config, chunk_rows=16, **head_kw)
-    clean = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, **kw)
+    clean = lce.linear_cross_entropy_fwd(hidden, weight, targets, **kw)
 
-    ws = poisoned(flce.flce_workspace(37, 131, 40, dtype, device, config=config, chunk_rows=16))
+    ws = poisoned(lce.lce_workspace(37, 131, 40, dtype, device, config=config, chunk_rows=16))
     assert (ws.gw_acc is not None) == (dtype != torch.float32)  # 3 chunks: 16-bit needs the fp32 running sum
     out = dict(grad_hidden=poisoned(hidden), grad_weight=poisoned(weight),
                loss_rows=poisoned((37,), dtype=torch.float32, device=device),
                grad_bias=poisoned((131,), dtype=dtype, device=device) if track3 else None)
-    loss, gh, gw, gb = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, z_loss=1e-3, workspace=ws,
+    loss, gh, gw, gb = lce.linear_cross_entropy_fwd(hidden, weight, targets, z_loss=1e-3, workspace=ws,
                                                            **out, **head_kw)
     assert gh is out["grad_hidden"] and gw is out["grad_weight"] and gb is out["grad_bias"]
     for name, a, b in (("loss", loss, clean[0]), ("grad_hidden", gh, clean[1]), ("grad_weight", gw, clean[2]),
@@ -325,10 +326,10 @@ def test_nan_outputs_and_workspace_are_fully_overwritten(dtype, head, device):
 
 def test_workspace_is_reusable(device):
     hidden, weight, targets = make_inputs(37, 40, 131, torch.bfloat16, device)
-    ws = flce.flce_workspace(37, 131, 40, torch.bfloat16, device, config="b64", chunk_rows=16)
+    ws = lce.lce_workspace(37, 131, 40, torch.bfloat16, device, config="b64", chunk_rows=16)
     bias = make_bias(131, torch.bfloat16, device)
-    first = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, bias=bias, workspace=ws)
-    second = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, bias=bias, workspace=ws)
+    first = lce.linear_cross_entropy_fwd(hidden, weight, targets, bias=bias, workspace=ws)
+    second = lce.linear_cross_entropy_fwd(hidden, weight, targets, bias=bias, workspace=ws)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
@@ -338,7 +339,7 @@ def test_workspace_is_reusable(device):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _peaks(N, H, V, chunk_rows, dtype=torch.float32, providers=("eager", "fused"), softcap=15.0):
+def _peaks(N, H, V, chunk_rows, dtype=torch.float32, providers=("eager", "triton"), softcap=15.0):
     """{provider: peak bytes of one forward + backward above the inputs}, process RSS (bench.harness)."""
     from bench.harness import peak_memory_bytes
 
@@ -359,7 +360,7 @@ def _peaks(N, H, V, chunk_rows, dtype=torch.float32, providers=("eager", "fused"
     fns = {"eager": (eager_lce, dict(softcap=softcap)),
            "compile": (lambda: _compiled_eager(), dict(softcap=softcap)),
            "liger": (lambda: _liger(), {}),
-           "fused": (flce.fused_linear_cross_entropy, dict(softcap=softcap, chunk_rows=chunk_rows, config=config))}
+           "triton": (lce.linear_cross_entropy, dict(softcap=softcap, chunk_rows=chunk_rows, config=config))}
     peaks = {}
     for name in providers:
         fn, kw = fns[name]
@@ -386,26 +387,26 @@ def _compiled_eager():
 def test_peak_memory_is_bounded_by_the_chunk(capsys):
     N, H, V, C = 64, 32, 4096, 16  # 4 chunks; eager holds several (N, V) fp32 tensors at once
     peaks = _peaks(N, H, V, C)
-    eager_peak, fused_peak = peaks["eager"], peaks["fused"]
+    eager_peak, triton_peak = peaks["eager"], peaks["triton"]
     logits, chunk = N * V * 4, C * V * 4
     # Fused: the chunk buffer + the two gradients and their grad_output-scaled copies in backward + per-row
     # buffers + 1 MiB for the interpreter's numpy tiles (RSS counts them).
     bound = chunk + 2 * 4 * (N * H + V * H) + 4 * (C * 2 * (V // 64 + 1) + 4 * N) + 2**20
     with capsys.disabled():
         print(f"\n[peak memory, CPU, fp32, N={N} H={H} V={V} chunk={C}] eager {eager_peak / 2**20:.2f} MiB "
-              f"({eager_peak / logits:.1f}x the N×V fp32 logits), fused {fused_peak / 2**20:.2f} MiB "
+              f"({eager_peak / logits:.1f}x the N×V fp32 logits), triton {triton_peak / 2**20:.2f} MiB "
               f"(chunk buffer {chunk / 2**20:.2f} MiB)")
-    assert fused_peak <= bound, f"fused peak {fused_peak} B > bound {bound} B"
+    assert triton_peak <= bound, f"triton peak {triton_peak} B > bound {bound} B"
     assert eager_peak >= 2 * logits  # logits and at least their gradient (the comparison is meaningful)
-    assert fused_peak < eager_peak / 3
+    assert triton_peak < eager_peak / 3
 
 
 @pytest.mark.skipif(not is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
 def test_peers_liger_and_compiled_eager_parity_and_peak_memory(capsys):
-    """The fused op beside Liger's fused linear cross-entropy and torch.compile's fusion of the eager loss (no
+    """The Triton op beside Liger's fused linear cross-entropy and torch.compile's fusion of the eager loss (no
     softcap: Liger's softcap does not run under the interpreter), fp32, N = 256 tokens (8 chunks of 32), H = 32,
     V = 4096. Parity: each peer's loss and gradients within k·(eager peer error) + noise of the float64 oracle.
-    Memory (process RSS, one forward + backward): the fused op below eager's and torch.compile's, whose (N, V)
+    Memory (process RSS, one forward + backward): the Triton op below eager's and torch.compile's, whose (N, V)
     tensors grow with the tokens; its own floor is the (V, H) gradient and, in backward, its grad_output-scaled
     copy (out of place, so that retain_graph works; Liger returns its saved gradient itself when grad_output is
     1, after a host sync on that test, and picks 4-row chunks here: it can sit below)."""
@@ -417,37 +418,37 @@ def test_peers_liger_and_compiled_eager_parity_and_peak_memory(capsys):
     for name, fn in (("compile", _compiled_eager()), ("liger", _liger())):
         check_parity(fn, eager_lce, [hidden, weight, targets], names=NAMES, grad_output=g, noise=fp32_noise,
                      kwargs=dict(ignore_index=IGNORE), where=name)
-    peaks = _peaks(N, H, V, C, providers=("eager", "compile", "liger", "fused"), softcap=None)
+    peaks = _peaks(N, H, V, C, providers=("eager", "compile", "liger", "triton"), softcap=None)
     logits = N * V * 4
     with capsys.disabled():
         print(f"\n[peak memory, CPU, fp32, no softcap, N={N} H={H} V={V} chunk={C}; {machine_line()}] " +
               ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in peaks.items()) +
               f" (N×V fp32 logits {logits / 2**20:.2f} MiB, V×H fp32 {V * H * 4 / 2**20:.2f} MiB)")
-    assert peaks["fused"] < peaks["eager"] / 2
-    assert peaks["fused"] < peaks["compile"]
+    assert peaks["triton"] < peaks["eager"] / 2
+    assert peaks["triton"] < peaks["compile"]
     bound = C * V * 4 + 2 * 4 * (N * H + V * H) + 4 * (C * 2 * (V // 64 + 1) + 4 * N) + 2**20
-    assert peaks["fused"] <= bound, f"fused peak {peaks['fused']} B > bound {bound} B"
+    assert peaks["triton"] <= bound, f"triton peak {peaks['triton']} B > bound {bound} B"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not is_interpreter(), reason="CPU memory trace (the gpu tests compare CUDA peaks)")
 def test_peak_memory_speedrun_vocab(capsys):
     """The real vocab (50304) and the 124M run's tokens/width ratio (8192/768 ≈ 11; here 1024/64 = 16), bf16,
-    4 chunks of 256 rows (a few minutes under the interpreter). The ratio matters: the fused path holds
+    4 chunks of 256 rows (a few minutes under the interpreter). The ratio matters: the Triton path holds
     (V, H)-sized buffers (grad_weight, its fp32 running sum when chunked) where eager holds (N, V) ones, so with
     fewer tokens than the width (N < H) eager is the smaller one."""
     N, H, V, C = 1024, 64, 50304, 256
     peaks = _peaks(N, H, V, C, dtype=torch.bfloat16)
-    eager_peak, fused_peak = peaks["eager"], peaks["fused"]
+    eager_peak, triton_peak = peaks["eager"], peaks["triton"]
     chunk, weight_fp32 = C * V * 4, V * H * 4
     with capsys.disabled():
         print(f"\n[peak memory, CPU, bf16, N={N} H={H} V={V} chunk={C}] eager {eager_peak / 2**20:.1f} MiB, "
-              f"fused {fused_peak / 2**20:.1f} MiB (N×V fp32 logits {N * V * 4 / 2**20:.1f} MiB, "
+              f"triton {triton_peak / 2**20:.1f} MiB (N×V fp32 logits {N * V * 4 / 2**20:.1f} MiB, "
               f"chunk buffer {chunk / 2**20:.1f} MiB, V×H fp32 {weight_fp32 / 2**20:.1f} MiB)")
     # chunk buffer + fp32 running sum + grad_weight and its scaled copy (bf16) + partials, per-row buffers,
     # interpreter tiles
-    assert fused_peak <= chunk + weight_fp32 + weight_fp32 + 4 * (N * H + 2 * C * 800 + 4 * N) + 2**21
-    assert fused_peak < eager_peak / 4
+    assert triton_peak <= chunk + weight_fp32 + weight_fp32 + 4 * (N * H + 2 * C * 800 + 4 * N) + 2**21
+    assert triton_peak < eager_peak / 4
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -456,33 +457,33 @@ def test_peak_memory_speedrun_vocab(capsys):
 
 
 def test_pick_config_and_chunk_rows():
-    assert flce.pick_config(8192, 50304, torch.bfloat16) == "b128"
-    assert flce.pick_config(37, 131, torch.bfloat16) == "b64"
-    assert flce.pick_config(8192, 50304, torch.float32) == "f64"
+    assert lce.pick_config(8192, 50304, torch.bfloat16) == "b128"
+    assert lce.pick_config(37, 131, torch.bfloat16) == "b64"
+    assert lce.pick_config(8192, 50304, torch.float32) == "f64"
     for N in (1, 37, 8192, 65536):
-        for dtype in flce.SUPPORTED_DTYPES:
-            assert (flce.pick_config(N, 50304, dtype), dtype) in flce.CONFIGS
-    assert flce.pick_chunk_rows(8192, 50304, 128) == 4096  # two even chunks within the 1 GiB budget
-    assert flce.pick_chunk_rows(100, 50304, 128) == 128
-    rows = flce.pick_chunk_rows(65536, 50304, 128)
-    assert rows % 128 == 0 and rows * 50304 * 4 <= flce.LOGITS_BUDGET_BYTES
+        for dtype in lce.SUPPORTED_DTYPES:
+            assert (lce.pick_config(N, 50304, dtype), dtype) in lce.CONFIGS
+    assert lce.pick_chunk_rows(8192, 50304, 128) == 4096  # two even chunks within the 1 GiB budget
+    assert lce.pick_chunk_rows(100, 50304, 128) == 128
+    rows = lce.pick_chunk_rows(65536, 50304, 128)
+    assert rows % 128 == 0 and rows * 50304 * 4 <= lce.LOGITS_BUDGET_BYTES
 
 
 def test_flop_model():
-    assert cases.flce_flops(8192, 768, 50304) == 6 * 8192 * 768 * 50304
+    assert cases.lce_flops(8192, 768, 50304) == 6 * 8192 * 768 * 50304
 
 
 def test_codegen_cases_cover_every_config():
     configs = {tuple(case.config.split(" ")[:2]) for case in cases.codegen_cases()}
-    assert configs == {(name, TRITON_DTYPE[dtype]) for name, dtype in flce.CONFIGS}
+    assert configs == {(name, TRITON_DTYPE[dtype]) for name, dtype in lce.CONFIGS}
     kernels = {case.kernel for case in cases.codegen_cases()}
-    assert kernels == {"flce_logits", "flce_loss_grad", "flce_grad_hidden", "flce_grad_weight"}
+    assert kernels == {"lce_logits", "lce_loss_grad", "lce_grad_hidden", "lce_grad_weight"}
 
 
 def test_sm90_codegen_has_hgmma_and_no_spills(assert_sm90_clean):
     """Every config compiles for sm_90: HGMMA in the three matmul kernels, no spills, smem <= 227 KB."""
-    mine = assert_sm90_clean("flce_", cases.codegen_cases())
-    assert all(r["hgmma"] > 0 for r in mine if r["kernel"] != "flce_loss_grad")
+    mine = assert_sm90_clean("lce_", cases.codegen_cases())
+    assert all(r["hgmma"] > 0 for r in mine if r["kernel"] != "lce_loss_grad")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -493,54 +494,54 @@ def test_sm90_codegen_has_hgmma_and_no_spills(assert_sm90_clean):
 def test_rejects_bad_shapes():
     h, w, t = torch.randn(4, 8), torch.randn(16, 8), torch.zeros(4, dtype=torch.long)
     with pytest.raises(ValueError, match=r"hidden \(N=4, H=8\) and weight \(V=16, H=6\) disagree on the hidden dim"):
-        flce.fused_linear_cross_entropy(h, torch.randn(16, 6), t)
+        lce.linear_cross_entropy(h, torch.randn(16, 6), t)
     with pytest.raises(ValueError, match="targets has 3 entries but hidden has N=4 rows"):
-        flce.fused_linear_cross_entropy(h, w, t[:3])
+        lce.linear_cross_entropy(h, w, t[:3])
     with pytest.raises(ValueError, match="hidden must have 2 dims"):
-        flce.fused_linear_cross_entropy(h[None], w, t)
+        lce.linear_cross_entropy(h[None], w, t)
     with pytest.raises(ValueError, match="targets must have 1 dims"):
-        flce.fused_linear_cross_entropy(h, w, t[:, None])
+        lce.linear_cross_entropy(h, w, t[:, None])
     with pytest.raises(ValueError, match="hidden is empty"):
-        flce.fused_linear_cross_entropy(h[:0], w, t[:0])
+        lce.linear_cross_entropy(h[:0], w, t[:0])
     with pytest.raises(ValueError, match="weight must be contiguous"):
-        flce.fused_linear_cross_entropy(h, torch.randn(8, 16).T, t)
+        lce.linear_cross_entropy(h, torch.randn(8, 16).T, t)
 
 
 def test_rejects_bad_dtypes():
     h, w, t = torch.randn(4, 8), torch.randn(16, 8), torch.zeros(4, dtype=torch.long)
     with pytest.raises(TypeError, match="hidden .* and weight .* must share one dtype"):
-        flce.fused_linear_cross_entropy(h, w.bfloat16(), t)
+        lce.linear_cross_entropy(h, w.bfloat16(), t)
     with pytest.raises(TypeError, match="hidden has dtype torch.float64"):
-        flce.fused_linear_cross_entropy(h.double(), w.double(), t)
+        lce.linear_cross_entropy(h.double(), w.double(), t)
     with pytest.raises(TypeError, match="targets has dtype torch.float32"):
-        flce.fused_linear_cross_entropy(h, w, t.float())
+        lce.linear_cross_entropy(h, w, t.float())
 
 
 def test_rejects_bad_arguments():
     h, w, t = torch.randn(4, 8), torch.randn(16, 8), torch.zeros(4, dtype=torch.long)
     with pytest.raises(ValueError, match="reduction must be"):
-        flce.fused_linear_cross_entropy(h, w, t, reduction="avg")
+        lce.linear_cross_entropy(h, w, t, reduction="avg")
     with pytest.raises(ValueError, match="softcap must be a positive finite float"):
-        flce.fused_linear_cross_entropy(h, w, t, softcap=0.0)
+        lce.linear_cross_entropy(h, w, t, softcap=0.0)
     with pytest.raises(ValueError, match="softcap_kind must be one of"):
-        flce.fused_linear_cross_entropy(h, w, t, softcap=15.0, softcap_kind="cubic")
+        lce.linear_cross_entropy(h, w, t, softcap=15.0, softcap_kind="cubic")
     with pytest.raises(ValueError, match="softcap_kind must be one of"):
         eager_lce(h, w, t, softcap=15.0, softcap_kind="cubic")
     with pytest.raises(ValueError, match=r"bias has 15 entries but weight \(V=16, H=8\)"):
-        flce.fused_linear_cross_entropy(h, w, t, bias=torch.zeros(15))
+        lce.linear_cross_entropy(h, w, t, bias=torch.zeros(15))
     with pytest.raises(TypeError, match="hidden .* and bias .* must share one dtype"):
-        flce.fused_linear_cross_entropy(h, w, t, bias=torch.zeros(16, dtype=torch.bfloat16))
+        lce.linear_cross_entropy(h, w, t, bias=torch.zeros(16, dtype=torch.bfloat16))
     with pytest.raises(ValueError, match="bias must have 1 dims"):
-        flce.fused_linear_cross_entropy(h, w, t, bias=torch.zeros(16, 1))
+        lce.linear_cross_entropy(h, w, t, bias=torch.zeros(16, 1))
     with pytest.raises(ValueError, match="z_loss must be finite"):
-        flce.fused_linear_cross_entropy(h, w, t, z_loss=float("nan"))
-    with pytest.raises(ValueError, match="no fused-linear-cross-entropy config 'b128' for torch.float32"):
-        flce.fused_linear_cross_entropy_fwd(h, w, t, config="b128")
+        lce.linear_cross_entropy(h, w, t, z_loss=float("nan"))
+    with pytest.raises(ValueError, match="no linear-cross-entropy config 'b128' for torch.float32"):
+        lce.linear_cross_entropy_fwd(h, w, t, config="b128")
     with pytest.raises(ValueError, match=r"grad_hidden must have shape \(4, 8\)"):
-        flce.fused_linear_cross_entropy_fwd(h, w, t, grad_hidden=torch.empty(4, 9))
+        lce.linear_cross_entropy_fwd(h, w, t, grad_hidden=torch.empty(4, 9))
     with pytest.raises(ValueError, match="workspace.logits must be"):
-        ws = flce.flce_workspace(4, 32, 8, torch.float32, "cpu")
-        flce.fused_linear_cross_entropy_fwd(h, w, t, workspace=ws)
+        ws = lce.lce_workspace(4, 32, 8, torch.float32, "cpu")
+        lce.linear_cross_entropy_fwd(h, w, t, workspace=ws)
 
 
 def test_target_range_check_is_opt_in():
@@ -550,19 +551,19 @@ def test_target_range_check_is_opt_in():
     for bad in (16, -1):
         t = torch.tensor([0, 3, bad, IGNORE])
         with pytest.raises(ValueError, match=rf"targets\[2\] = {bad} is outside \[0, V=16\)"):
-            flce.fused_linear_cross_entropy(h, w, t, validate_targets=True)
+            lce.linear_cross_entropy(h, w, t, validate_targets=True)
         with pytest.raises(ValueError, match=rf"targets\[2\] = {bad} is outside"):
-            flce.fused_linear_cross_entropy_fwd(h, w, t, validate_targets=True)
+            lce.linear_cross_entropy_fwd(h, w, t, validate_targets=True)
         with torch.no_grad():
-            rows = flce.fused_linear_cross_entropy(h, w, t, reduction="none")
+            rows = lce.linear_cross_entropy(h, w, t, reduction="none")
         assert torch.isnan(rows[2]) and torch.isfinite(rows[[0, 1, 3]]).all()
-        assert torch.isnan(flce.fused_linear_cross_entropy(h.requires_grad_(), w, t))
+        assert torch.isnan(lce.linear_cross_entropy(h.requires_grad_(), w, t))
 
 
 def test_cpu_tensor_without_interpreter_is_refused(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
-        flce.fused_linear_cross_entropy(torch.randn(4, 8), torch.randn(16, 8), torch.zeros(4, dtype=torch.long))
+        lce.linear_cross_entropy(torch.randn(4, 8), torch.randn(16, 8), torch.zeros(4, dtype=torch.long))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -589,7 +590,7 @@ def test_speedrun_shape_peak_memory():
 
     hidden, weight, targets = make_inputs(8192, 768, 50304, torch.bfloat16, "cuda")
     peaks = {}
-    for name, fn in (("eager", eager_lce), ("fused", flce.fused_linear_cross_entropy)):
+    for name, fn in (("eager", eager_lce), ("triton", lce.linear_cross_entropy)):
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
 
         def go():
@@ -597,9 +598,9 @@ def test_speedrun_shape_peak_memory():
             h.grad = w.grad = None
         peaks[name] = peak_memory_bytes(go, "cuda")[1]
     print(f"\n[peak memory, CUDA, bf16, 8192x768x50304] eager {peaks['eager'] / 2**30:.2f} GiB, "
-          f"fused {peaks['fused'] / 2**30:.2f} GiB")
-    assert peaks["fused"] <= flce.LOGITS_BUDGET_BYTES + 4 * 50304 * 768 * 3 + 2**27
-    assert peaks["fused"] < peaks["eager"] / 3
+          f"triton {peaks['triton'] / 2**30:.2f} GiB")
+    assert peaks["triton"] <= lce.LOGITS_BUDGET_BYTES + 4 * 50304 * 768 * 3 + 2**27
+    assert peaks["triton"] < peaks["eager"] / 3
 
 
 @pytest.mark.gpu
@@ -607,8 +608,8 @@ def test_speedrun_shape_peak_memory():
 def test_deterministic(dtype):
     hidden, weight, targets = make_inputs(8192, 768, 50304, dtype, "cuda", ignore_rows=range(0, 8192, 97))
     kw = dict(bias=make_bias(50304, dtype, "cuda"), softcap=15.0, softcap_kind="algebraic", z_loss=1e-4)
-    first = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, **kw)
+    first = lce.linear_cross_entropy_fwd(hidden, weight, targets, **kw)
     for _ in range(10):
-        again = flce.fused_linear_cross_entropy_fwd(hidden, weight, targets, **kw)
+        again = lce.linear_cross_entropy_fwd(hidden, weight, targets, **kw)
         for a, b in zip(first, again):
             assert torch.equal(a, b)

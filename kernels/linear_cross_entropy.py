@@ -1,6 +1,7 @@
-"""Fused LM head + softcap + cross-entropy: loss and every gradient in one chunked forward pass.
+"""linear_cross_entropy in Triton: LM head + softcap + cross-entropy, the loss and every gradient in one chunked
+forward pass; never an N×V tensor.
 
-Op (same semantics as kernels.reference.linear_cross_entropy, the test oracle and peer):
+Op (kernels.reference.linear_cross_entropy is the test oracle and the eager peer; same semantics):
 
     z     = hidden @ weightᵀ + bias                            (N, V) raw logits, fp32 accumulation; bias optional
     c     = softcap · tanh(z / softcap)                        softcap_kind="tanh" (the speedrun's)
@@ -18,79 +19,43 @@ Gradient, with g = grad_output · (1/#non-ignored for mean, 1 for sum) and g = 0
             algebraic: (1 - r²)^1.5    (= softcap³ / (z² + softcap²)^1.5)
     grad_hidden = dz @ weight  (N, H)     grad_weight = dzᵀ @ hidden  (V, H)     grad_bias = Σ_i dz_i  (V,)
 
-Shapes: hidden (N, H), weight (V, H), bias (V,), one dtype (bf16, fp16 or fp32; under torch.autocast the entry
-point casts them to the autocast dtype); targets (N,) int64 (or int32). All contiguous.
+Shapes and dtypes: hidden (N, H), weight (V, H), bias (V,), one dtype (bf16, fp16 or fp32; under torch.autocast
+the entry point casts them to the autocast dtype); targets (N,) int64 or int32; all contiguous. The loss is fp32,
+the gradients have the input dtype.
 
-Design: the N tokens are processed in chunks of C rows (C·V·4 bytes <= LOGITS_BUDGET_BYTES = 1 GiB: N = 8192,
-V = 50304 gives two chunks of 4096), so no N×V tensor ever exists. Per chunk, four launches on one (C, V) fp32
-buffer (the kernels are in kernels/_flce_kernels.py):
+Numerics: 16-bit tensor-core operands with fp32 accumulation (tf32x3 for fp32 inputs on the GPU); logits, lse,
+loss and dz in fp32; dz rounded to the operand dtype as a matmul operand (as eager autograd rounds the logits'
+gradient); tanh by MUFU on the GPU for 16-bit inputs (rel. error ~2⁻¹¹), a few-ulp form otherwise. Every output
+element is written by one program, no atomics: deterministic. NaN and inf propagate where eager's do.
 
-    1. flce_logits_kernel       c = cap(h @ Wᵀ + b) for a (BLOCK_M, BLOCK_N) tile (the bias added in fp32 in the
-                                epilogue), stored fp32, plus the tile's per-row max and Σexp(c - max) (the online
-                                log-sum-exp partials, (C, V/BLOCK_N))
-    2. flce_loss_grad_kernel    one program per row: lse from the partials, loss_i, then dz overwrites c in
-                                place (fp32, same element, same program)
-    3. flce_grad_kernel         grad_hidden[chunk] = dz @ W, one rounding to the input dtype
-    4. flce_grad_kernel         grad_weight (+)= dzᵀ @ h[chunk]; fp32 accumulation across chunks: the first chunk
-       (DZ_T)                   writes, later ones read-add-write their own tile (a (V, H) fp32 buffer for
-                                16-bit inputs when there are >= 2 chunks), the last one stores the input dtype
-    (bias) torch.sum            grad_bias: the chunk's dz column sums added to a (V,) fp32 running sum (one more
-                                read of the chunk buffer, C·V·4 bytes; not yet measured on a GPU: `pytest
-                                bench/kernels/bench_fused_linear_cross_entropy.py` or bench.gpu_report's track-3
-                                rows on one would measure the cost)
+Checked before any launch (errors name the argument): ranks, dtypes, one dtype, shapes, contiguity, device (CUDA,
+or the CPU under TRITON_INTERPRET=1), reduction, softcap, softcap_kind, z_loss, ignore_index, buffers; the target
+range only with validate_targets=True (one host sync; off, an out-of-range target gives a NaN loss).
 
-Memory: the chunk buffer, grad_hidden, grad_weight and (16-bit, >= 2 chunks) the (V, H) fp32 running sum, i.e.
-~1.15 GB at the 124M shape against several N×V fp32 tensors for eager. The (V, H) buffers do not shrink with N:
-with fewer tokens than the width (N < H) eager's N×V tensors are the smaller ones. The default budget keeps a
-single chunk (no running sum) until N·V·4 > 1 GiB, where N×V dwarfs V×H anyway.
-
-So the gradients are finished during forward (Liger's FLCE scheme); backward only multiplies the saved gradients
-by grad_output, out of place (a second backward with retain_graph=True stays right; this costs one more copy of
-each gradient during backward). Every output element is written by exactly one program with a fixed reduction
-order (no atomics): results are deterministic. dz is rounded to the operand dtype when a matmul tile is loaded
-(as eager autograd rounds the logits' gradient to bf16 before its bf16 matmuls); grad_bias sums the fp32 dz.
-
-Numerics: bf16/fp16 tensor-core operands with fp32 accumulation; logits, lse, loss and dz in fp32. fp32 inputs
-use tl.dot(input_precision="tf32x3") on the GPU (~fp32 accuracy on tensor cores). tanh: MUFU `tanh.approx.f32`
-(inline PTX, max rel. error ~2⁻¹¹) for 16-bit inputs on the GPU, whose bf16-rounded logits are far coarser; an
-exp-based tanh with a Taylor branch near 0 (a few ulp) for fp32 inputs and under the interpreter (which has no
-tanh). The algebraic softcap uses rsqrt (rel. error ~2⁻²³ on sm_90). The interpreter's bf16 arithmetic and
-fp32→bf16 casts are wrong, so there (UPCAST) tiles go to fp32 right after loading and bf16 rounding is done by
-round_to_bf16_grid (kernels._common.precision_flags).
-
-Custom op and host syncs: fused_linear_cross_entropy runs as torch.ops.speedrun.linear_cross_entropy (loss and
-the requested gradients; autograd saves the gradients and scales them in backward), so torch.compile keeps it
-whole in its graph. No host sync: the mean's token count stays on the device, and the target range check is
-off unless asked for (`validate_targets=True`: a reduction over N targets, one device->host sync that stalls the
-CPU until the queued GPU work is done, and a graph break under torch.compile). The training path relies on the
-data loader checking token ids against the vocab once per shard; with the check off, a non-ignored target
-outside [0, V) gives a NaN loss (no one-hot term in its gradient), never a silently wrong value.
-
-reduction="none" returns per-token losses only without autograd (no input needs grad): the precomputed
-grad_weight sums over tokens, so a per-token grad_output cannot be applied after the fact. With grad it raises.
-
-Provenance: the chunked, gradient-in-forward scheme follows Liger-Kernel's fused_linear_cross_entropy
-(linkedin/Liger-Kernel, after mgmalek/efficient_cross_entropy); the tanh softcap and z-loss follow the NanoGPT
-speedrun (KellerJordan/modded-nanogpt) and PaLM, the algebraic softcap and head bias that speedrun's track 3.
-This code is written from scratch.
+The gradients are finished during forward; backward scales the saved ones by grad_output, out of place (a second
+backward with retain_graph=True is right). reduction="none" works only without autograd. Custom op:
+torch.ops.speedrun.linear_cross_entropy (torch.compile keeps it whole in its graph); no host sync. The chunking,
+memory and design: docs/kernels/linear_cross_entropy.md.
 """
-
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import triton
 
-from kernels import _common, registry
-from kernels._common import Tile
-from kernels._flce_kernels import (
+from kernels import registry
+from kernels.checks import check_out, check_same_device, check_tensor, check_triton_device, check_workspace
+from kernels.custom_ops import absent, autocast_inputs, op_name
+from kernels.device import is_interpreter
+from kernels.jit.linear_cross_entropy import (
     SOFTCAP_ALGEBRAIC,
     SOFTCAP_NONE,
     SOFTCAP_TANH,
-    flce_grad_kernel,
-    flce_logits_kernel,
-    flce_loss_grad_kernel,
+    lce_grad_kernel,
+    lce_logits_kernel,
+    lce_loss_grad_kernel,
 )
+from kernels.tiles import NUM_SMS_HINT, Tile, lookup_config, precision_flags
 
 # ---------------------------------------------------------------------------------------------------
 # Constants
@@ -99,12 +64,11 @@ from kernels._flce_kernels import (
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 TARGET_DTYPES = (torch.int64, torch.int32)
 REDUCTIONS = ("mean", "sum", "none")
-# softcap_kind -> the kernels' SOFTCAP constexpr (kernels/_flce_kernels.py has the formulas).
+# softcap_kind -> the kernels' SOFTCAP constexpr (kernels/jit/linear_cross_entropy.py has the formulas).
 SOFTCAP_KINDS = {"tanh": SOFTCAP_TANH, "algebraic": SOFTCAP_ALGEBRAIC}
 
-# Upper bound on the (C, V) fp32 logits buffer of one chunk. 1 GiB gives C = 4096 rows at V = 50304 (eager
-# holds several N×V fp32 tensors instead). Larger chunks mean fewer read-add-write passes over the fp32
-# grad_weight accumulator (154 MB each at 124M) and fuller grids for the grad_hidden matmul.
+# Upper bound on the (C, V) fp32 logits buffer of one chunk (C = 4096 rows at V = 50304; the trade-off:
+# docs/kernels/linear_cross_entropy.md).
 LOGITS_BUDGET_BYTES = 1 << 30
 
 
@@ -123,7 +87,7 @@ class RowBlocks:
 
 
 @dataclass(frozen=True)
-class FLCEConfig:
+class LCEConfig:
     """Tiles of the four kernels."""
 
     logits: Tile  # rows = tokens, columns = vocab (block_n is the width of one log-sum-exp partial), K = hidden
@@ -132,24 +96,21 @@ class FLCEConfig:
     grad_weight: Tile  # rows = vocab, columns = hidden, K = tokens
 
 
-# Chosen for the sm_90 budget (smem <= 227 KB, no spills, HGMMA: `python -m bench.codegen --kernel
-# fused_linear`), not yet tuned on a GPU (`pytest bench/kernels/bench_fused_linear_cross_entropy.py` on one would
-# measure them). "b128" is the 124M-shape family (128-wide matmul tiles, 8 warps for the epilogue-heavy logits
-# kernel; 64-row grad_hidden tiles so a 4096-row chunk gives 64×6 = 384 programs at H = 768). "b64" halves the
-# tiles for small problems (and gives the interpreter tests several tiles in every dim); "f64" is the fp32
-# (accuracy, not speed) path, with BLOCK_K 32 so fp32 stages fit in shared memory.
+# Tile families: "b128" (16-bit, the 124M shape), "b64" (16-bit, small problems), "f64" (fp32). Chosen for the
+# sm_90 budget (smem <= 227 KB, no spills, HGMMA: `python -m bench.codegen --kernel linear_cross_entropy`), not
+# yet tuned on a GPU; why these sizes: docs/kernels/linear_cross_entropy.md.
 _FAMILIES = {
-    "b128": ((torch.bfloat16, torch.float16), FLCEConfig(
+    "b128": ((torch.bfloat16, torch.float16), LCEConfig(
         logits=Tile(block_m=128, block_n=128, block_k=64, warps=8, stages=3),
         loss=RowBlocks(block_v=2048, block_t=512, warps=8),
         grad_hidden=Tile(block_m=64, block_n=128, block_k=64, warps=4, stages=4),
         grad_weight=Tile(block_m=128, block_n=128, block_k=32, warps=8, stages=3))),
-    "b64": ((torch.bfloat16, torch.float16), FLCEConfig(
+    "b64": ((torch.bfloat16, torch.float16), LCEConfig(
         logits=Tile(block_m=64, block_n=64, block_k=64, warps=4, stages=3),
         loss=RowBlocks(block_v=1024, block_t=256, warps=4),
         grad_hidden=Tile(block_m=64, block_n=64, block_k=64, warps=4, stages=3),
         grad_weight=Tile(block_m=64, block_n=64, block_k=32, warps=4, stages=3))),
-    "f64": ((torch.float32,), FLCEConfig(
+    "f64": ((torch.float32,), LCEConfig(
         logits=Tile(block_m=64, block_n=64, block_k=32, warps=4, stages=3),
         loss=RowBlocks(block_v=1024, block_t=256, warps=4),
         grad_hidden=Tile(block_m=64, block_n=64, block_k=32, warps=4, stages=3),
@@ -164,7 +125,7 @@ def pick_config(N: int, V: int, dtype: torch.dtype) -> str:
     if dtype == torch.float32:
         return "f64"
     tiles = triton.cdiv(N, 128) * triton.cdiv(V, 128)
-    return "b128" if tiles >= 4 * _common.NUM_SMS_HINT else "b64"
+    return "b128" if tiles >= 4 * NUM_SMS_HINT else "b64"
 
 
 def pick_chunk_rows(N: int, V: int, block_m: int, budget_bytes: int = LOGITS_BUDGET_BYTES) -> int:
@@ -175,9 +136,9 @@ def pick_chunk_rows(N: int, V: int, block_m: int, budget_bytes: int = LOGITS_BUD
     return min(max_rows, triton.cdiv(triton.cdiv(N, chunks), block_m) * block_m)
 
 
-def _resolve_config(name, N, V, dtype) -> tuple[str, FLCEConfig]:
+def _resolve_config(name, N, V, dtype) -> tuple[str, LCEConfig]:
     name = pick_config(N, V, dtype) if name is None else name
-    return name, _common.lookup_config(CONFIGS, name, dtype, "fused-linear-cross-entropy")
+    return name, lookup_config(CONFIGS, name, dtype, "linear-cross-entropy")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -186,7 +147,7 @@ def _resolve_config(name, N, V, dtype) -> tuple[str, FLCEConfig]:
 
 
 @dataclass
-class FLCEWorkspace:
+class LCEWorkspace:
     """Work buffers of one call, all fp32, reusable across calls of the same shape (tests fill them with NaN)."""
 
     config: str
@@ -198,7 +159,7 @@ class FLCEWorkspace:
     gw_acc: torch.Tensor | None
 
 
-def _workspace_shapes(C, N, V, H, dtype, cfg: FLCEConfig, grad_weight: bool) -> dict:
+def _workspace_shapes(C, N, V, H, dtype, cfg: LCEConfig, grad_weight: bool) -> dict:
     T = triton.cdiv(V, cfg.logits.block_n)
     shapes = {"logits": (C, V), "pmax": (C, T), "psum": (C, T)}
     if grad_weight and dtype != torch.float32 and C < N:
@@ -206,8 +167,8 @@ def _workspace_shapes(C, N, V, H, dtype, cfg: FLCEConfig, grad_weight: bool) -> 
     return shapes
 
 
-def flce_workspace(N: int, V: int, H: int, dtype: torch.dtype, device, *, config: str | None = None,
-                   chunk_rows: int | None = None, grad_weight: bool = True) -> FLCEWorkspace:
+def lce_workspace(N: int, V: int, H: int, dtype: torch.dtype, device, *, config: str | None = None,
+                   chunk_rows: int | None = None, grad_weight: bool = True) -> LCEWorkspace:
     """Allocate the buffers for hidden (N, H), weight (V, H) of `dtype`; chunk_rows defaults to
     pick_chunk_rows (LOGITS_BUDGET_BYTES), config to pick_config."""
     name, cfg = _resolve_config(config, N, V, dtype)
@@ -217,17 +178,18 @@ def flce_workspace(N: int, V: int, H: int, dtype: torch.dtype, device, *, config
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     shapes = _workspace_shapes(min(chunk_rows, N), N, V, H, dtype, cfg, grad_weight)
     buffers = {k: torch.empty(shape, dtype=torch.float32, device=device) for k, shape in shapes.items()}
-    return FLCEWorkspace(config=name, gw_acc=buffers.pop("gw_acc", None), **buffers)
+    return LCEWorkspace(config=name, gw_acc=buffers.pop("gw_acc", None), **buffers)
 
 
 def check_inputs(hidden, weight, targets, *, bias=None, softcap, softcap_kind="tanh", ignore_index, reduction,
                  z_loss, validate_targets=False, device_rule="triton"):
     """Validate shapes, dtypes, devices, contiguity and hyper-parameters; returns (N, H, V). validate_targets: also
-    raise if a target outside [0, V) is not ignore_index (an opt-in; its cost is in the module doc). device_rule
-    "triton": where the Triton kernels run (kernels._common.check_triton_device); "same": any device, one for all."""
-    _common.check_tensor(hidden, "hidden", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
-    _common.check_tensor(weight, "weight", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
-    _common.check_tensor(targets, "targets", ndim=1, dtypes=TARGET_DTYPES, contiguous=True)
+    raise if a target outside [0, V) is not ignore_index (an opt-in: one pass over the targets and a device->host
+    sync, a graph break under torch.compile). device_rule "triton": where the Triton kernels run
+    (kernels.checks.check_triton_device); "same": any device, one for all."""
+    check_tensor(hidden, "hidden", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
+    check_tensor(weight, "weight", ndim=2, dtypes=SUPPORTED_DTYPES, contiguous=True)
+    check_tensor(targets, "targets", ndim=1, dtypes=TARGET_DTYPES, contiguous=True)
     N, H = hidden.shape
     V, Hw = weight.shape
     if Hw != H:
@@ -236,14 +198,14 @@ def check_inputs(hidden, weight, targets, *, bias=None, softcap, softcap_kind="t
         raise ValueError(f"targets has {targets.shape[0]} entries but hidden has N={N} rows")
     tensors = [(hidden, "hidden"), (weight, "weight"), (targets, "targets")]
     if bias is not None:
-        _common.check_tensor(bias, "bias", ndim=1, dtypes=SUPPORTED_DTYPES, contiguous=True)
+        check_tensor(bias, "bias", ndim=1, dtypes=SUPPORTED_DTYPES, contiguous=True)
         if bias.shape[0] != V:
             raise ValueError(f"bias has {bias.shape[0]} entries but weight (V={V}, H={H}) has V={V} rows")
         tensors.append((bias, "bias"))
     for t, name in ((weight, "weight"), (bias, "bias")):
         if t is not None and t.dtype != hidden.dtype:
             raise TypeError(f"hidden ({hidden.dtype}) and {name} ({t.dtype}) must share one dtype; cast first")
-    (_common.check_triton_device if device_rule == "triton" else _common.check_same_device)(*tensors)
+    (check_triton_device if device_rule == "triton" else check_same_device)(*tensors)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if softcap is not None and not (float(softcap) > 0 and float(softcap) != float("inf")):
@@ -266,7 +228,7 @@ def check_inputs(hidden, weight, targets, *, bias=None, softcap, softcap_kind="t
 def _launch_grad(dz, b, acc, out, tile: Tile, *, dz_t: bool, accumulate: bool, flags: dict):
     """out (+)= dz·b, or dzᵀ·b when dz_t (the grad_weight form); acc is the running sum read when accumulating."""
     M, N = out.shape
-    flce_grad_kernel[(triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n),)](
+    lce_grad_kernel[(triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n),)](
         dz_ptr=dz, b_ptr=b, acc_ptr=acc, c_ptr=out,
         M=M, N=N, K=b.shape[0],
         stride_zm=dz.stride(0), stride_bk=b.stride(0), stride_am=acc.stride(0), stride_cm=out.stride(0),
@@ -274,7 +236,7 @@ def _launch_grad(dz, b, acc, out, tile: Tile, *, dz_t: bool, accumulate: bool, f
     )
 
 
-def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softcap=None, softcap_kind="tanh",
+def linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softcap=None, softcap_kind="tanh",
                                    ignore_index=-100, reduction="mean", z_loss=0.0, compute_grad_hidden=True,
                                    compute_grad_weight=True, compute_grad_bias=True, grad_hidden=None,
                                    grad_weight=None, grad_bias=None, loss_rows=None, workspace=None, config=None,
@@ -285,10 +247,10 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softca
     loss: 0-dim fp32 (mean/sum) or (N,) fp32 (none). grad_hidden (N, H) / grad_weight (V, H) / grad_bias (V,) in
     the input dtype, None when not requested (grad_bias: also without a bias; reduction="none" computes no
     gradient). `grad_hidden`, `grad_weight`, `grad_bias`, `loss_rows` ((N,) fp32 per-token losses) are optional
-    output buffers, every element of which is written; `workspace` (flce_workspace) avoids allocating the chunk
+    output buffers, every element of which is written; `workspace` (lce_workspace) avoids allocating the chunk
     buffers and fixes the tile family and chunk height (then `config` and `chunk_rows` are not used); otherwise
     `config` forces a tile family of CONFIGS and `chunk_rows` the chunk height. validate_targets: see
-    check_inputs (off by default). No autograd (see fused_linear_cross_entropy).
+    check_inputs (off by default). No autograd (see linear_cross_entropy).
     """
     # 1. check
     N, H, V = check_inputs(hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind,
@@ -301,15 +263,15 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softca
     compute_grad = compute_grad_hidden or compute_grad_weight or compute_grad_bias
 
     # 2. allocate
-    ws = workspace if workspace is not None else flce_workspace(N, V, H, dtype, device, config=config,
+    ws = workspace if workspace is not None else lce_workspace(N, V, H, dtype, device, config=config,
                                                                  chunk_rows=chunk_rows, grad_weight=compute_grad_weight)
     _, cfg = _resolve_config(ws.config, N, V, dtype)
     C = max(1, ws.logits.shape[0]) if ws.logits.ndim == 2 else 1
-    _common.check_workspace(ws, _workspace_shapes(C, N, V, H, dtype, cfg, compute_grad_weight), dtype=torch.float32,
-                            device=device, builder="flce_workspace")
-    loss_rows = _common.check_out(loss_rows, "loss_rows", (N,), dtype=torch.float32, device=device)
+    check_workspace(ws, _workspace_shapes(C, N, V, H, dtype, cfg, compute_grad_weight), dtype=torch.float32,
+                            device=device, builder="lce_workspace")
+    loss_rows = check_out(loss_rows, "loss_rows", (N,), dtype=torch.float32, device=device)
     grad_hidden, grad_weight, grad_bias = (
-        _common.check_out(buf, name, shape, dtype=dtype, device=device) if need else None
+        check_out(buf, name, shape, dtype=dtype, device=device) if need else None
         for buf, name, shape, need in ((grad_hidden, "grad_hidden", (N, H), compute_grad_hidden),
                                        (grad_weight, "grad_weight", (V, H), compute_grad_weight),
                                        (grad_bias, "grad_bias", (V,), compute_grad_bias)))
@@ -320,8 +282,8 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softca
     count = (targets != ignore_index).sum().clamp(min=1).to(torch.float32)
     scale = (1.0 / count).reshape(1) if reduction == "mean" else torch.ones(1, dtype=torch.float32, device=device)
 
-    interp = _common.is_interpreter()
-    flags = _common.precision_flags(dtype, interpreter=interp)
+    interp = is_interpreter()
+    flags = precision_flags(dtype, interpreter=interp)
     cap = SOFTCAP_NONE if softcap is None else SOFTCAP_KINDS[softcap_kind]
     s = 1.0 if softcap is None else float(softcap)
 
@@ -331,7 +293,7 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softca
         M = r1 - r0
         h, z = hidden[r0:r1], ws.logits[:M]
         lg = cfg.logits
-        flce_logits_kernel[(triton.cdiv(M, lg.block_m) * triton.cdiv(V, lg.block_n),)](
+        lce_logits_kernel[(triton.cdiv(M, lg.block_m) * triton.cdiv(V, lg.block_n),)](
             h_ptr=h, w_ptr=weight, b_ptr=weight if bias is None else bias, z_ptr=z, pmax_ptr=ws.pmax,
             psum_ptr=ws.psum,
             M=M, V=V, K=H,
@@ -340,7 +302,7 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softca
             **lg.meta(), HAS_BIAS=bias is not None, SOFTCAP=cap, FAST_TANH=(dtype != torch.float32 and not interp),
             UPCAST=flags["UPCAST"], TF32X3=flags["TF32X3"], **lg.launch(),
         )
-        flce_loss_grad_kernel[(M,)](
+        lce_loss_grad_kernel[(M,)](
             z_ptr=z, pmax_ptr=ws.pmax, psum_ptr=ws.psum, tgt_ptr=targets[r0:r1], scale_ptr=scale,
             loss_ptr=loss_rows[r0:r1],
             V=V, T=ws.pmax.shape[1],
@@ -374,27 +336,27 @@ def fused_linear_cross_entropy_fwd(hidden, weight, targets, *, bias=None, softca
 # ---------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op(_common.op_name("linear_cross_entropy"), mutates_args=())
-def _flce_op(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: Optional[torch.Tensor],
+@torch.library.custom_op(op_name("linear_cross_entropy"), mutates_args=())
+def _lce_op(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: Optional[torch.Tensor],
              softcap: Optional[float], softcap_kind: str, ignore_index: int, reduction: str, z_loss: float,
              grad_hidden: bool, grad_weight: bool, grad_bias: bool, config: Optional[str],
              chunk_rows: Optional[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, grad_hidden, grad_weight, grad_bias) of fused_linear_cross_entropy_fwd for grad_output = 1; each
-    gradient not requested is an empty tensor (kernels._common.absent)."""
-    outs = fused_linear_cross_entropy_fwd(
+    """(loss, grad_hidden, grad_weight, grad_bias) of linear_cross_entropy_fwd for grad_output = 1; each
+    gradient not requested is an empty tensor (kernels.absent)."""
+    outs = linear_cross_entropy_fwd(
         hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind, ignore_index=ignore_index,
         reduction=reduction, z_loss=z_loss, compute_grad_hidden=grad_hidden, compute_grad_weight=grad_weight,
         compute_grad_bias=grad_bias, config=config, chunk_rows=chunk_rows)
-    return tuple(_common.absent(hidden) if t is None else t for t in outs)
+    return tuple(absent(hidden) if t is None else t for t in outs)
 
 
-@_flce_op.register_fake
+@_lce_op.register_fake
 def _(hidden, weight, targets, bias, softcap, softcap_kind, ignore_index, reduction, z_loss, grad_hidden,
       grad_weight, grad_bias, config, chunk_rows):
     (N, H), V = hidden.shape, weight.shape[0]
     loss = hidden.new_empty((N,) if reduction == "none" else (), dtype=torch.float32)
     needs = (grad_hidden, grad_weight, grad_bias and bias is not None)
-    return (loss, *(hidden.new_empty(shape) if reduction != "none" and need else _common.absent(hidden)
+    return (loss, *(hidden.new_empty(shape) if reduction != "none" and need else absent(hidden)
                     for shape, need in zip(((N, H), (V, H), (V,)), needs)))
 
 
@@ -424,10 +386,10 @@ def _backward(ctx, grad_output, *_):
     )
 
 
-_flce_op.register_autograd(_backward, setup_context=_setup_context)
+_lce_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
                                bias: torch.Tensor | None = None, softcap: float | None = None,
                                softcap_kind: str = "tanh", ignore_index: int = -100, reduction: str = "mean",
                                z_loss: float = 0.0, validate_targets: bool = False, config: str | None = None,
@@ -442,13 +404,13 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     chunk_rows override pick_config / pick_chunk_rows (tile family; rows per chunk). Runs as the custom op
     torch.ops.speedrun.linear_cross_entropy: torch.compile keeps it whole in its graph.
     """
-    hidden, weight, bias = _common.autocast_inputs(hidden, weight, bias)
+    hidden, weight, bias = autocast_inputs(hidden, weight, bias)
     check_inputs(hidden, weight, targets, bias=bias, softcap=softcap, softcap_kind=softcap_kind,
                  ignore_index=ignore_index, reduction=reduction, z_loss=z_loss, validate_targets=validate_targets)
     needs = tuple(torch.is_grad_enabled() and t is not None and t.requires_grad for t in (hidden, weight, bias))
     if reduction == "none" and any(needs):
         raise NotImplementedError(
-            "fused_linear_cross_entropy computes gradients during forward, summed over tokens, so it cannot apply "
+            "linear_cross_entropy (triton) computes gradients during forward, summed over tokens, so it cannot apply "
             "a per-token grad_output: reduction='none' is supported only without autograd (torch.no_grad() or "
             "inputs that do not require grad). Use reduction='sum'/'mean', or impl 'eager'.")
     return torch.ops.speedrun.linear_cross_entropy(
@@ -456,4 +418,4 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
         reduction, float(z_loss), *needs, config, chunk_rows)[0]
 
 
-registry.register("linear_cross_entropy", "triton", fused_linear_cross_entropy)
+registry.register("linear_cross_entropy", "triton", linear_cross_entropy)

@@ -1,19 +1,19 @@
-"""The Triton kernels of the fused linear cross-entropy, one per step of a chunk of tokens:
+"""The Triton kernels of the linear cross-entropy, one per step of a chunk of tokens:
 
-    flce_logits_kernel      c = softcap(h @ Wᵀ + b) tiles, stored fp32, and their per-row log-sum-exp partials
-    flce_loss_grad_kernel   per row: lse from the partials, the loss, then dz over c in place
-    flce_grad_kernel        grad_hidden = dz @ W, or grad_weight (+)= dzᵀ @ h with fp32 accumulation across chunks
+    lce_logits_kernel      c = softcap(h @ Wᵀ + b) tiles, stored fp32, and their per-row log-sum-exp partials
+    lce_loss_grad_kernel   per row: lse from the partials, the loss, then dz over c in place
+    lce_grad_kernel        grad_hidden = dz @ W, or grad_weight (+)= dzᵀ @ h with fp32 accumulation across chunks
 
-Device code only: kernels/fused_linear_cross_entropy.py has the op's math, the chunking, the launcher, autograd
-and registration.
+Device code only: kernels/linear_cross_entropy.py has the op's math, the chunking, the launcher, autograd and
+registration.
 """
 
 import triton
 import triton.language as tl
 
-from kernels._common import store_tile, tile_matmul
+from kernels.jit.matmul import store_tile, tile_matmul
 
-# The SOFTCAP constexpr of the logits and loss kernels: which function bounds the logits (fused_linear_cross_entropy
+# The SOFTCAP constexpr of the logits and loss kernels: which function bounds the logits (linear_cross_entropy
 # maps the op's softcap / softcap_kind arguments to these).
 SOFTCAP_NONE = 0  # c = z
 SOFTCAP_TANH = 1  # c = s·tanh(z/s)                      dc/dz = 1 - (c/s)²
@@ -45,7 +45,7 @@ def tanh_f32(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def flce_logits_kernel(
+def lce_logits_kernel(
     # pointers: H (M, K) row-major chunk of hidden, W (V, K) row-major, B (V,) head bias (read with HAS_BIAS only),
     # Z (M, V) fp32 capped logits, PMAX / PSUM (M, cdiv(V, BLOCK_N)) fp32 per-tile row max and Σexp(c - max)
     h_ptr, w_ptr, b_ptr, z_ptr, pmax_ptr, psum_ptr,
@@ -62,7 +62,7 @@ def flce_logits_kernel(
     HAS_BIAS: tl.constexpr,  # z = h·Wᵀ + b: the bias is added in fp32 in the epilogue
     SOFTCAP: tl.constexpr,  # SOFTCAP_NONE / _TANH / _ALGEBRAIC: the function c = cap(z) applied in the epilogue
     FAST_TANH: tl.constexpr,  # MUFU tanh (GPU, 16-bit inputs)
-    UPCAST: tl.constexpr,  # see kernels._common.precision_flags
+    UPCAST: tl.constexpr,  # see kernels.tiles.precision_flags
     TF32X3: tl.constexpr,
 ):
     """One (BLOCK_M, BLOCK_N) tile of c = cap(H·Wᵀ + B), stored, plus its per-row log-sum-exp partials.
@@ -105,7 +105,7 @@ def flce_logits_kernel(
 
 
 @triton.jit
-def flce_loss_grad_kernel(
+def lce_loss_grad_kernel(
     # pointers: Z (M, V) fp32 capped logits (overwritten by dz when COMPUTE_GRAD), PMAX / PSUM (M, T) partials,
     # TGT (M,) targets, SCALE (1,) fp32 = 1/#non-ignored (mean) or 1 (sum), LOSS (M,) fp32 per-token loss
     z_ptr, pmax_ptr, psum_ptr, tgt_ptr, scale_ptr, loss_ptr,
@@ -184,7 +184,7 @@ def flce_loss_grad_kernel(
 
 
 @triton.jit
-def flce_grad_kernel(
+def lce_grad_kernel(
     # pointers: DZ (tokens, V) fp32 chunk of dz; B (K, N) row-major: W (V, H) for grad_hidden, the chunk of hidden
     # (tokens, H) for grad_weight; ACC (M, N) fp32 running sum of earlier chunks (read when ACCUMULATE; may be C
     # itself); C (M, N) output: a chunk of grad_hidden, or grad_weight (its fp32 running sum or the final gradient)
@@ -199,7 +199,7 @@ def flce_grad_kernel(
     BLOCK_K: tl.constexpr,
     DZ_T: tl.constexpr,  # False: C = DZ·B (grad_hidden); True: C = DZᵀ·B (grad_weight)
     ACCUMULATE: tl.constexpr,  # add the earlier chunks' fp32 sum from ACC (grad_weight after the first chunk)
-    UPCAST: tl.constexpr,  # see kernels._common.precision_flags
+    UPCAST: tl.constexpr,  # see kernels.tiles.precision_flags
     TF32X3: tl.constexpr,
     RNE_BF16: tl.constexpr,
 ):
