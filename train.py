@@ -65,7 +65,7 @@ from speedrun.config import TrainConfig, device_type, help_text, resolve, resolv
 from speedrun.guard import Diverged, NonFiniteGuard, check_weights
 from speedrun.memory import keep_freed_memory
 from speedrun.resume import RESUMABLE_OPTIONS, SCHEDULE_OPTIONS
-from speedrun.runlog import RunLog, format_summary
+from speedrun.runlog import RunLog, format_summary, summary
 from speedrun.signals import Aborted, StopSignals
 from speedrun.step import TrainingStep
 
@@ -470,25 +470,8 @@ class Trainer(TrainingStep):
         return resume.resume_command(self.argv or [], __file__, carried, world_size=self.world_size)
 
     def summary(self, warmup_s: float) -> dict:
-        cfg, reached = self.cfg, self.reached
-        tokens_per_step = self.loader.tokens_per_step  # all ranks, all micro-batches
-        return {
-            "preset": cfg.preset, "optimizer": cfg.optim.name, "recipe": cfg.recipe, "seed": cfg.seed,
-            "steps": self.step,
-            "tokens": self.step * tokens_per_step, "final_val_loss": self.val_loss,
-            "target_val_loss": cfg.target_val_loss or None, "reached_target": reached is not None,
-            "steps_to_target": reached["steps_to_target"] if reached else None,
-            "seconds_to_target": reached["seconds_to_target"] if reached else None,
-            "train_time_s": self.clock.elapsed, "step_avg_ms": 1e3 * self.clock.elapsed / max(self.step, 1),
-            "warmup_s": warmup_s,
-            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-            "world_size": self.world_size, "threads": torch.get_num_threads(),
-            "dtype": "bf16" if self.dtype == torch.bfloat16 else "fp32", "precision": self.precision,
-            "implementations": self.implementations, "log_every": cfg.log_every,
-            "memory_estimate_gb": round(self.memory.peak_bytes / memory.GB, 2) if self.memory else None,
-            "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
-            "params": self.model.num_params(), "run_dir": self.run_dir,
-        }
+        """summary.json (speedrun.runlog.summary)."""
+        return summary(self, warmup_s)
 
 
 def main(argv=None) -> dict | None:

@@ -18,6 +18,7 @@ a user error too. A run stopped by a signal ends with an `Interrupted`, printed 
 import argparse
 import json
 import os
+import signal
 import sys
 
 
@@ -112,10 +113,21 @@ def run_main(main, argv=None):
             raise
         sys.stdout.flush()
         print(e.prefix + one_line(e), file=sys.stderr)
+        if isinstance(e, Interrupted):
+            ignore_stop_signals()
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:
         if debug:
             raise
         sys.stdout.flush()
         print("interrupted", file=sys.stderr)
+        ignore_stop_signals()
         raise SystemExit(130) from None
+
+
+def ignore_stop_signals():
+    """A stopped run has printed its last line and is exiting: further Ctrl-Cs are ignored. Python's shutdown puts
+    the default action back on signals with a Python handler, so a repeat arriving while the interpreter unwinds
+    would otherwise kill the process and replace its exit status (130/143) with the signal's."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)

@@ -5,8 +5,8 @@ train_loss: the mean loss per token since the previous one, interval_steps, lr_f
 step_avg_ms) and a val record at every validation (step, val_loss, tokens, train_time_s, and steps_to_target /
 seconds_to_target where the target is first reached). `offset` is the file's length after the last record; each
 checkpoint keeps it, and a resumed run truncates the file there, dropping the records written after the
-checkpoint, so the log of a resumed run is the uninterrupted run's. format_summary is the line a finished run
-prints from its summary.json.
+checkpoint, so the log of a resumed run is the uninterrupted run's. summary() is a finished run's summary.json,
+format_summary the line it prints from it.
 """
 
 import json
@@ -52,6 +52,34 @@ class RunLog:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def summary(trainer, warmup_s: float) -> dict:
+    """A finished run's summary.json, from its trainer: what ran where, steps and seconds to the target, the final
+    val loss, the clock (the warm-up apart) and the machine."""
+    import os
+
+    import torch
+
+    from speedrun.memory import GB
+
+    cfg, reached, step = trainer.cfg, trainer.reached, trainer.step
+    elapsed = trainer.clock.elapsed
+    return {
+        "preset": cfg.preset, "optimizer": cfg.optim.name, "recipe": cfg.recipe, "seed": cfg.seed, "steps": step,
+        "tokens": step * trainer.loader.tokens_per_step, "final_val_loss": trainer.val_loss,  # all ranks
+        "target_val_loss": cfg.target_val_loss or None, "reached_target": reached is not None,
+        "steps_to_target": reached["steps_to_target"] if reached else None,
+        "seconds_to_target": reached["seconds_to_target"] if reached else None,
+        "train_time_s": elapsed, "step_avg_ms": 1e3 * elapsed / max(step, 1), "warmup_s": warmup_s,
+        "device": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else "cpu",
+        "world_size": trainer.world_size, "threads": torch.get_num_threads(),
+        "dtype": "bf16" if trainer.dtype == torch.bfloat16 else "fp32", "precision": trainer.precision,
+        "implementations": trainer.implementations, "log_every": cfg.log_every,
+        "memory_estimate_gb": round(trainer.memory.peak_bytes / GB, 2) if trainer.memory else None,
+        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+        "params": trainer.model.num_params(), "run_dir": trainer.run_dir,
+    }
 
 
 def format_summary(s: dict) -> str:
