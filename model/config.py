@@ -5,12 +5,15 @@ is an implementation name looked up in kernels.registry ("eager" runs anywhere, 
 the interpreter), so kernels drop in without touching the model.
 """
 
+import math
 from dataclasses import dataclass, replace
 
 from speedrun.cli import ConfigError
 
 CHOICES = {"softcap_kind": ("tanh", "algebraic"), "rope": ("standard", "half_truncated"),
-           "init": ("normal", "track3"), "loss_reduction": ("mean", "sum")}
+           "init": ("normal", "track3", "torch"), "loss_reduction": ("mean", "sum")}
+# The modules an init_scale_* field multiplies (model/gpt.py: GPT.init_scale)
+INIT_SCALED = ("qkv", "attn_proj", "mlp_fc", "mlp_proj")
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,8 @@ class GPTConfig:
     tied_head: bool = False
     """Share the token embedding with the LM head."""
     zero_init_proj: bool = True
-    """Zero-init attention/MLP output projections (and the head)."""
+    """Zero-init the attention and MLP output projection weights (and the head weight, unless zero_init_head
+    says otherwise)."""
     logit_softcap: float | None = 15.0
     """Bound on the logits (see softcap_kind); None disables."""
     softcap_kind: str = "tanh"
@@ -61,6 +65,9 @@ class GPTConfig:
     """A bias on every Linear: attention q, k, v, proj, MLP fc, proj and the head."""
     norm_gains: bool = False
     """RMSNorms with a learned gain vector (each block's two, the input and final norms)."""
+    norm_fp32: bool = False
+    """Those RMSNorms computed on the fp32 upcast of their input, times the gain, cast back to the input's dtype
+    (some track-3 results' form): the same numbers in fp32; with bf16 activations the normalisation is fp32."""
     rope: str = "standard"
     """standard: base 10000 over head_dim/2 frequencies | half_truncated: see model/gpt.py."""
     attn_scale: float | None = None
@@ -68,7 +75,31 @@ class GPTConfig:
     bf16_embedding: bool = False
     """In a bf16 run: a bf16 token embedding, bf16 activations, no autocast."""
     init: str = "normal"
-    """normal: N(0, 0.02) matrices (GPT-2) | track3: modded-nanogpt's per-parameter rule."""
+    """The init rule (then the init_* and zero_init_* edits below, in that order; seed the generator first):
+    normal: N(0, 0.02) matrices, zero biases (GPT-2) | track3: modded-nanogpt's baseline rule, drawn in its
+    parameter order: N(0, 0.33/fan_in) weights, N(0, 1) embedding, zero biases, gains 1 | torch: PyTorch's
+    construction init, drawn in module construction order: each Linear's kaiming-uniform weight and uniform bias,
+    both U(±1/sqrt(fan_in)), N(0, 1) embeddings, gains 1."""
+    init_embed_bf16: bool = True
+    """init="torch": the token embedding's N(0, 1) draw rounded to bf16, as modded-nanogpt leaves it (it builds
+    the embedding in fp32 and converts it), whatever the run's dtype; False keeps the fp32 draw (as re-running
+    the default init on an fp32 embedding gives)."""
+    init_redraw_hidden: bool = False
+    """After the init rule, re-draw every hidden matrix (the 2-D weights under blocks.), in parameter order, from
+    N(0, s/sqrt(3·fan_in)): the std of PyTorch's uniform Linear init, times its module's init_scale_* s."""
+    init_scale_qkv: float = 1.0
+    """Multiplier of the attention q, k, v weights' init (of their std where init_redraw_hidden re-draws them)."""
+    init_scale_attn_proj: float = 1.0
+    """Multiplier of the attention output projection weights' init (of the std where re-drawn)."""
+    init_scale_mlp_fc: float = 1.0
+    """Multiplier of the MLP input (fc) weights' init (of the std where re-drawn)."""
+    init_scale_mlp_proj: float = 1.0
+    """Multiplier of the MLP output projection weights' init (of the std where re-drawn)."""
+    zero_init_head: bool | None = None
+    """Zero-init the LM head weight; None = as zero_init_proj."""
+    zero_init_proj_bias: bool = False
+    """Zero-init the biases of the attention and MLP output projections and of the head (the rules that draw
+    biases: torch; the others start every bias at 0)."""
     loss_reduction: str = "mean"
     """mean | sum (over the batch's tokens; track 3 backpropagates the sum)."""
     # implementation names (kernels.registry)
@@ -92,6 +123,10 @@ class GPTConfig:
             raise ConfigError(f"--model.eot_token={self.eot_token} is outside the vocabulary [0, {self.vocab_size})")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        for name in (f"init_scale_{module}" for module in INIT_SCALED):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--model.{name}={value} must be a finite number >= 0")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}; choose from {', '.join(allowed)}")
@@ -102,6 +137,11 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def zero_head(self) -> bool:
+        """Whether the init zeroes the LM head weight (zero_init_head, or zero_init_proj when that is None)."""
+        return self.zero_init_proj if self.zero_init_head is None else self.zero_init_head
 
 
 # modded-nanogpt's optimization track (records/track_3_optimization/train_gpt_simple.py): 12 layers, 768 wide,

@@ -35,6 +35,19 @@ def _like(bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
     return None if bias is None else bias.type_as(x)
 
 
+def init_module(name: str) -> str | None:
+    """The module kind an init_scale_* field names for parameter `name` (GPTConfig): qkv, attn_proj, mlp_fc,
+    mlp_proj for the weights of the attention's q/k/v and output projection and the MLP's fc and output projection
+    under blocks.; None for every other parameter."""
+    if not (name.startswith("blocks.") and name.endswith(".weight")):
+        return None
+    for part, module in ((".attn.c_q.", "qkv"), (".attn.c_k.", "qkv"), (".attn.c_v.", "qkv"),
+                         (".attn.c_proj.", "attn_proj"), (".mlp.c_fc.", "mlp_fc"), (".mlp.c_proj.", "mlp_proj")):
+        if part in name:
+            return module
+    return None
+
+
 class Linear(nn.Linear):
     """nn.Linear that casts its weight and bias to the input's dtype: bf16 activations use bf16 weights."""
 
@@ -45,15 +58,19 @@ class Linear(nn.Linear):
 class Norm(nn.Module):
     """RMSNorm, weightless (speedrun) or with a learned gain (track 3), or LayerNorm with weight and bias (GPT-2)."""
 
-    def __init__(self, dim: int, rms: bool, gain: bool = False):
+    def __init__(self, dim: int, rms: bool, gain: bool = False, fp32: bool = False):
         super().__init__()
         self.ln = None if rms else nn.LayerNorm(dim)
         self.gain = nn.Parameter(torch.ones(dim)) if rms and gain else None
         self.dim = dim
+        self.fp32 = fp32  # RMSNorm: normalise the fp32 upcast, times the gain, cast back (GPTConfig.norm_fp32)
 
     def forward(self, x):
         if self.ln is not None:
             return self.ln(x)
+        if self.fp32:
+            y = F.rms_norm(x.float(), (self.dim,))
+            return (y if self.gain is None else y * self.gain).type_as(x)
         return F.rms_norm(x, (self.dim,), weight=None if self.gain is None else self.gain.type_as(x))
 
 
@@ -144,9 +161,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig, has_value_embed: bool):
         super().__init__()
-        self.norm1 = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains)
+        self.norm1 = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains, cfg.norm_fp32)
         self.attn = CausalSelfAttention(cfg, has_value_embed)
-        self.norm2 = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains)
+        self.norm2 = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains, cfg.norm_fp32)
         self.mlp = MLP(cfg)
 
     def forward(self, x, ve=None, doc_ids=None):
@@ -165,12 +182,12 @@ class GPT(nn.Module):
         self.n_ve = min(3, L // 2) if cfg.value_embeds else 0
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd, dtype=dtype if cfg.bf16_embedding else None)
         self.wpe = None if cfg.rotary else nn.Embedding(cfg.max_seq_len, cfg.n_embd)
-        self.norm_in = Norm(cfg.n_embd, rms=True, gain=cfg.norm_gains) if cfg.rmsnorm else None
+        self.norm_in = Norm(cfg.n_embd, rms=True, gain=cfg.norm_gains, fp32=cfg.norm_fp32) if cfg.rmsnorm else None
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_embd) for _ in range(self.n_ve))
         self.blocks = nn.ModuleList(Block(cfg, self._value_embed_index(i) is not None) for i in range(L))
         # U-net: block i < L/2 feeds block L-1-i, weighted by a learned gain.
         self.skip_weights = nn.Parameter(torch.ones(L // 2)) if cfg.unet_skips else None
-        self.norm_f = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains)
+        self.norm_f = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains, cfg.norm_fp32)
         self.lm_head = None if cfg.tied_head else Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.bias)
         self.cross_entropy = registry.get("linear_cross_entropy", cfg.ce_impl)
         self.reset_parameters()
@@ -184,9 +201,24 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        """Initialise every parameter by cfg.init (seed the generator first for a reproducible init)."""
-        if self.cfg.init == "track3":
-            return self._init_track3()
+        """Initialise every parameter in three phases: init_rule() (cfg.init), redraw_hidden() (when
+        cfg.init_redraw_hidden), init_edits() (init_scale_*, zero_init_*). Seed the generator first for a
+        reproducible init: each rule draws in its reference's order, so the same seed gives the reference's
+        numbers. (A reference that seeds again between its construction and its re-draw is reproduced by calling
+        the phases one by one.)"""
+        self.init_rule()
+        if self.cfg.init_redraw_hidden:
+            self.redraw_hidden()
+        self.init_edits()
+
+    @torch.no_grad()
+    def init_rule(self):
+        """Draw every parameter by cfg.init's rule (normal, track3 or torch)."""
+        {"normal": self._init_normal, "track3": self._init_track3, "torch": self._init_torch}[self.cfg.init]()
+
+    def _init_normal(self):
+        """GPT-2's rule: N(0, 0.02) matrices (output projections N(0, 0.02/sqrt(2·n_layer)) when not zeroed), zero
+        Linear biases; LayerNorms and gains keep their constructor values."""
         cfg = self.cfg
         for name, p in self.named_parameters():
             if p.ndim < 2:
@@ -199,8 +231,52 @@ class GPT(nn.Module):
             nn.init.normal_(p, mean=0.0, std=std)
             if name.endswith("c_proj.weight") and cfg.zero_init_proj:
                 p.zero_()
-        if self.lm_head is not None and cfg.zero_init_proj:
+        if self.lm_head is not None and cfg.zero_head:
             self.lm_head.weight.zero_()
+
+    def _init_torch(self):
+        """PyTorch's construction init, re-run in module order (the order the constructor drew it): every Linear's
+        own reset_parameters (kaiming_uniform_(a=sqrt(5)) weight, then U(±1/sqrt(fan_in)) bias), the embeddings
+        N(0, 1) drawn in fp32 (the token embedding rounded to bf16 when init_embed_bf16), LayerNorms reset, RMSNorm
+        gains 1. Other parameters (U-net skip weights, value-embedding mixes) keep their values."""
+        for module in self.modules():
+            if isinstance(module, nn.Embedding):
+                w = torch.empty(module.weight.shape, dtype=torch.float32, device=module.weight.device).normal_()
+                if module is self.wte and self.cfg.init_embed_bf16:
+                    w = w.bfloat16()
+                module.weight.copy_(w)
+            elif isinstance(module, (nn.Linear, nn.LayerNorm)):
+                module.reset_parameters()
+            elif isinstance(module, Norm) and module.gain is not None:
+                module.gain.fill_(1.0)
+
+    @torch.no_grad()
+    def redraw_hidden(self):
+        """Every hidden matrix, in parameter order, re-drawn from N(0, s/sqrt(3·fan_in)) (s: its init_scale_*)."""
+        for name, p in self.named_parameters():
+            if name.startswith("blocks.") and p.ndim == 2:
+                p.normal_(0, 1.0 / (3.0 * p.size(1)) ** 0.5 * self.init_scale(name))
+
+    def init_scale(self, name: str) -> float:
+        """The init_scale_* multiplier of parameter `name` (1 for a parameter no such field names)."""
+        module = init_module(name)
+        return 1.0 if module is None else getattr(self.cfg, f"init_scale_{module}")
+
+    @torch.no_grad()
+    def init_edits(self):
+        """The init edits on whatever the rule drew, in parameter order: init_scale_* multiplies the scaled modules'
+        weights (unless init_redraw_hidden took it into their std), zero_init_* zeroes."""
+        cfg = self.cfg
+        for name, p in self.named_parameters():
+            projection = name.endswith("c_proj.weight") or name.endswith("c_proj.bias")
+            head = name.startswith("lm_head.")
+            if ((name.endswith("c_proj.weight") and cfg.zero_init_proj) or (name == "lm_head.weight" and cfg.zero_head)
+                    or (name.endswith("bias") and (projection or head) and cfg.zero_init_proj_bias)):
+                p.zero_()
+            elif not (cfg.init_redraw_hidden and name.startswith("blocks.") and p.ndim == 2):
+                scale = self.init_scale(name)
+                if scale != 1.0:
+                    p.mul_(scale)
 
     def _track3_order(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) in the order of track 3's GPT.named_parameters(): the embedding; per block the
@@ -221,12 +297,13 @@ class GPT(nn.Module):
 
     def _init_track3(self):
         """Track 3's rule, in its parameter order (so a seeded init draws exactly its numbers): the embedding
-        N(0, 1) in its own dtype; output projections and the head zero; other weights N(0, 0.33 / fan_in);
-        biases zero; gains one."""
+        N(0, 1) in its own dtype; output projections (zero_init_proj) and the head (zero_head) zero, without a draw;
+        other weights N(0, 0.33 / fan_in); biases zero; gains one."""
+        cfg = self.cfg
         for name, p in self._track3_order():
             if name == "wte.weight":
                 p.normal_()
-            elif name.endswith("c_proj.weight") or name == "lm_head.weight":
+            elif (name.endswith("c_proj.weight") and cfg.zero_init_proj) or (name == "lm_head.weight" and cfg.zero_head):
                 p.zero_()
             elif name.endswith("weight"):
                 p.normal_(std=0.33**0.5 / p.size(-1) ** 0.5)

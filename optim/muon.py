@@ -91,7 +91,7 @@ def _per_matrix(weight, n: int):
 
 def muon_shape_update(params, grads, buffers, *, momentum, lerp_weight, decay, alpha, nesterov: bool,
                       ns_dtype: torch.dtype, orthogonalize, ns_steps: int, ns_coefficients: str, normalize=None,
-                      moments=None):
+                      moments=None, apply=None):
     """One Muon step of same-shape matrices `params` (B of them, with `grads` and momentum `buffers`), in place.
 
     The whole update of one shape, in one function so that it runs eagerly or as one torch.compile graph:
@@ -102,6 +102,8 @@ def muon_shape_update(params, grads, buffers, *, momentum, lerp_weight, decay, a
         O ← normalize(O, moments) when given                              NorMuon; advances `moments`
         params ← params·decay + alpha·O                                   decay = 1 - lr·wd (None: no decay),
                                                                           alpha = -lr·s (lr_scale)
+    or, when `apply` is given, apply(params, O.unbind(0), alpha) instead of the last line (a hyperball step,
+    optim.hyperball: `alpha` is then the lr it takes, O in its own dtype).
 
     momentum, lerp_weight, decay and alpha are python floats (eager: the foreach ops' Scalar overloads, the
     numbers Muon has always used) or 0-D fp32 tensors on the parameters' device (compiled: a new value is new
@@ -113,6 +115,9 @@ def muon_shape_update(params, grads, buffers, *, momentum, lerp_weight, decay, a
     directions = orthogonalize(torch.stack(updates).to(ns_dtype), steps=ns_steps, coefficients=ns_coefficients)
     if normalize is not None:
         directions = normalize(directions, moments)
+    if apply is not None:
+        apply(params, directions.unbind(0), alpha)
+        return
     if decay is not None:
         torch._foreach_mul_(params, decay)  # decoupled
     steps = directions.to(params[0].dtype).unbind(0)
@@ -198,7 +203,7 @@ class Muon(torch.optim.Optimizer):
         for p in group["params"] if params is None else params:
             if p.grad is not None:
                 by_shape[tuple(p.shape)].append(p)
-        lr, beta, wd = group["lr"], group["momentum"], group["weight_decay"]
+        beta = group["momentum"]
         compiled = self._shape_update is not muon_shape_update
         for shape, same_shape in by_shape.items():
             buffers = []
@@ -208,17 +213,26 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buffers.append(state["momentum_buffer"])
             normalize, moments = self._normalizer(group, same_shape)
+            apply, alpha, decay = self._application(group, shape)
             # Python floats eagerly (the numbers the update always used); 0-D tensors when compiled, filled from
-            # the same floats (fp32 of the same double, as the eager ops take them). Decay uses the unscaled lr.
-            scalars = dict(momentum=beta, lerp_weight=1 - beta, decay=1 - lr * wd if wd else None,
-                           alpha=-lr * lr_scale(shape, group["lr_scaling"]))
+            # the same floats (fp32 of the same double, as the eager ops take them).
+            scalars = dict(momentum=beta, lerp_weight=1 - beta, decay=decay, alpha=alpha)
             if compiled:
                 scalars = {name: value if value is None else self._scalar(name, value, same_shape[0].device)
                            for name, value in scalars.items()}
             self._shape_update(same_shape, [p.grad for p in same_shape], buffers, **scalars,
                                nesterov=group["nesterov"], ns_dtype=NS_DTYPES[self.ns_dtype],
                                orthogonalize=self.orthogonalize, ns_steps=group["ns_steps"],
-                               ns_coefficients=group["ns_coefficients"], normalize=normalize, moments=moments)
+                               ns_coefficients=group["ns_coefficients"], normalize=normalize, moments=moments,
+                               apply=apply)
+
+    def _application(self, group: dict, shape) -> tuple:
+        """(apply, alpha, decay) of muon_shape_update for a group's matrices of `shape`: Muon's own, no `apply`, the
+        step alpha = -lr·s (lr_scale) and the decoupled decay 1 - lr·wd with the unscaled lr (None without weight
+        decay). A subclass that applies its own update (MuonH's hyperball) returns its apply and the alpha it
+        takes."""
+        lr, wd = group["lr"], group["weight_decay"]
+        return None, -lr * lr_scale(shape, group["lr_scaling"]), (1 - lr * wd if wd else None)
 
     def _scalar(self, name: str, value: float, device) -> torch.Tensor:
         """The 0-D fp32 tensor `name` on `device`, refilled with `value` (fill_ does not wait for the device)."""
@@ -235,26 +249,32 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def adam_update(self):
-        """AdamW on every Adam group (torch's functional AdamW: fused on CPU/CUDA, foreach elsewhere)."""
-        for group in self.param_groups:
-            if group["use_muon"]:
-                continue
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
-                state = self.state[p]
-                if not state:  # torch.optim.AdamW's state: fp32 step count, moments like p
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if group["fused"] else "cpu")
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            states = [self.state[p] for p in params]
-            beta1, beta2 = group["betas"]
-            adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                  [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
-                  foreach=not group["fused"], fused=group["fused"] or None, amsgrad=False, beta1=beta1,
-                  beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-                  maximize=False)
+        """AdamW on every Adam group (adamw_update)."""
+        adamw_update(self, [group for group in self.param_groups if not group["use_muon"]])
+
+
+@torch.no_grad()
+def adamw_update(optimizer: torch.optim.Optimizer, groups):
+    """torch's functional AdamW (fused on CPU/CUDA, foreach elsewhere) on `groups` of `optimizer`, each with lr,
+    betas, eps, weight_decay and fused; the state in optimizer.state as torch.optim.AdamW keeps it. Parameters
+    without a gradient are skipped."""
+    for group in groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        for p in params:
+            state = optimizer.state[p]
+            if not state:  # torch.optim.AdamW's state: fp32 step count, moments like p
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if group["fused"] else "cpu")
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        states = [optimizer.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+              [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
+              foreach=not group["fused"], fused=group["fused"] or None, amsgrad=False, beta1=beta1,
+              beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+              maximize=False)
 
 
 ADAM_ROLES = ("embed", "head", "scalar")

@@ -41,7 +41,7 @@ AXES = ("row", "longer")
 
 class NorMuon(Muon):
     def __init__(self, hidden, adam_groups=(), *, beta2: float = 0.95, norm_eps: float = 1e-10, axis: str = "row",
-                 **kwargs):
+                 keep_norm: bool = True, **kwargs):
         if not 0.0 <= beta2 < 1.0:
             raise ValueError(f"NorMuon beta2 must be in [0, 1), got {beta2}")
         if axis not in AXES:
@@ -49,7 +49,7 @@ class NorMuon(Muon):
         super().__init__(hidden, adam_groups, **kwargs)
         for group in self.param_groups:
             if group["use_muon"]:
-                group.update(beta2=beta2, norm_eps=norm_eps, axis=axis)
+                group.update(beta2=beta2, norm_eps=norm_eps, axis=axis, keep_norm=keep_norm)
 
     def _normalizer(self, group, params):
         """normalize() with this group's settings, and the second moments of same-shape `params` (created at 0)."""
@@ -61,13 +61,17 @@ class NorMuon(Muon):
             if "second_moment" not in state:
                 state["second_moment"] = torch.zeros(shape, device=p.device, dtype=torch.float32)
             moments.append(state["second_moment"])
-        return partial(normalize, weight=1 - group["beta2"], eps=group["norm_eps"], axis=group["axis"]), moments
+        return partial(normalize, weight=1 - group["beta2"], eps=group["norm_eps"], axis=group["axis"],
+                       keep_norm=group.get("keep_norm", True)), moments
 
 
-def normalize(directions: torch.Tensor, moments: list, *, weight: float, eps: float, axis: str) -> torch.Tensor:
+def normalize(directions: torch.Tensor, moments: list, *, weight: float, eps: float, axis: str,
+              keep_norm: bool = True) -> torch.Tensor:
     """directions (B, rows, cols) -> normalized directions (fp32 for "row", directions' dtype for "longer");
     advances each matrix's second moment in `moments` ((rows, 1) or (1, cols), fp32) by lerp with `weight` = 1-β₂.
-    Part of optim.muon.muon_shape_update (eager or compiled)."""
+    keep_norm=False returns the normalized directions without the rescale to the input's norm: for "longer"
+    O · rsqrt(max(v, eps)) as the fp32 product of the bf16 O and the fp32 factor (a hyperball step normalizes by
+    itself: NorMuonH). Part of optim.muon.muon_shape_update (eager or compiled)."""
     rows, cols = directions.shape[-2:]
     reduce_dim = -1 if axis == "row" or rows >= cols else -2
     v = torch.stack(moments)  # (B, rows, 1) or (B, 1, cols)
@@ -75,8 +79,14 @@ def normalize(directions: torch.Tensor, moments: list, *, weight: float, eps: fl
         ortho = directions.float()
         v.lerp_(ortho.square().mean(dim=reduce_dim, keepdim=True), weight)
         normalized = ortho / (v.sqrt() + eps)
-        norms = ortho.norm(dim=(-2, -1), keepdim=True)
-        out = normalized * (norms / (normalized.norm(dim=(-2, -1), keepdim=True) + eps))
+        if not keep_norm:
+            out = normalized
+        else:
+            norms = ortho.norm(dim=(-2, -1), keepdim=True)
+            out = normalized * (norms / (normalized.norm(dim=(-2, -1), keepdim=True) + eps))
+    elif not keep_norm:
+        v.lerp_((directions * directions).mean(dim=reduce_dim, keepdim=True).float(), weight)
+        out = directions * v.clamp_min(eps).rsqrt()
     else:
         norms = directions.norm(dim=(-2, -1), keepdim=True)  # (B, 1, 1), directions' dtype
         v.lerp_((directions * directions).mean(dim=reduce_dim, keepdim=True).float(), weight)

@@ -302,3 +302,23 @@ def test_track3_model_under_autocast_keeps_fp32_parameters():
 def test_bad_track3_switches_raise(overrides, message):
     with pytest.raises(ValueError, match=message):
         model_preset("tiny", **overrides)
+
+
+def test_norm_fp32_is_the_same_in_fp32_and_normalises_bf16_activations_in_fp32():
+    """norm_fp32: (rms_norm(x.float()) * gain).type_as(x), stated independently; bitwise the default in fp32."""
+    cfg = model_preset("track3", n_layer=2, n_embd=256, n_head=2, vocab_size=TV, max_seq_len=64)
+    default, upcast = GPT(cfg), GPT(dataclasses.replace(cfg, norm_fp32=True))
+    _randomise(default)
+    upcast.load_state_dict(default.state_dict())
+    with torch.no_grad():
+        for m in (default, upcast):
+            m.norm_f.gain.copy_(1 + 0.1 * torch.randn(256, generator=torch.Generator().manual_seed(0)))
+    idx = torch.randint(0, TV, (2, 16))
+    assert torch.equal(default(idx, idx), upcast(idx, idx))
+    x = torch.randn(3, 256).bfloat16()
+    gain = upcast.norm_f.gain
+    ms = x.double().square().mean(-1, keepdim=True)
+    want = (x.double() / (ms + torch.finfo(torch.float32).eps).sqrt() * gain.double()).bfloat16()
+    assert (upcast.norm_f(x).double() - want.double()).abs().max() <= 2 ** -8 * want.double().abs().max()
+    assert upcast.norm_f(x).dtype == torch.bfloat16
+    assert not torch.equal(upcast.norm_f(x), default.norm_f(x))  # bf16 normalisation rounds differently
