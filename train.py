@@ -1,90 +1,52 @@
 """The speedrun trainer: steps and wall-clock to a target validation loss.
 
-    python train.py --preset cpu --optimizer muon                       # the CPU track (python docs corpus)
+    python train.py --preset track3-cpu                                  # track 3 scaled to 2 CPU cores
+    python train.py --preset cpu --optimizer muon                        # the CPU track (python docs corpus)
     torchrun --nproc_per_node=8 train.py --preset gpt2-124m              # the H100 speedrun on FineWeb
     torchrun --nproc_per_node=8 train.py --preset track3                 # modded-nanogpt's optimization track
-    python train.py --preset track3-cpu                                  # the same track, scaled to 2 CPU cores
 
-Options are `--key=value` overrides of configs.TrainConfig (`--optim.lr=0.02`, `--model.n_layer=6`); `--help`
-lists them with their defaults. Each run writes runs/<name>/{config.json,log.jsonl,summary.json} and, with
---checkpoint_every=K, an atomic checkpoint.pt every K steps and at the end; `--resume=True` continues it and
-produces the same trajectory as an uninterrupted run (bitwise on the CPU with a fixed thread count). A resumed run
-may change the options in RESUMABLE_OPTIONS (cadences, threads, paths); any other difference is refused, named.
+Options are `--key=value` overrides of speedrun.config.TrainConfig (`--optim.lr=0.02`, `--model.n_layer=6`);
+`--help` lists them with their defaults. docs/trainer.md explains each part below in full.
 
-Errors. Everything the user can get wrong is checked before the warm-up: the options' ranges and names (configs),
-the data (shards present and well-formed, enough train windows for --max_steps, a val set of --val_tokens), the
-checkpoint to resume (readable, same trajectory options, same data) and the run directory (writable, not in use:
-rank 0 holds runs/<name>/lock while it runs; a lock left by a dead process is taken over with a note). Token ids
-are checked against the vocabulary as each shard is opened. Each ends the command with one line,
-`error: ...`, and exit status 2 (options) or 1 (anything else); --debug shows the traceback (cli.py).
+What a run does. It resolves every "auto" (implementations, precision, compile) for its device once, before
+anything is built, and prints the result; checks everything a user can get wrong; builds the model and optimizer;
+runs a warm-up step on the initial state, which is then restored (its time is reported apart as warmup_s); and
+trains --max_steps steps, validating at step 0, on the --val_every cadence and at the last step, and stopping early
+at --target_val_loss when --stop_at_target. The host reads the device only at boundaries (is_boundary); the clock
+counts the training steps between them and nothing else.
 
-Interruption. SIGINT (Ctrl-C) or SIGTERM (preemption; torchrun passes it to every rank) stops the run at the next
-boundary (below): the ranks agree on it there, a checkpoint is written, and the last line is
-`interrupted at step N; resume with: <the command with --resume=True>`; exit status 130 (SIGINT) or 143 (SIGTERM).
-A second signal stops at once, without a checkpoint.
+What it writes, in runs/<name>/ (--out_dir, --run_name; rank 0 only): config.json (the resolved config) at the
+start, log.jsonl (a train record per boundary, a val record per validation), summary.json at the end (steps and
+seconds to the target, the final val loss, the machine), and `lock` while it runs. checkpoint.pt, written
+atomically, follows one rule: with --checkpoint_every=K, every K steps and at the end, and the last one is kept;
+a stop by a signal writes one and keeps it (the run can be resumed); a run that finishes without
+--checkpoint_every leaves none (a checkpoint of its own interruption is removed at the end).
 
-Implementations: "auto" values (the GPU presets' attention, MLP, loss and Newton-Schulz kernels, compile, dtype)
-are resolved once, from the device, before anything is built (configs.resolve_auto): the Triton kernels, the best
-FlashAttention and torch.compile(fullgraph=True) on CUDA (of the model, and of Muon/NorMuon's per-shape update:
-Muon.compile_update), eager PyTorch and no compile on the CPU; an explicit value wins. The result is printed
-("implementations: attention fa3, mlp triton, ...") and config.json holds the resolved config. On a GPU the step's
-memory is estimated first (memory.check_fit): a step whose estimated peak plus a margin exceeds the GPU's memory is
-refused before the model is built, naming a micro-batch that fits.
-
-The hot path does not wait for the device. The loss stays on it, summed there; the host reads it (one sync) only
-at a boundary: every --log_every steps (1 on the CPU presets, 25 on the GPU presets), before each validation and
-checkpoint, and at the last step. Each train record holds the mean loss per token over the steps since the
-previous one (interval_steps). The clock runs from boundary to boundary, so it times whole steps without a sync
-per step; validation and checkpoints pause it, and the warm-up steps (torch.compile, first-call allocation) run
-before it starts, on the initial state that is restored afterwards; their time is reported apart as warmup_s.
-A non-finite loss or gradient norm is recorded on the device and found at the next boundary; the run then rolls
-back to its last checkpoint (or the initial state, kept in host memory until the first one) and replays the steps
-with a check after each, stopping with the step and the first parameter whose gradient is not finite. A
-checkpoint is only written after a clean check and with finite weights.
-
-Precision (--dtype): auto runs bf16 where kernels.device.native_bf16(device) (CUDA, AVX-512-bf16/AMX CPUs),
-else fp32; bf16 means autocast over fp32 parameters, or, for a bf16_embedding model (track 3), a bf16 token
-embedding whose bf16 activations flow through every layer without autocast. The choice is printed at the start
-and recorded in the summary.
-
-Loss: a model with loss_reduction="sum" (track 3) returns the summed loss of a micro-batch, whose gradients
-add up to the gradient of the step's total summed loss; train and val losses are reported per token.
-
-Data parallel (optim/distributed.py): NCCL on GPUs, gloo on the CPU. The global batch is fixed by the config,
-not by the GPU count: each of W ranks accumulates reference_world_size*grad_accum/W micro-batches (the
-gpt2-124m preset is defined for 8 GPUs and runs unchanged on 1, 2 or 4), and the ranks together read the same
-token windows whatever W is (reference_world_size=0, the other presets' default: the batch grows with W).
-Adam-side gradients are all-reduced in buckets launched during the backward; Muon/NorMuon matrices are
-reduce-scattered to one owner each, orthogonalized there once, and all-gathered.
-Rank 0 writes the log and checkpoints (gathering the sharded optimizer state); on --resume every rank reads
-the checkpoint, so out_dir must be on a filesystem every node sees.
-
-    torchrun --standalone --nproc_per_node=4 train.py --preset gpt2-124m             # one node, 4 GPUs
-
-    # two nodes × 4 GPUs: run the same command on each node (HOST0 = an address of one node, reachable
-    # from the other; any free port; a job id shared by the nodes; --max_restarts=0: a failure ends the job)
-    torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST0:29500 \
-        --rdzv_id=speedrun-1 --max_restarts=0 train.py --preset gpt2-124m
-
-    # 16 GPUs (2 × 8): the 8 × 32 × 2048 global batch as 16 ranks × 16 rows
-    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST0:29500 \
-        --rdzv_id=speedrun-1 --max_restarts=0 train.py --preset gpt2-124m --batch_size=16 \
-        --reference_world_size=16
-
-A rank that dies ends the job: torchrun stops the other local ranks, and ranks elsewhere fail their next
-collective (at once on gloo; after --dist_timeout_s on NCCL, whose watchdog aborts them). A rank that hangs
-makes the others fail after --dist_timeout_s seconds (default 300) with an error naming the timeout.
+What it guarantees.
+- Every mistake a user can make (options, implementations this device cannot run, data, the checkpoint to
+  resume, the run directory) is found before the warm-up and ends the command with one line, `error: ...`, exit
+  status 2 (options) or 1 (the rest).
+- A run directory holding an earlier run (finished, interrupted or failed) is never written into unasked: the
+  command is refused, naming --resume=True, a new --run_name and --overwrite (which replaces the earlier run only
+  once the new one writes its first file).
+- --resume=True continues from checkpoint.pt along the same trajectory as an uninterrupted run (bitwise on the CPU
+  with a fixed thread count). Options the command line does not give keep the checkpoint's values; those it gives,
+  and edits made to config.json, are applied and printed when they leave the trajectory so far unchanged
+  (speedrun/resume.py: cadences, paths, threads, more steps when the schedule of the steps taken stays the same)
+  and refused otherwise, each named with both values. config.json is rewritten only with a note.
+- SIGINT or SIGTERM stops the run at the next boundary on every rank with a checkpoint, printing
+  `interrupted at step N; resume with: <command>` (exit status 130 or 143). Further signals are held until that
+  checkpoint is in place; two more within 3 s abort at once, leaving the last good checkpoint as it was.
+- A NaN or inf loss or gradient stops the run naming the step and the first parameter with a non-finite
+  gradient (speedrun/guard.py); a checkpoint never holds non-finite weights, so the last one is always good.
+- On several ranks (torchrun) the trajectory is the one-rank trajectory of the same global batch; a rank that
+  dies or hangs ends the job within --dist_timeout_s with an error naming it.
 """
 
-import contextlib
-import ctypes
 import json
-import math
 import os
-import shlex
 import signal
 import sys
-import threading
 import time
 
 import torch
@@ -94,26 +56,33 @@ from data.loader import DataExhausted, TokenLoader, val_batches
 from data.shards import list_shards
 from model.gpt import GPT
 from optim import build_optimizer, make_readout, wrap_optimizer
-from optim.distributed import DataParallel, accumulation_steps, all_reduce_mean, init_process_group
+from optim.distributed import DataParallel, accumulation_steps, init_process_group
 from optim.muon import Muon
-from speedrun import checkpoint, cli, memory
+from speedrun import checkpoint, cli, memory, resume, rundir
+from speedrun.checkpoint import Checkpointer, host_copy
+from speedrun.clock import Clock
 from speedrun.config import TrainConfig, device_type, help_text, resolve, resolve_auto, to_dict
+from speedrun.guard import Diverged, NonFiniteGuard, check_weights
+from speedrun.memory import keep_freed_memory
+from speedrun.resume import RESUMABLE_OPTIONS, SCHEDULE_OPTIONS
+from speedrun.runlog import RunLog, format_summary, summary
+from speedrun.signals import Aborted, StopSignals
+from speedrun.step import TrainingStep
 
-
-class Diverged(cli.UserError, FloatingPointError):
-    """A non-finite loss, gradient norm or weight; the message names the step (and the parameter when known)."""
-
-
-# Options a resumed run may change: they decide what is logged, validated, checkpointed and where, or how fast it
-# runs, not the sequence of weights (every other option is refused on --resume when it differs from the checkpoint).
-RESUMABLE_OPTIONS = frozenset({
-    "resume", "checkpoint_every", "val_every", "val_every_late", "val_late_frac", "log_every", "threads", "out_dir",
-    "run_name", "data_dir", "memory_check", "dist_timeout_s", "dist_bucket_mb"})
+__all__ = ["Diverged", "RESUMABLE_OPTIONS", "SCHEDULE_OPTIONS", "Trainer", "format_summary", "is_boundary",
+           "is_val_step", "keep_freed_memory", "lr_factor", "main"]
 
 
 def lr_factor(step: int, cfg: TrainConfig, role: str = "hidden") -> float:
     """The schedule's lr multiplier at `step` for a param group of `role` (optim.schedules)."""
     return cfg.schedule.lr(1.0, step, cfg.horizon, role)
+
+
+def schedule_at(step: int, cfg: TrainConfig) -> dict:
+    """What the schedule sets at `step`: the lr factor of the hidden matrices and of the other roles, and the
+    matrices' momentum (for the optimizer's own). A resumed run compares it over the steps already taken."""
+    return {"lr factor": lr_factor(step, cfg, "hidden"), "aux lr factor": lr_factor(step, cfg, "embed"),
+            "momentum": cfg.schedule.momentum.momentum(getattr(cfg.optim, "momentum", 0.95), step, cfg.horizon)}
 
 
 def is_val_step(step: int, cfg: TrainConfig) -> bool:
@@ -129,26 +98,6 @@ def is_boundary(step: int, cfg: TrainConfig) -> bool:
     checkpoint, and at the last step. Between boundaries nothing waits for the device."""
     return (step % cfg.log_every == 0 or is_val_step(step, cfg)
             or bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0))
-
-
-def keep_freed_memory():
-    """Make glibc's malloc keep freed memory in the process instead of returning it to the OS.
-
-    By default glibc serves every block over 32 MB with a fresh mmap and returns it with munmap when freed, so
-    each step's logits-sized tensors (tokens × 50304 × 4 bytes) are page-faulted and zeroed anew: ~940k page
-    faults a step at the track3-cpu size, 2.2 s a step against 1.2 s with this (1 thread, AVX2 emulation,
-    fwd+bwd+AdamW). Serving every block from the heap (M_MMAP_MAX=0) and never trimming it (M_TRIM_THRESHOLD=-1)
-    keeps those pages mapped. The cost is memory: the heap keeps its peak and fragments (torch's aligned
-    allocations), ~4 GB resident for a track3-cpu run against ~0.7 GB. Nothing changes numerically.
-    A no-op where the C library is not glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, -1)
 
 
 def run_directory(cfg: TrainConfig) -> str:
@@ -173,22 +122,16 @@ def device_memory_bytes(device: torch.device) -> int | None:
     return None
 
 
-class Trainer:
-    """Holds the run's state; `run()` trains to max_steps (or the target) and returns the summary.
+class Trainer(TrainingStep):
+    """A run: `Trainer(cfg)` builds it (every "auto" resolved, inputs checked, model and optimizer built), `run()`
+    trains to max_steps (or the target) and returns the summary. It wires together the parts in speedrun/: the
+    training step (step.py), the clock, the non-finite guard, the checkpointer, the stop signals and the run
+    log."""
 
-    The step does not wait for the device: the loss stays on it and is summed there over the steps between two
-    boundaries (is_boundary), where the host reads it once, stops or restarts the clock and checks the guard.
-    Guard: each step records on the device the first step whose loss or gradient norm is not finite
-    (torch.where, no read). When a boundary finds it set, the run rolls back to the last good state (its last
-    checkpoint; before the first one, the initial state kept in host memory since the warm-up) and replays the
-    steps up to the recorded one with a host check after each, which stops the run naming the step, the value
-    and the first parameter with a non-finite gradient. A checkpoint is written only after a clean check and
-    with finite weights, so the last checkpoint is always good.
-    """
-
-    def __init__(self, cfg: TrainConfig, argv: list[str] | None = None):
-        self.requested = cfg  # as given; self.cfg is what runs (every "auto" resolved)
+    def __init__(self, cfg: TrainConfig, argv: list[str] | None = None, *, overwrite: bool = False):
+        self.requested = cfg  # as given; self.cfg is what runs (every "auto" resolved, the resumed run's changes)
         self.argv = argv  # the command line, for the command that resumes an interrupted run
+        self.overwrite = overwrite  # replace an earlier run in the run directory (train.py --overwrite)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = torch.device(cfg.device if cfg.device != "auto" else device_type("auto"))
@@ -200,6 +143,15 @@ class Trainer:
         # Implementations, precision and compile, once, before anything is built: the model's registry lookups
         # get the resolved names, and an explicit attention backend that cannot run here fails now.
         self.cfg = cfg = resolve_auto(cfg, self.device)
+        self.master = self.rank == 0
+        self.run_dir = run_directory(cfg)
+        self.config_path = os.path.join(self.run_dir, "config.json")
+        self.checkpoints = Checkpointer(self.run_dir)
+        self._resumed = self._config_json = None  # --resume: the checkpoint and config.json, read now
+        if overwrite and cfg.resume:
+            raise cli.UsageError("--overwrite and --resume=True contradict each other: choose one")
+        if cfg.resume:  # before anything that depends on an option config.json or the command line may change
+            self.cfg = cfg = self._resume_config(cfg)
         try:
             self.accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, self.world_size,
                                             cfg.batch_size)
@@ -211,10 +163,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         if self.device.type == "cpu":
             keep_freed_memory()
-        self.master = self.rank == 0
-        self.run_dir = run_directory(cfg)
 
         self.train_files = list_shards(cfg.data_dir, cfg.train_pattern)
+        if self._resumed is not None:
+            self._check_data(self._resumed)
         val_files = list_shards(cfg.data_dir, cfg.val_pattern)
         self.val = val_batches(val_files, n_tokens=cfg.val_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                rank=self.rank, world_size=self.world_size, vocab_size=cfg.model.vocab_size)
@@ -234,18 +186,16 @@ class Trainer:
         self.parallel = DataParallel(self.model, self.optimizer, world_size=self.world_size, rank=self.rank,
                                      bucket_mb=cfg.dist_bucket_mb)
         self.loader = self._new_loader()
-        # progress of the timed run; restored by --resume
-        self.step, self.train_time, self.reached, self.val_loss, self.log_offset = 0, 0.0, None, float("nan"), 0
+        # the run's collaborators, and its progress (restored by --resume)
+        self.clock = Clock(self.synchronize)
+        self.guard = NonFiniteGuard(self.device)
+        self.signals = StopSignals(self.device, self.world_size, announce=self.master)
+        self.log = RunLog(None)
+        self.step, self.reached, self.val_loss, self.val_step = 0, None, float("nan"), None
         self.val_loss_raw = float("nan")  # with a readout: the trained weights' val loss at the last validation
-        self._reset_device_records()
-        self._clock_start = None
-        self._initial = None  # the state at step 0 in host memory, the rollback point until the first checkpoint
-        self._checkpoint_step = None  # the step of the last checkpoint this run wrote or resumed from
-        self._stop_signal = 0  # SIGINT or SIGTERM received during the loop: stop at the next boundary
-        self._stop_at_boundary = 0  # the signal every rank agreed on at the last boundary
-        self._stop_flag = torch.zeros((), dtype=torch.float64, device=self.device)  # its all-reduced copy
+        self._loss_sum, self._interval_steps = torch.zeros((), dtype=torch.float64, device=self.device), 0
 
-    # --- resolved configuration ------------------------------------------------------------------------
+    # --- what runs -----------------------------------------------------------------------------------------
 
     @property
     def implementations(self) -> dict:
@@ -269,75 +219,80 @@ class Trainer:
         capacity = device_memory_bytes(self.device)
         if capacity is None or not self.cfg.memory_check:
             return None
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else str(self.device)
-        try:
-            return memory.check_fit(self.cfg, capacity, device_type=self.device.type, device_name=name,
-                                    micro_batches=min(2, self.accum))
-        except memory.StepDoesNotFit:
-            raise
-        except Exception as e:  # noqa: BLE001 - an op without a fake-tensor implementation: the check cannot run
-            if self.master:
-                print(f"memory check not done: one step of this config could not be traced on fake tensors "
-                      f"({type(e).__name__}: {e})", file=sys.stderr)
-            return None
+        return memory.check_device(self.cfg, self.device, capacity, micro_batches=min(2, self.accum),
+                                   announce=self.master)
 
-    # --- checkpoints -------------------------------------------------------------------------------------
+    # --- checkpoints (speedrun/checkpoint.py) --------------------------------------------------------------
 
     @property
     def checkpoint_path(self) -> str:
-        return os.path.join(self.run_dir, "checkpoint.pt")
+        return self.checkpoints.path
 
     def save_checkpoint(self):
         """Every rank (the sharded optimizer state is gathered); rank 0 writes. Never writes non-finite weights."""
-        self._check_weights_finite()
+        check_weights(self.model.named_parameters(), self.step)
         optimizer_state = self.parallel.optimizer_state_dict()  # every rank: gathers the sharded Muon state
+        state = None
         if self.master:
-            checkpoint.save_atomic({
-                "config": to_dict(self.cfg), "step": self.step, "train_time": self.train_time,
-                "reached": self.reached, "val_loss": self.val_loss, "log_offset": self.log_offset,
-                "model": self.model.state_dict(), "optimizer": optimizer_state, "readout": self.readout.state_dict(),
-                "loader": self.loader.state_dict(), "rng": checkpoint.rng_state(),
-            }, self.checkpoint_path)
-        self._checkpoint_step, self._initial = self.step, None  # the checkpoint is now the rollback point
+            state = {"config": to_dict(self.cfg), "step": self.step, "train_time": self.clock.elapsed,
+                     "reached": self.reached, "val_loss": self.val_loss, "val_step": self.val_step,
+                     "log_offset": self.log.offset, "model": self.model.state_dict(), "optimizer": optimizer_state,
+                     "readout": self.readout.state_dict(), "loader": self.loader.state_dict(),
+                     "rng": checkpoint.rng_state()}
+        self.checkpoints.save(self.step, state)
 
-    def read_checkpoint(self) -> dict:
-        """The run's checkpoint, read and checked against this run: the options that shape the trajectory (all but
-        RESUMABLE_OPTIONS) and the data files must be the checkpoint's. Changes nothing."""
-        state = checkpoint.load(self.checkpoint_path)
-        saved, current = dict(state["config"]), to_dict(self.cfg)
-        for name in RESUMABLE_OPTIONS:
-            saved.pop(name, None), current.pop(name, None)
-        diff = _differences(saved, current)
-        if diff:
-            raise checkpoint.CheckpointMismatch(
-                f"{self.checkpoint_path} was written by a different config, and these options change the "
-                f"trajectory: {'; '.join(diff)}. Resume with the checkpoint's values on the same kind of machine "
-                "(implementations chosen by 'auto' are part of the config), or pick another --run_name")
+    def _resume_config(self, cfg: TrainConfig) -> TrainConfig:
+        """--resume: read the checkpoint and config.json (as the user may have edited it); the config the run
+        continues with, the changes it may make applied and printed (speedrun/resume.py), the others refused."""
+        state = self._resumed = self.checkpoints.read()
+        self._config_json = rundir.read_config(self.config_path)
+        given = None if self.argv is None else resume.given_options(self.argv, self.requested, resolve)
+        new, applied = resume.resumed_config(cfg, state["config"], self._config_json, given=given,
+                                             step=state["step"], schedule=schedule_at,
+                                             checkpoint_path=self.checkpoint_path, config_path=self.config_path)
+        if applied and self.master:
+            print(f"resuming {self.run_dir} at step {state['step']} with: {'; '.join(applied)}")
+        return resolve_auto(new, self.device)  # the checkpoint's implementations must run here too
+
+    def _check_data(self, state: dict):
         try:
             self._new_loader().load_state_dict(state["loader"])
         except ValueError as e:
             raise checkpoint.CheckpointMismatch(f"{self.checkpoint_path} was written for other data: {e}") from e
-        return state
 
-    def load_checkpoint(self, state: dict | None = None):
-        """Continue from the checkpoint `state` (default: read and check the run's checkpoint)."""
-        state = self.read_checkpoint() if state is None else state
+    def load_checkpoint(self, state: dict):
+        """Continue from the checkpoint `state`."""
+        self._restore(state)
+        self.loader.load_state_dict(state["loader"])
+        self.step, self.reached, self.val_loss = state["step"], state["reached"], state["val_loss"]
+        self.val_step = state.get("val_step")
+        self.clock.elapsed, self.log.offset = state["train_time"], state["log_offset"]
+        self.checkpoints.resumed(self.step)
+
+    def _snapshot(self) -> dict:
+        """The model and optimizer state in host memory (a copy), the RNG state; the loader restarts from step 0."""
+        return {"model": host_copy(self.model.state_dict()), "optimizer": host_copy(self.optimizer.state_dict()),
+                "readout": host_copy(self.readout.state_dict()), "rng": checkpoint.rng_state()}
+
+    def _restore(self, state: dict):
         self.model.load_state_dict(state["model"])
         self.parallel.load_optimizer_state_dict(state["optimizer"])
         self.readout.load_state_dict(state["readout"])
-        self.loader.load_state_dict(state["loader"])
         checkpoint.set_rng_state(state["rng"])
-        self.step, self.train_time, self.reached = state["step"], state["train_time"], state["reached"]
-        self.val_loss, self.log_offset = state["val_loss"], state["log_offset"]
-        self._checkpoint_step, self._initial = self.step, None
+        self.loader = self._new_loader()
 
-    def _check_weights_finite(self):
-        named = list(self.model.named_parameters())
-        finite = torch.stack([torch.isfinite(p).all() for _, p in named])
-        if not finite.all():
-            name = named[int((~finite).nonzero()[0, 0])][0]
-            raise Diverged(f"parameter {name} is not finite after {self.step} steps, although every "
-                                     "loss and gradient norm was finite; no checkpoint written")
+    def _roll_back(self) -> int | None:
+        """Back to the last good state (the last checkpoint, else the initial state); returns its step, or None
+        when there is nothing to roll back to (train_step driven by hand, without run())."""
+        state = self.checkpoints.rollback_state()
+        if state is None:
+            return None
+        if "step" in state:
+            self.load_checkpoint(state)
+        else:
+            self._restore(state)
+            self.step = 0
+        return self.step
 
     # --- the step ----------------------------------------------------------------------------------------
 
@@ -349,72 +304,9 @@ class Trainer:
         x, y = self.loader.next_batch()  # (accum*B, T)
         return zip(x.split(self.cfg.batch_size), y.split(self.cfg.batch_size))
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        """Host batch -> device without waiting: a copy from pageable memory may wait for the stream, one from
-        pinned memory does not."""
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast)
-
-    @property
-    def summed_loss(self) -> bool:
-        return self.cfg.model.loss_reduction == "sum"
-
-    def _reset_device_records(self):
-        """The per-interval loss sum and the non-finite record: [first bad step (-1: none), its loss, its norm]."""
-        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self._interval_steps = 0
-        self._nonfinite = torch.tensor([-1.0, 0.0, 0.0], dtype=torch.float64, device=self.device)
-
-    def train_step(self, step: int, *, checked: bool = False) -> torch.Tensor:
-        """One optimizer step; returns the training loss per token, a float64 0-dim tensor on the device.
-
-        Nothing here waits for the device: a non-finite loss or gradient norm is recorded in self._nonfinite
-        (the first such step) for the next boundary to find. checked=True reads both at once and raises
-        FloatingPointError naming the step and the first parameter with a non-finite gradient (the replay)."""
-        cfg, model = self.cfg, self.model
-        self._apply_schedule(step)
-        if hasattr(self.optimizer, "before_forward"):  # a wrapper's lookahead moves the weights first
-            self.optimizer.before_forward(step)
-        total = torch.zeros((), device=self.device)
-        for micro, (x, y) in enumerate(self.micro_batches()):
-            x, y = self._to_device(x), self._to_device(y)
-            with self._autocast():
-                loss = self.step_model(x, y)
-            self.parallel.prepare_backward(last_micro_batch=micro == self.accum - 1)  # then grads go out as ready
-            if self.summed_loss:
-                # DataParallel averages over the ranks: W × each rank's sum averages to the sum over all ranks
-                # (track 3 all-reduces a SUM); a power-of-two W scales exactly
-                (loss * self.world_size).backward()
-                total += loss.detach()
-            else:
-                (loss / self.accum).backward()
-                total += loss.detach() / self.accum
-        loss_per_token = self.parallel.reduce(total).double()  # waits for every gradient's reduction (on the GPU)
-        if self.summed_loss:
-            loss_per_token = loss_per_token / (self.accum * cfg.batch_size * cfg.seq_len)  # this rank's tokens
-        norm = self.parallel.grad_norm()
-        if checked:
-            loss_value = loss_per_token.item()
-            if not math.isfinite(loss_value):
-                raise Diverged(f"step {step}: training loss is {loss_value}; {self._first_bad_grad()}")
-            if not torch.isfinite(norm):
-                raise Diverged(f"step {step}: gradient norm is {norm.item()}; {self._first_bad_grad()}")
-        else:
-            self._record_nonfinite(step, loss_per_token, norm)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grads_with_norm_(model.parameters(), cfg.grad_clip, norm)
-        self.parallel.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.readout.update(step + 1)
-        return loss_per_token
-
     def _apply_schedule(self, step: int):
         """Each param group's lr (and the hidden matrices' momentum) at `step`, from its initial values
-        (optim.schedules)."""
+        (optim.schedules): the one place the schedule reaches the param groups."""
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             role = group.get("role", "hidden")
@@ -422,96 +314,11 @@ class Trainer:
             if role == "hidden" and "initial_momentum" in group:
                 group["momentum"] = cfg.schedule.momentum.momentum(group["initial_momentum"], step, cfg.horizon)
 
-    def _lr_factor(self) -> float:
-        """lr / initial lr of the hidden matrices' group as the last step applied it (the first group if none)."""
-        groups = self.optimizer.param_groups
-        group = next((g for g in groups if g.get("role", "hidden") == "hidden"), groups[0])
-        return group["lr"] / group["initial_lr"]
-
-    def _record_nonfinite(self, step: int, loss: torch.Tensor, norm: torch.Tensor):
-        """If this is the first step with a non-finite loss or norm, remember (step, loss, norm), on the device."""
-        values = torch.stack((loss, norm.double()))
-        first = ~torch.isfinite(values).all() & (self._nonfinite[0] < 0)
-        self._nonfinite = torch.where(first, torch.cat((values.new_full((1,), step), values)), self._nonfinite)
-
-    def _first_bad_grad(self) -> str:
-        for name, p in self.model.named_parameters():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                return f"first parameter with a non-finite gradient: {name}"
-        return "every gradient is finite"
-
-    @torch.no_grad()
-    def evaluate(self, readout: bool = True) -> float:
-        """The val loss per token of the weights the run's readout evaluates (readout=False: the trained ones)."""
-        self.model.eval()
-        total = torch.zeros((), device=self.device)
-        with self.readout.weights() if readout else contextlib.nullcontext():
-            for x, y in self.val:
-                with self._autocast():
-                    total += self.step_model(self._to_device(x), self._to_device(y)).float()
-        total /= len(self.val) * (self.cfg.batch_size * self.cfg.seq_len if self.summed_loss else 1)  # per token
-        all_reduce_mean(total, self.world_size)  # every rank holds the same number of val batches
-        self.model.train()
-        return total.item()
-
-    # --- the clock, rollback and replay ------------------------------------------------------------------
-
-    def synchronize(self):
-        """Wait for the device's queued work (a no-op on the CPU, whose ops have finished when they return)."""
-        torch.get_device_module(self.device).synchronize(self.device)
-
-    def _start_clock(self):
-        self.synchronize()
-        self._clock_start = time.perf_counter()
-
-    def _stop_clock(self):
-        self.synchronize()
-        self.train_time += time.perf_counter() - self._clock_start
-        self._clock_start = None
-
-    def _snapshot(self) -> dict:
-        """The model and optimizer state in host memory (a copy), the RNG state; the loader restarts from step 0."""
-        def to_host(value):
-            if torch.is_tensor(value):
-                return value.detach().to("cpu", copy=True)
-            if isinstance(value, dict):
-                return {k: to_host(v) for k, v in value.items()}
-            if isinstance(value, list):
-                return [to_host(v) for v in value]
-            return value
-
-        return {"model": to_host(self.model.state_dict()), "optimizer": to_host(self.optimizer.state_dict()),
-                "readout": to_host(self.readout.state_dict()), "rng": checkpoint.rng_state()}
-
-    def _restore(self, snapshot: dict):
-        self.model.load_state_dict(snapshot["model"])
-        self.parallel.load_optimizer_state_dict(snapshot["optimizer"])
-        self.readout.load_state_dict(snapshot["readout"])
-        checkpoint.set_rng_state(snapshot["rng"])
-        self.loader = self._new_loader()
-
-    def _replay_to_failure(self, bad_step: int, loss: float, norm: float):
-        """The guard found `bad_step`: roll back to the last good state, replay with a check after every step, and
-        raise the replay's FloatingPointError (or, where the replay does not reproduce it, the recorded values)."""
-        what = f"training loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {norm}"
-        if self._checkpoint_step is not None:
-            self.load_checkpoint()
-        elif self._initial is not None:
-            self._restore(self._initial)
-            self.step = 0
-        else:  # train_step driven by hand, without run(): nothing to roll back to
-            raise Diverged(f"step {bad_step}: {what}")
-        start = self.step
-        while self.step <= bad_step:
-            self.train_step(self.step, checked=True)
-            self.step += 1
-        raise Diverged(f"step {bad_step}: {what}; replayed from step {start}, the step was finite "
-                                 "(the device's arithmetic is not deterministic), so the parameter is not known")
-
     def warmup(self, steps: int = 1) -> float:
         """Run `steps` training steps (compilation, allocator warm-up), then restore the initial state, which stays
         in host memory as the rollback point until the first checkpoint."""
-        self._initial = self._snapshot()
+        initial = self._snapshot()
+        self.checkpoints.keep_initial(initial)
         if steps <= 0:
             return 0.0
         start = time.perf_counter()
@@ -520,224 +327,162 @@ class Trainer:
         self.evaluate()
         self.synchronize()
         elapsed = time.perf_counter() - start
-        self._restore(self._initial)
-        self._reset_device_records()
+        self._restore(initial)
+        self.guard.reset()
+        self._loss_sum, self._interval_steps = torch.zeros((), dtype=torch.float64, device=self.device), 0
         return elapsed
 
     # --- the run -----------------------------------------------------------------------------------------
 
+    def is_boundary(self, step: int) -> bool:
+        return is_boundary(step, self.cfg)
+
     def run(self) -> dict:
-        """Train; before the warm-up, the checkpoint to resume is read and checked, and rank 0 (the only writer)
-        takes the run directory's lock, so a bad --resume or a directory in use fails before any compute."""
+        """Train. Before the warm-up (the checkpoint to resume was read and checked when the run was built), rank 0
+        (the only writer) takes the run directory's lock and every rank checks that it holds no earlier run, unless
+        resuming or told to overwrite it, so a directory in use or holding a run fails before any compute. Stop
+        signals are handled from here to the end (speedrun/signals.py)."""
         cfg = self.cfg
         if self.loader.steps_available() < cfg.max_steps:  # found now, not after hours of training
             raise DataExhausted(
                 f"--max_steps={cfg.max_steps} needs {cfg.max_steps} windows of {self.loader.tokens_per_step + 1} "
                 f"tokens, but the train shards in {cfg.data_dir} hold {self.loader.steps_available()}; use fewer "
                 "steps or add shards")
-        resumed = self.read_checkpoint() if cfg.resume else None
-        lock = checkpoint.RunLock(self.run_dir).acquire() if self.master else None
-        try:
-            return self._run(resumed)
-        finally:
-            if lock is not None:
-                lock.release()
+        with self.signals:
+            lock = checkpoint.RunLock(self.run_dir).acquire() if self.master else None
+            try:
+                if not cfg.resume and not self.overwrite:
+                    rundir.refuse_earlier_run(self.run_dir)
+                return self._run()
+            except Aborted as e:
+                raise cli.Interrupted(self._aborted(e), e.signum) from None
+            finally:
+                if lock is not None:
+                    lock.release()
 
-    def _run(self, resumed: dict | None) -> dict:
-        cfg = self.cfg
+    def _run(self) -> dict:
         warmup_s = self.warmup()
-        if resumed is not None:
-            self.load_checkpoint(resumed)
-        log = None
+        if self._resumed is not None:
+            self.load_checkpoint(self._resumed)
+            self._resumed = None
         if self.master:
-            with open(os.path.join(self.run_dir, "config.json"), "w") as f:
-                json.dump(to_dict(cfg), f, indent=1)
-            log = open(os.path.join(self.run_dir, "log.jsonl"), "r+" if cfg.resume else "w")
-            log.truncate(self.log_offset)  # drop lines written after the checkpoint we resume from
-            log.seek(self.log_offset)
-        previous_handlers = self._catch_stop_signals()
+            self._write_config()
+        self.log = RunLog(os.path.join(self.run_dir, "log.jsonl") if self.master else None, offset=self.log.offset,
+                          resume=self.cfg.resume, total=self.cfg.max_steps, initial=self.step,
+                          desc=f"{self.cfg.preset}/{self.cfg.optim.name}")
         try:
-            self._loop(log)
+            self._loop()
         finally:
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
-            if log is not None:
-                log.close()
+            self.log.close()
         summary = self.summary(warmup_s)
         if self.master:
-            with open(os.path.join(self.run_dir, "summary.json"), "w") as f:
-                json.dump(summary, f, indent=1)
+            rundir.write_json(os.path.join(self.run_dir, "summary.json"), summary)
+            if not self.cfg.checkpoint_every and os.path.exists(self.checkpoint_path):
+                os.unlink(self.checkpoint_path)  # a finished run keeps a checkpoint only with --checkpoint_every
         return summary
 
-    # --- interruption --------------------------------------------------------------------------------------
+    def _write_config(self):
+        """config.json: written at the start; on --resume rewritten only where this run's config differs from it (an
+        option the command line changed), saying so, and left as it is when it holds this run's config already."""
+        if self.overwrite:
+            rundir.remove_earlier_run(self.run_dir)
+        earlier = self._config_json if self.cfg.resume else None
+        changed = rundir.write_config(self.config_path, to_dict(self.cfg), earlier=earlier)
+        if changed:
+            print(f"{self.config_path} now holds this run's config: {'; '.join(changed)}")
 
-    def _catch_stop_signals(self) -> dict:
-        """SIGINT and SIGTERM (Ctrl-C, a scheduler's preemption, torchrun stopping its workers) during the loop end
-        the run at the next boundary with a checkpoint; a second signal stops at once. Returns the handlers to
-        put back. Signals can only be caught on the main thread; elsewhere they keep their handlers."""
-        self._stop_signal = self._stop_at_boundary = 0
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, frame):
-            if self._stop_signal:
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-            if self.master:
-                print(f"{signal.Signals(signum).name}: stopping after the next logged step with a checkpoint "
-                      "(send it again to stop at once, without one)", file=sys.stderr, flush=True)
-
-        return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
-
-    def resume_command(self) -> str:
-        """The command line that resumes this run: its own, with --resume=True."""
-        args, skip = [], False
-        for arg in self.argv or []:
-            if skip:
-                skip = False
-            elif arg == "--resume":
-                skip = True
-            elif not arg.startswith("--resume="):
-                args.append(arg)
-        here = os.path.relpath(os.path.abspath(__file__))
-        script = [here if not here.startswith("..") else os.path.abspath(__file__), *args, "--resume=True"]
-        if self.world_size == 1:
-            return shlex.join([sys.executable, *script])
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
-        if local == self.world_size:
-            return shlex.join(["torchrun", "--standalone", f"--nproc_per_node={local}", *script])
-        return "the same torchrun command on every node, with: " + shlex.join(script)
-
-    def is_boundary(self, step: int) -> bool:
-        return is_boundary(step, self.cfg)
-
-    def _log(self, log, record: dict):
-        if log is not None:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            self.log_offset = log.tell()
-
-    def _end_interval(self, log) -> float:
-        """At a boundary, with the clock stopped: one read of the device (the interval's loss sum, the guard's
-        record and, on several ranks, the stop flag), the replay if the guard tripped, and the train record;
-        returns the interval's mean loss."""
-        values = [self._loss_sum.view(1), self._nonfinite]
-        if self.world_size > 1:  # every rank stops at the same boundary: the largest signal number any rank got
-            self._stop_flag.fill_(self._stop_signal)
-            dist.all_reduce(self._stop_flag, op=dist.ReduceOp.MAX)
-            values.append(self._stop_flag.view(1))
-        loss_sum, bad_step, bad_loss, bad_norm, *stop = torch.cat(values).tolist()
-        self._stop_at_boundary = int(stop[0]) if stop else self._stop_signal
-        if bad_step >= 0:
-            self._replay_to_failure(int(bad_step), bad_loss, bad_norm)
-        steps, tokens_per_step = self._interval_steps, self.loader.tokens_per_step
-        train_loss = loss_sum / steps
-        self._log(log, {"step": self.step, "train_loss": train_loss, "interval_steps": steps,
-                        "lr_factor": self._lr_factor(), "tokens": self.step * tokens_per_step,
-                        "train_time_s": self.train_time, "step_avg_ms": 1e3 * self.train_time / self.step})
-        self._loss_sum.zero_()
-        self._interval_steps = 0
-        return train_loss
-
-    def _loop(self, log):
+    def _loop(self):
         cfg = self.cfg
-        tokens_per_step = self.loader.tokens_per_step  # all ranks, all micro-batches
-        progress = None
-        if self.master and cfg.max_steps:
-            from tqdm import tqdm
-
-            progress = tqdm(total=cfg.max_steps, initial=self.step, desc=f"{cfg.preset}/{cfg.optim.name}",
-                            dynamic_ncols=True)
-        while True:
-            # Here the clock is stopped: at the start, and after every boundary (every validation step is one).
-            last = self.step == cfg.max_steps
-            if is_val_step(self.step, cfg):
-                self.val_loss = self.evaluate()
-                record = {"step": self.step, "val_loss": self.val_loss, "tokens": self.step * tokens_per_step,
-                          "train_time_s": self.train_time}
-                if cfg.readout is not None:  # the readout's loss is the run's; the trained weights' beside it
-                    raw = self.evaluate(readout=False) if self.readout.blends() else self.val_loss
-                    self.val_loss_raw = record["val_loss_raw"] = raw
-                if cfg.target_val_loss and self.reached is None and self.val_loss <= cfg.target_val_loss:
-                    self.reached = {"steps_to_target": self.step, "seconds_to_target": self.train_time}
-                    record.update(self.reached)
-                self._log(log, record)
-                if progress is not None:
-                    progress.set_postfix(val=f"{self.val_loss:.4f}")
-                if last or (self.reached and cfg.stop_at_target):
-                    break
-            if self._clock_start is None:
-                self._start_clock()
+        while True:  # the clock is stopped here: at the start, and after every boundary (every validation is one)
+            if is_val_step(self.step, cfg) and self.val_step != self.step:  # (a resumed run may have validated it)
+                self._validate()
+            if self.step == cfg.max_steps or (self.reached and cfg.stop_at_target):
+                break
+            if not self.clock.running:
+                self.clock.start()
             self._loss_sum += self.train_step(self.step)
             self._interval_steps += 1
             self.step += 1
             if not is_boundary(self.step, cfg):
                 continue  # no host read: the next step's kernels queue behind this one's
-            self._stop_clock()
-            steps = self._interval_steps
-            train_loss = self._end_interval(log)
-            if progress is not None:
-                progress.update(steps)
-                progress.set_postfix(loss=f"{train_loss:.4f}", val=f"{self.val_loss:.4f}")
+            self.clock.stop()
+            self._end_interval()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
-            if self._stop_at_boundary and self.step < cfg.max_steps:
-                if progress is not None:
-                    progress.close()
-                if self._checkpoint_step != self.step:
-                    self.save_checkpoint()
-                raise cli.Interrupted(f"interrupted at step {self.step}; resume with: {self.resume_command()}",
-                                      self._stop_at_boundary)
-        if progress is not None:
-            progress.close()
-        self.save_checkpoint()
+            if self.signals.agreed and self.step < cfg.max_steps:
+                self._stop()
+        self.log.close_bar()
+        if cfg.checkpoint_every:
+            self.save_checkpoint()
+
+    def _validate(self):
+        """The val loss at this step, logged; the target's step and time when it is first reached."""
+        self.val_loss, self.val_step = self.evaluate(), self.step
+        record = {"step": self.step, "val_loss": self.val_loss, "tokens": self.step * self.loader.tokens_per_step,
+                  "train_time_s": self.clock.elapsed}
+        if self.cfg.readout is not None:  # the readout's loss is the run's; the trained weights' beside it
+            raw = self.evaluate(readout=False) if self.readout.blends() else self.val_loss
+            self.val_loss_raw = record["val_loss_raw"] = raw
+        target = self.cfg.target_val_loss
+        if target and self.reached is None and self.val_loss <= target:
+            self.reached = {"steps_to_target": self.step, "seconds_to_target": self.clock.elapsed}
+            record.update(self.reached)
+        self.log.write(record)
+        self.log.progress(val=f"{self.val_loss:.4f}")
+
+    def _end_interval(self):
+        """At a boundary, with the clock stopped: one read of the device (the interval's loss sum, the guard's
+        record and, on several ranks, the stop flag), the replay if the guard tripped, and the train record."""
+        stop_flag = self.signals.flag()
+        values = [self._loss_sum.view(1), self.guard.first] + ([stop_flag] if stop_flag is not None else [])
+        loss_sum, bad_step, bad_loss, bad_norm, *stop = torch.cat(values).tolist()
+        self.signals.agree(stop[0] if stop else None)
+        if bad_step >= 0:
+            self.guard.replay(int(bad_step), bad_loss, bad_norm, start=self._roll_back(), step=self._replay_step)
+        steps, self._interval_steps = self._interval_steps, 0
+        train_loss = loss_sum / steps
+        self.log.write({"step": self.step, "train_loss": train_loss, "interval_steps": steps,
+                        "lr_factor": self._lr_factor(),
+                        "tokens": self.step * self.loader.tokens_per_step, "train_time_s": self.clock.elapsed,
+                        "step_avg_ms": 1e3 * self.clock.elapsed / self.step})
+        self.log.progress(steps, loss=f"{train_loss:.4f}", val=f"{self.val_loss:.4f}")
+        self._loss_sum.zero_()
+
+    def _lr_factor(self) -> float:
+        """lr / initial lr of the hidden matrices' group as the last step applied it (the first group if none)."""
+        groups = self.optimizer.param_groups
+        group = next((g for g in groups if g.get("role", "hidden") == "hidden"), groups[0])
+        return group["lr"] / group["initial_lr"]
+
+    def _replay_step(self, step: int):
+        self.step = step
+        self.train_step(step, checked=True)
+        self.step = step + 1
+
+    def _stop(self):
+        """The ranks agreed on a stop signal: checkpoint (unless this step's is written) and end the run."""
+        self.log.close_bar()
+        if self.checkpoints.step != self.step:
+            self.save_checkpoint()
+        raise cli.Interrupted(f"interrupted at step {self.step}; resume with: {self.resume_command()}",
+                              self.signals.agreed)
+
+    def _aborted(self, e: Aborted) -> str:
+        """The last line of a run aborted by repeated signals."""
+        name = f"aborted by repeated {signal.Signals(e.signum).name}, without a checkpoint for this stop"
+        if self.checkpoints.step is None or not os.path.exists(self.checkpoint_path):
+            return f"{name}; there is no checkpoint, so the run cannot be resumed"
+        return (f"{name}; the last checkpoint, of step {self.checkpoints.step}, is intact: resume with: "
+                f"{self.resume_command()}")
+
+    def resume_command(self) -> str:
+        """The command line that resumes this run (speedrun.resume.resume_command)."""
+        carried = resume.carried_options(resolve_auto(self.requested, self.device), self.cfg)
+        return resume.resume_command(self.argv or [], __file__, carried, world_size=self.world_size)
 
     def summary(self, warmup_s: float) -> dict:
-        cfg, reached = self.cfg, self.reached
-        tokens_per_step = self.loader.tokens_per_step  # all ranks, all micro-batches
-        return {
-            "preset": cfg.preset, "optimizer": cfg.optim.name, "recipe": cfg.recipe, "seed": cfg.seed,
-            "steps": self.step,
-            "tokens": self.step * tokens_per_step, "final_val_loss": self.val_loss,
-            "final_val_loss_raw": self.val_loss_raw if cfg.readout is not None else self.val_loss,
-            "target_val_loss": cfg.target_val_loss or None, "reached_target": reached is not None,
-            "steps_to_target": reached["steps_to_target"] if reached else None,
-            "seconds_to_target": reached["seconds_to_target"] if reached else None,
-            "train_time_s": self.train_time, "step_avg_ms": 1e3 * self.train_time / max(self.step, 1),
-            "warmup_s": warmup_s,
-            "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-            "world_size": self.world_size, "threads": torch.get_num_threads(),
-            "dtype": "bf16" if self.dtype == torch.bfloat16 else "fp32", "precision": self.precision,
-            "implementations": self.implementations, "log_every": cfg.log_every,
-            "memory_estimate_gb": round(self.memory.peak_bytes / memory.GB, 2) if self.memory else None,
-            "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
-            "params": self.model.num_params(), "run_dir": self.run_dir,
-        }
-
-
-def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """'name: saved -> current' for each config field (dotted) whose value differs."""
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"--{prefix}{key}: {a!r} in the checkpoint, {b!r} now")
-    return out
-
-
-def format_summary(s: dict) -> str:
-    target = s["target_val_loss"]
-    if not target:
-        outcome = "no target set"
-    elif s["reached_target"]:
-        outcome = f"target {target:.4f} reached at step {s['steps_to_target']} in {s['seconds_to_target']:.1f}s"
-    else:
-        outcome = f"target {target:.4f} NOT reached in {s['steps']} steps"
-    return (f"{s['preset']}/{s['optimizer']} seed {s['seed']}: val {s['final_val_loss']:.4f} after {s['steps']} steps "
-            f"({s['tokens']:,} tokens, {s['train_time_s']:.1f}s train, {s['step_avg_ms']:.0f} ms/step, "
-            f"warm-up {s['warmup_s']:.1f}s excluded); {outcome}")
+        """summary.json (speedrun.runlog.summary)."""
+        return summary(self, warmup_s)
 
 
 def main(argv=None) -> dict | None:
@@ -745,9 +490,13 @@ def main(argv=None) -> dict | None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help" in argv or "-h" in argv:
         print(help_text([a for a in argv if a not in ("--help", "-h")]))
+        print("\ntrain.py also takes --overwrite: replace the earlier run in the run directory (refused without it)")
         return None
-    cfg = resolve(argv)
-    trainer = Trainer(cfg, argv)
+    overwrite, options = cli.flag(argv, "--overwrite")
+    cfg = resolve(options)
+    if not cfg.resume and not overwrite:
+        rundir.refuse_earlier_run(run_directory(cfg))  # before anything is built (and again under the lock)
+    trainer = Trainer(cfg, argv, overwrite=overwrite)
     if trainer.master:
         print(json.dumps(to_dict(trainer.cfg)))
         print(f"precision: dtype={cfg.dtype} -> {trainer.precision}")

@@ -28,7 +28,9 @@ gives each optimizer's observed seed spread beside σ: a spread well above σ me
 Each optimizer gets the same tuning budget (`--tune`: one seed over the same learning-rate multipliers of
 its configured lr, --lr-multipliers, default 0.5,1,2; best final val loss wins; the sweep is recorded; a sweep
 whose best point sits at an edge should be widened). A run whose directory already holds it finished with the
-same config is reused, not trained again (an interrupted command, or a widened sweep, resumes cheaply).
+same config is reused, not trained again, and one stopped with its checkpoint is resumed (an interrupted command,
+or a widened sweep, resumes cheaply); a directory holding a run made with other options is refused, never
+overwritten.
 `--tune adamw` tunes the baseline only; the comparison is then tuned AdamW against untuned others, and the
 report says so. Then every optimizer runs every seed on the same data order. Writes results.json (with the
 command line, commit and machine), records.md, curves.png and steps.png. Remaining arguments are train.py
@@ -44,6 +46,7 @@ import statistics
 import sys
 
 from bench import command_help, harness
+from bench.results import load_results
 from speedrun import cli
 
 LR_MULTIPLIERS = (0.5, 1.0, 2.0)
@@ -257,7 +260,7 @@ def _run(preset, optimizer, seed, out, extra, lr=None):
         args.append(f"--run_name={preset}-{optimizer}-lr{lr:g}-s{seed}")
     summary = finished_run(args)
     if summary is None:
-        summary = train.main(args)
+        summary = train.main(args + _continuation(args))
     else:
         print(f"reusing the finished run {summary['run_dir']} (same config)")
     with open(os.path.join(summary["run_dir"], "log.jsonl")) as f:
@@ -289,6 +292,27 @@ def finished_run(args) -> dict | None:
     if set(now) - same or set(saved) != set(now) or summary.get("steps") != cfg.max_steps:
         return None
     return summary
+
+
+def _continuation(args) -> list[str]:
+    """What train.py needs besides `args` where the run's directory holds an earlier run that finished_run did not
+    reuse: --resume=True where it was interrupted with a checkpoint (train.py checks that it is this run's), so a
+    stopped bench.speedrun continues its runs; a finished run made with other options, or a run without a
+    checkpoint, is refused here, naming it (it is never overwritten)."""
+    import train
+    from speedrun import rundir
+    from speedrun.config import resolve
+
+    run_dir = train.run_directory(resolve(args))
+    state = rundir.earlier_run_state(run_dir)
+    if state is None:
+        return []
+    if state == "interrupted":
+        print(f"continuing the interrupted run {run_dir}")
+        return ["--resume=True"]
+    what = "a finished run made with other options than this command's" if state == "finished" else \
+        rundir.earlier_run(run_dir)
+    raise cli.UserError(f"{run_dir} already holds {what}; use another --out, or move that folder away")
 
 
 # Options that change neither a full-budget run's trajectory nor its logged val curve (the target only labels the
@@ -344,47 +368,6 @@ def report(results: dict, out: str) -> str:
     return table
 
 
-def _load_one(path) -> dict:
-    """A results.json, also one written before the rule was recorded (target only, curves as [step, loss])."""
-    results = cli.read_json(path, what="--from-results", hint="pass a results.json this command wrote")
-    if not isinstance(results, dict) or not results.get("runs"):
-        raise cli.UserError(f"{path} holds no runs to judge")
-    results.setdefault("rule_params", {"target": results.get("target")})
-    results.setdefault("commit", "not recorded")
-    results.setdefault("machine", {"cpu": "not recorded", "cores": "?", "cpu_capability": "?", "threads": "?",
-                                   "loadavg_1m": float("nan")})
-    for runs in results["runs"].values():
-        for run in runs:
-            run["curve"] = [r if isinstance(r, dict) else {"step": r[0], "val_loss": r[1]} for r in run["curve"]]
-    return results
-
-
-def _load_results(paths: list[str]) -> dict:
-    """The runs of one or more results.json files of one preset, judged together: each optimizer must come from
-    one file (its seeds ran under one command). The first file's rule and machine are kept; every file's
-    command, commit and machine are listed under "sources"."""
-    merged = None
-    for path in paths:
-        results = _load_one(path)
-        source = {k: results.get(k) for k in ("command", "commit", "machine")} | {"file": path}
-        if merged is None:
-            merged = results | {"sources": [source]}
-            continue
-        if results.get("preset") != merged.get("preset"):
-            raise cli.UserError(f"{path} holds preset {results.get('preset')!r} runs, "
-                              f"{paths[0]} {merged.get('preset')!r}: judge one preset at a time")
-        twice = sorted(set(results["runs"]) & set(merged["runs"]))
-        if twice:
-            raise cli.UserError(f"{', '.join(twice)} has runs in {path} and in an earlier file; "
-                              "pass each optimizer's runs once")
-        merged["runs"].update(results["runs"])
-        merged.setdefault("tuning", {}).update(results.get("tuning", {}))
-        merged["sources"].append(source)
-    commits = dict.fromkeys(s["commit"] for s in merged["sources"])
-    merged["commit"] = ", ".join(commits)
-    return merged
-
-
 def _target(parser, text: str) -> float:
     try:
         return float(text)
@@ -411,7 +394,7 @@ OWN_OPTIONS = {
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = cli.ArgumentParser(prog="python -m bench.speedrun", **command_help(__doc__))
-    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--preset", default=None, help="default: cpu; with --from-results, the files' own")
     parser.add_argument("--optimizers", default="adamw,muon,normuon")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--lr-multipliers", default=",".join(f"{m:g}" for m in LR_MULTIPLIERS),
@@ -444,9 +427,16 @@ def main(argv=None):
     rule_params = {"sigma": args.sigma, "z": args.z, "loss_per_100_steps": args.loss_per_100_steps}
 
     if args.from_results:
-        results = _load_results(args.from_results.split(","))
+        results = load_results(args.from_results.split(","))
+        if args.preset is not None and args.preset != results.get("preset"):
+            parser.error(f"--preset {args.preset}: {args.from_results} holds {results.get('preset')!r} runs, judged "
+                         "against their own target; leave --preset out, or pass --target to judge them against "
+                         "another")
         if args.target not in (None, "auto"):
             results["rule_params"]["target"] = _target(parser, args.target)
+        elif results["rule_params"].get("target") is not None:
+            print(f"target val loss {results['rule_params']['target']} (recorded with the {results.get('preset')} "
+                  "runs)")
         results["rule_params"].update({k: v for k, v in rule_params.items() if v is not None})
         results["rejudged"] = {"command": [sys.executable, "-m", "bench.speedrun", *argv],
                                "commit": harness.git_commit(), "from": args.from_results}
@@ -459,6 +449,7 @@ def main(argv=None):
 
     from speedrun.config import resolve
 
+    args.preset = args.preset or "cpu"
     optimizers = args.optimizers.split(",")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")

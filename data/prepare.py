@@ -1,10 +1,7 @@
 """Make token shards: `python -m data.prepare {fineweb,text,pydocs} ...` (the format lives in data/shards.py).
 
-fineweb  Download the public speedrun's pre-tokenized FineWeb shards (`fineweb_val_000000.bin` and
-         `fineweb_train_000001.bin` .. N) from the Hugging Face dataset kjj0/fineweb10B-gpt2 with
-         `huggingface_hub.hf_hub_download`, then validate each header. `--source` points at another hub
-         endpoint (a URL: a mirror, or a local test server) or at a local folder holding the same files.
-         Shards already in --out that validate are kept, so an interrupted download resumes.
+fineweb  Download the public speedrun's pre-tokenized FineWeb shards from the Hugging Face hub, or copy them
+         from a folder (data/fineweb.py).
 
 text     Tokenize files, folders (recursive, filtered by --glob) and .jsonl files (one JSON object a line,
          the document in --text-field) with GPT-2, <|endoftext|> (50256) *before* each document as the
@@ -12,6 +9,8 @@ text     Tokenize files, folders (recursive, filtered by --glob) and .jsonl file
              blake2b-64("<seed>:<document id>") / 2**64 < val_fraction
          (at least one document goes to val when val_fraction > 0, the one with the smallest hash), so the
          split is a deterministic function of the document ids and the seed, not of Python's salted hash().
+         A single document cannot be split that way: it goes to train, and the last val_fraction of its
+         tokens (at least one) is held out as val.
          A document id is the file's path relative to the folder it was found in (its name when given
          directly), plus ":<line number>" for a .jsonl line. Documents are written in a seeded random order,
          as the speedrun's FineWeb shards are shuffled (a sorted corpus would feed training one source
@@ -24,9 +23,17 @@ text     Tokenize files, folders (recursive, filtered by --glob) and .jsonl file
          Tokens fill `{name}_val_000000.bin`, `{name}_train_000000.bin`, ... of --shard-tokens each (a
          document may continue in the next shard), and `{name}_manifest.json` records documents and tokens
          per split, sources, both seeds and both rules. The output is byte-identical for any --workers.
+         Input that holds no text (empty files, .jsonl without records) or is not UTF-8 is refused, naming
+         the file.
 
-pydocs   The text pipeline over Debian's python3-doc sources (/usr/share/doc/python3.11/html/_sources,
-         **/*.rst.txt, ~3.55M tokens), name "pydocs": the offline default corpus of the CPU track.
+pydocs   The text pipeline over Debian's python3-doc sources (**/*.rst.txt, ~3.55M tokens), name "pydocs": the
+         offline default corpus of the CPU track. They are looked for under the version-neutral
+         /usr/share/doc/python3/html/_sources first, then /usr/share/doc/python3.X/html/_sources.
+
+A command that fails leaves the output folder as it was: text shards are written to a hidden staging folder
+inside --out and moved into place only once every document is tokenized, and folders the command created are
+removed again (the FineWeb download too, data/fineweb.py). Progress bars are drawn on a terminal only (not into
+logs, where an error stays the last, single line).
 """
 
 import hashlib
@@ -36,93 +43,38 @@ import multiprocessing
 import os
 import re
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
 
-from data.shards import ShardError, read_header, write_shard
+from data.errors import BadOption, PrepareError
+from data.fineweb import FINEWEB_REPO, download_fineweb, fineweb_filenames
+from data.shards import read_header, write_shard
 from data.tokenizer import EOT_ID, gpt2_encoding
 from speedrun import cli
-from speedrun.atomic import atomic_write
+from speedrun.atomic import atomic_write, made_dirs
 
-FINEWEB_REPO = "kjj0/fineweb10B-gpt2"
-PYDOCS_DIR = Path("/usr/share/doc/python3.11/html/_sources")
+__all__ = ["BadOption", "PrepareError", "download_fineweb", "fineweb_filenames", "main", "prepare_pydocs",
+           "prepare_text"]
+# Debian's python3-doc: the version-neutral link first (it points at the default Python's docs), then any version
+PYDOCS_CANDIDATES = (Path("/usr/share/doc/python3/html/_sources"),
+                     Path(f"/usr/share/doc/python3.{sys.version_info.minor}/html/_sources"),
+                     *sorted(Path("/usr/share/doc").glob("python3.*/html/_sources"), reverse=True))
+
+
+def find_pydocs() -> Path | None:
+    """The installed Python documentation sources (PYDOCS_CANDIDATES, first found), or None."""
+    return next((p for p in PYDOCS_CANDIDATES if p.is_dir()), None)
+
+
+PYDOCS_DIR = find_pydocs() or PYDOCS_CANDIDATES[0]
 PYDOCS_INSTALL = "apt-get update && apt-get install -y python3-doc"
 DEFAULT_SHARD_TOKENS = 100_000_000  # FineWeb's shard size
 CHUNK_DOCS, CHUNK_CHARS = 256, 4_000_000  # documents per tokenizer task: enough work to amortise the pickling
-
-
-class PrepareError(cli.UserError, RuntimeError):
-    """A problem with the inputs or a download: one line on stderr, exit status 1 (cli.run_main)."""
-
-
-class BadOption(PrepareError):
-    """An option value out of range: a usage error, exit status 2."""
-
-    exit_code = 2
-
-
-# ----------------------------------------------------------------------------------------------- fineweb
-
-
-def fineweb_filenames(train_shards: int, prefix: str = "fineweb") -> list[str]:
-    """The val shard, then train shards 1..train_shards, named as in the hub repository."""
-    if train_shards < 1:
-        raise BadOption(f"--train-shards must be >= 1, got {train_shards}")
-    return [f"{prefix}_val_{0:06d}.bin"] + [f"{prefix}_train_{i:06d}.bin" for i in range(1, train_shards + 1)]
-
-
-def download_fineweb(out, *, train_shards: int, repo_id: str = FINEWEB_REPO, source: str | None = None,
-                     prefix: str = "fineweb", revision: str | None = None) -> list[Path]:
-    """Fetch the shards into `out` (from the hub, another endpoint URL, or a local folder) and validate them."""
-    names = fineweb_filenames(train_shards, prefix)
-    if source is not None and not source.startswith(("http://", "https://")) and not Path(source).is_dir():
-        raise PrepareError(f"--source {source!r} is neither an http(s) hub endpoint nor an existing folder")
-    out = Path(out)  # created once the options are known to be good
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in tqdm(names, desc=f"fineweb -> {out}", unit="shard"):
-        dest = out / name
-        if dest.exists():
-            try:
-                read_header(dest)
-                paths.append(dest)
-                continue  # already downloaded and valid
-            except ShardError as e:
-                tqdm.write(f"re-downloading {name}: {e}")
-                dest.unlink()
-        if source is not None and Path(source).is_dir():
-            where = str(Path(source) / name)
-            _copy_from_folder(Path(source) / name, dest)
-        else:
-            where = f"dataset {repo_id} at {source or 'the default Hugging Face endpoint'}"
-            _hub_download(repo_id, name, out, endpoint=source, revision=revision)
-        try:
-            read_header(dest)
-        except ShardError as e:
-            raise PrepareError(f"{name} from {where} is not a valid shard: {e}") from e
-        paths.append(dest)
-    return paths
-
-
-def _hub_download(repo_id, filename, out, *, endpoint, revision):
-    from huggingface_hub import hf_hub_download
-
-    try:
-        hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", revision=revision,
-                        local_dir=out, endpoint=endpoint)
-    except Exception as e:  # network, HTTP and missing-entry errors all become one clear message
-        raise PrepareError(f"could not download {filename} from dataset {repo_id} at "
-                           f"{endpoint or 'the default Hugging Face endpoint'}: {type(e).__name__}: {e}") from e
-
-
-def _copy_from_folder(src: Path, dest: Path):
-    if not src.is_file():
-        raise PrepareError(f"{src} not found in the --source folder")
-    with open(src, "rb") as source, atomic_write(dest) as f:
-        shutil.copyfileobj(source, f)
 
 
 # ----------------------------------------------------------------------------------------------- text
@@ -163,6 +115,11 @@ def list_documents(paths, *, glob: str = "*", limit_files: int | None = None) ->
                     offset += len(line)
         else:
             docs.append(Document(file_id, f))
+    if not docs:
+        raise PrepareError(f"no documents in {', '.join(str(f) for _, f in files)}: the .jsonl files hold no records")
+    if all(d.line is None for d in docs) and all(d.path.stat().st_size == 0 for d in docs):
+        what = f"{docs[0].path} is empty (0 bytes)" if len(docs) == 1 else f"all {len(docs)} input files are empty"
+        raise PrepareError(f"{what}: there is no text to tokenize")
     return docs
 
 
@@ -180,8 +137,9 @@ def shuffled(docs: list[Document], shuffle_seed: int) -> list[Document]:
     return sorted(docs, key=lambda d: (_hash64(f"order:{shuffle_seed}:{d.id}"), d.id))
 
 
-def _read_texts(docs, text_field):
-    """Yield the text of each document in the order given (a .jsonl line is read at its offset)."""
+def _read_texts(docs, text_field, named=()):
+    """Yield the text of each document in the order given (a .jsonl line is read at its offset). `named`: the
+    files given by name (not found in a folder), for the advice when one is not text."""
     for doc in docs:
         f, line_no = doc.path, doc.line
         try:
@@ -193,7 +151,11 @@ def _read_texts(docs, text_field):
                 line = lines.readline()
             record = json.loads(line.decode("utf-8"))
         except UnicodeDecodeError as e:
-            raise PrepareError(f"{f}: not UTF-8 text ({e}); narrow the input with --glob") from e
+            where = f":{line_no}" if line_no is not None else ""
+            advice = ("data.prepare text reads UTF-8 text" if f in named
+                      else "leave such files out of the folder's input with --glob")
+            raise PrepareError(f"{f}{where} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}: "
+                               f"a binary file?); {advice}") from e
         except json.JSONDecodeError as e:
             raise PrepareError(f"{f}:{line_no}: not valid JSON: {e}") from e
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
@@ -246,6 +208,14 @@ class _ShardWriter:
             self.files.append(path)
             self.parts, self.buffered = [], 0
 
+    def move_to(self, out: Path):
+        """Move the shards written so far into `out` (the staging folder's work is done)."""
+        moved = []
+        for f in self.files:
+            os.replace(f, out / f.name)
+            moved.append(out / f.name)
+        self.out, self.files = out, moved
+
     def remove_stale(self):
         """Delete shards of this name and split left by an earlier, longer run."""
         pattern = re.compile(rf"{re.escape(self.name)}_{self.split}_\d{{6}}\.bin")
@@ -276,28 +246,26 @@ def prepare_text(paths, out, *, name: str = "text", val_fraction: float = 0.05, 
         docs = shuffled(docs, shuffle_seed)
     keys = [split_key(doc.id, seed) for doc in docs]
     splits = ["val" if key < val_fraction else "train" for key in keys]
-    if val_fraction > 0 and "val" not in splits:
+    if len(docs) == 1 and val_fraction > 0:
+        splits = ["held-out tail"]  # train, and the last val_fraction of its tokens as val
+    elif val_fraction > 0 and "val" not in splits:
         splits[int(np.argmin(keys))] = "val"
-    if "train" not in splits:
+    if "train" not in splits and "held-out tail" not in splits:
         raise PrepareError(f"all {len(docs)} documents fell in val; lower --val-fraction or add documents")
 
     out = Path(out)  # created only once the inputs are known to be good
-    out.mkdir(parents=True, exist_ok=True)
-    writers = {split: _ShardWriter(out, name, split, shard_tokens) for split in ("train", "val")}
-    tasks = _chunks(zip(splits, _read_texts(docs, text_field)))
-    gpt2_encoding()  # build (or fetch) the tokenizer once, before any worker forks
-    progress = tqdm(total=len(docs), desc=f"{name} -> {out}", unit="doc")
-    with progress, multiprocessing.Pool(workers) if workers > 1 else _InProcess() as pool:
-        # a few tasks per worker at a time: files are read in this process, and memory stays bounded
-        for group in iter(lambda: list(itertools.islice(tasks, 4 * workers)), []):
-            for encoded in pool.imap(_encode_chunk, group):
-                for split, tokens in encoded:
-                    writers[split].add(tokens)
-                progress.update(len(encoded))
-                progress.set_postfix(tokens=f"{writers['train'].tokens + writers['val'].tokens:,}")
-    for writer in writers.values():
-        writer.flush()
-        writer.remove_stale()
+    with made_dirs(out):
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}-", suffix=".partial", dir=out))
+        try:
+            writers = _tokenize(docs, splits, staging, name=name, val_fraction=val_fraction, text_field=text_field,
+                                workers=workers, shard_tokens=shard_tokens, named={Path(p) for p in paths})
+            if all(w.tokens == w.documents for w in writers.values()):  # every document was only its EOT
+                raise PrepareError(f"the {len(docs)} input document(s) hold no text to tokenize")
+            for writer in writers.values():
+                writer.move_to(out)
+                writer.remove_stale()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
 
     manifest = {
         "name": name,
@@ -318,8 +286,39 @@ def prepare_text(paths, out, *, name: str = "text", val_fraction: float = 0.05, 
         "splits": {split: {"documents": w.documents, "tokens": w.tokens, "files": [f.name for f in w.files]}
                    for split, w in writers.items()},
     }
-    (out / f"{name}_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    if splits == ["held-out tail"]:
+        manifest["split_rule"] = "one document: train, its last val_fraction of tokens (at least one) val"
+    with atomic_write(out / f"{name}_manifest.json", "w") as f:
+        f.write(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _tokenize(docs, splits, staging: Path, *, name, val_fraction, text_field, workers, shard_tokens, named):
+    """Tokenize the documents into shards in `staging`; returns the train and val writers."""
+    writers = {split: _ShardWriter(staging, name, split, shard_tokens) for split in ("train", "val")}
+    tasks = _chunks(zip(splits, _read_texts(docs, text_field, named)))
+    gpt2_encoding()  # build (or fetch) the tokenizer once, before any worker forks
+    progress = tqdm(total=len(docs), desc=f"{name} -> {staging.parent}", unit="doc", disable=None)
+    with progress, multiprocessing.Pool(workers) if workers > 1 else _InProcess() as pool:
+        # a few tasks per worker at a time: files are read in this process, and memory stays bounded
+        for group in iter(lambda: list(itertools.islice(tasks, 4 * workers)), []):
+            for encoded in pool.imap(_encode_chunk, group):
+                for split, tokens in encoded:
+                    if split == "held-out tail":
+                        held = max(1, round(len(tokens) * val_fraction))
+                        if len(tokens) - held < 2:
+                            raise PrepareError(f"{docs[0].path} holds {len(tokens) - 1} token(s): too few to hold "
+                                               f"out {val_fraction:g} of them as val; use --val-fraction 0 or more "
+                                               "text")
+                        writers["train"].add(tokens[:-held])
+                        writers["val"].add(tokens[-held:])
+                    else:
+                        writers[split].add(tokens)
+                progress.update(len(encoded))
+                progress.set_postfix(tokens=f"{writers['train'].tokens + writers['val'].tokens:,}")
+    for writer in writers.values():
+        writer.flush()
+    return writers
 
 
 class _InProcess:
@@ -335,11 +334,19 @@ class _InProcess:
         return (fn(item, num_threads=8) for item in items)
 
 
-def prepare_pydocs(out="shards/pydocs", *, docs_dir=PYDOCS_DIR, **kwargs) -> dict:
-    """The text pipeline over the Python documentation sources (**/*.rst.txt), name "pydocs"."""
-    if not Path(docs_dir).is_dir():
-        raise PrepareError(f"{docs_dir} not found: the Python docs are not installed. "
-                           f"Install them with: {PYDOCS_INSTALL}")
+def prepare_pydocs(out="shards/pydocs", *, docs_dir=None, **kwargs) -> dict:
+    """The text pipeline over the Python documentation sources (**/*.rst.txt), name "pydocs". docs_dir: where
+    they are (None: the installed ones, find_pydocs)."""
+    found = find_pydocs()
+    if docs_dir is None:
+        if found is None:
+            raise PrepareError(f"the Python docs are not installed (looked in "
+                               f"{', '.join(str(p) for p in PYDOCS_CANDIDATES)}); install them with: {PYDOCS_INSTALL}")
+        docs_dir = found
+    elif not Path(docs_dir).is_dir():
+        where = (f"leave --docs-dir out to use the installed ones in {found}" if found
+                 else f"the Python docs are not installed here either; install them with: {PYDOCS_INSTALL}")
+        raise PrepareError(f"--docs-dir {docs_dir}: no such folder; {where}")
     return prepare_text([docs_dir], out, name="pydocs", glob="*.rst.txt", **kwargs)
 
 
@@ -382,7 +389,7 @@ def _parser() -> cli.ArgumentParser:
 
     py = sub.add_parser("pydocs", help=f"tokenize the Python docs in {PYDOCS_DIR}")
     py.add_argument("--out", default="shards/pydocs")
-    py.add_argument("--docs-dir", default=str(PYDOCS_DIR))
+    py.add_argument("--docs-dir", default=None, help=f"default: the installed ones ({PYDOCS_DIR})")
     tokenizing(py)
     return parser
 

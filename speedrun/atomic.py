@@ -7,6 +7,9 @@ The content goes to a temporary file beside the target, is flushed to disk and r
 (os.replace is atomic on POSIX); then the directory is flushed, so the rename itself survives a power loss.
 On any error the temporary file is removed and the old target is left as it was. Used for checkpoints, token
 shards, downloaded shards and the GPU report; imports nothing heavy (bench.gpu_report's parent imports no torch).
+
+`made_dirs(path)` creates an output folder for a block and, when the block fails, removes the folders it created
+that are empty again: a failing command leaves no empty folders behind.
 """
 
 import contextlib
@@ -37,3 +40,34 @@ def atomic_write(path, mode: str = "wb"):
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def missing_dirs(path) -> list[Path]:
+    """The folders of `path` (itself included) that do not exist yet, outermost first."""
+    path, missing = Path(path).absolute(), []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing[::-1]
+
+
+def remove_empty(dirs):
+    """Remove each folder of `dirs` that is empty, innermost first (a folder holding anything stays)."""
+    for d in reversed(list(dirs)):
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def made_dirs(path):
+    """Create the folder `path` with its missing parents; when the block raises, remove those of them that are
+    empty again, so that a failing command leaves no empty folders behind."""
+    created = missing_dirs(path)
+    Path(path).mkdir(parents=True, exist_ok=True)
+    try:
+        yield Path(path)
+    except BaseException:
+        remove_empty(created)
+        raise

@@ -18,6 +18,7 @@ a user error too. A run stopped by a signal ends with an `Interrupted`, printed 
 import argparse
 import json
 import os
+import signal
 import sys
 
 
@@ -76,6 +77,21 @@ def read_json(path, *, what: str, hint: str):
         raise UserError(f"{what} {path} is not JSON ({e}); {hint}") from e
 
 
+def flag(argv, name: str) -> tuple[bool, list[str]]:
+    """A boolean command-line flag given as `name`, `name=True` or `name=False` (the last one counts): its value
+    and argv without it. Any other value is a UsageError."""
+    value, rest = False, []
+    for arg in argv:
+        if arg != name and not arg.startswith(name + "="):
+            rest.append(arg)
+            continue
+        text = arg.partition("=")[2] if arg != name else "True"
+        if text not in ("True", "true", "False", "false"):
+            raise UsageError(f"{arg}: {name} takes no value, or True/False")
+        value = text in ("True", "true")
+    return value, rest
+
+
 def debug_requested(argv) -> bool:
     return "--debug" in argv or os.environ.get("SPEEDRUN_DEBUG", "") not in ("", "0")
 
@@ -97,10 +113,21 @@ def run_main(main, argv=None):
             raise
         sys.stdout.flush()
         print(e.prefix + one_line(e), file=sys.stderr)
+        if isinstance(e, Interrupted):
+            ignore_stop_signals()
         raise SystemExit(e.exit_code) from None
     except KeyboardInterrupt:
         if debug:
             raise
         sys.stdout.flush()
         print("interrupted", file=sys.stderr)
+        ignore_stop_signals()
         raise SystemExit(130) from None
+
+
+def ignore_stop_signals():
+    """A stopped run has printed its last line and is exiting: further Ctrl-Cs are ignored. Python's shutdown puts
+    the default action back on signals with a Python handler, so a repeat arriving while the interpreter unwinds
+    would otherwise kill the process and replace its exit status (130/143) with the signal's."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)

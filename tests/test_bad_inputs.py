@@ -134,7 +134,7 @@ def test_data_config_and_checkpoint_readers(tmp_path, call, error, pattern):
 def finished_run(text_shards, tmp_path_factory):
     """A finished 2-step run with its checkpoint: the rows that resume it must leave every file of it as it is."""
     out = tmp_path_factory.mktemp("finished")
-    train.main([*_train_args(text_shards, out), "--max_steps=2"])
+    train.main([*_train_args(text_shards, out), "--max_steps=2", "--checkpoint_every=2"])
     return out
 
 
@@ -147,6 +147,34 @@ class Ctx:
 
     def __init__(self, tmp, data, done):
         self.tmp, self.data, self.done, self.procs = tmp, data, done, []
+        self.unset_env = []  # environment variables the row runs without
+
+    def without_interpreter(self, *args):
+        """train.py args, run without Triton's interpreter (TRITON_INTERPRET unset), as on a plain CPU machine."""
+        self.unset_env.append("TRITON_INTERPRET")
+        return self.train(*args)
+
+    def earlier_run(self, *names, config: bytes | None = None):
+        """tmp/runs/r holding the finished run's files `names` (its config.json replaced by `config`): an
+        interrupted run (checkpoint, config, log), one that died before a checkpoint (config, log), an edited one."""
+        run = self.tmp / "runs" / "r"
+        run.mkdir(parents=True)
+        for name in names:
+            shutil.copy(self.done / "r" / name, run / name)
+        if config is not None:
+            (run / "config.json").write_bytes(config)
+        return run
+
+    def edited_config(self, edit) -> bytes:
+        """The finished run's config.json with edit(config) applied, as a user's editor would save it."""
+        config = json.loads((self.done / "r" / "config.json").read_text())
+        edit(config)
+        return json.dumps(config, indent=1).encode()
+
+    def resume_edited(self, edit, *args):
+        """--resume of a copy of the finished run whose config.json was edited."""
+        self.earlier_run("checkpoint.pt", "config.json", "log.jsonl", config=self.edited_config(edit))
+        return self.train("--max_steps=2", "--resume=True", *args)
 
     def train(self, *args):
         return [*_train_args(self.data, self.tmp / "runs"), *args]
@@ -259,6 +287,45 @@ CLI_CASES = [
     ("train: resume with another seed", TRAIN, lambda c: c.resume("--seed=7"), 2, "--seed: 1337 in the checkpoint"),
     ("train: resume on other data", TRAIN, lambda c: c.resume(f"--data_dir={c.data_copy(_shorter)}"), 2,
      "was written for other data"),
+    # train.py: a run directory holding an earlier run is never overwritten unasked (its files stay byte-identical)
+    ("train: into a finished run", TRAIN, lambda c: [*_train_args(c.data, c.done), "--max_steps=2"], 1,
+     r"r already holds a finished run with its checkpoint; continue it with --resume=True, start another run beside "
+     "it with a new --run_name, or replace it with --overwrite"),
+    ("train: into an interrupted run", TRAIN, lambda c: c.earlier_run("checkpoint.pt", "config.json", "log.jsonl")
+     and c.train(), 1, "holds an interrupted run with its checkpoint; continue it with --resume=True"),
+    ("train: into a run that died before a checkpoint", TRAIN, lambda c: c.earlier_run("config.json", "log.jsonl")
+     and c.train(), 1, "holds an unfinished run without a checkpoint .* it cannot be continued with --resume=True "
+     r"\(no checkpoint\), start another run beside it with a new --run_name, or replace it with --overwrite"),
+    ("train: --overwrite and --resume", TRAIN, lambda c: c.resume("--overwrite"), 2, "contradict each other"),
+    ("train: --overwrite with a value", TRAIN, lambda c: c.train("--overwrite=yes"), 2,
+     "--overwrite takes no value, or True/False"),
+    # train.py: resume honours what it can and refuses the rest, with both values; config.json stays as it is
+    ("train: resume with an lr edited in config.json", TRAIN,
+     lambda c: c.resume_edited(lambda cfg: cfg["optim"].update(lr=0.01)), 2,
+     r"change the trajectory: --optim.lr: 0.003 in the checkpoint, 0.01 in \S+/runs/r/config.json.*undo the edits"),
+    ("train: resume with an unknown option in config.json", TRAIN,
+     lambda c: c.resume_edited(lambda cfg: cfg.update(max_step=30)), 2, "config.json has options the run does not: "
+     "max_step"),
+    ("train: resume with a mistyped value in config.json", TRAIN,
+     lambda c: c.resume_edited(lambda cfg: cfg.update(max_steps="30")), 2,
+     r"max_steps is '30' \(str\), where the checkpoint has 2 \(int\)"),
+    ("train: resume with config.json and the command line disagreeing", TRAIN,
+     lambda c: c.resume_edited(lambda cfg: cfg.update(val_every=3), "--val_every=4"), 2,
+     "--val_every is 4 on the command line but 3 in the edited"),
+    ("train: resume whose config.json is not JSON", TRAIN, lambda c: c.earlier_run(
+        "checkpoint.pt", "log.jsonl", config=b"{") and c.train("--max_steps=2", "--resume=True"), 1, "is not JSON"),
+    ("train: resume with fewer steps than taken", TRAIN, lambda c: c.resume("--max_steps=1"), 2,
+     "--max_steps=1 is below the checkpoint's step 2"),
+    ("train: resume with a schedule that changes the steps taken", TRAIN,
+     lambda c: c.resume("--schedule.warmup_steps=2"), 2,
+     r"--schedule.warmup_steps: 1 in the checkpoint, 2 now: this changes the schedule of step 0, which the "
+     r"checkpoint has already taken \(lr factor 1 then, 0.5 now\)"),
+    ("train: resume with another val set", TRAIN, lambda c: c.resume("--val_tokens=256"), 2,
+     "change what the run's records measure: --val_tokens: 512 in the checkpoint, 256 now"),
+    # train.py: implementations checked for the device before anything is built
+    ("train: triton MLP on a CPU without the interpreter", TRAIN,
+     lambda c: c.without_interpreter("--model.mlp_impl=triton"), 2, r"--model.mlp_impl=triton cannot run on cpu: "
+     "Triton kernels run on CUDA GPUs, or on the CPU under Triton's interpreter.*TRITON_INTERPRET=1"),
     # bench.speedrun
     ("speedrun: --seed is not --seeds", SPEEDRUN, lambda c: ["--seed", "5", f"--out={c.tmp / 'o'}"], 2,
      "--seed: the seeds are chosen here"),
@@ -268,7 +335,7 @@ CLI_CASES = [
      "argument --seeds: invalid int value"),
     ("speedrun: unknown optimizer", SPEEDRUN, lambda c: ["--optimizers=adamw,adam", "--target=4",
                                                          f"--out={c.tmp / 'o'}"], 2,
-     "unknown optimizer or recipe 'adam'"),
+     "unknown optimizer or recipe 'adam'; optimizers: adamw, .*; recipes: "),
     ("speedrun: target not a number", SPEEDRUN, lambda c: ["--target=low", f"--out={c.tmp / 'o'}"], 2,
      "--target 'low' is neither"),
     ("speedrun: z of 0", SPEEDRUN, lambda c: ["--target=4", "--z=0", f"--out={c.tmp / 'o'}"], 2,
@@ -285,11 +352,15 @@ CLI_CASES = [
                                                         f"--out={c.tmp / 'o'}"], 1, "is not JSON"),
     ("speedrun: results without runs", SPEEDRUN, lambda c: [f"--from-results={c.file('r.json', b'{}')}",
                                                             f"--out={c.tmp / 'o'}"], 1, "holds no runs to judge"),
+    ("speedrun: results of another preset", SPEEDRUN, lambda c: [f"--from-results={c.file('r.json', TINY_RESULTS)}",
+                                                                 "--preset=track3-cpu", f"--out={c.tmp / 'o'}"], 2,
+     r"--preset track3-cpu: \S+r.json holds 'tiny' runs, judged against their own target; leave --preset out"),
     # bench.summary
-    ("summary: no file given", SUMMARY, lambda c: [], 2, "the following arguments are required: json_path"),
+    ("summary: no file given", SUMMARY, lambda c: [], 2, "the following arguments are required: RUN"),
     ("summary: unknown flag", SUMMARY, lambda c: [f"{c.file('b.json', SUMMARY_JSON)}", "--wide"], 2,
      "unrecognized arguments: --wide"),
-    ("summary: missing file", SUMMARY, lambda c: [str(c.tmp / "none.json")], 1, "cannot read .*none.json"),
+    ("summary: missing file", SUMMARY, lambda c: [str(c.tmp / "none.json")], 1,
+     "none.json: no such file, and no run saved under"),
     ("summary: not JSON", SUMMARY, lambda c: [str(c.file("b.json", b"\x00\x01"))], 1, "is not JSON"),
     ("summary: not a benchmark file", SUMMARY, lambda c: [str(c.file("b.json", b"[1, 2]"))], 1,
      "no 'benchmarks' list"),
@@ -313,12 +384,37 @@ CLI_CASES = [
      "--train-shards must be >= 1"),
     ("prepare: missing input", PREPARE, lambda c: ["text", str(c.tmp / "nope"), "--out", str(c.tmp / "o")], 1,
      "no such file or folder"),
-    ("prepare: no docs installed", PREPARE, lambda c: ["pydocs", "--out", str(c.tmp / "o"), "--docs-dir",
-                                                       str(c.tmp / "nodocs")], 1, "apt-get install -y python3-doc"),
+    ("prepare: docs dir missing", PREPARE, lambda c: ["pydocs", "--out", str(c.tmp / "o"), "--docs-dir",
+                                                      str(c.tmp / "nodocs")], 1,
+     r"--docs-dir \S+/nodocs: no such folder"),
+    ("prepare: an empty file", PREPARE, lambda c: ["text", str(c.file("e.txt", b"")), "--out", str(c.tmp / "o" / "p")],
+     1, r"e.txt is empty \(0 bytes\): there is no text to tokenize"),
+    ("prepare: a binary file", PREPARE, lambda c: ["text", str(c.file("b.txt", bytes(range(256)))), "--out",
+                                                   str(c.tmp / "o" / "p"), "--workers", "1"], 1,
+     r"b.txt is not UTF-8 text \(byte 0x80 at offset 128: a binary file\?\); data.prepare text reads UTF-8 text"),
+    ("prepare: .jsonl without records", PREPARE, lambda c: ["text", str(c.file("r.jsonl", b"\n\n")), "--out",
+                                                             str(c.tmp / "o" / "p")], 1, "no documents in .*r.jsonl"),
+    ("prepare: one document too short to hold out val", PREPARE, lambda c: [
+        "text", str(c.file("a.txt", b"a")), "--out", str(c.tmp / "o" / "p"), "--workers", "1"], 1,
+     "holds 1 token.*too few to hold out 0.05 of them as val"),
+    ("prepare: hub out of reach", PREPARE, lambda c: ["fineweb", "--train-shards", "1", "--out", str(c.tmp / "o"),
+                                                      "--source", _closed_port_url()], 1,
+     r"cannot reach http://127.0.0.1:\d+ .*--source FOLDER"),
     ("prepare: hub source neither URL nor folder", PREPARE, lambda c: ["fineweb", "--train-shards", "1", "--out",
                                                                        str(c.tmp / "o"), "--source", "ftp:x"], 1,
      "neither an http"),
 ]
+
+
+TINY_RESULTS = json.dumps({"preset": "tiny", "rule_params": {"target": 10.8},
+                           "runs": {"adamw": [{"curve": [{"step": 0, "val_loss": 10.9}]}]}}).encode()
+
+
+def _closed_port_url():
+    """An http URL of a local port nothing listens on: as unreachable as the hub is offline, and as fast to fail."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
 def _shorter(path):
@@ -329,10 +425,12 @@ def _shorter(path):
 
 @pytest.mark.parametrize("main, argv, status, pattern", [
     pytest.param(*c[1:], id=c[0], marks=[NO_GPU] if "without a GPU" in c[0] else []) for c in CLI_CASES])
-def test_command_lines(main, argv, status, pattern, text_shards, finished_run, tmp_path, capsys):
+def test_command_lines(main, argv, status, pattern, text_shards, finished_run, tmp_path, capsys, monkeypatch):
     ctx = Ctx(tmp_path, text_shards, finished_run)
     try:
         args = argv(ctx)
+        for name in ctx.unset_env:
+            monkeypatch.delenv(name, raising=False)
         before = _snapshot(tmp_path, text_shards, finished_run)
         capsys.readouterr()
         with pytest.raises(SystemExit) as exc:

@@ -40,7 +40,7 @@ TIMING_KEYS = ("train_time_s", "step_avg_ms", "seconds_to_target")
 def _args(optimizer, data_dir, out_dir, *extra):
     return ["--preset=tiny", f"--data_dir={data_dir}", f"--out_dir={out_dir}", "--threads=1", "--dtype=fp32",
             "--reference_world_size=2", f"--max_steps={MAX_STEPS}", "--val_every=2", f"--optimizer={optimizer}",
-            f"--run_name={optimizer}", *extra]
+            f"--run_name={optimizer}", f"--checkpoint_every={MAX_STEPS}", *extra]  # the final state is compared
 
 
 def _count_newton_schulz(counts: Counter):

@@ -234,7 +234,8 @@ def test_summed_loss_on_two_ranks_matches_one_rank(shards, tmp_path):
     common = ["--preset=track3", f"--data_dir={shards}", "--train_pattern=*_train_*.bin", "--val_pattern=*_val_*.bin",
               "--model.n_layer=1", "--model.n_embd=128", "--model.n_head=1", "--model.vocab_size=50304",
               "--batch_size=1", "--seq_len=32", "--reference_world_size=2", "--max_steps=3", "--val_tokens=256",
-              "--val_every=3", "--compile=False", "--dtype=fp32", "--threads=1", "--run_name=r"]
+              "--val_every=3", "--compile=False", "--dtype=fp32", "--threads=1", "--run_name=r",
+              "--checkpoint_every=3"]  # the final checkpoint holds the weights compared below
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "train.py", *common,
                            f"--out_dir={tmp_path / 'two'}"], cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"),

@@ -29,8 +29,9 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
         compile                         fullgraph                              off
 
     The attention choice is kernels.attention_select.select_backend's, for the run's compute dtype and head dim;
-    an explicit backend that cannot run on `device` raises there. bf16_native replaces the native_bf16 probe
-    (speedrun.memory estimates a CUDA step on a machine without a GPU).
+    an explicit backend that cannot run on `device` raises there, and so does an explicit triton kernel off CUDA
+    without Triton's interpreter (_check_triton_runs). bf16_native replaces the native_bf16 probe (speedrun.memory
+    estimates a CUDA step on a machine without a GPU).
     """
     import torch
 
@@ -55,5 +56,29 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
     optim = cfg.optim
     if hasattr(optim, "resolve_auto"):
         optim = optim.resolve_auto(device, native_bf16=native)
+    if not cuda:
+        kernels = [("model.mlp_impl", model.mlp_impl), ("model.ce_impl", model.ce_impl)]
+        if dataclasses.is_dataclass(optim):
+            kernels += [(f"optim.{f.name}", getattr(optim, f.name)) for f in dataclasses.fields(optim)
+                        if f.name.endswith("_impl")]
+        _check_triton_runs(device, kernels)
     compile_mode = ("fullgraph" if cuda else "off") if cfg.compile == "auto" else cfg.compile
     return dataclasses.replace(cfg, device=device.type, dtype=dtype, model=model, optim=optim, compile=compile_mode)
+
+
+def _check_triton_runs(device, implementations):
+    """A triton implementation off CUDA runs only under Triton's interpreter (TRITON_INTERPRET=1, set before the
+    command): without it, or where the interpreter cannot run (kernels.device.interpreter_unavailable_reason),
+    refuse it now, before anything is built, instead of failing in the first forward after the warm-up."""
+    from kernels import device as kernel_device
+
+    for option, impl in implementations:
+        if impl != "triton":
+            continue
+        why = (kernel_device.interpreter_unavailable_reason() if kernel_device.is_interpreter() else
+               "Triton kernels run on CUDA GPUs, or on the CPU under Triton's interpreter, slowly, with "
+               "TRITON_INTERPRET=1 set before the command")
+        if why:
+            raise ConfigError(f"--{option}=triton cannot run on {device.type}: {why}; use --{option}=auto (the "
+                              "device's choice) or eager")
+

@@ -259,3 +259,23 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="z must be a positive number"):
         speedrun.main(["--optimizers=adamw", "--target=4", "--z=0", f"--out={tmp_path / 'z'}"])
     assert not (tmp_path / "z").exists()  # refused before anything is written
+
+
+def test_an_earlier_run_is_resumed_or_refused_never_overwritten(text_shards, tmp_path):
+    """A run directory bench.speedrun would train into: nothing there, train it; a run stopped with its checkpoint,
+    resume it; a finished run it could not reuse (other options), or one without a checkpoint: refuse, naming it."""
+    args = ["--preset=tiny", "--optimizer=adamw", "--seed=1000", f"--out_dir={tmp_path}", f"--data_dir={text_shards}"]
+    run_dir = tmp_path / "tiny-adamw-s1000"
+    assert speedrun._continuation(args) == []
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "log.jsonl").write_text("")
+    with pytest.raises(UserError, match="holds an unfinished run without a checkpoint .*use another --out"):
+        speedrun._continuation(args)
+    (run_dir / "checkpoint.pt").write_bytes(b"")
+    assert speedrun._continuation(args) == ["--resume=True"]
+    (run_dir / "summary.json").write_text("{}")
+    with pytest.raises(UserError, match="holds a finished run made with other options than this command's; use "
+                                        "another --out, or move that folder away"):
+        speedrun._continuation(args)
+

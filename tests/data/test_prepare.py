@@ -3,7 +3,9 @@
 import hashlib
 import http.server
 import json
+import socket
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,57 @@ def test_at_least_one_val_document(tmp_path):
     assert manifest["splits"]["val"]["documents"] == 1 and manifest["splits"]["train"]["documents"] == 1
 
 
+def test_one_document_goes_to_train_with_its_tail_held_out_as_val(tmp_path):
+    """A single document cannot be split by documents: train gets it, val its last val_fraction of tokens; the two
+    together are the document, and train.py finds both splits."""
+    text = "The quick brown fox jumps over the lazy dog. " * 40
+    (tmp_path / "one.txt").write_text(text)
+    manifest = prepare_text([tmp_path / "one.txt"], tmp_path / "out", val_fraction=0.1, workers=1)
+    tokens = [EOT_ID] + gpt2_encoding().encode_ordinary(text)
+    train = load_shard(tmp_path / "out" / "text_train_000000.bin").tolist()
+    val = load_shard(tmp_path / "out" / "text_val_000000.bin").tolist()
+    assert train + val == tokens and len(val) == round(0.1 * len(tokens))
+    assert manifest["splits"]["train"]["tokens"] == len(train) and manifest["splits"]["val"]["tokens"] == len(val)
+    assert manifest["split_rule"].startswith("one document")
+    (tmp_path / "two.txt").write_text("a")
+    with pytest.raises(PrepareError, match="two.txt holds 1 token.*too few to hold out 0.1 of them as val"):
+        prepare_text([tmp_path / "two.txt"], tmp_path / "out2", val_fraction=0.1, workers=1)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_input_without_text_is_refused_and_leaves_nothing(tmp_path):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(PrepareError, match=r"empty.txt is empty \(0 bytes\): there is no text to tokenize"):
+        main(["text", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "a" / "out"), "--val-fraction", "0"])
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    with pytest.raises(PrepareError, match="no documents in .*blank.jsonl"):
+        main(["text", str(tmp_path / "blank.jsonl"), "--out", str(tmp_path / "a" / "out")])
+    (tmp_path / "hollow.jsonl").write_text('{"text": ""}\n{"text": ""}\n')
+    with pytest.raises(PrepareError, match="the 2 input document.* hold no text"):
+        main(["text", str(tmp_path / "hollow.jsonl"), "--out", str(tmp_path / "a" / "out"), "--workers", "1"])
+    assert not (tmp_path / "a").exists()  # no empty output folders left behind
+
+
+def test_a_binary_file_is_named_and_the_output_is_left_as_it_was(tmp_path):
+    """A binary file among the inputs: the error names it and the real problem; shards written before it was
+    reached never replace the earlier output, and no folder or staging file is left."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(30):
+        (docs / f"d{i:02d}.txt").write_text(f"document {i} " * 50)
+    out = tmp_path / "out"
+    prepare_text([docs], out, name="t", val_fraction=0.2, workers=1, shard_tokens=200)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    (docs / "zz.txt").write_bytes(b"\x00\x9f\x92\x96 not text")
+    with pytest.raises(PrepareError, match=r"zz.txt is not UTF-8 text \(byte 0x9f at offset 1: a binary file\?\); "
+                                           "leave such files out of the folder's input with --glob"):
+        prepare_text([docs], out, name="t", val_fraction=0.2, workers=1, shard_tokens=200, shuffle_seed=None)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    with pytest.raises(PrepareError, match=r"zz.txt is not UTF-8 text .*; data.prepare text reads UTF-8 text$"):
+        main(["text", str(docs / "zz.txt"), str(docs / "d00.txt"), "--out", str(tmp_path / "new" / "out")])
+    assert not (tmp_path / "new").exists()
+
+
 def test_jsonl_without_the_field(tmp_path):
     (tmp_path / "x.jsonl").write_text('{"text": "fine"}\n{"body": "no text field"}\n')
     with pytest.raises(PrepareError, match=r"x\.jsonl:2: no string field 'text'"):
@@ -203,10 +256,37 @@ def test_cli_missing_input(tmp_path):
 # ----------------------------------------------------------------------------------------------- pydocs
 
 
-def test_pydocs_missing_says_how_to_install(tmp_path):
+def test_pydocs_missing_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "PYDOCS_CANDIDATES", (tmp_path / "python3", tmp_path / "python3.11"))
+    with pytest.raises(PrepareError) as exc:
+        main(["pydocs", "--out", str(tmp_path / "out")])
+    assert PYDOCS_INSTALL == "apt-get update && apt-get install -y python3-doc" and PYDOCS_INSTALL in str(exc.value)
+    assert "not installed" in str(exc.value) and str(tmp_path / "python3") in str(exc.value)
+    with pytest.raises(PrepareError, match=f"--docs-dir {tmp_path / 'x'}: no such folder; the Python docs are not "
+                                           "installed here either; install them with: apt-get"):
+        main(["pydocs", "--out", str(tmp_path / "out"), "--docs-dir", str(tmp_path / "x")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_docs_dir_is_named_as_such(tmp_path):
+    """An explicit --docs-dir that does not exist is that folder's problem, not a missing package."""
+    installed = prepare.find_pydocs()
+    if installed is None:
+        pytest.skip(f"python3-doc not installed ({PYDOCS_INSTALL})")
     with pytest.raises(PrepareError) as exc:
         main(["pydocs", "--out", str(tmp_path / "out"), "--docs-dir", str(tmp_path / "no-docs")])
-    assert PYDOCS_INSTALL == "apt-get update && apt-get install -y python3-doc" and PYDOCS_INSTALL in str(exc.value)
+    assert str(exc.value) == (f"--docs-dir {tmp_path / 'no-docs'}: no such folder; leave --docs-dir out to use the "
+                              f"installed ones in {installed}")
+
+
+def test_pydocs_are_found_by_the_version_neutral_path_first(tmp_path, monkeypatch):
+    assert prepare.PYDOCS_CANDIDATES[0] == Path("/usr/share/doc/python3/html/_sources")
+    neutral, versioned = tmp_path / "python3" / "_sources", tmp_path / "python3.11" / "_sources"
+    versioned.mkdir(parents=True)
+    monkeypatch.setattr(prepare, "PYDOCS_CANDIDATES", (neutral, versioned))
+    assert prepare.find_pydocs() == versioned
+    neutral.mkdir(parents=True)
+    assert prepare.find_pydocs() == neutral
 
 
 @pytest.mark.skipif(not PYDOCS_DIR.is_dir(), reason=f"python3-doc not installed ({PYDOCS_INSTALL})")
@@ -317,6 +397,26 @@ def test_fineweb_missing_file_on_hub(hub, tmp_path):
     with pytest.raises(PrepareError, match=r"could not download fineweb_train_000003\.bin from dataset "
                                            r"kjj0/fineweb10B-gpt2 at http://127\.0\.0\.1"):
         prepare.download_fineweb(tmp_path / "fw", train_shards=3, source=hub.url)
+
+
+def test_fineweb_fails_at_once_when_the_hub_cannot_be_reached(tmp_path):
+    """Nothing listens at the endpoint (as offline: no route to the hub): one error at once, instead of
+    huggingface_hub's retries, and no output folder, download cache or lock file left behind."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    start = time.monotonic()
+    with pytest.raises(PrepareError, match=f"cannot reach {url} .*needs a network.*--source FOLDER"):
+        main(["fineweb", "--train-shards", "1", "--out", str(tmp_path / "fw" / "out"), "--source", url])
+    assert time.monotonic() - start < 5 and not (tmp_path / "fw").exists()
+
+
+def test_a_failed_download_leaves_no_cache_or_lock(hub, tmp_path):
+    with pytest.raises(PrepareError, match="could not download fineweb_train_000003.bin"):
+        prepare.download_fineweb(tmp_path / "fw", train_shards=3, source=hub.url)
+    assert sorted(p.name for p in (tmp_path / "fw").iterdir()) == ["fineweb_train_000001.bin",
+                                                                    "fineweb_train_000002.bin",
+                                                                    "fineweb_val_000000.bin"]  # kept: a rerun resumes
 
 
 def test_fineweb_from_local_folder(hub, tmp_path):

@@ -88,6 +88,7 @@ def test_sigterm_checkpoints_and_the_printed_command_resumes_the_same_trajectory
             resumed = train.main(command[2:])
             assert resumed["steps"] == 24 and resumed["final_val_loss"] == reference["final_val_loss"]
             assert _log_without_timings(out / "r") == _log_without_timings(tmp_path / "ref" / "r")
+            assert not (out / "r" / "checkpoint.pt").exists()  # finished without --checkpoint_every: none kept
 
 
 def test_resume_may_change_what_does_not_shape_the_trajectory(text_shards, tmp_path):
@@ -100,7 +101,8 @@ def test_resume_may_change_what_does_not_shape_the_trajectory(text_shards, tmp_p
 
 
 def test_resume_refuses_a_different_config(text_shards, tmp_path):
-    args = ["--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}", "--max_steps=2", "--run_name=r"]
+    args = ["--preset=tiny", f"--data_dir={text_shards}", f"--out_dir={tmp_path}", "--max_steps=2", "--run_name=r",
+            "--checkpoint_every=2"]
     train.main(args)
     with pytest.raises(ValueError, match="different config.*--optim.lr: 0.003 in the checkpoint, 0.5 now"):
         train.main([*args, "--resume=True", "--optim.lr=0.5"])
@@ -263,3 +265,29 @@ def test_non_finite_weights_are_never_checkpointed(text_shards, tmp_path):
     with pytest.raises(FloatingPointError, match="blocks.1.mlp.c_fc.weight is not finite after 6 steps.*no checkpoint"):
         trainer.run()
     assert checkpoint.load(trainer.checkpoint_path)["step"] == 3
+
+
+# --- the Checkpointer: save, read, check against the run's config, the rollback point ---------------------------
+
+
+def test_the_checkpointer_keeps_the_rollback_point(tmp_path):
+    points = checkpoint.Checkpointer(str(tmp_path))
+    assert points.rollback_state() is None  # nothing yet: a replay has nowhere to start
+    initial = {"model": checkpoint.host_copy({"w": torch.ones(2, requires_grad=True)})}
+    assert not initial["model"]["w"].requires_grad
+    points.keep_initial(initial)
+    assert points.rollback_state() is initial and points.step is None
+    points.save(3, None)  # another rank writes: the rollback point moves, nothing is written here
+    assert points.step == 3 and points.initial is None and not os.path.exists(points.path)
+    points.save(4, {"step": 4, "config": {"lr": 1.0, "resume": False}})
+    assert points.rollback_state()["step"] == 4 and points.read()["step"] == 4
+
+
+def test_the_checkpointer_checks_the_config(tmp_path):
+    points = checkpoint.Checkpointer(str(tmp_path))
+    state = {"config": {"lr": 1.0, "log_every": 1, "optim": {"beta": 0.9}}}
+    assert points.check(state, {"lr": 1.0, "log_every": 5, "optim": {"beta": 0.9}}, {"log_every"}) is state
+    expected = (r"change the trajectory: --lr: 1.0 in the checkpoint, 2.0 now; "
+                r"--optim.beta: 0.9 in the checkpoint, 0.8 now\.")
+    with pytest.raises(checkpoint.CheckpointMismatch, match=expected):
+        points.check(state, {"lr": 2.0, "log_every": 1, "optim": {"beta": 0.8}}, {"log_every"})
