@@ -161,7 +161,18 @@ def train_loader(cfg: TrainConfig, files, *, rank: int, world_size: int) -> Toke
     accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, world_size, cfg.batch_size)
     return TokenLoader(files, batch_size=cfg.batch_size * accum, seq_len=cfg.seq_len, rank=rank,
                        world_size=world_size, seed=cfg.seed if cfg.shuffle_shards else 0, margin=cfg.shard_margin,
-                       vocab_size=cfg.model.vocab_size)
+                       vocab_size=cfg.model.vocab_size, skip=cfg.data_offset)
+
+
+def val_slice_batches(cfg: TrainConfig, world_size: int) -> int:
+    """Val batches per rank in one --val_slice_tokens slice (0: no slices); a slice must be whole validation steps."""
+    if not cfg.val_slice_tokens:
+        return 0
+    per_step = world_size * cfg.batch_size * cfg.seq_len
+    if cfg.val_slice_tokens % per_step:
+        raise cli.ConfigError(f"--val_slice_tokens={cfg.val_slice_tokens} must be a multiple of the tokens of one "
+                              f"validation step, world_size*batch_size*seq_len = {per_step}")
+    return cfg.val_slice_tokens // per_step
 
 
 def device_memory_bytes(device: torch.device) -> int | None:
@@ -217,6 +228,8 @@ class Trainer:
         val_files = list_shards(cfg.data_dir, cfg.val_pattern)
         self.val = val_batches(val_files, n_tokens=cfg.val_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                rank=self.rank, world_size=self.world_size, vocab_size=cfg.model.vocab_size)
+        self.val_slice_batches = val_slice_batches(cfg, self.world_size)
+        self.val_slices = []  # the last validation's loss per val slice (--val_slice_tokens)
 
         self.dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
         self.autocast = self.dtype == torch.bfloat16 and not cfg.model.bf16_embedding
@@ -433,14 +446,32 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
+        """The val loss per token; with --val_slice_tokens also each slice's (self.val_slices), each summed in the
+        same order as the whole, so the first slice's loss is the val loss of a run whose val set is that slice."""
         self.model.eval()
         total = torch.zeros((), device=self.device)
+        losses = []
         with self.readout.weights():  # the weights the run's readout evaluates (by default the trained ones)
             for x, y in self.val:
                 with self._autocast():
-                    total += self.step_model(self._to_device(x), self._to_device(y)).float()
-        total /= len(self.val) * (self.cfg.batch_size * self.cfg.seq_len if self.summed_loss else 1)  # per token
+                    loss = self.step_model(self._to_device(x), self._to_device(y)).float()
+                total += loss
+                if self.val_slice_batches:
+                    losses.append(loss)
+        per_token = self.cfg.batch_size * self.cfg.seq_len if self.summed_loss else 1
+        total /= len(self.val) * per_token
         all_reduce_mean(total, self.world_size)  # every rank holds the same number of val batches
+        if self.val_slice_batches:
+            k = self.val_slice_batches
+            sums = []
+            for start in range(0, len(losses), k):
+                part = torch.zeros((), device=self.device)
+                for loss in losses[start:start + k]:
+                    part += loss
+                sums.append(part / (k * per_token))
+            slices = torch.stack(sums)
+            all_reduce_mean(slices, self.world_size)
+            self.val_slices = slices.tolist()
         self.model.train()
         return total.item()
 
@@ -645,6 +676,8 @@ class Trainer:
                 self.val_loss = self.evaluate()
                 record = {"step": self.step, "val_loss": self.val_loss, "tokens": self.step * tokens_per_step,
                           "train_time_s": self.train_time}
+                if self.val_slice_batches:
+                    record["val_slices"] = self.val_slices
                 if cfg.target_val_loss and self.reached is None and self.val_loss <= cfg.target_val_loss:
                     self.reached = {"steps_to_target": self.step, "seconds_to_target": self.train_time}
                     record.update(self.reached)
