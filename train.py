@@ -450,28 +450,24 @@ class Trainer:
         same order as the whole, so the first slice's loss is the val loss of a run whose val set is that slice."""
         self.model.eval()
         total = torch.zeros((), device=self.device)
-        losses = []
+        k = self.val_slice_batches
+        # allocated before the loop: small tensors kept across the val batches would split the freed logits blocks
+        # that the next batch reuses (train.keep_freed_memory), and the heap would grow by one block a batch
+        sums = torch.zeros(len(self.val) // k if k else 0, device=self.device)
         with self.readout.weights():  # the weights the run's readout evaluates (by default the trained ones)
-            for x, y in self.val:
+            for i, (x, y) in enumerate(self.val):
                 with self._autocast():
                     loss = self.step_model(self._to_device(x), self._to_device(y)).float()
                 total += loss
-                if self.val_slice_batches:
-                    losses.append(loss)
+                if k:
+                    sums[i // k] += loss
         per_token = self.cfg.batch_size * self.cfg.seq_len if self.summed_loss else 1
         total /= len(self.val) * per_token
         all_reduce_mean(total, self.world_size)  # every rank holds the same number of val batches
-        if self.val_slice_batches:
-            k = self.val_slice_batches
-            sums = []
-            for start in range(0, len(losses), k):
-                part = torch.zeros((), device=self.device)
-                for loss in losses[start:start + k]:
-                    part += loss
-                sums.append(part / (k * per_token))
-            slices = torch.stack(sums)
-            all_reduce_mean(slices, self.world_size)
-            self.val_slices = slices.tolist()
+        if k:
+            sums /= k * per_token
+            all_reduce_mean(sums, self.world_size)
+            self.val_slices = sums.tolist()
         self.model.train()
         return total.item()
 
