@@ -298,11 +298,15 @@ def rule_line(params: dict, sources: dict) -> str:
     parts = [f"{RULE_WORDS[n]} {value(n)}" for n in RULE_FIELDS]
     if params.get("sigma") and params.get("z"):
         parts[2] += f" (z·σ {params['z'] * params['sigma']:.4g})"
+    return f"rule: {', '.join(parts)} ({rule_sources_text(sources)})"
+
+
+def rule_sources_text(sources: dict) -> str:
+    """'target, σ from preset track3-cpu; z from --z': where each rule parameter came from."""
     by_source = {}
     for name in RULE_FIELDS:
         by_source.setdefault(sources.get(name, "?"), []).append(RULE_WORDS[name])
-    where = "; ".join(f"{', '.join(names)} from {source}" for source, names in by_source.items())
-    return f"rule: {', '.join(parts)} ({where})"
+    return "; ".join(f"{', '.join(names)} from {source}" for source, names in by_source.items())
 
 
 # ----------------------------------------------------------------------------------------------- runs
@@ -380,58 +384,43 @@ def _load_one(path) -> dict:
     return results
 
 
-def _load_results(paths: list[str]) -> dict:
-    """The runs of one or more results.json files of one preset, judged together: each optimizer must come from
-    one file (its seeds ran under one command). The first file's rule and machine are kept; every file's
-    command, commit and machine are listed under "sources"."""
-    merged = None
-    for path in paths:
-        results = _load_one(path)
-        source = {k: results.get(k) for k in ("command", "commit", "machine")} | {"file": path}
-        if merged is None:
-            merged = results | {"sources": [source]}
-            continue
-        if results.get("preset") != merged.get("preset"):
-            raise cli.UserError(f"{path} holds preset {results.get('preset')!r} runs, "
-                              f"{paths[0]} {merged.get('preset')!r}: judge one preset at a time")
-        twice = sorted(set(results["runs"]) & set(merged["runs"]))
-        if twice:
-            raise cli.UserError(f"{', '.join(twice)} has runs in {path} and in an earlier file; "
-                              "pass each optimizer's runs once")
-        merged["runs"].update(results["runs"])
-        merged.setdefault("tuning", {}).update(results.get("tuning", {}))
-        merged["sources"].append(source)
-    commits = dict.fromkeys(s["commit"] for s in merged["sources"])
-    merged["commit"] = ", ".join(commits)
-    return merged
+def _command_optimizers(command) -> list[str]:
+    """The --optimizers of a recorded bench.speedrun command line ([] when it names none)."""
+    command = list(command or [])
+    for i, arg in enumerate(command):
+        if arg == "--optimizers" and i + 1 < len(command):
+            return command[i + 1].split(",")
+        if arg.startswith("--optimizers="):
+            return arg.split("=", 1)[1].split(",")
+    return []
 
 
-def _load_one(path) -> dict:
-    """A results.json, also one written before the rule was recorded (target only, curves as [step, loss])."""
-    results = cli.read_json(path, what="--from-results", hint="pass a results.json this command wrote")
-    if not isinstance(results, dict) or not results.get("runs"):
-        raise cli.UserError(f"{path} holds no runs to judge")
-    results.setdefault("rule_params", {"target": results.get("target")})
-    results.setdefault("commit", "not recorded")
-    results.setdefault("machine", {"cpu": "not recorded", "cores": "?", "cpu_capability": "?", "threads": "?",
-                                   "loadavg_1m": float("nan")})
-    for runs in results["runs"].values():
-        for run in runs:
-            run["curve"] = [r if isinstance(r, dict) else {"step": r[0], "val_loss": r[1]} for r in run["curve"]]
-    return results
+def _sources(results: dict, path: str) -> list[dict]:
+    """Where a file's runs come from: the file itself, or, for a file that judged several files together, each of
+    those (its "sources"), with the optimizers each trained."""
+    nested = results.get("sources")
+    if not nested:
+        return [{k: results.get(k) for k in ("command", "commit", "machine")}
+                | {"file": path, "rule_params": dict(results["rule_params"]), "optimizers": list(results["runs"])}]
+    out = []
+    for s in nested:
+        opts = s.get("optimizers") or [o for o in _command_optimizers(s.get("command")) if o in results["runs"]]
+        out.append(s | {"file": s.get("file", path), "via": path, "rule_params": dict(results["rule_params"]),
+                        "optimizers": opts})
+    return out
 
 
 def _load_results(paths: list[str]) -> dict:
     """The runs of one or more results.json files of one preset, judged together: each optimizer must come from
     one file (its seeds ran under one command). The first file's rule and machine are kept; every file's
-    command, commit, machine and recorded rule are listed under "sources"."""
+    command, commit, machine, recorded rule and optimizers are listed under "sources" (a file that was itself a
+    judgement of several files contributes their sources)."""
     merged = None
     for path in paths:
         results = _load_one(path)
-        source = {k: results.get(k) for k in ("command", "commit", "machine")} | {
-            "file": path, "rule_params": dict(results["rule_params"])}
+        sources = _sources(results, path)
         if merged is None:
-            merged = results | {"sources": [source]}
+            merged = results | {"sources": sources}
             continue
         if results.get("preset") != merged.get("preset"):
             raise cli.UserError(f"{path} holds preset {results.get('preset')!r} runs, "
@@ -442,9 +431,9 @@ def _load_results(paths: list[str]) -> dict:
                                 "pass each optimizer's runs once")
         merged["runs"].update(results["runs"])
         merged.setdefault("tuning", {}).update(results.get("tuning", {}))
-        merged["sources"].append(source)
+        merged["sources"] += sources
     commits = dict.fromkeys(s["commit"] for s in merged["sources"])
-    merged["commit"] = ", ".join(commits)
+    merged["commit"] = ", ".join(str(c) for c in commits)
     return merged
 
 
@@ -469,7 +458,7 @@ def recorded_rule(results: dict, flags: dict, preset: str | None = None) -> tupl
                                 + f"; pass {RULE_FLAGS[name]} to judge them together")
         if values:
             params[name] = values.pop()
-            sources[name] = "recorded in " + ", ".join(f for f, v in seen.items() if v is not None)
+            sources[name] = "the rule recorded in " + ", ".join(f for f, v in seen.items() if v is not None)
     now = None
     if file_preset:
         from speedrun.config import resolve
