@@ -14,9 +14,10 @@ with `jobs = 0` the runs call train.main here, one after another. A run is never
 
 The estimate (Estimate) is measured, not guessed: `calibrate` trains each kind of run (same config, its first job's
 arguments) for CALIBRATION_STEPS steps in a subprocess and times the parts: start-up and warm-up, one step, one
-validation. A run's seconds are then start-up + steps × step + validations × validation, for its own step count and
-validation cadence. It is printed as CPU-hours (one core per one-thread run) and as wall-clock at the given
-parallelism, with the machine's 1-minute load (a busy machine makes every figure longer).
+validation. A run's seconds are then start-up + steps × step + validations × validation (scaled by its val tokens),
+for its own step count and validation cadence. It is printed as core-hours (wall seconds × threads: one core per
+one-thread run; on a busy machine these are the hours the runs will hold a core, not CPU time) and as wall-clock at
+the given parallelism, with the machine's 1-minute load (a busy machine makes every figure longer).
 """
 
 import dataclasses
@@ -147,7 +148,8 @@ class Estimate:
         if m is None:
             return None
         cfg = resolve_run(job.args)
-        return m["startup_s"] + cfg.max_steps * m["step_s"] + validations(cfg) * m["val_s"]
+        val_s = m["val_s"] * cfg.val_tokens / m.get("val_tokens", cfg.val_tokens)  # a validation's cost ∝ its tokens
+        return m["startup_s"] + cfg.max_steps * m["step_s"] + validations(cfg) * val_s
 
 
 def _strip(args, *names):
@@ -186,7 +188,7 @@ def calibrate(jobs: list[Job], out: str) -> Estimate:
         step_s = summary["train_time_s"] / CALIBRATION_STEPS
         per_kind[job.kind] = {"startup_s": max(0.0, wall - loop), "step_s": step_s,
                               "val_s": max(0.0, (loop - summary["train_time_s"]) / 2), "threads": summary["threads"],
-                              "load_1m": round(os.getloadavg()[0], 2)}
+                              "val_tokens": cfg.val_tokens, "load_1m": round(os.getloadavg()[0], 2)}
     load = max((m["load_1m"] for m in per_kind.values()), default=0.0)
     return Estimate(per_kind, f"calibration: {CALIBRATION_STEPS} steps of each kind of run timed here just now "
                               f"(1-minute load up to {load:.1f})", failed)
@@ -353,6 +355,6 @@ def cpu_hours_line(jobs: list[Job], estimate: Estimate, parallel: int) -> str:
     wall = sum(known) / max(1, parallel)
     kinds = "; ".join(f"{kind}: {m['step_s'] * 1e3:.0f} ms/step, {m['val_s']:.1f} s/validation, "
                       f"{m['startup_s']:.0f} s start-up" for kind, m in estimate.per_kind.items())
-    return (f"{len(jobs)} runs to train: ~{cpu:.2f} CPU-hours, ~{format_duration(wall)} wall at "
+    return (f"{len(jobs)} runs to train: ~{cpu:.2f} CPU-hours (core-hours), ~{format_duration(wall)} wall at "
             f"{max(1, parallel)} at a time ({estimate.source}; {kinds}"
             + (f"; {len(jobs) - len(known)} of them not included" if len(known) < len(jobs) else "") + f"){unknown}")
