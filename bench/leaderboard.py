@@ -122,9 +122,17 @@ def main(argv=None):
     parser.add_argument("--z", type=float, default=None)
     parser.add_argument("--loss-per-100-steps", type=float, default=None)
     parser.add_argument("--target", type=float, default=None)
+    parser.add_argument("--val-slices", type=int, default=0,
+                        help="judge on the mean of the first K val slices the runs logged (bench.speedrun "
+                             "--val-slices); needs --target, --sigma and --loss-per-100-steps")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples for the agreement intervals")
     args = parser.parse_args(argv)
     results = speedrun._load_results(args.results)
+    if args.val_slices:
+        if None in (args.target, args.sigma, args.loss_per_100_steps):
+            parser.error("--val-slices judges another val set than the recorded rule's: give --target, --sigma and "
+                         "--loss-per-100-steps")
+        speedrun.use_val_slices(results, args.val_slices)
     flags = {"target": args.target, "sigma": args.sigma, "z": args.z, "loss_per_100_steps": args.loss_per_100_steps}
     params, sources, notes = speedrun.recorded_rule(results, flags)
     if params["target"] is None:

@@ -437,6 +437,25 @@ def _load_results(paths: list[str]) -> dict:
     return merged
 
 
+def use_val_slices(results: dict, k: int) -> dict:
+    """Judge on the mean of the first k val slices each validation logged (runs trained with --val_slice_tokens)
+    instead of the val loss of their whole val set: the same runs on a smaller val set (k slices of S tokens are
+    the first k·S val tokens, so k = 1 with 8192-token slices is an 8192-token val set exactly)."""
+    for opt, runs in results["runs"].items():
+        for run in runs:
+            for record in run["curve"]:
+                slices = record.get("val_slices")
+                if not slices or len(slices) < k:
+                    raise cli.UserError(f"{opt} seed {run.get('seed')}: its step-{record['step']} validation logged "
+                                        f"{len(slices or [])} val slices, --val-slices {k} needs {k} (train with "
+                                        "--val_slice_tokens)")
+                record["val_loss_whole"] = record.get("val_loss_whole", record["val_loss"])
+                record["val_loss"] = statistics.fmean(slices[:k])
+            run["final_val_loss"] = run["curve"][-1]["val_loss"]
+    results["val_slices"] = k
+    return results
+
+
 def recorded_rule(results: dict, flags: dict, preset: str | None = None) -> tuple[dict, dict, list[str]]:
     """The rule to judge saved runs with: each parameter as the files recorded it, unless its flag is given. Files
     that recorded different values must be told which to use (the flag); a parameter no file recorded comes from
@@ -539,6 +558,10 @@ def main(argv=None):
     parser.add_argument("--from-results", default=None,
                         help="re-judge the runs saved in a results.json (no training) with the rule it recorded "
                              "(flags override); a comma list judges the runs of several files of one preset together")
+    parser.add_argument("--val-slices", type=int, default=0,
+                        help="with --from-results: judge on the mean of the first K val slices the runs logged "
+                             "(--val_slice_tokens) instead of their whole val set; the rule must then be given "
+                             "(--target, --sigma, --loss-per-100-steps): the recorded one is for the whole set")
     parser.add_argument("--jobs", type=int, default=0,
                         help="run N `python train.py` processes at a time, each --threads=1 unless --threads is "
                              "given (0, the default: the runs one after another in this process)")
@@ -554,8 +577,16 @@ def main(argv=None):
     if args.target not in (None, "auto"):
         flags["target"] = _target(parser, args.target)
 
+    if args.val_slices and not args.from_results:
+        parser.error("--val-slices re-judges saved runs: use it with --from-results")
     if args.from_results:
         results = _load_results(args.from_results.split(","))
+        if args.val_slices:
+            missing = [RULE_FLAGS[n] for n in ("target", "sigma", "loss_per_100_steps") if flags.get(n) is None]
+            if missing:
+                parser.error(f"--val-slices {args.val_slices} judges another val set than the recorded rule's: "
+                             f"give {', '.join(missing)}")
+            use_val_slices(results, args.val_slices)
         params, sources, notes = recorded_rule(results, flags, args.preset)
         if params["target"] is None:
             raise cli.UsageError("no target val loss recorded for these runs: pass --target VALUE")

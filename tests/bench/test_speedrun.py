@@ -217,6 +217,29 @@ def test_from_results_judges_with_the_recorded_rule(tmp_path, capsys):
     assert both["rule_params"]["sigma"] == 0.04 and set(both["aggregate"]) == {"a", "c"}
 
 
+def test_judging_on_the_first_val_slices(tmp_path):
+    """Runs that logged val slices are judged on the first k of them with a rule given for that val set."""
+    runs = [{"seed": i, "step_avg_ms": 1.0,
+             "curve": [{"step": 0, "val_loss": 10.0, "val_slices": [10.0, 10.0]},
+                       {"step": 100, "val_loss": 4.0, "val_slices": [4.5 + i / 100, 3.5]}]} for i in range(3)]
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"preset": "track3-cpu", "runs": {"a": runs}, "rule_params": {"target": 4.2}}))
+    with pytest.raises(UsageError, match="give --sigma, --loss-per-100-steps"):
+        speedrun.main([f"--from-results={f}", "--val-slices=1", "--target=4.6", f"--out={tmp_path / 'x'}"])
+    judged = speedrun.main([f"--from-results={f}", "--val-slices=1", "--target=4.6", "--sigma=0.01",
+                            "--loss-per-100-steps=0.5", f"--out={tmp_path / 'y'}"])
+    row = judged["aggregate"]["a"]
+    assert row["final_val"][0] == pytest.approx(4.51) and row["target_step"] == 100
+    assert judged["val_slices"] == 1 and judged["runs"]["a"][0]["curve"][1]["val_loss_whole"] == 4.0
+    whole = speedrun.main([f"--from-results={f}", "--target=4.2", f"--out={tmp_path / 'z'}"])
+    assert whole["aggregate"]["a"]["final_val"][0] == pytest.approx(4.0)
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"preset": "track3-cpu", "runs": {"a": [{"step_avg_ms": 1, "curve": [[0, 5.0]]}]}}))
+    with pytest.raises(UserError, match="logged 0 val slices, --val-slices 1 needs 1"):
+        speedrun.main([f"--from-results={bare}", "--val-slices=1", "--target=4.6", "--sigma=0.01",
+                       "--loss-per-100-steps=0.5", f"--out={tmp_path / 'w'}"])
+
+
 # ----------------------------------------------------------------------------------------------- end to end
 
 TINY = ["--preset=tiny", "--max_steps=4", "--val_every=1", "--threads=1", "--optim.lr=0.01"]
