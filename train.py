@@ -111,7 +111,18 @@ def train_loader(cfg: TrainConfig, files, *, rank: int, world_size: int) -> Toke
     accum = accumulation_steps(cfg.grad_accum, cfg.reference_world_size, world_size, cfg.batch_size)
     return TokenLoader(files, batch_size=cfg.batch_size * accum, seq_len=cfg.seq_len, rank=rank,
                        world_size=world_size, seed=cfg.seed if cfg.shuffle_shards else 0, margin=cfg.shard_margin,
-                       vocab_size=cfg.model.vocab_size)
+                       vocab_size=cfg.model.vocab_size, skip=cfg.data_offset)
+
+
+def val_slice_batches(cfg: TrainConfig, world_size: int) -> int:
+    """Val batches per rank in one --val_slice_tokens slice (0: no slices); a slice must be whole validation steps."""
+    if not cfg.val_slice_tokens:
+        return 0
+    per_step = world_size * cfg.batch_size * cfg.seq_len
+    if cfg.val_slice_tokens % per_step:
+        raise cli.ConfigError(f"--val_slice_tokens={cfg.val_slice_tokens} must be a multiple of the tokens of one "
+                              f"validation step, world_size*batch_size*seq_len = {per_step}")
+    return cfg.val_slice_tokens // per_step
 
 
 def device_memory_bytes(device: torch.device) -> int | None:
@@ -170,6 +181,8 @@ class Trainer(TrainingStep):
         val_files = list_shards(cfg.data_dir, cfg.val_pattern)
         self.val = val_batches(val_files, n_tokens=cfg.val_tokens, batch_size=cfg.batch_size, seq_len=cfg.seq_len,
                                rank=self.rank, world_size=self.world_size, vocab_size=cfg.model.vocab_size)
+        self.val_slice_batches = val_slice_batches(cfg, self.world_size)
+        self.val_slices = []  # the last validation's loss per val slice (--val_slice_tokens)
 
         self.dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
         self.autocast = self.dtype == torch.bfloat16 and not cfg.model.bf16_embedding
@@ -423,6 +436,8 @@ class Trainer(TrainingStep):
         if self.cfg.readout is not None:  # the readout's loss is the run's; the trained weights' beside it
             raw = self.evaluate(readout=False) if self.readout.blends() else self.val_loss
             self.val_loss_raw = record["val_loss_raw"] = raw
+        if self.val_slice_batches:
+            record["val_slices"] = self.val_slices
         target = self.cfg.target_val_loss
         if target and self.reached is None and self.val_loss <= target:
             self.reached = {"steps_to_target": self.step, "seconds_to_target": self.clock.elapsed}

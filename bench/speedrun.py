@@ -5,6 +5,8 @@ optimizers are significantly better than which, by the rules of modded-nanogpt's
     torchrun --nproc_per_node=8 -m bench.speedrun --preset gpt2-124m --optimizers muon --seeds 5   # 8×H100
     python -m bench.speedrun --from-results out/speedrun/results.json --sigma 0.01   # re-judge saved runs
     python -m bench.speedrun --from-results out/a/results.json,out/b/results.json    # judge two runs' files together
+    python -m bench.speedrun --preset track3-cpu --optimizers track3-muon,track3-adam --seeds 8 --jobs 2 \
+        --out out/t3c     # 2 one-thread train.py processes at a time; the rule is the preset's
 
 The rules (records/track_3_optimization/README.md, "Rules" and "Pairwise statistical significance"):
 
@@ -20,21 +22,32 @@ The rules (records/track_3_optimization/README.md, "Rules" and "Pairwise statist
   Δsteps = s_old - s_new, each mean taken at its own step count; loss_per_100_steps converts saved steps
   into val loss (the track measured 0.0045: cutting one record by 200 steps cost 0.0091).
 
-The target, σ, z and loss_per_100_steps are parameters with the track's values as defaults. σ comes from
-the config's `target_sigma` when it has that field (set it with --target_sigma=..., which the runs record
-too), else from --sigma; a track with another noise level (the CPU track) must set its own. The report also
-gives each optimizer's observed seed spread beside σ: a spread well above σ means the z-test is overconfident.
+The rule's parameters (target, σ, z, loss_per_100_steps) come from the preset's config, where a preset that was
+calibrated states them with the command that measured each (speedrun.config.presets; TrainConfig's target_val_loss,
+target_sigma, target_z, loss_per_100_steps); a preset without a σ falls back to the track's, saying so. --target,
+--sigma, --z and --loss-per-100-steps override them, and the command says what each overrode. results.json records
+the values the runs were judged with ("rule_params") and where each came from ("rule_sources"); --from-results
+judges with the recorded values unless a flag overrides one, refuses a --preset other than the files' own, and
+notes where a recorded value and the preset's config now disagree. The report also gives each optimizer's
+observed seed spread beside σ: a spread well above σ means the z-test is overconfident.
 
 Each optimizer gets the same tuning budget (`--tune`: one seed over the same learning-rate multipliers of
-its configured lr, --lr-multipliers, default 0.5,1,2; best final val loss wins; the sweep is recorded; a sweep
-whose best point sits at an edge should be widened). A run whose directory already holds it finished with the
-same config is reused, not trained again, and one stopped with its checkpoint is resumed (an interrupted command,
-or a widened sweep, resumes cheaply); a directory holding a run made with other options is refused, never
-overwritten.
-`--tune adamw` tunes the baseline only; the comparison is then tuned AdamW against untuned others, and the
-report says so. Then every optimizer runs every seed on the same data order. Writes results.json (with the
-command line, commit and machine), records.md, curves.png and steps.png. Remaining arguments are train.py
-overrides (e.g. --max_steps=200).
+its configured lr, --lr-multipliers, default 0.5,1,2; best final val loss wins, a diverged point loses; the sweep
+is recorded; a sweep whose best point sits at an edge should be widened). A run whose directory already holds it
+finished with the same config is reused, not trained again, and one stopped with its checkpoint is resumed (an
+interrupted command, or a widened sweep, resumes cheaply; bench.jobs.finished_run and bench.jobs.continuation); a
+directory holding a run made with other options is refused, never overwritten. `--tune adamw` tunes the baseline only; the comparison is then tuned AdamW
+against untuned others, and the report says so. Then every optimizer runs every seed on the same data order.
+
+Runs (bench.jobs): `--jobs N` trains N `python train.py` processes at a time, one thread each, tuning points and
+seeds alike (a tuned optimizer's seeds start once its sweep is done); without it the runs train one after another
+in this process. Before training, the command prints the plan and an estimate in CPU-hours and wall-clock,
+measured by a few calibration steps of each optimizer here; while training, each run's start and end with runs
+done/running/left and the ETA. A run that crashes is reported with the end of its log (LOG under OUT/logs) and
+the others go on; the optimizers whose every seed finished are judged, and the command ends with an error naming
+what failed (running it again retries only that: finished runs are reused). `--dry-run` prints the rule and the
+plan and trains nothing. Writes results.json (with the command line, commit and machine), records.md, curves.png
+and steps.png. Remaining arguments are train.py overrides (e.g. --max_steps=200).
 """
 
 import dataclasses
@@ -42,14 +55,16 @@ import itertools
 import json
 import math
 import os
+import re
 import statistics
 import sys
 
-from bench import command_help, harness
-from bench.results import load_results
+from bench import command_help, harness, jobs
+from bench.results import load_results, use_val_slices
 from speedrun import cli
 
 LR_MULTIPLIERS = (0.5, 1.0, 2.0)
+finished_run, REUSE_MAY_DIFFER = jobs.finished_run, jobs.REUSE_MAY_DIFFER  # the reuse rule lives in bench.jobs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,99 +262,94 @@ def plot(rows: dict, rule: Rule, out: str) -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------------------------- rule parameters
+
+# Rule parameter -> the TrainConfig field that carries it, the flag that overrides it, its name in messages.
+RULE_FIELDS = {"target": "target_val_loss", "sigma": "target_sigma", "z": "target_z",
+               "loss_per_100_steps": "loss_per_100_steps"}
+RULE_FLAGS = {"target": "--target", "sigma": "--sigma", "z": "--z", "loss_per_100_steps": "--loss-per-100-steps"}
+RULE_WORDS = {"target": "target", "sigma": "σ", "z": "z", "loss_per_100_steps": "loss per 100 steps"}
+
+
+def config_rule(cfg) -> tuple[dict, dict]:
+    """The rule parameters a config carries (its preset's, with any --key=value override), and where each comes
+    from. A target or σ of 0 means the preset has none: the target stays None (the command needs --target), σ
+    falls back to the track's, saying so."""
+    params, sources = {}, {}
+    for name, field in RULE_FIELDS.items():
+        value = getattr(cfg, field, 0) or None
+        if value is None and name != "target":
+            params[name], sources[name] = getattr(Rule, name), f"track 3's (preset {cfg.preset} sets no {field})"
+        else:
+            params[name], sources[name] = value, f"preset {cfg.preset}"
+    return params, sources
+
+
+def override_rule(params: dict, sources: dict, flags: dict, what: str) -> list[str]:
+    """Put the explicitly given flags (None: not given) over `params`; returns a line for each value it changed."""
+    notes = []
+    for name, value in flags.items():
+        if value is None:
+            continue
+        before = params.get(name)
+        if before is not None and before != value:
+            notes.append(f"{RULE_FLAGS[name]} {value:g} overrides the {RULE_WORDS[name]} of {what} ({before:g})")
+        params[name], sources[name] = value, RULE_FLAGS[name]
+    return notes
+
+
+def rule_line(params: dict, sources: dict) -> str:
+    """'rule: target 4.77, σ 0.0304, z 3.077 (z·σ 0.0935), loss per 100 steps 0.62; from preset track3-cpu'."""
+    def value(name):
+        v = params.get(name)
+        return "not set" if v is None else f"{v:.4g}"
+
+    parts = [f"{RULE_WORDS[n]} {value(n)}" for n in RULE_FIELDS]
+    if params.get("sigma") and params.get("z"):
+        parts[2] += f" (z·σ {params['z'] * params['sigma']:.4g})"
+    return f"rule: {', '.join(parts)} ({rule_sources_text(sources)})"
+
+
+def rule_sources_text(sources: dict) -> str:
+    """'target, σ from preset track3-cpu; z from --z': where each rule parameter came from."""
+    by_source = {}
+    for name in RULE_FIELDS:
+        by_source.setdefault(sources.get(name, "?"), []).append(RULE_WORDS[name])
+    return "; ".join(f"{', '.join(names)} from {source}" for source, names in by_source.items())
+
+
 # ----------------------------------------------------------------------------------------------- runs
 
 
-def _run(preset, optimizer, seed, out, extra, lr=None):
-    import train
+def run_label(optimizer: str) -> str:
+    """A folder-safe name for an --optimizers entry (FILE.py:NAME -> NAME)."""
+    name = optimizer.rsplit(":", 1)[-1] if ".py:" in optimizer else optimizer
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
+
+def run_args(preset: str, optimizer: str, seed: int, out: str, extra: list, lr: float | None = None,
+             target: float | None = None) -> list[str]:
+    """train.py arguments of one run: its own folder (named by the --optimizers entry, the lr when tuned, the
+    seed), the full budget whatever the val loss (the target step is chosen afterwards, the same for every seed)."""
+    name = f"{preset}-{run_label(optimizer)}" + (f"-lr{lr:g}" if lr is not None else "") + f"-s{seed}"
     args = [f"--preset={preset}", f"--optimizer={optimizer}", f"--seed={seed}", f"--out_dir={out}", *extra,
-            "--stop_at_target=False"]  # the full budget: the step is chosen afterwards, the same for every seed
+            "--stop_at_target=False", f"--run_name={name}"]
     if lr is not None:
         args.append(f"--optim.lr={lr}")
-        args.append(f"--run_name={preset}-{optimizer}-lr{lr:g}-s{seed}")
-    summary = finished_run(args)
-    if summary is None:
-        summary = train.main(args + _continuation(args))
-    else:
-        print(f"reusing the finished run {summary['run_dir']} (same config)")
-    with open(os.path.join(summary["run_dir"], "log.jsonl")) as f:
-        summary["curve"] = [{k: r[k] for k in ("step", "val_loss", "train_time_s")}
-                            for r in map(json.loads, f) if "val_loss" in r]
-    return summary
+    if target is not None:
+        args.append(f"--target_val_loss={target}")
+    return args
 
 
-def finished_run(args) -> dict | None:
-    """The summary of the run that train.py `args` describe, when its directory already holds it finished with the
-    config those arguments resolve to here (config.json equal, summary.json written at its end); else None. So
-    an interrupted bench.speedrun, or one given more --lr-multipliers, does not train a finished run again. The
-    options in REUSE_MAY_DIFFER may differ."""
-    import train
-    from speedrun.config import device_type, resolve, resolve_auto, to_dict
-
-    cfg = resolve(args)
-    cfg = resolve_auto(cfg, device_type(cfg.device))
-    run_dir = train.run_directory(cfg)
-    try:
-        with open(os.path.join(run_dir, "config.json")) as f:
-            saved = json.load(f)
-        with open(os.path.join(run_dir, "summary.json")) as f:
-            summary = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-    now = json.loads(json.dumps(to_dict(cfg)))
-    same = {k for k in now if saved.get(k) == now[k]} | REUSE_MAY_DIFFER
-    if set(now) - same or set(saved) != set(now) or summary.get("steps") != cfg.max_steps:
-        return None
-    return summary
+def _best(sweep: list[dict]) -> dict:
+    return min(sweep, key=lambda r: r["final_val_loss"] if math.isfinite(r["final_val_loss"]) else float("inf"))
 
 
-def _continuation(args) -> list[str]:
-    """What train.py needs besides `args` where the run's directory holds an earlier run that finished_run did not
-    reuse: --resume=True where it was interrupted with a checkpoint (train.py checks that it is this run's), so a
-    stopped bench.speedrun continues its runs; a finished run made with other options, or a run without a
-    checkpoint, is refused here, naming it (it is never overwritten)."""
-    import train
-    from speedrun import rundir
-    from speedrun.config import resolve
-
-    run_dir = train.run_directory(resolve(args))
-    state = rundir.earlier_run_state(run_dir)
-    if state is None:
-        return []
-    if state == "interrupted":
-        print(f"continuing the interrupted run {run_dir}")
-        return ["--resume=True"]
-    what = "a finished run made with other options than this command's" if state == "finished" else \
-        rundir.earlier_run(run_dir)
-    raise cli.UserError(f"{run_dir} already holds {what}; use another --out, or move that folder away")
-
-
-# Options that change neither a full-budget run's trajectory nor its logged val curve (the target only labels the
-# summary: bench.speedrun judges the curves itself). Everything else, the thread count included, must be equal.
-REUSE_MAY_DIFFER = frozenset({"target_val_loss", "target_sigma", "checkpoint_every", "memory_check", "dist_timeout_s",
-                              "dist_bucket_mb", "resume"})
-
-
-def tune(preset, optimizer, out, extra, multipliers=LR_MULTIPLIERS):
-    from speedrun.config import resolve
-
-    base = resolve([f"--preset={preset}", f"--optimizer={optimizer}", *extra]).optim.lr
-    sweep = []
-    for m in multipliers:
-        s = _run(preset, optimizer, 0, os.path.join(out, "tune"), extra, lr=base * m)
-        sweep.append({"lr": base * m, "final_val_loss": s["final_val_loss"]})
-    best = min(sweep, key=lambda r: r["final_val_loss"] if math.isfinite(r["final_val_loss"]) else float("inf"))
-    return best["lr"], sweep
-
-
-def _rule_sigma(parser, args, cfg) -> float:
-    """σ: the config's target_sigma when the config has that field, else --sigma, else the track's."""
-    if hasattr(cfg, "target_sigma"):
-        if args.sigma is not None:
-            parser.error("this config has a target_sigma field: set σ with --target_sigma=... (the runs record it)")
-        return cfg.target_sigma or Rule.sigma
-    return args.sigma if args.sigma is not None else Rule.sigma
+def _sweep_point(outcome: jobs.Outcome) -> dict:
+    lr = outcome.job.tag[2]
+    if outcome.ok:
+        return {"lr": lr, "final_val_loss": outcome.summary["final_val_loss"]}
+    return {"lr": lr, "final_val_loss": float("inf"), "diverged": True}
 
 
 def run_threads(threads: set) -> dict:
@@ -368,6 +378,54 @@ def report(results: dict, out: str) -> str:
     return table
 
 
+def recorded_rule(results: dict, flags: dict, preset: str | None = None) -> tuple[dict, dict, list[str]]:
+    """The rule to judge saved runs with: each parameter as the files recorded it, unless its flag is given. Files
+    that recorded different values must be told which to use (the flag); a parameter no file recorded comes from
+    the files' preset's config, saying so. `preset` (--preset) must be the files' own. Returns the parameters,
+    where each came from, and notes (what was overridden, where the recorded value and the preset's config
+    now disagree)."""
+    file_preset = results.get("preset")
+    if preset is not None and preset != file_preset:
+        raise cli.UsageError(f"--preset {preset} disagrees with the runs' preset {file_preset!r} (recorded in "
+                             f"{', '.join(s['file'] for s in results['sources'])}); leave --preset out to judge "
+                             "them with the rule they recorded")
+    params, sources, notes = {}, {}, []
+    for name in RULE_FIELDS:
+        seen = {s["file"]: s["rule_params"].get(name) for s in results["sources"]}
+        values = {v for v in seen.values() if v is not None}
+        if len(values) > 1 and flags.get(name) is None:
+            raise cli.UserError(f"the files recorded different {RULE_WORDS[name]}: "
+                                + ", ".join(f"{v:g} in {f}" for f, v in seen.items() if v is not None)
+                                + f"; pass {RULE_FLAGS[name]} to judge them together")
+        if values:
+            params[name] = values.pop()
+            sources[name] = "the rule recorded in " + ", ".join(f for f, v in seen.items() if v is not None)
+    now = None
+    if file_preset:
+        from speedrun.config import resolve
+
+        try:
+            now = resolve([f"--preset={file_preset}"])
+        except cli.UsageError:
+            now = None  # a preset this checkout does not have
+    if now is not None:
+        preset_params, preset_sources = config_rule(now)
+        for name in RULE_FIELDS:
+            if name not in params:
+                params[name] = preset_params[name]
+                sources[name] = f"{preset_sources[name]} (not recorded in the files)"
+            elif flags.get(name) is None and preset_params[name] is not None and preset_params[name] != params[name]:
+                notes.append(f"note: the files were judged with {RULE_WORDS[name]} {params[name]:g}; preset "
+                             f"{file_preset}'s config now says {preset_params[name]:g} (pass {RULE_FLAGS[name]} "
+                             "to judge with it)")
+    for name in RULE_FIELDS:
+        if name not in params:
+            params[name] = getattr(Rule, name) if name != "target" else None
+            sources[name] = "track 3's (neither recorded nor in a preset here)"
+    notes += override_rule(params, sources, flags, "the files")
+    return params, sources, notes
+
+
 def _target(parser, text: str) -> float:
     try:
         return float(text)
@@ -387,14 +445,16 @@ OWN_OPTIONS = {
     "seed": "the seeds are chosen here (--seeds N runs seeds 1000..1000+N-1)",
     "optimizer": "use --optimizers", "recipe": "use --optimizers", "optim.name": "use --optimizers",
     "out_dir": "use --out", "run_name": "each run is named here", "stop_at_target": "every seed runs its full budget",
-    "target_val_loss": "use --target",
+    "target_val_loss": "use --target", "target_sigma": "use --sigma", "target_z": "use --z",
+    "loss_per_100_steps": "use --loss-per-100-steps",
 }
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = cli.ArgumentParser(prog="python -m bench.speedrun", **command_help(__doc__))
-    parser.add_argument("--preset", default=None, help="default: cpu; with --from-results, the files' own")
+    parser.add_argument("--preset", default=None, help="the preset the runs start from (default cpu); with "
+                        "--from-results it must be the files' own, if given")
     parser.add_argument("--optimizers", default="adamw,muon,normuon")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--lr-multipliers", default=",".join(f"{m:g}" for m in LR_MULTIPLIERS),
@@ -406,42 +466,60 @@ def main(argv=None):
                         help="a val loss, or 'auto': the final val loss of the tuned AdamW sweep (needs --tune and "
                              "adamw first in --optimizers); default: the preset's target_val_loss")
     parser.add_argument("--sigma", type=float, default=None,
-                        help=f"seed noise σ of the val loss (default {Rule.sigma}, the track's; a config with a "
-                             "target_sigma field sets it there instead)")
+                        help="seed noise σ of the val loss (default: the preset's target_sigma, else the track's "
+                             f"{Rule.sigma})")
     parser.add_argument("--z", type=float, default=None,
-                        help=f"threshold in units of σ (default {Rule.z:.4f} = 0.004/0.0013, the track's)")
+                        help="threshold in units of σ (default: the preset's target_z; the track's is "
+                             f"{Rule.z:.4f} = 0.004/0.0013)")
     parser.add_argument("--loss-per-100-steps", type=float, default=None,
-                        help=f"val loss 100 steps are worth (default {Rule.loss_per_100_steps}, the track's)")
+                        help="val loss 100 steps are worth (default: the preset's loss_per_100_steps; the track's "
+                             f"is {Rule.loss_per_100_steps})")
     parser.add_argument("--baseline", default=None, help="ratios against it (default: the first optimizer)")
     parser.add_argument("--pairs", choices=("all", "baseline"), default="all",
                         help="pairwise tests for every pair, or each optimizer against the baseline")
     parser.add_argument("--from-results", default=None,
-                        help="re-judge the runs saved in a results.json (no training) with this rule; a comma "
-                             "list judges the runs of several files of one preset together")
+                        help="re-judge the runs saved in a results.json (no training) with the rule it recorded "
+                             "(flags override); a comma list judges the runs of several files of one preset together")
+    parser.add_argument("--val-slices", type=int, default=0,
+                        help="with --from-results: judge on the mean of the first K val slices the runs logged "
+                             "(--val_slice_tokens) instead of their whole val set; the rule must then be given "
+                             "(--target, --sigma, --loss-per-100-steps): the recorded one is for the whole set")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="run N `python train.py` processes at a time, each --threads=1 unless --threads is "
+                             "given (0, the default: the runs one after another in this process)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the rule and the runs (to train or reused) and stop: nothing is trained")
     parser.add_argument("--out", default="out/speedrun")
     args, extra = parser.parse_known_args(argv)
     for arg in extra:  # train.py options; those this command sets itself would be overridden silently
         key = arg[2:].split("=", 1)[0] if arg.startswith("--") else None
         if key in OWN_OPTIONS:
             parser.error(f"{arg}: {OWN_OPTIONS[key]}")
-    rule_params = {"sigma": args.sigma, "z": args.z, "loss_per_100_steps": args.loss_per_100_steps}
+    flags = {"sigma": args.sigma, "z": args.z, "loss_per_100_steps": args.loss_per_100_steps}
+    if args.target not in (None, "auto"):
+        flags["target"] = _target(parser, args.target)
 
+    if args.val_slices and not args.from_results:
+        parser.error("--val-slices re-judges saved runs: use it with --from-results")
     if args.from_results:
         results = load_results(args.from_results.split(","))
-        if args.preset is not None and args.preset != results.get("preset"):
-            parser.error(f"--preset {args.preset}: {args.from_results} holds {results.get('preset')!r} runs, judged "
-                         "against their own target; leave --preset out, or pass --target to judge them against "
-                         "another")
-        if args.target not in (None, "auto"):
-            results["rule_params"]["target"] = _target(parser, args.target)
-        elif results["rule_params"].get("target") is not None:
-            print(f"target val loss {results['rule_params']['target']} (recorded with the {results.get('preset')} "
-                  "runs)")
-        results["rule_params"].update({k: v for k, v in rule_params.items() if v is not None})
+        if args.val_slices:
+            missing = [RULE_FLAGS[n] for n in ("target", "sigma", "loss_per_100_steps") if flags.get(n) is None]
+            if missing:
+                parser.error(f"--val-slices {args.val_slices} judges another val set than the recorded rule's: "
+                             f"give {', '.join(missing)}")
+            use_val_slices(results, args.val_slices)
+        params, sources, notes = recorded_rule(results, flags, args.preset)
+        if params["target"] is None:
+            raise cli.UsageError("no target val loss recorded for these runs: pass --target VALUE")
+        Rule(**params)
+        results["rule_params"], results["rule_sources"] = params, sources
         results["rejudged"] = {"command": [sys.executable, "-m", "bench.speedrun", *argv],
                                "commit": harness.git_commit(), "from": args.from_results}
         results["pairs"] = args.pairs
         results["baseline"] = args.baseline or results.get("baseline") or next(iter(results["runs"]))
+        for line in [*notes, rule_line(params, sources)]:
+            print(line)
         _make_out(args.out)
         table = report(results, args.out)
         print(table)
@@ -449,10 +527,12 @@ def main(argv=None):
 
     from speedrun.config import resolve
 
-    args.preset = args.preset or "cpu"
+    preset = args.preset or "cpu"
     optimizers = args.optimizers.split(",")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.jobs < 0:
+        parser.error(f"--jobs must be >= 0, got {args.jobs}")
     baseline = args.baseline or optimizers[0]
     if baseline not in optimizers:
         parser.error(f"--baseline {baseline} is not in --optimizers {args.optimizers}")
@@ -467,41 +547,117 @@ def main(argv=None):
         parser.error(f"--tune {args.tune}: {', '.join(sorted(tuned - set(optimizers)))} not in --optimizers")
     if args.target == "auto" and ("adamw" not in tuned or optimizers[0] != "adamw"):
         parser.error("--target auto needs --tune and adamw first in --optimizers")
-    cfg = resolve([f"--preset={args.preset}", *extra])
+    threads_note = None
+    if args.jobs >= 1 and not any(a.startswith("--threads=") for a in extra):
+        extra = [*extra, "--threads=1"]
+        threads_note = f"{args.jobs} processes at a time, one thread each (--threads=1)"
+    cfg = resolve([f"--preset={preset}", *extra])
     for opt in optimizers:  # every run's options resolve before the first one trains
-        resolve([f"--preset={args.preset}", f"--optimizer={opt}", *extra])
-    rule_params["sigma"] = _rule_sigma(parser, args, cfg)
-    for name in ("z", "loss_per_100_steps"):  # the track's unless given
-        if rule_params[name] is None:
-            rule_params[name] = getattr(Rule, name)
-    target = None
-    if args.target is None:
-        target = cfg.target_val_loss or None
-        if target is None:
-            parser.error(f"preset {args.preset} has no target_val_loss: pass --target VALUE or --target auto")
-    elif args.target != "auto":
-        target = _target(parser, args.target)
-    if target is not None:
-        Rule(target=target, **rule_params)  # bad parameters fail before any training
-    _make_out(args.out)
+        resolve([f"--preset={preset}", f"--optimizer={opt}", *extra])
+    params, sources = config_rule(cfg)
+    notes = override_rule(params, sources, flags, f"preset {preset}")
+    if params["target"] is None and args.target != "auto":
+        parser.error(f"preset {preset} has no target_val_loss: pass --target VALUE or --target auto")
+    if args.target == "auto":
+        params["target"], sources["target"] = None, "--target auto (the tuned AdamW sweep's best final val loss)"
+    Rule(**(params | {"target": params["target"] or 0.0}))  # bad parameters fail before any training
+    for line in [*notes, rule_line(params, sources)]:
+        print(line)
+    if threads_note:
+        print(threads_note)
+    threads = [int(a.split("=", 1)[1]) for a in extra if a.startswith("--threads=")]
+    if args.jobs >= 1 and threads and args.jobs * threads[-1] > (os.cpu_count() or 1):
+        print(f"warning: {args.jobs} processes × {threads[-1]} threads exceed the {os.cpu_count()} cores: every run "
+              "slows down and its step times say nothing")
+
     results = {"command": [sys.executable, "-m", "bench.speedrun", *argv], "commit": harness.git_commit(),
-               "machine": harness.machine(), "preset": args.preset, "extra_args": extra, "baseline": baseline,
-               "pairs": args.pairs, "rule_params": {"target": target, **rule_params}, "tuning": {}, "runs": {}}
+               "machine": harness.machine(), "preset": preset, "extra_args": extra, "baseline": baseline,
+               "pairs": args.pairs, "rule_params": params, "rule_sources": sources, "tuning": {}, "runs": {},
+               "jobs": args.jobs}
+    out_runs, out_tune = os.path.join(args.out, "runs"), os.path.join(args.out, "tune")
+    base_lr = {opt: resolve([f"--preset={preset}", f"--optimizer={opt}", *extra]).optim.lr for opt in tuned}
+    first = []  # the tuning points, and the seeds of every optimizer not tuned
     for opt in optimizers:
-        lr = None
         if opt in tuned:
-            lr, sweep = tune(args.preset, opt, args.out, extra, multipliers)
-            results["tuning"][opt] = {"chosen_lr": lr, "sweep": sweep}
-            if target is None:  # --target auto: the tuned AdamW baseline's final val loss (seed 0, full budget)
-                target = min(r["final_val_loss"] for r in sweep)
-                results["rule_params"]["target"] = target
-                print(f"target val loss set by tuned AdamW (lr {lr:g}): {target:.4f}")
-        run_args = [*extra, f"--target_val_loss={target}"]
-        results["runs"][opt] = [_run(args.preset, opt, 1000 + s, os.path.join(args.out, "runs"), run_args, lr=lr)
-                                for s in range(args.seeds)]
+            first += [jobs.Job(f"{opt} lr {base_lr[opt] * m:g} (tuning, seed 0)",
+                               run_args(preset, opt, 0, out_tune, extra, lr=base_lr[opt] * m), kind=opt,
+                               tag=("tune", opt, base_lr[opt] * m)) for m in multipliers]
+        else:
+            first += [jobs.Job(f"{opt} seed {1000 + s}",
+                               run_args(preset, opt, 1000 + s, out_runs, extra, target=params["target"]), kind=opt,
+                               tag=("seed", opt, 1000 + s)) for s in range(args.seeds)]
+    reused = [j for j in first if jobs.finished_run(j.args) is not None]
+    to_train = [j for j in first if j not in reused]
+    later = len(tuned) * args.seeds
+    print(f"plan: {len(first) + later} runs ({len(optimizers)} optimizers × {args.seeds} seeds"
+          + (f", {len(multipliers)} tuning points each for {', '.join(sorted(tuned))}" if tuned else "")
+          + f"): {len(reused)} reused, {len(to_train)} to train"
+          + (f", then {later} seeds of the tuned optimizers at their chosen lr" if later else ""))
+    if args.dry_run:
+        for job in first:
+            print(f"  {'reuse' if job in reused else 'train'}  {job.label}: train.py {' '.join(job.args)}")
+        return results
+    _make_out(args.out)
+    estimate = None
+    if to_train or later:
+        kinds = {}
+        for job in to_train + first:  # a run of each kind still to train (the first of its kind)
+            kinds.setdefault(job.kind, job)
+        estimate = jobs.calibrate(list(kinds.values()), args.out)
+        seeds_later = [jobs.Job(o, run_args(preset, o, 1000, out_runs, extra, lr=base_lr[o]), kind=o)
+                       for o in sorted(tuned) for _ in range(args.seeds)]  # their lr is not known yet
+        line = jobs.cpu_hours_line(to_train + seeds_later, estimate, args.jobs)
+        results["estimate"] = line
+        print("estimate: " + line)
+
+    sweeps = {opt: {} for opt in tuned}
+
+    def then(outcome: jobs.Outcome):
+        kind, opt, value = outcome.job.tag
+        if kind != "tune":
+            return []
+        sweeps[opt][value] = outcome
+        if len(sweeps[opt]) < len(multipliers):
+            return []
+        points = [sweeps[opt][base_lr[opt] * m] for m in multipliers]
+        crashed = [p for p in points if not p.ok and not p.diverged]
+        if crashed:
+            return []  # reported below; its seeds wait for a complete sweep
+        sweep = [_sweep_point(p) for p in points]
+        best = _best(sweep)
+        if not math.isfinite(best["final_val_loss"]):
+            return []
+        results["tuning"][opt] = {"chosen_lr": best["lr"], "sweep": sweep}
+        print(f"{opt}: tuned lr {best['lr']:g} (final val loss {best['final_val_loss']:.4f} on seed 0)")
+        if args.target == "auto" and opt == "adamw":
+            params["target"] = best["final_val_loss"]
+            print(f"target val loss set by tuned AdamW (lr {best['lr']:g}): {params['target']:.4f}")
+        return [jobs.Job(f"{opt} lr {best['lr']:g} seed {1000 + s}",
+                         run_args(preset, opt, 1000 + s, out_runs, extra, lr=best["lr"], target=params["target"]),
+                         kind=opt, tag=("seed", opt, 1000 + s)) for s in range(args.seeds)]
+
+    runner = jobs.Runner(args.jobs, os.path.join(args.out, "logs"))
+    outcomes = runner.run(first, then=then, estimate=estimate, expected=len(first) + later)
+    failed = [o for o in outcomes if not o.ok and not (o.diverged and o.job.tag[0] == "tune")]
+    for opt in optimizers:
+        seeds = sorted((o for o in outcomes if o.job.tag[:2] == ("seed", opt) and o.ok), key=lambda o: o.job.tag[2])
+        if len(seeds) == args.seeds:
+            results["runs"][opt] = [o.summary for o in seeds]
+    missing = [opt for opt in optimizers if opt not in results["runs"]]
+    results["failed"] = [{"run": o.job.label, "error": o.error, "log": o.log} for o in failed]
     results["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
-    table = report(results, args.out)
-    print(table)
+    if params["target"] is None:
+        raise cli.UserError("--target auto: the AdamW sweep did not finish, so there is no target to judge against")
+    if results["runs"]:
+        results["baseline"] = baseline if baseline in results["runs"] else next(iter(results["runs"]))
+        table = report(results, args.out)
+        print(table)
+    if missing:
+        why = "; ".join(f"{f['run']}: {f['error']}" + (f" (log {f['log']})" if f["log"] else "")
+                        for f in results["failed"]) or "a tuning sweep in which every point diverged"
+        raise cli.UserError(f"{', '.join(missing)} not judged: {why}. "
+                            + (f"The other optimizers are judged in {args.out}. " if results["runs"] else "")
+                            + "Run the same command again to retry: finished runs are reused")
     return results
 
 

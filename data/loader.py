@@ -11,7 +11,9 @@ never overlap and together cover it; every rank reads the same windows, so no co
 
 Order and seeds. seed=0 keeps the files in the order given (`list_shards` sorts them by name); any other
 seed permutes the shard order with numpy's PCG64. Reading inside a shard is always sequential, so a
-corpus that fits in one train shard gives the same stream for every seed.
+corpus that fits in one train shard gives the same stream for every seed. skip=K starts the stream K
+windows later (the windows the first K steps would have read are passed over): the same order, a later and
+disjoint stretch of the data (train.py's --data_offset).
 
 Resuming. `state_dict()` records the shard order, the shard being read, the offset in it and the step
 count; `load_state_dict()` on a fresh loader over the same files and with the same seed and tokens per
@@ -42,13 +44,15 @@ class TokenLoader:
     """vocab_size: every token id of a shard is checked against it when the shard is opened (None: unchecked)."""
 
     def __init__(self, files, *, batch_size: int, seq_len: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 margin: int = 0, vocab_size: int | None = None):
+                 margin: int = 0, vocab_size: int | None = None, skip: int = 0):
         files = [Path(f) for f in files]
         if not files:
             raise ValueError("TokenLoader needs at least one shard file")
         _check_layout(batch_size, seq_len, rank, world_size)
         if margin < 0:
             raise ValueError(f"margin must be >= 0 tokens, got {margin}")
+        if skip < 0:
+            raise ValueError(f"skip must be >= 0 windows, got {skip}")
         self.files = files
         self.batch_size, self.seq_len = batch_size, seq_len
         self.rank, self.world_size, self.seed, self.margin = rank, world_size, seed, margin
@@ -58,28 +62,44 @@ class TokenLoader:
         # position: the next window starts at `offset` in shard order[shard]
         self.shard, self.offset, self.steps = 0, 0, 0
         self._tokens, self._tokens_shard = None, None  # memmap of the shard being read
+        self.skip = min(skip, self._windows())
+        for _ in range(self.skip):  # positions only: nothing is read
+            self.shard, self.offset = self._next_window()
+            self.offset += self.tokens_per_step
 
     @property
     def tokens_per_step(self) -> int:
         """Input tokens of one step over all ranks: world_size * batch_size * seq_len."""
         return self.world_size * self.batch_size * self.seq_len
 
-    def steps_available(self) -> int:
-        """How many steps the shards hold from the start, by next_batch's rule (a window never straddles shards)."""
+    def _windows(self) -> int:
+        """Windows the shards hold from their start, by next_batch's rule (a window never straddles shards)."""
         window = self.tokens_per_step + 1
         return sum((n - window - self.margin) // self.tokens_per_step + 1 for n in self.num_tokens
                    if n >= window + self.margin)
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's (x, y) for the next step, int64 of shape (batch_size, seq_len), y = x shifted by one."""
+    def steps_available(self) -> int:
+        """How many steps the shards hold after the skipped windows, by next_batch's rule."""
+        return self._windows() - self.skip
+
+    def _next_window(self) -> tuple[int, int]:
+        """(index into the shard order, offset) where the next window starts; (len(order), 0) when none is left."""
         window = self.tokens_per_step + 1
         shard, offset = self.shard, self.offset
         while shard < len(self.order) and offset + window + self.margin > self.num_tokens[self.order[shard]]:
             shard, offset = shard + 1, 0  # the tail of this shard is shorter than a window (+ margin): next shard
+        return shard, offset
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's (x, y) for the next step, int64 of shape (batch_size, seq_len), y = x shifted by one."""
+        window = self.tokens_per_step + 1
+        shard, offset = self._next_window()
         if shard == len(self.order):
             total = sum(self.num_tokens)
+            skipped = f" (after {self.skip} skipped windows)" if self.skip else ""
             raise DataExhausted(
-                f"train data exhausted after {self.steps} steps: {self.steps * self.tokens_per_step} tokens consumed "
+                f"train data exhausted after {self.steps} steps{skipped}: {self.steps * self.tokens_per_step} tokens "
+                f"consumed "
                 f"of {total} available in {len(self.files)} shard(s); each step needs a window of {window} tokens "
                 f"from one shard{f' with {self.margin} to spare' if self.margin else ''}. Use fewer steps or add "
                 "shards."

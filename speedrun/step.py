@@ -13,8 +13,8 @@ SUM; a power-of-two W scales exactly).
 
 The trainer provides: cfg, device, model, step_model (compiled or not), optimizer (and its wrapper's
 before_forward(step) hook, when it has one), readout (which weights validation reads; updated after each step),
-parallel (DataParallel), loader, val (the val batches), accum (micro-batches per step on this rank), world_size,
-autocast, guard, micro_batches() and _apply_schedule(step).
+parallel (DataParallel), loader, val (the val batches), val_slice_batches (val batches per --val_slice_tokens slice),
+accum (micro-batches per step on this rank), world_size, autocast, guard, micro_batches() and _apply_schedule(step).
 """
 
 import contextlib
@@ -82,15 +82,30 @@ class TrainingStep:
 
     @torch.no_grad()
     def evaluate(self, readout: bool = True) -> float:
-        """The val loss per token of the weights the run's readout evaluates (readout=False: the trained ones)."""
+        """The val loss per token of the weights the run's readout evaluates (readout=False: the trained ones).
+        With --val_slice_tokens, the readout's evaluation also leaves each slice's loss in self.val_slices, each
+        summed in the same order as the whole, so the first slice's loss is the val loss of a run whose val set is
+        that slice."""
         self.model.eval()
         total = torch.zeros((), device=self.device)
+        k = self.val_slice_batches if readout else 0
+        # allocated before the loop: small tensors kept across the val batches would split the freed logits blocks
+        # that the next batch reuses (speedrun.memory.keep_freed_memory), and the heap would grow a block a batch
+        sums = torch.zeros(len(self.val) // k if k else 0, device=self.device)
         with self.readout.weights() if readout else contextlib.nullcontext():
-            for x, y in self.val:
+            for i, (x, y) in enumerate(self.val):
                 with self._autocast():
-                    total += self.step_model(self._to_device(x), self._to_device(y)).float()
-        total /= len(self.val) * (self.cfg.batch_size * self.cfg.seq_len if self.summed_loss else 1)  # per token
+                    loss = self.step_model(self._to_device(x), self._to_device(y)).float()
+                total += loss
+                if k:
+                    sums[i // k] += loss
+        per_token = self.cfg.batch_size * self.cfg.seq_len if self.summed_loss else 1
+        total /= len(self.val) * per_token
         all_reduce_mean(total, self.world_size)  # every rank holds the same number of val batches
+        if k:
+            sums /= k * per_token
+            all_reduce_mean(sums, self.world_size)
+            self.val_slices = sums.tolist()
         self.model.train()
         return total.item()
 

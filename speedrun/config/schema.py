@@ -83,6 +83,10 @@ class TrainConfig:
     """Where the late validation cadence starts, as a fraction of the horizon."""
     val_tokens: int = 65536
     """Tokens of the fixed held-out val set (the first val_tokens of the val shards)."""
+    val_slice_tokens: int = 0
+    """Also log, at every validation, the val loss of each consecutive slice of this many tokens of the val set
+    (`val_slices` in the record): the same weights on disjoint val samples, for the noise study (bench.noise).
+    val_loss is unchanged; 0 = none. Must divide val_tokens into whole validation steps."""
     target_val_loss: float = 0.0
     """The val loss a run is scored against (steps and seconds to reach it); 0 = no target."""
     target_sigma: float = 0.0
@@ -95,6 +99,9 @@ class TrainConfig:
     """End the run at the first validation that reaches the target (track 3: False, every run trains its budget)."""
     seed: int = 1337
     """Seeds the init, the shard order and everything random."""
+    data_offset: int = 0
+    """Start the train stream this many steps' windows later: the same order from a later, disjoint stretch of the
+    data, with the init unchanged (the data-order term of the noise study, bench.noise); 0 = from the start."""
     device: str = "auto"
     """auto (CUDA when torch sees a GPU, else the CPU) | cpu | cuda."""
     dtype: str = "auto"
@@ -136,7 +143,8 @@ class TrainConfig:
         for name, least in (("max_steps", 0), ("schedule_steps", 0), ("batch_size", 1), ("seq_len", 1),
                             ("grad_accum", 1), ("reference_world_size", 0), ("val_every", 1), ("val_every_late", 0),
                             ("val_tokens", 1), ("log_every", 1), ("threads", 0), ("checkpoint_every", 0),
-                            ("shard_margin", 0), ("seed", 0)):
+                            ("shard_margin", 0), ("seed", 0), ("data_offset", 0),
+                            ("val_slice_tokens", 0)):
             require(getattr(self, name) >= least, f"--{name}={getattr(self, name)} must be >= {least}")
         require(0 <= self.val_late_frac <= 1, f"--val_late_frac={self.val_late_frac} must lie in [0, 1]")
         for name in ("grad_clip", "target_val_loss", "target_sigma"):
@@ -145,6 +153,8 @@ class TrainConfig:
         for name in ("dist_timeout_s", "dist_bucket_mb", "target_z", "loss_per_100_steps"):
             require(_finite(getattr(self, name), 0, strict=True),
                     f"--{name}={getattr(self, name)} must be a number > 0")
+        require(not self.val_slice_tokens or self.val_tokens % self.val_slice_tokens == 0,
+                f"--val_slice_tokens={self.val_slice_tokens} must divide --val_tokens={self.val_tokens}")
         require(self.seq_len <= self.model.max_seq_len,
                 f"--seq_len={self.seq_len} exceeds --model.max_seq_len={self.model.max_seq_len}")
         require(self.run_name == "" or (self.run_name not in (".", "..") and "/" not in self.run_name),

@@ -5,10 +5,11 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import pytest
 
-from bench import speedrun
+from bench import jobs, speedrun
 from bench.speedrun import Point, Rule
 from speedrun.cli import UsageError, UserError
 
@@ -145,25 +146,98 @@ def test_aggregate_pairwise_and_table():
     assert "Learning rate tuned for adamw only; muon, normuon ran at their configured lr" in partly
 
 
-def test_sigma_comes_from_the_config_field_when_there_is_one():
-    import argparse
+def test_track3_cpu_judges_with_its_own_rule_parameters(tmp_path, capsys):
+    """`bench.speedrun --preset track3-cpu` with no rule flags: target, σ, z and loss per 100 steps are the preset's
+    (0.62 per 100 steps, not the 124M track's 0.0045), recorded with where they came from; a flag overrides one and
+    says so."""
+    from speedrun.config import resolve
 
-    parser = argparse.ArgumentParser()
+    cfg = resolve(["--preset=track3-cpu"])
+    results = speedrun.main(["--preset=track3-cpu", "--optimizers=track3-muon,track3-adam", "--dry-run",
+                             f"--out={tmp_path}"])
+    params = results["rule_params"]
+    assert params == {"target": cfg.target_val_loss, "sigma": cfg.target_sigma, "z": cfg.target_z,
+                      "loss_per_100_steps": cfg.loss_per_100_steps}
+    assert params["loss_per_100_steps"] != Rule.loss_per_100_steps and params["sigma"] != Rule.sigma
+    assert set(results["rule_sources"].values()) == {"preset track3-cpu"}
+    assert "from preset track3-cpu" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
-    @dataclasses.dataclass
-    class WithSigma:
-        target_sigma: float = 0.02
+    over = speedrun.main(["--preset=track3-cpu", "--optimizers=track3-muon", "--dry-run", "--loss-per-100-steps=0.3",
+                          f"--out={tmp_path}"])
+    assert over["rule_params"]["loss_per_100_steps"] == 0.3 and over["rule_params"]["sigma"] == cfg.target_sigma
+    assert over["rule_sources"]["loss_per_100_steps"] == "--loss-per-100-steps"
+    note = ("--loss-per-100-steps 0.3 overrides"
+            f" the loss per 100 steps of preset track3-cpu ({cfg.loss_per_100_steps:g})")
+    assert note in capsys.readouterr().out
+    # a preset with no measured σ falls back to the track's, and says so
+    plain = speedrun.main(["--preset=cpu", "--optimizers=adamw", "--dry-run", f"--out={tmp_path}"])
+    assert plain["rule_params"]["sigma"] == Rule.sigma and "track 3's" in plain["rule_sources"]["sigma"]
+    with pytest.raises(UsageError, match="use --sigma"):
+        speedrun.main(["--preset=track3-cpu", "--target_sigma=0.01", "--dry-run", f"--out={tmp_path}"])
 
-    @dataclasses.dataclass
-    class Without:
-        target_val_loss: float = 4.0
 
-    assert speedrun._rule_sigma(parser, argparse.Namespace(sigma=None), WithSigma()) == 0.02
-    assert speedrun._rule_sigma(parser, argparse.Namespace(sigma=None), WithSigma(0.0)) == Rule.sigma
-    assert speedrun._rule_sigma(parser, argparse.Namespace(sigma=0.05), Without()) == 0.05
-    assert speedrun._rule_sigma(parser, argparse.Namespace(sigma=None), Without()) == Rule.sigma
-    with pytest.raises(SystemExit):
-        speedrun._rule_sigma(parser, argparse.Namespace(sigma=0.05), WithSigma())
+def _results_file(path, preset="track3-cpu", rule=None, optimizer="a", losses=(4.70, 4.72)):
+    runs = [{"curve": [{"step": 0, "val_loss": 10.0}, {"step": 100, "val_loss": v}], "step_avg_ms": 1.0, "seed": i}
+            for i, v in enumerate(losses)]
+    data = {"preset": preset, "runs": {optimizer: runs}, "command": ["x"], "commit": "abc",
+            "machine": {"cpu": "test", "cores": 2, "cpu_capability": "AVX2", "threads": 1, "loadavg_1m": 0.0}}
+    if rule is not None:
+        data["rule_params"] = rule
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_from_results_judges_with_the_recorded_rule(tmp_path, capsys):
+    old = {"target": 4.77, "sigma": 0.0304, "z": 3.0, "loss_per_100_steps": 0.0045}  # judged before the fix
+    f = _results_file(tmp_path / "a" / "results.json", rule=old)
+    again = speedrun.main([f"--from-results={f}", f"--out={tmp_path / 'j'}"])
+    assert again["rule_params"] == old
+    out = capsys.readouterr().out
+    assert "judged with loss per 100 steps 0.0045; preset track3-cpu's config now says 0.62" in out
+    assert json.loads((tmp_path / "j" / "results.json").read_text())["rule"]["loss_per_100_steps"] == 0.0045
+    fixed = speedrun.main([f"--from-results={f}", "--loss-per-100-steps=0.62", f"--out={tmp_path / 'k'}"])
+    assert fixed["rule_params"]["loss_per_100_steps"] == 0.62 and fixed["rule_params"]["z"] == 3.0
+    assert fixed["rule_sources"]["loss_per_100_steps"] == "--loss-per-100-steps"
+    # --preset must be the files' own
+    assert speedrun.main([f"--from-results={f}", "--preset=track3-cpu", f"--out={tmp_path / 'l'}"])
+    with pytest.raises(UsageError, match="--preset cpu disagrees with the runs' preset 'track3-cpu'"):
+        speedrun.main([f"--from-results={f}", "--preset=cpu", f"--out={tmp_path / 'm'}"])
+    # a file that recorded only its target: the rest from its preset's config, said so
+    bare = _results_file(tmp_path / "b" / "results.json", rule={"target": 4.77}, optimizer="b")
+    judged = speedrun.main([f"--from-results={bare}", f"--out={tmp_path / 'n'}"])
+    assert judged["rule_params"]["loss_per_100_steps"] == 0.62 and judged["rule_params"]["sigma"] == 0.0304
+    assert "not recorded in the files" in judged["rule_sources"]["sigma"]
+    # two files judged with different σ: which one is a decision the command does not make
+    other = _results_file(tmp_path / "c" / "results.json", rule=old | {"sigma": 0.05}, optimizer="c")
+    with pytest.raises(UserError, match="recorded different σ: 0.0304 in .*, 0.05 in .*; pass --sigma"):
+        speedrun.main([f"--from-results={f},{other}", f"--out={tmp_path / 'o'}"])
+    both = speedrun.main([f"--from-results={f},{other}", "--sigma=0.04", f"--out={tmp_path / 'p'}"])
+    assert both["rule_params"]["sigma"] == 0.04 and set(both["aggregate"]) == {"a", "c"}
+
+
+def test_judging_on_the_first_val_slices(tmp_path):
+    """Runs that logged val slices are judged on the first k of them with a rule given for that val set."""
+    runs = [{"seed": i, "step_avg_ms": 1.0,
+             "curve": [{"step": 0, "val_loss": 10.0, "val_slices": [10.0, 10.0]},
+                       {"step": 100, "val_loss": 4.0, "val_slices": [4.5 + i / 100, 3.5]}]} for i in range(3)]
+    f = tmp_path / "r.json"
+    f.write_text(json.dumps({"preset": "track3-cpu", "runs": {"a": runs}, "rule_params": {"target": 4.2}}))
+    with pytest.raises(UsageError, match="give --sigma, --loss-per-100-steps"):
+        speedrun.main([f"--from-results={f}", "--val-slices=1", "--target=4.6", f"--out={tmp_path / 'x'}"])
+    judged = speedrun.main([f"--from-results={f}", "--val-slices=1", "--target=4.6", "--sigma=0.01",
+                            "--loss-per-100-steps=0.5", f"--out={tmp_path / 'y'}"])
+    row = judged["aggregate"]["a"]
+    assert row["final_val"][0] == pytest.approx(4.51) and row["target_step"] == 100
+    assert judged["val_slices"] == 1 and judged["runs"]["a"][0]["curve"][1]["val_loss_whole"] == 4.0
+    whole = speedrun.main([f"--from-results={f}", "--target=4.2", f"--out={tmp_path / 'z'}"])
+    assert whole["aggregate"]["a"]["final_val"][0] == pytest.approx(4.0)
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({"preset": "track3-cpu", "runs": {"a": [{"step_avg_ms": 1, "curve": [[0, 5.0]]}]}}))
+    with pytest.raises(UserError, match="logged 0 val slices, --val-slices 1 needs 1"):
+        speedrun.main([f"--from-results={bare}", "--val-slices=1", "--target=4.6", "--sigma=0.01",
+                       "--loss-per-100-steps=0.5", f"--out={tmp_path / 'w'}"])
 
 
 # ----------------------------------------------------------------------------------------------- end to end
@@ -191,7 +265,7 @@ def test_end_to_end_with_tuning(text_shards, tmp_path):
     assert set(saved["aggregate"]) == {"adamw", "muon"} and len(saved["pairwise"]) == 1
 
     # a widened sweep trains only its new point; the finished runs (same config) are reused as they are
-    logs = {p: p.stat().st_mtime_ns for p in out.glob("**/log.jsonl")}
+    logs = {p: p.stat().st_mtime_ns for p in out.glob("**/log.jsonl") if "calibration" not in p.parts}
     again = speedrun.main(["--optimizers=adamw", "--seeds=2", "--tune", "--lr-multipliers=0.25,0.5,1,2",
                            f"--out={out}", "--target=auto", f"--data_dir={text_shards}", *TINY])
     sweep = again["tuning"]["adamw"]["sweep"]
@@ -204,7 +278,7 @@ def test_end_to_end_with_tuning(text_shards, tmp_path):
     assert speedrun.finished_run([*seed0, "--target_val_loss=9", "--checkpoint_every=2"]) is not None
     assert speedrun.finished_run([*seed0, "--threads=2"]) is None
     assert speedrun.finished_run([*seed0, "--seed=1"]) is None
-    new = sorted(p.parent.name for p in out.glob("**/log.jsonl") if p not in logs)
+    new = sorted(p.parent.name for p in out.glob("**/log.jsonl") if p not in logs and "calibration" not in p.parts)
     if again["tuning"]["adamw"]["chosen_lr"] == 0.0025:  # the new point won: its seeds are new runs too
         assert new == ["tiny-adamw-lr0.0025-s0", "tiny-adamw-lr0.0025-s1000", "tiny-adamw-lr0.0025-s1001"]
     else:
@@ -254,8 +328,10 @@ def test_bad_arguments(tmp_path):
         speedrun.main(["--preset=tiny", "--optimizers=adamw", f"--out={tmp_path}"])
     with pytest.raises(UsageError, match="--baseline sgd"):
         speedrun.main(["--optimizers=adamw", "--baseline=sgd", "--target=4", f"--out={tmp_path}"])
-    with pytest.raises(ValueError, match="target_sigma=-0.01 must be a number >= 0"):
-        speedrun.main(["--optimizers=adamw", "--target=4", "--target_sigma=-0.01", f"--out={tmp_path}"])
+    with pytest.raises(UsageError, match="--target_sigma=0.01: use --sigma"):
+        speedrun.main(["--optimizers=adamw", "--target=4", "--target_sigma=0.01", f"--out={tmp_path}"])
+    with pytest.raises(ValueError, match="sigma must be a positive number"):
+        speedrun.main(["--optimizers=adamw", "--target=4", "--sigma=-0.01", f"--out={tmp_path / 's'}"])
     with pytest.raises(ValueError, match="z must be a positive number"):
         speedrun.main(["--optimizers=adamw", "--target=4", "--z=0", f"--out={tmp_path / 'z'}"])
     assert not (tmp_path / "z").exists()  # refused before anything is written
@@ -266,16 +342,74 @@ def test_an_earlier_run_is_resumed_or_refused_never_overwritten(text_shards, tmp
     resume it; a finished run it could not reuse (other options), or one without a checkpoint: refuse, naming it."""
     args = ["--preset=tiny", "--optimizer=adamw", "--seed=1000", f"--out_dir={tmp_path}", f"--data_dir={text_shards}"]
     run_dir = tmp_path / "tiny-adamw-s1000"
-    assert speedrun._continuation(args) == []
+    assert jobs.continuation(args) == []
     run_dir.mkdir()
     (run_dir / "config.json").write_text("{}")
     (run_dir / "log.jsonl").write_text("")
     with pytest.raises(UserError, match="holds an unfinished run without a checkpoint .*use another --out"):
-        speedrun._continuation(args)
+        jobs.continuation(args)
     (run_dir / "checkpoint.pt").write_bytes(b"")
-    assert speedrun._continuation(args) == ["--resume=True"]
+    assert jobs.continuation(args) == ["--resume=True"]
     (run_dir / "summary.json").write_text("{}")
     with pytest.raises(UserError, match="holds a finished run made with other options than this command's; use "
                                         "another --out, or move that folder away"):
-        speedrun._continuation(args)
+        jobs.continuation(args)
 
+
+CRASHY = '''"""An AdamW whose run of one seed crashes while it is built (a bug in someone's optimizer file)."""
+from dataclasses import dataclass
+
+import torch
+
+from optim.registry import optimizer
+
+
+@dataclass(frozen=True)
+class CrashyConfig:
+    lr: float = 0.01
+    """Learning rate."""
+    crash_seed: int = 1001
+    """The seed whose run raises."""
+
+
+@optimizer("crashy", CrashyConfig)
+def build(cfg: CrashyConfig, groups: dict) -> torch.optim.Optimizer:
+    if torch.initial_seed() == cfg.crash_seed:  # the trainer seeds torch with --seed before building
+        raise RuntimeError("crashy: this seed crashes on purpose")
+    return torch.optim.AdamW([{"params": ps, "role": role} for role, ps in groups.items() if ps], lr=cfg.lr)
+'''
+
+
+def test_parallel_jobs_estimate_progress_and_a_crash_that_loses_nothing(text_shards, tmp_path, capsys):
+    """--jobs 2: one-thread train.py processes two at a time; the estimate first, progress as runs end; a crashed
+    run is reported with its log's end, the others are judged, and the command run again retrains only it."""
+    crashy = tmp_path / "crashy.py"
+    crashy.write_text(CRASHY)
+    out = tmp_path / "sr"
+    argv = [f"--optimizers=adamw,{crashy}:crashy", "--seeds=2", "--jobs=2", f"--out={out}", "--target=20",
+            f"--data_dir={text_shards}", "--preset=tiny", "--max_steps=4", "--val_every=1", "--optim.lr=0.01"]
+    with pytest.raises(UserError, match=r"crashy\.py:crashy not judged: .*crashy seed 1001: exit 1: "
+                                        r"RuntimeError: crashy: this seed crashes on purpose"):
+        speedrun.main(argv)
+    printed = capsys.readouterr().out
+    assert "2 processes at a time, one thread each" in printed
+    assert re.search(r"estimate: 4 runs to train: ~[0-9.]+ CPU-hours \(core-hours\), ~\d+ (s|min) wall at 2 at a time "
+                     r"\(calibration: 4 steps of each kind of run timed here", printed), printed
+    assert printed.index("estimate:") < printed.index("finished adamw seed")
+    assert re.search(r"runs: 1 done \(0 reused, 0 failed\), 1 running, 2 left; ETA", printed)
+    assert "runs: 4 done (0 reused, 1 failed), 0 running, 0 left" in printed
+    failed = printed[printed.index("FAILED "):]
+    assert 'raise RuntimeError("crashy: this seed crashes on purpose")' in failed  # the log's last lines
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["runs"]) == {"adamw"} and saved["aggregate"]["adamw"]["n"] == 2
+    assert [f["run"] for f in saved["failed"]] == [f"{crashy}:crashy seed 1001"]
+    assert "crashes on purpose" in open(saved["failed"][0]["log"]).read()
+    assert all(r["threads"] == 1 and r["steps"] == 4 for r in saved["runs"]["adamw"])
+
+    logs = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/log.jsonl")}
+    assert len(logs) == 3  # the crashed run never logged
+    with pytest.raises(UserError, match="crashes on purpose"):
+        speedrun.main(argv)
+    printed = capsys.readouterr().out
+    assert printed.count("reused the finished run") == 3 and "estimate: 1 runs to train" in printed
+    assert all(p.stat().st_mtime_ns == t for p, t in logs.items())

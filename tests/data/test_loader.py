@@ -162,3 +162,30 @@ def test_val_batches_too_few_tokens(shard_files):
         val_batches(shard_files[:1], n_tokens=512, batch_size=B, seq_len=T, world_size=WORLD)
     with pytest.raises(ValueError, match="multiple of"):
         val_batches(shard_files, n_tokens=100, batch_size=B, seq_len=T, world_size=WORLD)
+
+
+@pytest.mark.parametrize("margin", [0, 1])
+@pytest.mark.parametrize("skip", [1, 3, 15])
+def test_skip_starts_the_same_stream_later(shard_files, margin, skip):
+    """skip=K: the batches the loader without skip gives from its K-th on, across shard switches (K=15 crosses
+    the short shard), and K fewer steps available."""
+    full = TokenLoader(shard_files, batch_size=B, seq_len=T, world_size=1, seed=7, margin=margin)
+    later = TokenLoader(shard_files, batch_size=B, seq_len=T, world_size=1, seed=7, margin=margin, skip=skip)
+    assert later.steps_available() == full.steps_available() - skip
+    expected = _take(full, full.steps_available())[skip:]
+    got = _take(later, later.steps_available())
+    assert len(got) == len(expected)
+    for (x, y), (ex, ey) in zip(got, expected):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
+    with pytest.raises(DataExhausted, match=f"after {skip} skipped windows"):
+        later.next_batch()
+
+
+def test_skipped_stream_resumes_exactly(shard_files):
+    a = TokenLoader(shard_files, batch_size=B, seq_len=T, world_size=1, seed=3, skip=4)
+    _take(a, 5)
+    state = a.state_dict()
+    b = TokenLoader(shard_files, batch_size=B, seq_len=T, world_size=1, seed=3, skip=4)
+    b.load_state_dict(state)
+    for (x, y), (ex, ey) in zip(_take(b, 6), _take(a, 6)):
+        assert torch.equal(x, ex) and torch.equal(y, ey)
