@@ -186,7 +186,7 @@ class Trainer(TrainingStep):
 
         self.dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
         self.autocast = self.dtype == torch.bfloat16 and not cfg.model.bf16_embedding
-        self.attention = cfg.model.attn_impl
+        self.attention = cfg.model.attention_impl
         self.memory = self._check_memory()  # before the model is on the device
         torch.manual_seed(cfg.seed)
         self.model = GPT(cfg.model, dtype=self.dtype).to(self.device)
@@ -215,7 +215,8 @@ class Trainer(TrainingStep):
         """What runs, by op ("unused": Newton-Schulz under an optimizer without it)."""
         cfg = self.cfg
         optimizer = cfg.optim.implementations() if hasattr(cfg.optim, "implementations") else {}
-        return {"attention": cfg.model.attn_impl, "mlp": cfg.model.mlp_impl, "ce": cfg.model.ce_impl, **optimizer,
+        return {"attention": cfg.model.attention_impl, "mlp": cfg.model.relu2_mlp_impl,
+                "ce": cfg.model.linear_cross_entropy_impl, **optimizer,
                 "compile": cfg.compile}
 
     @property
@@ -515,7 +516,7 @@ def main(argv=None) -> dict | None:
     if trainer.master:
         print(json.dumps(to_dict(trainer.cfg)))
         print(f"precision: dtype={cfg.dtype} -> {trainer.precision}")
-        print(f"attention: {cfg.model.attn_impl} -> {trainer.attention}")
+        print(f"attention: {cfg.model.attention_impl} -> {trainer.attention}")
         print("implementations: " + ", ".join(f"{op} {impl}" for op, impl in trainer.implementations.items()))
         if trainer.memory is not None:
             print(f"memory: {trainer.memory}")

@@ -20,9 +20,9 @@ config, builder and everything they use, the schedule, wrapper and readout parts
 resolved values written in. It imports torch, numpy and the standard library only (and triton when an
 implementation asked for is a Triton kernel). Implementations: "auto" becomes the eager PyTorch ones (attention
 F.scaled_dot_product_attention, the eager MLP, loss and Newton-Schulz), so the script runs on any GPU or CPU with
-torch alone; ask for a Triton kernel explicitly (--model.mlp_impl=triton, --model.ce_impl=triton,
---optim.newton_schulz_impl=triton) to get it inlined with its kernels. On CUDA the script compiles the model with
-torch.compile, as the track's reference does.
+torch alone; ask for a Triton kernel explicitly (--model.relu2_mlp_impl=triton,
+--model.linear_cross_entropy_impl=triton, --optim.newton_schulz_impl=triton) to get it inlined with its kernels.
+On CUDA the script compiles the model with torch.compile, as the track's reference does.
 
 How the code gets in: bench.flatten follows the names, not a list. It starts from the training loop and the written
 settings, follows every name they use through the imports to the statement defining it, keeps that statement and
@@ -65,7 +65,7 @@ SETTINGS_BEGIN = "# ---- export: settings"
 SETTINGS_END = "# ---- export: end ----"
 TRACK_DATA_DIR = "data/fineweb10B"
 # Implementations that are plain PyTorch: what "auto" becomes, and what runs without a GPU.
-EAGER = {"attn_impl": "sdpa", "mlp_impl": "eager", "ce_impl": "eager"}
+EAGER = {"attention_impl": "sdpa", "relu2_mlp_impl": "eager", "linear_cross_entropy_impl": "eager"}
 # Attention backends the script can hold: FlashAttention is a library of its own.
 EXPORTABLE_ATTENTION = ("sdpa", "eager", "flex")
 ALLOWED_IMPORTS = {"torch", "numpy"}
@@ -89,8 +89,9 @@ def resolve_config(argv: list[str]):
     if not any(arg.split("=")[0] == "--data_dir" for arg in argv):
         cfg = dataclasses.replace(cfg, data_dir=TRACK_DATA_DIR)
     model = dataclasses.replace(cfg.model, **{k: v for k, v in EAGER.items() if getattr(cfg.model, k) == "auto"})
-    if model.attn_impl not in EXPORTABLE_ATTENTION:
-        raise ConfigError(f"--model.attn_impl={model.attn_impl}: the script holds {', '.join(EXPORTABLE_ATTENTION)} "
+    if model.attention_impl not in EXPORTABLE_ATTENTION:
+        raise ConfigError(f"--model.attention_impl={model.attention_impl}: the script holds "
+                          f"{', '.join(EXPORTABLE_ATTENTION)} "
                           "attention (plain PyTorch); FlashAttention would be a library the track does not allow")
     optim = cfg.optim
     if hasattr(optim, "resolve_auto"):  # "auto" as on a device that multiplies bf16 natively and runs eager kernels
@@ -324,12 +325,13 @@ def header_source(cfg, argv: list[str], found: dict, out_name: str, triton: bool
         return textwrap.fill(" ".join(text.split()), 116, break_on_hyphens=False)
 
     optimizer = found["optimizer"][1].name + (f" (recipe {cfg.recipe})" if cfg.recipe else "")
-    impls = (f"attention {cfg.model.attn_impl}, MLP {cfg.model.mlp_impl}, loss {cfg.model.ce_impl}"
+    impls = (f"attention {cfg.model.attention_impl}, MLP {cfg.model.relu2_mlp_impl}, "
+             f"loss {cfg.model.linear_cross_entropy_impl}"
              + "".join(f", {k} {v}" for k, v in (cfg.optim.implementations().items()
                                                   if hasattr(cfg.optim, "implementations") else [])))
     triton_note = ("It imports triton: a Triton implementation was asked for." if triton else
                    "No Triton: every implementation is plain PyTorch, so it runs on any GPU (or the CPU) with torch "
-                   "alone; export with --model.mlp_impl=triton, --model.ce_impl=triton or "
+                   "alone; export with --model.relu2_mlp_impl=triton, --model.linear_cross_entropy_impl=triton or "
                    "--optim.newton_schulz_impl=triton to inline those kernels instead.")
     batch = f"{cfg.reference_world_size * cfg.grad_accum} x {cfg.batch_size} x {cfg.seq_len}"
     paragraphs = [

@@ -119,11 +119,11 @@ class GPTConfig:
     loss_reduction: str = "mean"
     """mean | sum (over the batch's tokens; track 3 backpropagates the sum)."""
     # implementation names (kernels.registry)
-    attn_impl: str = "eager"
+    attention_impl: str = "eager"
     """kernels.registry implementation of attention: eager | sdpa | flex | fa2 | fa3 | fa4 | auto."""
-    mlp_impl: str = "eager"
+    relu2_mlp_impl: str = "eager"
     """kernels.registry implementation of relu2_mlp: eager | triton | auto (triton on CUDA)."""
-    ce_impl: str = "eager"
+    linear_cross_entropy_impl: str = "eager"
     """kernels.registry implementation of linear_cross_entropy: eager | chunked (the CPU's) | triton | auto
     (triton on CUDA, chunked on the CPU)."""
 
@@ -175,7 +175,7 @@ class GPTConfig:
 # embedding (bf16 activations, no autocast), its own init, and the summed loss.
 _TRACK3 = GPTConfig(max_seq_len=1024, value_embeds=False, unet_skips=False, bias=True, norm_gains=True,
                     rope="half_truncated", attn_scale=0.12, softcap_kind="algebraic", bf16_embedding=True,
-                    init="track3", loss_reduction="sum", attn_impl="sdpa")
+                    init="track3", loss_reduction="sum", attention_impl="sdpa")
 
 _PRESETS = {
     # The speedrun model: 12 layers, 768 wide, 6 heads of 128, vocab 50304.

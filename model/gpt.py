@@ -10,11 +10,11 @@ algebraic softcap, its own init (GPT._init_track3) and a summed loss. It keeps t
 and runs without autocast: the activations are bf16 from the embedding on, and every Linear and norm casts
 its weight to the activation dtype (`type_as`), which under autocast (fp32 activations) changes nothing.
 
-The three hot ops go through kernels.registry by the names in GPTConfig (attn_impl, mlp_impl, ce_impl),
-so a Triton kernel or FlashAttention replaces the eager version without touching this file. Every
-implementation takes the autocast dtype itself under torch.autocast (the Triton ones are torch.library custom
-ops, whole in a torch.compile graph), so the model casts only what its Linears cast: weights and biases to the
-activations' dtype.
+The three hot ops go through kernels.registry by the names in GPTConfig (attention_impl, relu2_mlp_impl,
+linear_cross_entropy_impl: each op's registry name), so a Triton kernel or FlashAttention replaces the eager
+version without touching this file. Every implementation takes the autocast dtype itself under torch.autocast
+(the Triton ones are torch.library custom ops, whole in a torch.compile graph), so the model casts only what its
+Linears cast: weights and biases to the activations' dtype.
 Parameter naming is a contract with optim/: every 2-D parameter under `blocks.` is a hidden matrix
 (Muon/NorMuon); embeddings, the head and all gains/scalars go to Adam.
 """
@@ -118,7 +118,7 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, cfg.rope) if cfg.rotary else None
         # v <- λ0·v + λ1·value_embedding (speedrun); only blocks that receive a value embedding have these.
         self.ve_lambdas = nn.Parameter(torch.tensor([0.5, 0.5])) if has_value_embed else None
-        self.attend = registry.get("attention", cfg.attn_impl)
+        self.attend = registry.get("attention", cfg.attention_impl)
 
     def forward(self, x, ve=None, doc_ids=None):
         B, T, C = x.shape
@@ -144,7 +144,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=cfg.bias)
         self.c_proj = Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.relu2 = registry.get("relu2_mlp", cfg.mlp_impl) if cfg.relu2 else None
+        self.relu2 = registry.get("relu2_mlp", cfg.relu2_mlp_impl) if cfg.relu2 else None
 
     def forward(self, x):
         if self.relu2 is None:
@@ -189,7 +189,7 @@ class GPT(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones(L // 2)) if cfg.unet_skips else None
         self.norm_f = Norm(cfg.n_embd, cfg.rmsnorm, cfg.norm_gains, cfg.norm_fp32)
         self.lm_head = None if cfg.tied_head else Linear(cfg.n_embd, cfg.vocab_size, bias=cfg.bias)
-        self.cross_entropy = registry.get("linear_cross_entropy", cfg.ce_impl)
+        self.cross_entropy = registry.get("linear_cross_entropy", cfg.linear_cross_entropy_impl)
         self.reset_parameters()
 
     def _value_embed_index(self, layer: int):

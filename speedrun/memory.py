@@ -143,11 +143,12 @@ def estimate_step_memory(cfg, *, device_type: str | None = None, micro_batches: 
     if micro_batches is None:  # gradients persist across micro-batches, activations do not: two show the peak
         micro_batches = min(2, cfg.grad_accum * max(1, cfg.reference_world_size))
     cuda = device_type == "cuda"
-    traced = dataclasses.replace(cfg.model, attn_impl=_traced_attention(cfg.model.attn_impl, device_type))
+    traced = dataclasses.replace(cfg.model, attention_impl=_traced_attention(cfg.model.attention_impl, device_type))
     cfg = resolve_auto(dataclasses.replace(cfg, model=traced), device_type, bf16_native=True if cuda else None)
     model_cfg = cfg.model
     bf16 = cfg.dtype == "bf16"
-    impls = f"mlp {model_cfg.mlp_impl}, ce {model_cfg.ce_impl}, attention {model_cfg.attn_impl}"
+    impls = (f"mlp {model_cfg.relu2_mlp_impl}, ce {model_cfg.linear_cross_entropy_impl}, "
+             f"attention {model_cfg.attention_impl}")
     for op, impl in (cfg.optim.implementations() if hasattr(cfg.optim, "implementations") else {}).items():
         impls += f", {op} {impl}"
     # as train.Trainer: bf16 autocast, or for a bf16_embedding model a bf16 embedding and no autocast

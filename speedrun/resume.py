@@ -48,7 +48,7 @@ RESUMABLE_OPTIONS = frozenset({
 SCHEDULE_OPTIONS = frozenset({"max_steps", "schedule_steps", "schedule"})  # "schedule": its every field
 RECORD_OPTIONS = frozenset({"val_tokens", "val_pattern", "target_val_loss", "readout"})  # "readout": every field
 WHERE_OPTIONS = frozenset({"out_dir", "run_name", "resume"})  # config.json's location: not compared
-ALIASES = {"attention": "model.attn_impl"}
+ALIASES = {"attention": "model.attention_impl"}
 
 
 def _in(name: str, options: frozenset) -> bool:

@@ -250,7 +250,8 @@ CLI_CASES = [
     ("train: unknown preset", TRAIN, lambda c: c.train("--preset=huge"), 2, "unknown preset 'huge'"),
     ("train: unknown optimizer", TRAIN, lambda c: c.train("--optimizer=adam"), 2,
      r"unknown optimizer or recipe 'adam'; optimizers: (\w+, )*adamw, .*; recipes: .*track3-muon"),
-    ("train: unknown kernel", TRAIN, lambda c: c.train("--model.mlp_impl=cuda"), 2, "--model.mlp_impl='cuda'"),
+    ("train: unknown kernel", TRAIN, lambda c: c.train("--model.relu2_mlp_impl=cuda"), 2,
+     "--model.relu2_mlp_impl='cuda'"),
     ("train: unknown coefficients", TRAIN, lambda c: c.train("--optimizer=muon",
                                                                                "--optim.ns_coefficients=quartic"), 2,
      "--optim.ns_coefficients='quartic'; choose from"),
@@ -324,7 +325,8 @@ CLI_CASES = [
      "change what the run's records measure: --val_tokens: 512 in the checkpoint, 256 now"),
     # train.py: implementations checked for the device before anything is built
     ("train: triton MLP on a CPU without the interpreter", TRAIN,
-     lambda c: c.without_interpreter("--model.mlp_impl=triton"), 2, r"--model.mlp_impl=triton cannot run on cpu: "
+     lambda c: c.without_interpreter("--model.relu2_mlp_impl=triton"), 2,
+     r"--model.relu2_mlp_impl=triton cannot run on cpu: "
      "Triton kernels run on CUDA GPUs, or on the CPU under Triton's interpreter.*TRITON_INTERPRET=1"),
     # bench.speedrun
     ("speedrun: --seed is not --seeds", SPEEDRUN, lambda c: ["--seed", "5", f"--out={c.tmp / 'o'}"], 2,
@@ -480,7 +482,7 @@ def test_a_process_shows_one_line_and_a_traceback_only_with_debug():
 def test_help_lists_every_option_with_its_default():
     proc = _python("train.py", "--help")
     assert proc.returncode == 0 and not proc.stderr
-    for option in ("--max_steps=100", "--optim.lr=0.003", "--model.n_layer=4", "--model.attn_impl=eager",
+    for option in ("--max_steps=100", "--optim.lr=0.003", "--model.n_layer=4", "--model.attention_impl=eager",
                    "--val_tokens=16384", "--resume=False"):
         assert option in proc.stdout, option
     assert "Rows per micro-batch per rank." in proc.stdout  # the fields' docstrings are their help

@@ -57,10 +57,11 @@ def our_name(ref: str) -> str:
     return name.replace(".gains", ".gain")
 
 
-def tiny_track3(ce_impl: str = "eager") -> GPT:
+def tiny_track3(linear_cross_entropy_impl: str = "eager") -> GPT:
     shape = META["shape"]
     cfg = model_preset("track3", n_layer=shape["n_layer"], n_embd=shape["dim"], n_head=shape["dim"] // 128,
-                       vocab_size=shape["vocab"], max_seq_len=shape["seq"], ce_impl=ce_impl)
+                       vocab_size=shape["vocab"], max_seq_len=shape["seq"],
+                       linear_cross_entropy_impl=linear_cross_entropy_impl)
     model = GPT(cfg)  # fp32: the bf16 embedding is bf16 only in a bf16 run
     torch.manual_seed(META["init_seed"])
     model.reset_parameters()
@@ -98,10 +99,10 @@ def test_init_draws_the_reference_numbers():
         assert got["sum"] == pytest.approx(want["sum"], rel=1e-9, abs=1e-9 * max(want["norm"], 1.0)), ref
 
 
-@pytest.mark.parametrize("ce_impl", ["eager", "chunked"])
-def test_loss_and_every_gradient_match_the_reference(ce_impl):
+@pytest.mark.parametrize("linear_cross_entropy_impl", ["eager", "chunked"])
+def test_loss_and_every_gradient_match_the_reference(linear_cross_entropy_impl):
     """The reference's formulation (eager) and the CPU's default loss (chunked) alike."""
-    model = tiny_track3(ce_impl)
+    model = tiny_track3(linear_cross_entropy_impl)
     params = dict(model.named_parameters())
     with torch.no_grad():  # the golden script's perturbation: parameter i of the reference's order, seed i
         for i, ref in enumerate(GOLDEN["init"]):
@@ -185,7 +186,7 @@ def test_five_steps_of_the_baseline_recipe_match_the_reference(tmp_path):
                    "--log_every=1",  # a train record (the loss) every step
                    # The reference's loss formulation: the CPU's default (chunked) sums in another order, within
                    # 1e-5 of it (test above), and AdamW's eps 1e-10 turns that into drift beyond the bitwise check.
-                   "--model.ce_impl=eager"])
+                   "--model.linear_cross_entropy_impl=eager"])
     assert cfg.optim.ns_dtype == "bf16"  # as the reference: the recipe asks for bf16 (emulated where not native)
     trainer = train.Trainer(cfg)
     torch.manual_seed(META["init_seed"])

@@ -323,19 +323,21 @@ def test_no_host_sync_between_boundaries_on_two_gloo_ranks(shards, tmp_path):
 def test_resolved_implementations_are_printed_recorded_and_used(shards, tmp_path, capsys):
     from kernels import registry
 
-    args = ["--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto", "--optim.newton_schulz_impl=auto",
+    args = ["--optimizer=muon", "--model.relu2_mlp_impl=auto", "--model.linear_cross_entropy_impl=auto",
+            "--optim.newton_schulz_impl=auto",
             "--attention=auto", "--max_steps=1"]
     summary = run(shards, tmp_path, *args)
     expected = {"attention": "sdpa", "mlp": "eager", "ce": "chunked", "ns": "eager", "compile": "off"}
     assert summary["implementations"] == expected
     assert "implementations: attention sdpa, mlp eager, ce chunked, ns eager, compile off" in capsys.readouterr().out
     config = json.load(open(os.path.join(summary["run_dir"], "config.json")))
-    assert (config["model"]["mlp_impl"], config["model"]["ce_impl"], config["model"]["attn_impl"]) == \
+    assert (config["model"]["relu2_mlp_impl"], config["model"]["linear_cross_entropy_impl"],
+            config["model"]["attention_impl"]) == \
         ("eager", "chunked", "sdpa")
     assert (config["optim"]["newton_schulz_impl"], config["compile"], config["device"]) == ("eager", "off", "cpu")
     assert config["dtype"] in ("bf16", "fp32") and config["optim"]["ns_dtype"] in ("bf16", "fp32")
     trainer = train.Trainer(train.resolve(["--preset=tiny", f"--data_dir={shards}", *args]))
-    assert trainer.requested.model.mlp_impl == "auto" and trainer.step_model is trainer.model  # no compile
+    assert trainer.requested.model.relu2_mlp_impl == "auto" and trainer.step_model is trainer.model  # no compile
     assert trainer.model.blocks[0].mlp.relu2 is registry.get("relu2_mlp", "eager")
     assert trainer.model.cross_entropy is registry.get("linear_cross_entropy", "chunked")
     assert trainer.model.blocks[0].attn.attend is registry.get("attention", "sdpa")
@@ -393,7 +395,7 @@ def test_no_synchronizing_cuda_op_inside_a_training_step(shards, tmp_path):
     """On a GPU, torch's sync debug mode turns every synchronizing CUDA op (item, a blocking copy to the host,
     nonzero, ...) inside train_step into an error, with the implementations the GPU presets resolve to."""
     cfg = train.resolve(["--preset=tiny", f"--data_dir={shards}", f"--out_dir={tmp_path}", "--device=cuda",
-                         "--optimizer=muon", "--model.mlp_impl=auto", "--model.ce_impl=auto",
+                         "--optimizer=muon", "--model.relu2_mlp_impl=auto", "--model.linear_cross_entropy_impl=auto",
                          "--optim.newton_schulz_impl=auto",
                          "--attention=auto", "--compile=off", "--grad_accum=2", *SYNC_ARGS])
     trainer = train.Trainer(cfg)

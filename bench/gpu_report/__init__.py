@@ -46,7 +46,7 @@ def parse_args(argv):
     parser.add_argument("--e2e-steps", type=int, default=20, help="timed training steps per preset (stage 4)")
     parser.add_argument("--e2e-set", action="append", metavar="--KEY=VALUE",
                         help="a speedrun.config.TrainConfig override for stage 4 (repeatable), "
-                             "e.g. --e2e-set=--model.attn_impl=sdpa")
+                             "e.g. --e2e-set=--model.attention_impl=sdpa")
     parser.add_argument("--modded-nanogpt", metavar="PATH", default=None,
                         help="a KellerJordan/modded-nanogpt checkout: its Triton kernels join stage 3 as the "
                              "'modded' provider (bench/modded.py)")

@@ -51,7 +51,8 @@ def e2e_config(preset: str, data_dir: str, dry_run: bool, extra: list[str]):
 
 def _impls(cfg) -> str:
     model, optim = cfg.model, cfg.optim
-    return (f"attn {model.attn_impl}, mlp {model.mlp_impl}, ce {model.ce_impl}, optimizer {optim.name} "
+    return (f"attn {model.attention_impl}, mlp {model.relu2_mlp_impl}, ce {model.linear_cross_entropy_impl}, "
+            f"optimizer {optim.name} "
             f"(ns {getattr(optim, 'newton_schulz_impl', '—')}), compile {cfg.compile}")
 
 

@@ -8,7 +8,7 @@ Order: the preset (or --config's file), then the recipe (--optimizer RECIPE, or 
 scaled to the preset's budget), then the options given, which win. `--optimizer NAME` takes a recipe, an optimizer
 (starting from its own defaults) or FILE.py:NAME; `--schedule`, `--wrapper` and `--readout NAME` pick those parts
 (`none` for no wrapper or readout), and `--optim.FIELD`, `--schedule.FIELD`, ... set their fields. A part keeps the
-preset's values only when the same part stays chosen. `--attention NAME` is short for --model.attn_impl.
+preset's values only when the same part stays chosen. `--attention NAME` is short for --model.attention_impl.
 """
 
 import ast
@@ -19,7 +19,7 @@ from speedrun.cli import ConfigError, read_json
 from speedrun.config.presets import PRESETS
 from speedrun.config.schema import TrainConfig
 
-ALIASES = {"attention": "model.attn_impl"}
+ALIASES = {"attention": "model.attention_impl"}
 # the options that pick a part by name -> the TrainConfig field holding its hyper-parameters, and its kind
 PARTS = {"optimizer": ("optim", "optimizer"), "schedule": ("schedule", "schedule"), "wrapper": ("wrapper", "wrapper"),
          "readout": ("readout", "readout")}
@@ -254,9 +254,10 @@ def check_names(cfg: TrainConfig):
             raise ConfigError(f"--{option}={value!r}; choose from {', '.join(map(str, allowed))}")
 
     m = cfg.model
-    choose("model.attn_impl", m.attn_impl, (*attention_select.BACKENDS, "auto"))
-    choose("model.mlp_impl", m.mlp_impl, (*kernels.names("relu2_mlp"), "auto"))
-    choose("model.ce_impl", m.ce_impl, (*kernels.names("linear_cross_entropy"), "auto"))
+    choose("model.attention_impl", m.attention_impl, (*attention_select.BACKENDS, "auto"))
+    choose("model.relu2_mlp_impl", m.relu2_mlp_impl, (*kernels.names("relu2_mlp"), "auto"))
+    choose("model.linear_cross_entropy_impl", m.linear_cross_entropy_impl, (*kernels.names("linear_cross_entropy"),
+                                                                            "auto"))
 
 
 # --- a run's configuration as JSON ---------------------------------------------------------------------

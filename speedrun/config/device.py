@@ -21,9 +21,9 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
         field                           "auto" on CUDA                         "auto" elsewhere (the CPU)
         device                          the device's type
         dtype                           bf16 where bf16 matmuls are native (kernels.device.native_bf16), else fp32
-        model.attn_impl                 fa3 > fa2 > sdpa, the best that runs   sdpa
-        model.mlp_impl                  triton                                 eager
-        model.ce_impl                   triton                                 chunked (one compiled pass per row)
+        model.attention_impl            fa3 > fa2 > sdpa, the best that runs   sdpa
+        model.relu2_mlp_impl            triton                                 eager
+        model.linear_cross_entropy_impl triton                                 chunked (one compiled pass per row)
         optimizer fields                the optimizer config's own resolve_auto (Muon: newton_schulz_impl triton
                                         on CUDA, eager elsewhere; ns_dtype as dtype)
         compile                         fullgraph                              off
@@ -48,16 +48,17 @@ def resolve_auto(cfg: TrainConfig, device, *, bf16_native: bool | None = None) -
     dtype = ("bf16" if native else "fp32") if cfg.dtype == "auto" else cfg.dtype
     compute = torch.bfloat16 if dtype == "bf16" else torch.float32
     try:
-        attention = attention_select.select_backend(cfg.model.attn_impl, device, compute, cfg.model.head_dim)
+        attention = attention_select.select_backend(cfg.model.attention_impl, device, compute, cfg.model.head_dim)
     except (TypeError, ValueError) as e:  # an explicit backend that does not take this dtype or head dim
-        raise ConfigError(f"--model.attn_impl: {e}") from e
-    model = dataclasses.replace(cfg.model, attn_impl=attention, mlp_impl=kernel(cfg.model.mlp_impl),
-                                ce_impl=kernel(cfg.model.ce_impl, cpu="chunked"))
+        raise ConfigError(f"--model.attention_impl: {e}") from e
+    model = dataclasses.replace(cfg.model, attention_impl=attention, relu2_mlp_impl=kernel(cfg.model.relu2_mlp_impl),
+                                linear_cross_entropy_impl=kernel(cfg.model.linear_cross_entropy_impl, cpu="chunked"))
     optim = cfg.optim
     if hasattr(optim, "resolve_auto"):
         optim = optim.resolve_auto(device, native_bf16=native)
     if not cuda:
-        kernels = [("model.mlp_impl", model.mlp_impl), ("model.ce_impl", model.ce_impl)]
+        kernels = [("model.relu2_mlp_impl", model.relu2_mlp_impl), ("model.linear_cross_entropy_impl",
+                                                                    model.linear_cross_entropy_impl)]
         if dataclasses.is_dataclass(optim):
             kernels += [(f"optim.{f.name}", getattr(optim, f.name)) for f in dataclasses.fields(optim)
                         if f.name.endswith("_impl")]

@@ -10,7 +10,7 @@ from optim.schedules import StableDecay
 from speedrun.config.schema import TrainConfig
 
 # The GPU presets' implementation names: resolved by speedrun.config.device.resolve_auto from the device.
-GPU_AUTO = dict(attn_impl="auto", mlp_impl="auto", ce_impl="auto")
+GPU_AUTO = dict(attention_impl="auto", relu2_mlp_impl="auto", linear_cross_entropy_impl="auto")
 # The GPU presets read the loss every 25 steps: a read waits for the GPU to finish every queued kernel, and the GPU
 # then idles while the host queues the next step's first kernels. 25 divides both presets' validation cadences
 # (125, late 25) and step counts (1750, 3250), so every validation and the last step fall on a log step and every

@@ -32,7 +32,7 @@ LION = REPO / "docs" / "examples" / "lion.py"
 
 # The run both sides take: the golden test's tiny track-3 model and batch, 5 steps, validation every 2 steps.
 TINY = ["--model.n_layer=2", "--model.n_embd=256", "--model.n_head=2", "--model.vocab_size=512",
-        "--model.max_seq_len=64", "--model.ce_impl=eager", "--batch_size=2", "--seq_len=64",
+        "--model.max_seq_len=64", "--model.linear_cross_entropy_impl=eager", "--batch_size=2", "--seq_len=64",
         "--reference_world_size=1", "--max_steps=5", "--val_every=2", "--val_tokens=256", "--dtype=fp32",
         "--log_every=1"]
 
@@ -271,7 +271,8 @@ def test_the_written_values_are_the_resolved_configuration(tmp_path):
     assert "    lr=0.031,\n" in text and '    axis="longer",\n' in text and "    schedule_steps=3300,\n" in text
     assert "OPTIMIZER = NorMuonConfig(\n" in text and "BUILD_OPTIMIZER = build\n" in text
     assert 'data_dir="data/fineweb10B"' in text  # the track's quickstart folder
-    assert '    attn_impl="sdpa",\n' in text and '    ce_impl="eager",\n' in text  # "auto": plain PyTorch
+    # "auto": plain PyTorch
+    assert '    attention_impl="sdpa",\n' in text and '    linear_cross_entropy_impl="eager",\n' in text
     assert "@optimizer(" not in text and "@recipe(" not in text and "def track3_normuon" not in text
     assert "kernels/triton" not in text and "import triton" not in text
 
@@ -306,7 +307,7 @@ def test_a_triton_implementation_is_inlined_with_its_custom_op(tmp_path):
 def test_the_triton_export_trains_under_the_interpreter(tmp_path):
     script = tmp_path / "train.py"
     _, cfg = write_export(["--optimizer=track3-muon", "--optim.newton_schulz_impl=triton",
-                           "--model.mlp_impl=triton", "--model.ce_impl=triton"], script)
+                           "--model.relu2_mlp_impl=triton", "--model.linear_cross_entropy_impl=triton"], script)
     export_track3.write_tiny_shards(tmp_path / "data")
     done = export_track3.run_isolated(script, export_track3.tiny_options(cfg, tmp_path / "data", tmp_path / "logs"),
                                       cwd=tmp_path, env={"TRITON_INTERPRET": "1"}, timeout=1800)
@@ -326,7 +327,8 @@ def run_cli(argv, capsys) -> tuple[int, str]:
     (["--optimizer=track3-muon"], 2, "error: --out FILE.py: where to write the script"),
     (["--preset=cpu", "--out=x.py"], 2, "error: --preset: the export is track 3's"),
     (["--optimizer=no-such-thing", "--out=x.py"], 2, "error: unknown optimizer or recipe 'no-such-thing'"),
-    (["--optimizer=track3-muon", "--model.attn_impl=fa3", "--out=x.py"], 2, "error: --model.attn_impl=fa3: the "),
+    (["--optimizer=track3-muon", "--model.attention_impl=fa3", "--out=x.py"], 2,
+     "error: --model.attention_impl=fa3: the "),
 ])
 def test_bad_options_end_in_one_line(argv, status, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -262,5 +262,5 @@ def test_registered_and_the_cpu_choice():
     from speedrun.config import resolve, resolve_auto
 
     assert registry.get("linear_cross_entropy", "chunked") is cce.linear_cross_entropy
-    assert resolve_auto(resolve(["--preset=track3-cpu"]), "cpu").model.ce_impl == "chunked"
+    assert resolve_auto(resolve(["--preset=track3-cpu"]), "cpu").model.linear_cross_entropy_impl == "chunked"
 

@@ -15,7 +15,8 @@ from model.config import model_preset
 from model.gpt import GPT
 
 VOCAB = 97
-TRITON_IMPLS = dict(mlp_impl="triton", ce_impl="triton", attn_impl="sdpa")  # sdpa: the CPU's attention backend
+TRITON_IMPLS = dict(relu2_mlp_impl="triton", linear_cross_entropy_impl="triton",
+                    attention_impl="sdpa")  # sdpa: the CPU's attention backend
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, max_seq_len=64, vocab_size=VOCAB)
 # The architectures the trainer builds, at a tiny size, with every Triton implementation: the speedrun model, and

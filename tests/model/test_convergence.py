@@ -74,7 +74,7 @@ def _config(setting: Setting, **impls):
     # rotary off: it rounds q and k to fp32, which would put fp32 rounding into the float64 oracle; projections
     # initialised (not zero) so every matmul of the MLP carries gradient from the first step
     return model_preset("tiny", vocab_size=VOCAB, n_layer=setting.n_layer, rotary=False, zero_init_proj=False,
-                        attn_impl="sdpa", unet_skips=setting.n_layer > 1, **impls)
+                        attention_impl="sdpa", unet_skips=setting.n_layer > 1, **impls)
 
 
 @functools.cache
@@ -109,7 +109,8 @@ def train(setting: Setting, *, triton=(), float64=False, ce_fn=None) -> torch.Te
     """The loss of every training step (float64 tensor), from the setting's initial state and batches; `triton`
     names the ops that run their Triton implementation, the others run eager."""
     impls = {IMPLS[op]: "triton" for op in triton}
-    model = GPT(_config(setting, mlp_impl=impls.get("mlp", "eager"), ce_impl=impls.get("ce", "eager")))
+    model = GPT(_config(setting, relu2_mlp_impl=impls.get("mlp", "eager"),
+                        linear_cross_entropy_impl=impls.get("ce", "eager")))
     model.load_state_dict(_initial_state(setting))
     if float64:
         model.double()

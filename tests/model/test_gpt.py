@@ -145,7 +145,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="unknown model preset"):
         model_preset("nope")
     with pytest.raises(KeyError, match="no implementation"):
-        tiny(mlp_impl="nope")
+        tiny(relu2_mlp_impl="nope")
 
 
 def test_autocast_bf16_matches_fp32_closely():
@@ -163,15 +163,15 @@ def test_config_is_frozen():
 
 
 @pytest.mark.parametrize("impls", [
-    {"mlp_impl": "triton"}, {"ce_impl": "triton"}, {"attn_impl": "sdpa"},
-    {"mlp_impl": "triton", "ce_impl": "triton", "attn_impl": "sdpa"},
+    {"relu2_mlp_impl": "triton"}, {"linear_cross_entropy_impl": "triton"}, {"attention_impl": "sdpa"},
+    {"relu2_mlp_impl": "triton", "linear_cross_entropy_impl": "triton", "attention_impl": "sdpa"},
 ], ids=["mlp", "ce", "attn", "all"])
 @pytest.mark.parametrize("preset", ["tiny", "track3"])
 def test_every_implementation_matches_eager_loss_and_grads(preset, impls):
     """track3: the Triton MLP with both biases, the fused head with its bias, the algebraic softcap and the sum."""
     # A small vocabulary keeps the Triton kernels quick under the interpreter; fp32 end to end.
     size = dict(n_layer=2, n_head=2, n_embd=32, max_seq_len=64) if preset == "track3" else {}
-    cfg = model_preset(preset, vocab_size=97, doc_masking=False, attn_impl="eager", **size)
+    cfg = model_preset(preset, vocab_size=97, doc_masking=False, attention_impl="eager", **size)
     torch.manual_seed(3)
     eager = _randomise(GPT(cfg))
     fused = GPT(dataclasses.replace(cfg, **impls))

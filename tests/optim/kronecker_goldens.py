@@ -89,7 +89,7 @@ def config(golden: dict, tmp_path, recipe: str, *extra: str):
                     f"--val_every={meta['steps']}", "--dtype=fp32", "--compile=False", "--threads=1",
                     "--log_every=1",
                     # the reference's loss formulation (the CPU's chunked loss sums in another order)
-                    "--model.ce_impl=eager", *extra])
+                    "--model.linear_cross_entropy_impl=eager", *extra])
 
 
 def fingerprint(p: torch.Tensor) -> dict:

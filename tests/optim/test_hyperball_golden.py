@@ -75,7 +75,8 @@ def config(folder: str, tmp_path: Path, *extra: str):
     golden's token streams."""
     meta = golden(folder)["meta"]
     g = torch.Generator()
-    train_stream = torch.randint(0, meta["data_vocab"], (meta["train_tokens"],), generator=g.manual_seed(meta["train_seed"]))
+    train_stream = torch.randint(0, meta["data_vocab"], (meta["train_tokens"],),
+                                 generator=g.manual_seed(meta["train_seed"]))
     val_stream = torch.randint(0, meta["data_vocab"], (2 * meta["val_tokens"] + 1,),
                                generator=g.manual_seed(meta["val_seed"]))
     write_shard(tmp_path / "g_train_000000.bin", train_stream.numpy())
@@ -89,7 +90,8 @@ def config(folder: str, tmp_path: Path, *extra: str):
         f"--batch_size={s['rows']}", f"--seq_len={s['seq']}", "--reference_world_size=1",
         f"--max_steps={meta['steps']}", f"--schedule_steps={meta['horizon']}", f"--val_tokens={meta['val_tokens']}",
         f"--val_every={meta['horizon']}", "--val_every_late=0", "--dtype=fp32", "--compile=False", "--threads=1",
-        "--log_every=1", "--model.ce_impl=eager",  # the reference's loss formulation (see tests/test_track3_golden.py)
+        # the reference's loss formulation (see tests/test_track3_golden.py)
+        "--log_every=1", "--model.linear_cross_entropy_impl=eager",
         *adapted, *extra])
 
 

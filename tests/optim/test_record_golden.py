@@ -72,7 +72,8 @@ def golden_model() -> GPT:
     shape = META["shape"]
     cfg = resolve(["--preset=track3", "--optimizer=track3-record", *golden_options()]).model
     model = GPT(dataclasses.replace(cfg, n_layer=shape["n_layer"], n_embd=shape["dim"], n_head=shape["dim"] // 128,
-                                    max_seq_len=shape["seq"], ce_impl="eager", attn_impl="sdpa", mlp_impl="eager"))
+                                    max_seq_len=shape["seq"], linear_cross_entropy_impl="eager", attention_impl="sdpa",
+                                    relu2_mlp_impl="eager"))
     golden_init(model)
     return model
 
@@ -141,7 +142,8 @@ def run_record(tmp_path: Path, *options: str) -> dict:
                    f"--model.n_head={shape['dim'] // 128}", f"--model.max_seq_len={shape['seq']}",
                    f"--batch_size={shape['rows']}", f"--seq_len={shape['seq']}", "--reference_world_size=1",
                    f"--val_tokens={META['val_tokens']}", f"--val_every={steps}", "--dtype=fp32", "--compile=False",
-                   "--threads=1", "--log_every=1", "--model.ce_impl=eager", *golden_options(*options), *options])
+                   "--threads=1", "--log_every=1", "--model.linear_cross_entropy_impl=eager",
+                   *golden_options(*options), *options])
     trainer = train.Trainer(cfg)
     golden_init(trainer.model)
     model, optimizer, step = trainer.model, trainer.optimizer, trainer.parallel.step

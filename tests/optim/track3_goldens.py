@@ -72,7 +72,7 @@ def config(golden: dict, tmp_path, recipe: str, *extra: str):
                     f"--val_every={meta['steps']}", "--dtype=fp32", "--compile=False", "--threads=1",
                     "--log_every=1",
                     # the reference's loss formulation (the CPU's chunked loss sums in another order)
-                    "--model.ce_impl=eager", *extra])
+                    "--model.linear_cross_entropy_impl=eager", *extra])
 
 
 def tiny_model(golden: dict, **init) -> torch.nn.Module:
@@ -83,7 +83,8 @@ def tiny_model(golden: dict, **init) -> torch.nn.Module:
 
     shape = golden["meta"]["shape"]
     return GPT(model_preset("track3", n_layer=shape["n_layer"], n_embd=shape["dim"], n_head=shape["dim"] // 128,
-                            vocab_size=shape["vocab"], max_seq_len=shape["seq"], ce_impl="eager", **init))
+                            vocab_size=shape["vocab"], max_seq_len=shape["seq"], linear_cross_entropy_impl="eager",
+                            **init))
 
 
 def fingerprint(p: torch.Tensor) -> dict:

@@ -24,7 +24,7 @@ def test_overrides_of_every_form():
                    "--model.window=16", "--attention=sdpa", "--compile=True", "--optim.aux_betas=(0.8, 0.9)",
                    "--schedule", "power_cool", "--schedule.power=2", "--schedule.momentum.warmup_steps=3"])
     assert cfg.max_steps == 7 and cfg.optim.lr == 0.02 and cfg.optim.name == "muon"
-    assert cfg.model.window == 16 and cfg.model.attn_impl == "sdpa" and cfg.compile == "fullgraph"
+    assert cfg.model.window == 16 and cfg.model.attention_impl == "sdpa" and cfg.compile == "fullgraph"
     assert cfg.optim.aux_betas == (0.8, 0.9)
     assert cfg.schedule.name == "power_cool" and cfg.schedule.power == 2.0 and cfg.schedule.momentum.warmup_steps == 3
     assert resolve(["--optim.lr=1"]).optim.lr == 1.0  # int literal accepted for a float field
@@ -176,7 +176,8 @@ def _resolved(preset, machine_name, machine, *argv):
     from speedrun.config import resolve_auto
 
     cfg = resolve_auto(resolve([f"--preset={preset}", *argv]), machine(machine_name))
-    return {"attention": cfg.model.attn_impl, "mlp": cfg.model.mlp_impl, "ce": cfg.model.ce_impl,
+    return {"attention": cfg.model.attention_impl, "mlp": cfg.model.relu2_mlp_impl,
+            "ce": cfg.model.linear_cross_entropy_impl,
             "ns": getattr(cfg.optim, "newton_schulz_impl", None), "compile": cfg.compile, "dtype": cfg.dtype,
             "ns_dtype": getattr(cfg.optim, "ns_dtype", None),
             "device": cfg.device}
@@ -216,19 +217,19 @@ def test_cpu_presets_resolve_to_eager_without_compile_on_this_machine():
 
     for preset in ("cpu", "track3-cpu", "tiny", "gpt2-124m", "track3"):
         cfg = resolve_auto(resolve([f"--preset={preset}"]), "cpu")
-        assert (cfg.model.mlp_impl, cfg.compile) == ("eager", "off")
+        assert (cfg.model.relu2_mlp_impl, cfg.compile) == ("eager", "off")
         assert getattr(cfg.optim, "newton_schulz_impl", "eager") == "eager"
         # The GPU presets' "auto" loss is the chunked PyTorch one on the CPU; the others name eager.
-        assert cfg.model.ce_impl == ("eager" if preset in ("cpu", "tiny") else "chunked")
-        assert cfg.model.attn_impl in ("eager", "sdpa")
+        assert cfg.model.linear_cross_entropy_impl == ("eager" if preset in ("cpu", "tiny") else "chunked")
+        assert cfg.model.attention_impl in ("eager", "sdpa")
         assert "auto" not in (cfg.dtype, getattr(cfg.optim, "ns_dtype", None), cfg.device)
 
 
 def test_an_explicit_choice_wins_over_auto(machine):
-    got = _resolved("gpt2-124m", "h100+fa3", machine, "--model.mlp_impl=eager", "--attention=sdpa",
+    got = _resolved("gpt2-124m", "h100+fa3", machine, "--model.relu2_mlp_impl=eager", "--attention=sdpa",
                     "--compile=False", "--optim.newton_schulz_impl=eager", "--dtype=fp32", "--optim.ns_dtype=fp32")
     assert got == _row("sdpa", "eager", "triton", "eager", "off", "fp32", "fp32", "cuda")
-    cpu = _resolved("tiny", "cpu-avx2", machine, "--compile=fullgraph", "--model.ce_impl=triton")
+    cpu = _resolved("tiny", "cpu-avx2", machine, "--compile=fullgraph", "--model.linear_cross_entropy_impl=triton")
     assert (cpu["compile"], cpu["ce"]) == ("fullgraph", "triton")
 
 

@@ -58,7 +58,7 @@ PROBE = textwrap.dedent("""
 def test_estimate_matches_a_real_cpu_step_within_ten_percent(optimizer):
     # fp32, eager ops, a vocab-sized head: ~1.6 GB of activations, so the process's own ~0.7 GB is not what moves.
     args = ["--preset=cpu", "--dtype=fp32", f"--optimizer={optimizer}", "--model.n_layer=2", "--batch_size=8",
-            "--seq_len=256", "--model.attn_impl=sdpa", "--grad_accum=2"]
+            "--seq_len=256", "--model.attention_impl=sdpa", "--grad_accum=2"]
     est = estimate_step_memory(resolve(args), device_type="cpu")
     proc = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONPATH": REPO})
