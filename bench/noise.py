@@ -128,12 +128,33 @@ def final_table(outcomes: list[jobs.Outcome], val_tokens: int, cache: str) -> di
 # ----------------------------------------------------------------------------------------------- statistics
 
 
+def chi2_quantile(p: float, df: int) -> float:
+    """The p-quantile of the χ² distribution with `df` degrees of freedom: its CDF, the regularized lower incomplete
+    gamma P(df/2, x/2) (torch.special.gammainc, float64), inverted by bisection to float64 resolution."""
+    import torch
+
+    if not (0 < p < 1 and df >= 1):
+        raise ValueError(f"chi2_quantile needs 0 < p < 1 and df >= 1, got p={p}, df={df}")
+
+    def cdf(x: float) -> float:
+        return torch.special.gammainc(torch.tensor(df / 2, dtype=torch.float64),
+                                      torch.tensor(x / 2, dtype=torch.float64)).item()
+
+    lo, hi = 0.0, max(1.0, 2.0 * df)
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
 def chi2_interval(std: float, df: int, level: float = 0.95) -> tuple[float, float]:
     """The χ² confidence interval of a std estimated with `df` degrees of freedom."""
-    from scipy.stats import chi2
-
     a = (1 - level) / 2
-    return std * math.sqrt(df / chi2.ppf(1 - a, df)), std * math.sqrt(df / chi2.ppf(a, df))
+    return std * math.sqrt(df / chi2_quantile(1 - a, df)), std * math.sqrt(df / chi2_quantile(a, df))
 
 
 def two_way(table: list[list[float]]) -> dict:

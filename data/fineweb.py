@@ -110,7 +110,11 @@ def _download(out: Path, names, *, repo_id, source, revision) -> list[Path]:
 
 
 def _hub_download(repo_id, filename, out, *, endpoint, revision):
-    from huggingface_hub import hf_hub_download
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise PrepareError("downloading FineWeb needs huggingface_hub: pip install -e '.[fineweb]' (or "
+                           "pip install huggingface_hub), or copy shards from a folder with --source") from None
 
     try:
         hf_hub_download(repo_id=repo_id, filename=filename, repo_type="dataset", revision=revision,
