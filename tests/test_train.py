@@ -47,6 +47,24 @@ def test_tiny_run_learns(shards, tmp_path, optimizer):
     assert os.path.exists(os.path.join(summary["run_dir"], "config.json"))
 
 
+def test_a_run_replays_from_its_config_json_to_the_same_trajectory(shards, tmp_path):
+    """--config=RUN/config.json alone (a new --out_dir: the old run is never touched) trains the same run again: every
+    logged train and val loss equal, bit for bit; an override on top of it changes the trajectory."""
+    first = run(shards, tmp_path / "a", "--optimizer=muon", "--max_steps=6", "--val_every=3", "--log_every=1",
+                "--optim.lr=0.02", "--schedule.warmup_steps=2", "--seed=7")
+    config = os.path.join(first["run_dir"], "config.json")
+    replay = train.main([f"--config={config}", f"--out_dir={tmp_path / 'b'}"])
+    edited = train.main([f"--config={config}", f"--out_dir={tmp_path / 'c'}", "--optim.lr=0.01"])
+
+    def trajectory(summary):
+        with open(os.path.join(summary["run_dir"], "log.jsonl")) as f:
+            return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in map(json.loads, f)]
+
+    assert len(trajectory(first)) == 6 + 3 and trajectory(replay) == trajectory(first)
+    assert replay["final_val_loss"] == first["final_val_loss"] and replay["seed"] == 7
+    assert trajectory(edited)[0] == trajectory(first)[0] and trajectory(edited) != trajectory(first)
+
+
 def test_target_is_reported_and_stops_the_run(shards, tmp_path):
     summary = run(shards, tmp_path, "--max_steps=6", "--val_every=1", "--target_val_loss=10.7", "--optim.lr=0.01")
     assert summary["reached_target"] and summary["steps"] == summary["steps_to_target"] < 6
