@@ -139,6 +139,12 @@ CASES = {
               "--schedule.momentum.warmup_steps=2", "--schedule.momentum.start=0.8",
               "--schedule.momentum.cooldown_steps=2", "--schedule.momentum.end=0.9"],
     "track3-normuon": ["--optimizer=track3-normuon", "--schedule.aux_cooldown_frac=0.4", "--schedule_steps=7"],
+    # the record with its schedule points moved into the 5 steps: momentum ramp, the trust gate's fade, the
+    # look-ahead window and the Tail-EMA readout all act
+    "track3-record": ["--optimizer=track3-record", "--schedule_steps=7", "--schedule.momentum.warmup_steps=2",
+                      "--schedule.momentum.cooldown_steps=2", "--optim.trust_floor_end=2", "--optim.trust_fade_end=4",
+                      "--wrapper.prefill_steps=1", "--wrapper.rest_steps=4", "--readout.start=3", "--readout.end=7",
+                      "--readout.tau=2"],
 }
 RUNTIME_SIZE = {"track3-muon"}  # exported at the track's size, made tiny by the script's own options
 
