@@ -356,7 +356,8 @@ CLI_CASES = [
                                                             f"--out={c.tmp / 'o'}"], 1, "holds no runs to judge"),
     ("speedrun: results of another preset", SPEEDRUN, lambda c: [f"--from-results={c.file('r.json', TINY_RESULTS)}",
                                                                  "--preset=track3-cpu", f"--out={c.tmp / 'o'}"], 2,
-     r"--preset track3-cpu: \S+r.json holds 'tiny' runs, judged against their own target; leave --preset out"),
+     r"--preset track3-cpu disagrees with the runs' preset 'tiny' \(recorded in \S+r.json\); leave --preset out to "
+     "judge them with the rule they recorded"),
     # bench.summary
     ("summary: no file given", SUMMARY, lambda c: [], 2, "the following arguments are required: RUN"),
     ("summary: unknown flag", SUMMARY, lambda c: [f"{c.file('b.json', SUMMARY_JSON)}", "--wide"], 2,
