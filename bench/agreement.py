@@ -10,7 +10,7 @@ A recipe without that sentence has no published count and is left out of the sta
 
 The rules:
   - The proxy's value of a recipe is the step at which the mean over its seeds reaches the target by the track's
-    reaching test (bench.speedrun.target_step: the earliest logged validation step where
+    reaching test (bench.verdict.target_step: the earliest logged validation step where
     (target - mean)·√n >= z·σ), the same rule the leaderboard ranks by.
   - A recipe that never reaches the target within its budget ranks after every recipe that does, and all such
     recipes tie with each other (their value is +inf). Ties, on either side (two recipes reaching at the same
@@ -26,6 +26,8 @@ import math
 import random
 import re
 import statistics
+
+from bench.verdict import group_curve, target_step
 
 PUBLISHED = re.compile(r"result #(\d+)\b[^:\n]*:\s*([\d,]+)\s+steps")
 
@@ -88,9 +90,7 @@ def spearman_rho(x: list[float], y: list[float]) -> float:
 
 
 def proxy_steps(runs: list[dict], rule) -> float:
-    """The step at which these runs' mean reaches the target (bench.speedrun's rule); +inf when it never does."""
-    from bench.speedrun import group_curve, target_step
-
+    """The step at which these runs' mean reaches the target (bench.verdict's rule); +inf when it never does."""
     hit = target_step(group_curve([r["curve"] for r in runs]), rule)
     return float(hit["step"]) if hit else math.inf
 

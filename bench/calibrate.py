@@ -29,7 +29,8 @@ import sys
 
 from bench import harness, jobs
 from bench.noise import chi2_interval
-from bench.speedrun import Rule, group_curve, run_args
+from bench.speedrun import run_args
+from bench.verdict import Rule, group_curve
 from speedrun import cli
 
 

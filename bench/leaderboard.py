@@ -15,7 +15,7 @@ judges them) and writes into --out:
   records.md, results.json, curves.png, steps.png   as bench.speedrun --from-results writes them
   agreement.png    proxy steps to target against published steps, one point per recipe
 
-The rule is the one the files recorded (flags override it, and say so: bench.speedrun.recorded_rule).
+The rule is the one the files recorded (flags override it, and say so: bench.verdict.recorded_rule).
 """
 
 import json
@@ -23,12 +23,12 @@ import math
 import os
 import sys
 
-from bench import agreement, harness, speedrun
+from bench import agreement, harness, speedrun, verdict
 from bench import results as results_file
 from speedrun import cli
 
 
-def verdict_matrix(rows: dict, rule: speedrun.Rule, order: list[str]) -> list[str]:
+def verdict_matrix(rows: dict, rule: verdict.Rule, order: list[str]) -> list[str]:
     """Markdown: the cell in row A, column B is the pairwise statistic of A over B, (Δloss + Δsteps/100 · loss per
     100 steps)/√(1/n_A + 1/n_B), positive when A is better; bold and ✓ when it clears z·σ."""
     header = "| better ↓ than → | " + " | ".join(order) + " |"
@@ -39,7 +39,7 @@ def verdict_matrix(rows: dict, rule: speedrun.Rule, order: list[str]) -> list[st
             if a == b:
                 cells.append("—")
                 continue
-            lhs = rule.pairwise(speedrun.Point(**rows[b]["point"]), speedrun.Point(**rows[a]["point"]))
+            lhs = rule.pairwise(verdict.Point(**rows[b]["point"]), verdict.Point(**rows[a]["point"]))
             cells.append(f"**{lhs:+.4f} ✓**" if lhs >= rule.threshold else f"{lhs:+.4f}")
         lines.append(f"| {a} | " + " | ".join(cells) + " |")
     return lines
@@ -49,14 +49,14 @@ def _rank_key(row: dict):
     return (0, row["target_step"], row["point"]["mean"]) if row["reached"] else (1, math.inf, row["point"]["mean"])
 
 
-def leaderboard_md(results: dict, rows: dict, rule: speedrun.Rule, pubs: dict, agree: dict, command: str,
+def leaderboard_md(results: dict, rows: dict, rule: verdict.Rule, pubs: dict, agree: dict, command: str,
                    commit: str) -> str:
     order = sorted(rows, key=lambda o: _rank_key(rows[o]))
     params, sources = results["rule_params"], results.get("rule_sources", {})
     lines = [f"# {results.get('preset')} leaderboard", "",
              f"Target val loss {params['target']:g}; σ = {params['sigma']:g}, z = {params['z']:.4g}, "
              f"z·σ = {rule.threshold:.4g}; loss per 100 steps {params['loss_per_100_steps']:g} "
-             f"({speedrun.rule_sources_text(sources)}). n seeds reach the target at the "
+             f"({verdict.rule_sources_text(sources)}). n seeds reach the target at the "
              "earliest logged step where (target − mean)·√n ≥ z·σ; every seed trains its full budget.", "",
              "| rank | recipe | track 3 result | published steps | n | target reached at step | val loss there "
              "| final step | final val loss | steps vs baseline |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -68,7 +68,7 @@ def leaderboard_md(results: dict, rows: dict, rule: speedrun.Rule, pubs: dict, a
         lines.append(f"| {i} | {opt} | {'#' + str(pub[0]) if pub else '—'} | {pub[1] if pub else '—'} | {r['n']} | "
                      f"{step} | {there} | {r['final_step']} | {r['final_val'][0]:.4f} ± {r['final_val'][1]:.4f} | "
                      f"{ratio} |")
-    pairs = speedrun.pairwise_table(rows, rule)
+    pairs = verdict.pairwise_table(rows, rule)
     significant = sum(p["significant"] for p in pairs)
     lines += ["", f"Pairwise verdicts by the track's rule (each recipe at its target step, or at its final step where "
                   f"it does not reach the target): {significant} of {len(pairs)} pairs differ significantly.", "",
@@ -135,10 +135,10 @@ def main(argv=None):
                          "--loss-per-100-steps")
         results_file.use_val_slices(results, args.val_slices)
     flags = {"target": args.target, "sigma": args.sigma, "z": args.z, "loss_per_100_steps": args.loss_per_100_steps}
-    params, sources, notes = speedrun.recorded_rule(results, flags)
+    params, sources, notes = verdict.recorded_rule(results, flags)
     if params["target"] is None:
         raise cli.UsageError("no target val loss recorded in these files: pass --target VALUE")
-    rule = speedrun.Rule(**params)
+    rule = verdict.Rule(**params)
     results.update(rule_params=params, rule_sources=sources, pairs="all")
     results["baseline"] = args.baseline or results.get("baseline") or next(iter(results["runs"]))
     if results["baseline"] not in results["runs"]:

@@ -24,7 +24,7 @@ non-zero momentum, and within the measured arithmetic drift after it (see DRIFT_
 with one thread every figure is bitwise equal to the reference's.
 """
 
-import importlib.util
+import importlib
 import json
 import os
 import re
@@ -225,11 +225,11 @@ RESULT_GOLDENS = {
 }
 
 
-def harness():
-    spec = importlib.util.spec_from_file_location("track3_golden_harness", HARNESS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def harness(name: str):
+    """scripts/track3_harness/<name>.py, imported as scripts/track3_golden.py imports it (its folder on sys.path)."""
+    if str(HARNESS.parent) not in sys.path:
+        sys.path.insert(0, str(HARNESS.parent))
+    return importlib.import_module(f"track3_harness.{name}")
 
 
 RESULT_FILES = sorted(p.name for p in (Path(__file__).parent / "golden").glob("2026*.json"))
@@ -276,14 +276,14 @@ def test_a_result_golden_records_its_run_and_its_peer(file):
 
 
 def test_the_harness_reads_a_log_script_and_rewrites_its_constants():
-    h = harness()
+    source, adapt = harness("source"), harness("adapt")
     log = ("train_steps = 3250\nfor _ in range(1):\n    h_warmup = 250\n"
            "def loader(pattern, batch_size, seq_len=1024):\n    train_steps = 7\n    return seq_len\n"
            "model = GPT(vocab_size=50304, num_layers=12)\n" + "=" * 100 + "\nstep:0/3250 val_loss:10.8\n")
-    text = h.script_from_log(log)
+    text = source.script_from_log(log)
     assert text.endswith("GPT(vocab_size=50304, num_layers=12)\n")
-    code, applied = h.rewrite(text, "script.py", {"train_steps": 5, "h_warmup": 2}, {"GPT": {"num_layers": 2}},
-                              {"loader": {"seq_len": 64}}, set())
+    code, applied = adapt.rewrite(text, "script.py", {"train_steps": 5, "h_warmup": 2}, {"GPT": {"num_layers": 2}},
+                                  {"loader": {"seq_len": 64}}, set())
     namespace = {"GPT": lambda **kwargs: kwargs}
     exec(code, namespace)
     assert namespace["train_steps"] == 5 and namespace["h_warmup"] == 2  # module level and inside a loop
@@ -291,7 +291,7 @@ def test_the_harness_reads_a_log_script_and_rewrites_its_constants():
     assert namespace["model"] == {"vocab_size": 50304, "num_layers": 2}
     assert {(a["name"], a["was"], a["line"]) for a in applied} >= {("train_steps", "3250", 1), ("h_warmup", "250", 3)}
     with pytest.raises(SystemExit, match="nothing to rewrite for mbs"):
-        h.rewrite(text, "script.py", {"mbs": 2}, {}, {}, set())
+        adapt.rewrite(text, "script.py", {"mbs": 2}, {}, {}, set())
 
 
 @pytest.mark.slow

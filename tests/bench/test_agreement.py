@@ -6,7 +6,7 @@ import math
 import pytest
 
 from bench import agreement
-from bench.speedrun import Rule
+from bench.verdict import Rule
 
 INF = math.inf
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import train
-from bench import export_track3
+from bench import export_check, export_track3
 from bench.flatten import Flattener, FlattenError, repository_top_names
 from data.shards import write_shard
 from optim import registry
@@ -193,7 +193,7 @@ def trainer_figures(options: list[str], tmp_path: Path) -> dict:
 
 def exported_figures(script: Path, options: list[str], tmp_path: Path, nproc: int = 1) -> dict:
     record = tmp_path / "figures.json"
-    done = export_track3.run_isolated(script, ["--device=cpu", "--threads=1", f"--log_dir={tmp_path / 'logs'}",
+    done = export_check.run_isolated(script, ["--device=cpu", "--threads=1", f"--log_dir={tmp_path / 'logs'}",
                                                *options], cwd=tmp_path, record=record, nproc=nproc)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return json.loads(record.read_text())
@@ -258,7 +258,7 @@ def test_every_recipe_exports_and_runs_where_the_repository_cannot_be_imported(o
                for a in (n.names if isinstance(n, ast.Import) else [None])}
     assert imports <= {"torch", "numpy"} | set(sys.stdlib_module_names)
     assert "optim" not in imports and "triton" not in imports
-    assert export_track3.check(script, cfg).startswith("final val_loss:")
+    assert export_check.check(script, cfg).startswith("final val_loss:")
 
 
 def test_the_log_holds_the_source_then_a_line_of_equals(shards, tmp_path):
@@ -314,8 +314,8 @@ def test_the_triton_export_trains_under_the_interpreter(tmp_path):
     script = tmp_path / "train.py"
     _, cfg = write_export(["--optimizer=track3-muon", "--optim.newton_schulz_impl=triton",
                            "--model.relu2_mlp_impl=triton", "--model.linear_cross_entropy_impl=triton"], script)
-    export_track3.write_tiny_shards(tmp_path / "data")
-    done = export_track3.run_isolated(script, export_track3.tiny_options(cfg, tmp_path / "data", tmp_path / "logs"),
+    export_check.write_tiny_shards(tmp_path / "data")
+    done = export_check.run_isolated(script, export_check.tiny_options(cfg, tmp_path / "data", tmp_path / "logs"),
                                       cwd=tmp_path, env={"TRITON_INTERPRET": "1"}, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
 

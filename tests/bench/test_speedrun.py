@@ -1,5 +1,6 @@
-"""bench.speedrun: the track's reaching and pairwise rules (its worked examples), judged on synthetic curves,
-and end to end at tiny size (tuning, full-budget seeded runs, records, plots, re-judging saved results)."""
+"""bench.verdict and bench.speedrun: the track's reaching and pairwise rules (its worked examples), judged on
+synthetic curves, and end to end at tiny size (tuning, full-budget seeded runs, records, plots, re-judging saved
+results)."""
 
 import dataclasses
 import json
@@ -9,8 +10,8 @@ import re
 
 import pytest
 
-from bench import jobs, speedrun
-from bench.speedrun import Point, Rule
+from bench import jobs, speedrun, verdict
+from bench.verdict import Point, Rule
 from speedrun.cli import UsageError, UserError
 
 TRACK = Rule()
@@ -93,23 +94,23 @@ def test_earliest_logged_step_where_the_mean_passes():
                   20: [4.05, 4.20, 3.90, 4.10],  # one seed already below 4.0: no per-run decision counts
                   40: [3.99, 3.97, 3.99, 3.97],  # mean 3.98: margin 0.02·√4 = 0.04 >= 0.03
                   60: [3.90, 3.91, 3.92, 3.93]})
-    curve = speedrun.group_curve([r["curve"] for r in runs])
+    curve = verdict.group_curve([r["curve"] for r in runs])
     assert [c["step"] for c in curve] == [0, 20, 40, 60] and curve[1]["n"] == 4
-    hit = speedrun.target_step(curve, rule)
+    hit = verdict.target_step(curve, rule)
     assert hit["step"] == 40 and hit["mean"] == pytest.approx(3.98) and hit["seconds"] == pytest.approx(4.0)
     # seed 0 alone (3.99 at step 40: margin 0.01) is not enough evidence there; it is at 60
-    assert speedrun.target_step(speedrun.group_curve([runs[0]["curve"]]), rule)["step"] == 60
-    assert speedrun.target_step(curve, dataclasses.replace(rule, target=3.5)) is None
+    assert verdict.target_step(verdict.group_curve([runs[0]["curve"]]), rule)["step"] == 60
+    assert verdict.target_step(curve, dataclasses.replace(rule, target=3.5)) is None
 
 
 def test_group_curve_keeps_steps_every_run_logged():
     a = [{"step": s, "val_loss": 5.0} for s in (0, 25, 50, 75)]
     b = [{"step": s, "val_loss": 6.0} for s in (0, 50, 75, 100)]
-    curve = speedrun.group_curve([a, b])
+    curve = verdict.group_curve([a, b])
     assert [c["step"] for c in curve] == [0, 50, 75] and curve[0]["mean"] == 5.5
     assert curve[0]["std"] == pytest.approx(math.sqrt(0.5)) and curve[0]["seconds"] is None
     with pytest.raises(ValueError, match="at least one logged validation step"):
-        speedrun.group_curve([a, []])
+        verdict.group_curve([a, []])
 
 
 def test_aggregate_pairwise_and_table():
@@ -119,7 +120,7 @@ def test_aggregate_pairwise_and_table():
         "muon": _runs({0: [9.0, 9.0], 50: [3.95, 3.96], 100: [3.8, 3.81]}),  # reaches at 50
         "normuon": _runs({0: [9.0, 9.0], 50: [3.96, 3.95], 100: [3.79, 3.8]}),  # reaches at 50, same mean
     }
-    rows = speedrun.aggregate(runs, rule, baseline="muon")
+    rows = verdict.aggregate(runs, rule, baseline="muon")
     assert rows["adamw"]["reached"] is False and rows["adamw"]["target_step"] is None
     assert rows["adamw"]["point"] == {"steps": 100, "mean": pytest.approx(4.075), "n": 2}
     assert rows["muon"]["target_step"] == 50 and rows["muon"]["val_at_target"][0] == pytest.approx(3.955)
@@ -127,22 +128,22 @@ def test_aggregate_pairwise_and_table():
     assert rows["normuon"]["steps_vs_baseline"] == 1.0 and rows["adamw"]["steps_vs_baseline"] is None
     assert rows["muon"]["margin"] == pytest.approx(0.045 * math.sqrt(2))
 
-    pairs = {(p["better"], p["than"]): p for p in speedrun.pairwise_table(rows, rule)}
+    pairs = {(p["better"], p["than"]): p for p in verdict.pairwise_table(rows, rule)}
     assert set(pairs) == {("muon", "adamw"), ("normuon", "adamw"), ("normuon", "muon")}
     p = pairs[("muon", "adamw")]  # AdamW compared at its final step: 0.12 lower loss and 50 fewer steps
     assert p["d_loss"] == pytest.approx(0.12) and p["d_steps"] == 50 and p["at_final_step"] == ["adamw"]
     assert p["lhs"] == pytest.approx((0.12 + 0.025) / 1.0) and p["significant"]
     tie = pairs[("normuon", "muon")]  # a tie keeps the listed order: old first
     assert tie["lhs"] == pytest.approx(0.0) and not tie["significant"]
-    against = speedrun.pairwise_table(rows, rule, baseline="muon")
+    against = verdict.pairwise_table(rows, rule, baseline="muon")
     assert {(p["better"], p["than"]) for p in against} == {("muon", "adamw"), ("normuon", "muon")}
 
-    table = speedrun.records_table(rows, list(pairs.values()), rule, "test machine", "muon")
+    table = verdict.records_table(rows, list(pairs.values()), rule, "test machine", "muon")
     assert "| adamw | 2 | not reached |" in table and "| muon | 2 | 50 | 0.0636 | 3.9550 ± 0.0071 |" in table
     assert "adamw (final step, target not reached)" in table and "test machine" in table
     assert "well above σ" in table  # the seeds spread by 0.035 against an assumed 0.01
     assert "tuned for" not in table
-    partly = speedrun.records_table(rows, [], rule, "test machine", "muon", tuned=("adamw",))
+    partly = verdict.records_table(rows, [], rule, "test machine", "muon", tuned=("adamw",))
     assert "Learning rate tuned for adamw only; muon, normuon ran at their configured lr" in partly
 
 
