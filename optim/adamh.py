@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from optim.adamw import fused_adamw_available
 from optim.hyperball import EPS, TORCH_HYPERBALL_INIT, hyperball_step
-from optim.muon import ADAM_ROLES, adamw_update
+from optim.muon import ADAM_ROLES, adamw_groups, adamw_update, closure_loss
 from optim.muonh import HYPERBALL_AUX, HYPERBALL_SCHEDULE
 from optim.registry import Steps, optimizer, recipe, require, schedule
 from optim.roles import (AuxRoles, RoleHparams, check_betas, check_non_negative, check_positive, role_table,
@@ -37,18 +36,12 @@ class AdamH(torch.optim.Optimizer):
             raise ValueError(f"AdamH steps 2-D matrices on their sphere; got shapes {[tuple(p.shape) for p in hidden]}")
         groups = [dict(params=hidden, role="hidden", lr=lr, betas=tuple(betas), eps=eps, hyperball_eps=hyperball_eps,
                        hyperball=True)]
-        aux = [{**g, "params": list(g["params"]), "eps": aux_eps, "hyperball": False} for g in adam_groups]
-        fused = fused_adamw_available([p for g in aux for p in g["params"]])
-        for g in aux:
-            g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
-        super().__init__([g for g in groups + aux if g["params"]], {})
+        groups += adamw_groups(adam_groups, eps=aux_eps, hyperball=False)
+        super().__init__([g for g in groups if g["params"]], {})
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         adamw_update(self, [g for g in self.param_groups if not g["hyperball"]])
         for group in self.param_groups:
             if group["hyperball"]:

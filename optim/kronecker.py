@@ -29,8 +29,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from kernels import registry
-from optim.adamw import fused_adamw_available
-from optim.muon import adamw_update
+from optim.muon import adamw_groups, adamw_update, closure_loss
 from optim.registry import require
 from optim.roles import AuxRoles, check_betas, check_positive
 
@@ -89,22 +88,14 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{type(self).__name__} preconditions 2-D matrices; got shapes "
                              f"{[tuple(p.shape) for p in hidden]}")
         groups = [dict(params=hidden, role="hidden", kronecker=True, **hidden_defaults)]
-        for g in adam_groups:
-            groups.append({**g, "params": list(g["params"]), "kronecker": False, "eps": adam_eps})
-        params = [p for g in groups for p in g["params"]]
-        fused = fused_adamw_available(params)
-        for g in groups[1:]:
-            g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
+        groups += adamw_groups(adam_groups, eps=adam_eps, kronecker=False)
         super().__init__([g for g in groups if g["params"]], {})
         self._gram = gram_function(gram_impl)
         self._stacks = {}  # (state name, ids of a batch's params) -> the stacked tensor its slices are
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             if group["kronecker"]:
                 for params in self.batches(group):

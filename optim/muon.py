@@ -163,32 +163,25 @@ class Muon(torch.optim.Optimizer):
         groups = [dict(params=hidden, role="hidden", use_muon=True, lr=lr, momentum=momentum, nesterov=nesterov,
                        weight_decay=weight_decay, ns_coefficients=ns_coefficients, ns_steps=ns_steps,
                        lr_scaling=lr_scaling)]
+        adam_groups = [{"role": "other", "lr": adam_lr, "betas": tuple(betas), "weight_decay": adam_weight_decay, **g}
+                       for g in adam_groups]
         for g in adam_groups:
-            g = {"role": "other", "betas": tuple(betas), "weight_decay": adam_weight_decay, **g,
-                 "params": list(g["params"]), "use_muon": False, "eps": eps}
-            g.setdefault("lr", adam_lr)
             if g["lr"] is None:
                 raise ValueError(f"Adam group {g['role']!r} has no lr: give it one or set adam_lr")
-            groups.append(g)
+        groups += adamw_groups(adam_groups, eps=eps, use_muon=False)
         params = [p for g in groups for p in g["params"]]
         device = params[0].device if params else torch.device("cpu")
         self.ns_dtype = resolve_ns_dtype(ns_dtype, device)  # what the run uses; the trainer prints it
         if ns_impl == "auto":  # as the trainer resolves it (MuonConfig.resolve_auto): Triton on CUDA
             ns_impl = "triton" if device.type == "cuda" else "eager"
         self.orthogonalize = registry.get("newton_schulz", ns_impl)  # KeyError listing the registered impls
-        fused = fused_adamw_available(params)
-        for g in groups[1:]:
-            g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
         super().__init__([g for g in groups if g["params"]], {})
         self._shape_update = muon_shape_update  # compile_update() swaps in its compiled version
         self._scalars = {}  # (name, device) -> the 0-D tensor the compiled update reads that hyper-parameter from
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             if group["use_muon"]:
                 self.muon_update(group)
@@ -270,6 +263,26 @@ class Muon(torch.optim.Optimizer):
     def adam_update(self):
         """AdamW on every Adam group (adamw_update)."""
         adamw_update(self, [group for group in self.param_groups if not group["use_muon"]])
+
+
+def adamw_groups(adam_groups, *, eps: float, **marks) -> list[dict]:
+    """The AdamW side's param groups of a hybrid optimizer: each of `adam_groups` (dicts with params, lr, betas,
+    weight_decay) with its own list of params, `eps`, `marks` (the keys that tell the optimizer's step which update
+    a group takes) and `fused`, as adamw_update reads them."""
+    groups = [{**g, "params": list(g["params"]), "eps": eps, **marks} for g in adam_groups]
+    fused = fused_adamw_available([p for g in groups for p in g["params"]])
+    for g in groups:
+        g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
+    return groups
+
+
+def closure_loss(closure):
+    """What torch.optim's step(closure) returns: the closure's loss, evaluated with autograd on (step runs under
+    no_grad), or None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 @torch.no_grad()

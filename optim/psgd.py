@@ -47,9 +47,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from kernels import registry as kernels
-from optim.adamw import fused_adamw_available
 from optim.hyperball import EPS, HYPERBALL_MULTIPLIERS, hyperball_step
-from optim.muon import ADAM_ROLES, adamw_update
+from optim.muon import ADAM_ROLES, adamw_groups, adamw_update, closure_loss
 from optim.muonh import HYPERBALL_AUX
 from optim.registry import optimizer, recipe, require, schedule
 from optim.roles import AuxRoles, RoleHparams, check_betas, check_fraction, check_non_negative, check_positive, \
@@ -130,18 +129,12 @@ class PSGDKron(torch.optim.Optimizer):
         groups = [dict(params=hidden, role="hidden", lr=lr, momentum=momentum, precond_lr=precond_lr,
                        precond_every=precond_every, init_scale=init_scale, damping=damping, hyperball=hyperball,
                        hyperball_eps=hyperball_eps, weight_decay=weight_decay, psgd=True)]
-        aux = [{**g, "params": list(g["params"]), "eps": aux_eps, "psgd": False} for g in adam_groups]
-        fused = fused_adamw_available([p for g in aux for p in g["params"]])
-        for g in aux:
-            g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
-        super().__init__([g for g in groups + aux if g["params"]], {})
+        groups += adamw_groups(adam_groups, eps=aux_eps, psgd=False)
+        super().__init__([g for g in groups if g["params"]], {})
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         adamw_update(self, [g for g in self.param_groups if not g["psgd"]])
         for group in self.param_groups:
             if group["psgd"]:
