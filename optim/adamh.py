@@ -20,8 +20,7 @@ from optim.hyperball import EPS, TORCH_HYPERBALL_INIT, hyperball_step
 from optim.muon import ADAM_ROLES, adamw_groups, adamw_update, closure_loss
 from optim.muonh import HYPERBALL_AUX, HYPERBALL_SCHEDULE
 from optim.registry import Steps, optimizer, recipe, require, schedule
-from optim.roles import (AuxRoles, RoleHparams, check_betas, check_non_negative, check_positive, role_table,
-                         torch_groups)
+from optim.roles import AuxAdamW, RoleHparams, check_betas, check_positive, role_table, torch_groups
 from optim.schedules import StableDecay, family
 
 
@@ -69,7 +68,7 @@ class AdamH(torch.optim.Optimizer):
 
 
 @dataclass(frozen=True)
-class AdamHConfig(AuxRoles):
+class AdamHConfig(AuxAdamW):
     """AdamH: Adam's bias-corrected direction applied through the hyperball (each hidden matrix keeps its norm),
     AdamW on the other roles."""
 
@@ -82,19 +81,11 @@ class AdamHConfig(AuxRoles):
     """Added to the root of the bias-corrected second moment of the hidden matrices."""
     hyperball_eps: float = EPS
     """ε of the hyperball's divisions by the direction's and the stepped matrix's norms (clamped to at least ε)."""
-    aux_lr: float = 3e-3
-    """Learning rate of the embed, head and scalar roles (AdamW) without their own."""
-    aux_betas: tuple = (0.9, 0.95)
-    """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
-    aux_eps: float = 1e-8
-    """AdamW's eps on the embed, head and scalar roles."""
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "lr", "eps", "hyperball_eps", "aux_lr", "aux_eps")
+        check_positive(self, "lr", "eps", "hyperball_eps")
         check_betas("betas", self.betas)
-        check_betas("aux_betas", self.aux_betas)
-        check_non_negative(self, "aux_weight_decay")
 
 
 @optimizer("adamh", AdamHConfig)
@@ -116,7 +107,8 @@ class MatrixWarmupDecay(StableDecay):
 
     def __post_init__(self):
         super().__post_init__()
-        require(self.matrix_warmup_steps >= 0, f"--schedule.matrix_warmup_steps={self.matrix_warmup_steps} must be >= 0")
+        require(self.matrix_warmup_steps >= 0,
+                f"--schedule.matrix_warmup_steps={self.matrix_warmup_steps} must be >= 0")
 
     def factor(self, step: int, horizon: int, role: str) -> float:
         if family(role) == "matrix" and step < self.matrix_warmup_steps:

@@ -50,9 +50,8 @@ from kernels.device import native_bf16
 from optim.adamw import fused_adamw_available
 from optim.registry import optimizer, recipe, require
 from optim.roles import (
-    AuxRoles,
+    AuxAdamW,
     RoleHparams,
-    check_betas,
     check_fraction,
     check_non_negative,
     check_positive,
@@ -313,7 +312,7 @@ ADAM_ROLES = ("embed", "head", "scalar")
 
 
 @dataclass(frozen=True)
-class MuonConfig(AuxRoles):
+class MuonConfig(AuxAdamW):
     """Muon on the hidden matrices (momentum orthogonalized by Newton-Schulz), AdamW on the other roles."""
 
     lr: float = 0.02
@@ -335,19 +334,12 @@ class MuonConfig(AuxRoles):
     bf16 on a CPU without native bf16 runs each product as an fp32 matmul of the bf16 operands, rounded."""
     lr_scaling: str = "original"
     """Shape scale of the step: original sqrt(max(1, rows/cols)) | match_rms_adamw 0.2·sqrt(max(rows, cols))."""
-    aux_lr: float = 3e-3
-    """Learning rate of the embed, head and scalar roles (AdamW) without their own."""
-    aux_betas: tuple = (0.9, 0.95)
-    """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
-    aux_eps: float = 1e-8
-    """AdamW's eps on the embed, head and scalar roles."""
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "lr", "aux_lr", "aux_eps")
+        check_positive(self, "lr")
         check_non_negative(self, "weight_decay")
         check_fraction(self, "momentum")
-        check_betas("aux_betas", self.aux_betas)
         require(self.ns_steps >= 0, f"--optim.ns_steps={self.ns_steps} must be >= 0 (0 = the coefficient set's own)")
         for name, allowed in (("newton_schulz_impl", (*registry.names("newton_schulz"), "auto")),
                               ("ns_coefficients", tuple(reference.NS_DEFAULT_STEPS)),

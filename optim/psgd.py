@@ -51,8 +51,15 @@ from optim.hyperball import EPS, HYPERBALL_MULTIPLIERS, hyperball_step
 from optim.muon import ADAM_ROLES, adamw_groups, adamw_update, closure_loss
 from optim.muonh import HYPERBALL_AUX
 from optim.registry import optimizer, recipe, require, schedule
-from optim.roles import AuxRoles, RoleHparams, check_betas, check_fraction, check_non_negative, check_positive, \
-    role_table, torch_groups
+from optim.roles import (
+    AuxAdamW,
+    RoleHparams,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    role_table,
+    torch_groups,
+)
 from optim.schedules import Schedule, family
 
 DAMPING = torch.finfo(torch.float32).eps  # 1.1920928955078125e-07
@@ -176,7 +183,7 @@ class PSGDKron(torch.optim.Optimizer):
 
 
 @dataclass(frozen=True)
-class PSGDConfig(AuxRoles):
+class PSGDConfig(AuxAdamW):
     """PSGD Kron: the momentum of each hidden matrix whitened by two triangular Kronecker factors fitted from random
     probes, applied through the hyperball (each hidden matrix keeps its norm); AdamW on the other roles."""
 
@@ -203,12 +210,6 @@ class PSGDConfig(AuxRoles):
     """ε added to the direction's and the stepped matrix's norms in the hyperball's divisions."""
     weight_decay: float = 0.0
     """Decoupled weight decay of the hidden matrices without the hyperball (must be 0 with it)."""
-    aux_lr: float = 3e-3
-    """Learning rate of the embed, head and scalar roles (AdamW) without their own."""
-    aux_betas: tuple = (0.9, 0.95)
-    """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
-    aux_eps: float = 1e-8
-    """AdamW's eps on the embed, head and scalar roles."""
     gram_impl: str = "auto"
     """kernels.registry implementation of the factors' Gram matrices AAᵀ, BBᵀ, AᵀA, BᵀB: eager (one matmul each) |
     triton | auto (triton on CUDA, eager elsewhere)."""
@@ -217,10 +218,9 @@ class PSGDConfig(AuxRoles):
         super().__post_init__()
         require(self.gram_impl in GRAM_IMPLS,
                 f"--optim.gram_impl={self.gram_impl!r}; choose from {', '.join(GRAM_IMPLS)}")
-        check_positive(self, "lr", "precond_lr", "hyperball_eps", "aux_lr", "aux_eps")
+        check_positive(self, "lr", "precond_lr", "hyperball_eps")
         check_non_negative(self, "init_scale", "damping", "weight_decay")
         check_fraction(self, "momentum")
-        check_betas("aux_betas", self.aux_betas)
         require(isinstance(self.precond_every, int) and self.precond_every >= 1,
                 f"--optim.precond_every={self.precond_every} must be an integer >= 1")
         require(not (self.hyperball and self.weight_decay),

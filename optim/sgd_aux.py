@@ -21,9 +21,8 @@ from torch.optim.sgd import sgd
 from optim.muon import adamw_groups, adamw_update, closure_loss
 from optim.registry import optimizer, recipe
 from optim.roles import (
-    AuxRoles,
+    AuxAdamW,
     RoleHparams,
-    check_betas,
     check_fraction,
     check_non_negative,
     check_positive,
@@ -72,7 +71,7 @@ class SGDAux(torch.optim.Optimizer):
 
 
 @dataclass(frozen=True)
-class SGDAuxConfig(AuxRoles):
+class SGDAuxConfig(AuxAdamW):
     """SGD with (Nesterov) momentum on the hidden matrices, AdamW on the embed, head and scalar roles."""
 
     lr: float = 1e-3
@@ -83,19 +82,12 @@ class SGDAuxConfig(AuxRoles):
     """Step along G + momentum·B instead of B (ignored when momentum is 0)."""
     weight_decay: float = 0.0
     """Decoupled weight decay of the hidden matrices: W <- W·(1 - lr·wd)."""
-    aux_lr: float = 3e-3
-    """Learning rate of the embed, head and scalar roles (AdamW) without their own."""
-    aux_betas: tuple = (0.9, 0.95)
-    """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
-    aux_eps: float = 1e-8
-    """AdamW's eps on the embed, head and scalar roles."""
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "lr", "aux_lr", "aux_eps")
+        check_positive(self, "lr")
         check_non_negative(self, "weight_decay")
         check_fraction(self, "momentum")
-        check_betas("aux_betas", self.aux_betas)
 
 
 @optimizer("sgd_aux", SGDAuxConfig)
