@@ -210,12 +210,8 @@ class Muon(torch.optim.Optimizer):
         beta = group["momentum"]
         compiled = self._shape_update is not muon_shape_update
         for shape, same_shape in by_shape.items():
-            buffers = []
-            for p in same_shape:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                buffers.append(state["momentum_buffer"])
+            buffers = self._state_tensors(same_shape, "momentum_buffer",
+                                          lambda p: torch.zeros_like(p, memory_format=torch.preserve_format))
             normalize, moments = self._normalizer(group, same_shape)
             apply, alpha, decay = self._application(group, shape)
             precondition, precondition_state = self._preconditioner(group, same_shape)
@@ -246,6 +242,17 @@ class Muon(torch.optim.Optimizer):
         if key not in self._scalars:
             self._scalars[key] = torch.zeros((), dtype=torch.float32, device=device)
         return self._scalars[key].fill_(value)
+
+    def _state_tensors(self, params, name: str, init) -> list:
+        """State `name` of each of `params`, created as init(p) where it has none yet (the first step, or a
+        state_dict without it)."""
+        tensors = []
+        for p in params:
+            state = self.state[p]
+            if name not in state:
+                state[name] = init(p)
+            tensors.append(state[name])
+        return tensors
 
     def _normalizer(self, group: dict, params):
         """(normalize, its per-matrix state) for muon_shape_update: (None, None) for Muon; NorMuon overrides it."""
