@@ -58,6 +58,7 @@ from model.gpt import GPT
 from optim import build_optimizer, make_readout, wrap_optimizer
 from optim.distributed import DataParallel, accumulation_steps, init_process_group
 from optim.muon import Muon
+from optim.schedules import apply_schedule
 from speedrun import checkpoint, cli, memory, resume, rundir
 from speedrun.checkpoint import Checkpointer, host_copy
 from speedrun.clock import Clock
@@ -319,14 +320,8 @@ class Trainer(TrainingStep):
         return zip(x.split(self.cfg.batch_size), y.split(self.cfg.batch_size))
 
     def _apply_schedule(self, step: int):
-        """Each param group's lr (and the hidden matrices' momentum) at `step`, from its initial values
-        (optim.schedules): the one place the schedule reaches the param groups."""
-        cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            role = group.get("role", "hidden")
-            group["lr"] = cfg.schedule.lr(group["initial_lr"], step, cfg.horizon, role)
-            if role == "hidden" and "initial_momentum" in group:
-                group["momentum"] = cfg.schedule.momentum.momentum(group["initial_momentum"], step, cfg.horizon)
+        """Each param group's lr (and the hidden matrices' momentum) at `step` (optim.schedules.apply_schedule)."""
+        apply_schedule(self.cfg.schedule, self.optimizer, step, self.cfg.horizon)
 
     def warmup(self, steps: int = 1) -> float:
         """Run `steps` training steps (compilation, allocator warm-up), then restore the initial state, which stays

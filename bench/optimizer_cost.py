@@ -106,12 +106,9 @@ class RecipeStep:
 
     def schedule(self, step: int):
         """Each param group's lr (and the hidden matrices' momentum) at `step`, as the trainer sets them."""
-        cfg = self.cfg
-        for group in self.optimizer.param_groups:
-            role = group.get("role", "hidden")
-            group["lr"] = cfg.schedule.lr(group["initial_lr"], step, cfg.horizon, role)
-            if role == "hidden" and "initial_momentum" in group:
-                group["momentum"] = cfg.schedule.momentum.momentum(group["initial_momentum"], step, cfg.horizon)
+        from optim.schedules import apply_schedule
+
+        apply_schedule(self.cfg.schedule, self.optimizer, step, self.cfg.horizon)
 
     def _sync(self):
         if self.device.type == "cuda":

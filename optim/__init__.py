@@ -19,7 +19,7 @@ momentum): the trainer's schedule (optim.schedules) sets lr (and momentum) from 
 import torch
 
 from optim import registry
-from optim.roles import ROLES, AuxRoles, RoleHparams, param_groups, role_table  # noqa: F401
+from optim.roles import ROLES, AuxAdamW, AuxRoles, RoleHparams, param_groups, role_table  # noqa: F401
 
 
 def build_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:

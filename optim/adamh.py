@@ -16,13 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
-from optim.adamw import fused_adamw_available
 from optim.hyperball import EPS, TORCH_HYPERBALL_INIT, hyperball_step
-from optim.muon import ADAM_ROLES, adamw_update
+from optim.muon import ADAM_ROLES, adamw_groups, adamw_update, closure_loss
 from optim.muonh import HYPERBALL_AUX, HYPERBALL_SCHEDULE
 from optim.registry import Steps, optimizer, recipe, require, schedule
-from optim.roles import (AuxRoles, RoleHparams, check_betas, check_non_negative, check_positive, role_table,
-                         torch_groups)
+from optim.roles import AuxAdamW, RoleHparams, check_betas, check_positive, role_table, torch_groups
 from optim.schedules import StableDecay, family
 
 
@@ -37,18 +35,12 @@ class AdamH(torch.optim.Optimizer):
             raise ValueError(f"AdamH steps 2-D matrices on their sphere; got shapes {[tuple(p.shape) for p in hidden]}")
         groups = [dict(params=hidden, role="hidden", lr=lr, betas=tuple(betas), eps=eps, hyperball_eps=hyperball_eps,
                        hyperball=True)]
-        aux = [{**g, "params": list(g["params"]), "eps": aux_eps, "hyperball": False} for g in adam_groups]
-        fused = fused_adamw_available([p for g in aux for p in g["params"]])
-        for g in aux:
-            g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
-        super().__init__([g for g in groups + aux if g["params"]], {})
+        groups += adamw_groups(adam_groups, eps=aux_eps, hyperball=False)
+        super().__init__([g for g in groups if g["params"]], {})
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         adamw_update(self, [g for g in self.param_groups if not g["hyperball"]])
         for group in self.param_groups:
             if group["hyperball"]:
@@ -76,7 +68,7 @@ class AdamH(torch.optim.Optimizer):
 
 
 @dataclass(frozen=True)
-class AdamHConfig(AuxRoles):
+class AdamHConfig(AuxAdamW):
     """AdamH: Adam's bias-corrected direction applied through the hyperball (each hidden matrix keeps its norm),
     AdamW on the other roles."""
 
@@ -89,19 +81,11 @@ class AdamHConfig(AuxRoles):
     """Added to the root of the bias-corrected second moment of the hidden matrices."""
     hyperball_eps: float = EPS
     """ε of the hyperball's divisions by the direction's and the stepped matrix's norms (clamped to at least ε)."""
-    aux_lr: float = 3e-3
-    """Learning rate of the embed, head and scalar roles (AdamW) without their own."""
-    aux_betas: tuple = (0.9, 0.95)
-    """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
-    aux_eps: float = 1e-8
-    """AdamW's eps on the embed, head and scalar roles."""
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "lr", "eps", "hyperball_eps", "aux_lr", "aux_eps")
+        check_positive(self, "lr", "eps", "hyperball_eps")
         check_betas("betas", self.betas)
-        check_betas("aux_betas", self.aux_betas)
-        check_non_negative(self, "aux_weight_decay")
 
 
 @optimizer("adamh", AdamHConfig)
@@ -123,7 +107,8 @@ class MatrixWarmupDecay(StableDecay):
 
     def __post_init__(self):
         super().__post_init__()
-        require(self.matrix_warmup_steps >= 0, f"--schedule.matrix_warmup_steps={self.matrix_warmup_steps} must be >= 0")
+        require(self.matrix_warmup_steps >= 0,
+                f"--schedule.matrix_warmup_steps={self.matrix_warmup_steps} must be >= 0")
 
     def factor(self, step: int, horizon: int, role: str) -> float:
         if family(role) == "matrix" and step < self.matrix_warmup_steps:

@@ -29,10 +29,9 @@ from dataclasses import dataclass, replace
 import torch
 
 from kernels import registry
-from optim.adamw import fused_adamw_available
-from optim.muon import adamw_update
+from optim.muon import adamw_groups, adamw_update, closure_loss
 from optim.registry import require
-from optim.roles import AuxRoles, check_betas, check_positive
+from optim.roles import AuxAdamW
 
 EIGH_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 
@@ -89,22 +88,14 @@ class KroneckerOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{type(self).__name__} preconditions 2-D matrices; got shapes "
                              f"{[tuple(p.shape) for p in hidden]}")
         groups = [dict(params=hidden, role="hidden", kronecker=True, **hidden_defaults)]
-        for g in adam_groups:
-            groups.append({**g, "params": list(g["params"]), "kronecker": False, "eps": adam_eps})
-        params = [p for g in groups for p in g["params"]]
-        fused = fused_adamw_available(params)
-        for g in groups[1:]:
-            g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
+        groups += adamw_groups(adam_groups, eps=adam_eps, kronecker=False)
         super().__init__([g for g in groups if g["params"]], {})
         self._gram = gram_function(gram_impl)
         self._stacks = {}  # (state name, ids of a batch's params) -> the stacked tensor its slices are
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             if group["kronecker"]:
                 for params in self.batches(group):
@@ -176,7 +167,7 @@ def power_correction(beta: float, step: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class KroneckerConfig(AuxRoles):
+class KroneckerConfig(AuxAdamW):
     """The fields Shampoo and SOAP share: the implementation of their statistics, the eigendecomposition's dtype, and
     the AdamW side."""
 
@@ -185,17 +176,9 @@ class KroneckerConfig(AuxRoles):
     same-shape matrices): eager | triton | auto (triton on CUDA, eager elsewhere)."""
     eigh_dtype: str = "fp32"
     """Precision of the eigendecompositions (and QR factorizations): fp32 (retried in fp64 where fp32 fails) | fp64."""
-    aux_lr: float = 3e-3
-    """Learning rate of the embed, head and scalar roles (AdamW) without their own."""
-    aux_betas: tuple = (0.9, 0.95)
-    """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
-    aux_eps: float = 1e-8
-    """AdamW's eps on the embed, head and scalar roles."""
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "aux_lr", "aux_eps")
-        check_betas("aux_betas", self.aux_betas)
         allowed = (*gram_impls(), "auto")
         require(self.gram_impl in allowed, f"--optim.gram_impl={self.gram_impl!r}; choose from {', '.join(allowed)}")
         require(self.eigh_dtype in EIGH_DTYPES,

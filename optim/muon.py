@@ -50,9 +50,8 @@ from kernels.device import native_bf16
 from optim.adamw import fused_adamw_available
 from optim.registry import optimizer, recipe, require
 from optim.roles import (
-    AuxRoles,
+    AuxAdamW,
     RoleHparams,
-    check_betas,
     check_fraction,
     check_non_negative,
     check_positive,
@@ -163,32 +162,25 @@ class Muon(torch.optim.Optimizer):
         groups = [dict(params=hidden, role="hidden", use_muon=True, lr=lr, momentum=momentum, nesterov=nesterov,
                        weight_decay=weight_decay, ns_coefficients=ns_coefficients, ns_steps=ns_steps,
                        lr_scaling=lr_scaling)]
+        adam_groups = [{"role": "other", "lr": adam_lr, "betas": tuple(betas), "weight_decay": adam_weight_decay, **g}
+                       for g in adam_groups]
         for g in adam_groups:
-            g = {"role": "other", "betas": tuple(betas), "weight_decay": adam_weight_decay, **g,
-                 "params": list(g["params"]), "use_muon": False, "eps": eps}
-            g.setdefault("lr", adam_lr)
             if g["lr"] is None:
                 raise ValueError(f"Adam group {g['role']!r} has no lr: give it one or set adam_lr")
-            groups.append(g)
+        groups += adamw_groups(adam_groups, eps=eps, use_muon=False)
         params = [p for g in groups for p in g["params"]]
         device = params[0].device if params else torch.device("cpu")
         self.ns_dtype = resolve_ns_dtype(ns_dtype, device)  # what the run uses; the trainer prints it
         if ns_impl == "auto":  # as the trainer resolves it (MuonConfig.resolve_auto): Triton on CUDA
             ns_impl = "triton" if device.type == "cuda" else "eager"
         self.orthogonalize = registry.get("newton_schulz", ns_impl)  # KeyError listing the registered impls
-        fused = fused_adamw_available(params)
-        for g in groups[1:]:
-            g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
         super().__init__([g for g in groups if g["params"]], {})
         self._shape_update = muon_shape_update  # compile_update() swaps in its compiled version
         self._scalars = {}  # (name, device) -> the 0-D tensor the compiled update reads that hyper-parameter from
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             if group["use_muon"]:
                 self.muon_update(group)
@@ -218,12 +210,8 @@ class Muon(torch.optim.Optimizer):
         beta = group["momentum"]
         compiled = self._shape_update is not muon_shape_update
         for shape, same_shape in by_shape.items():
-            buffers = []
-            for p in same_shape:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                buffers.append(state["momentum_buffer"])
+            buffers = self._state_tensors(same_shape, "momentum_buffer",
+                                          lambda p: torch.zeros_like(p, memory_format=torch.preserve_format))
             normalize, moments = self._normalizer(group, same_shape)
             apply, alpha, decay = self._application(group, shape)
             precondition, precondition_state = self._preconditioner(group, same_shape)
@@ -255,6 +243,17 @@ class Muon(torch.optim.Optimizer):
             self._scalars[key] = torch.zeros((), dtype=torch.float32, device=device)
         return self._scalars[key].fill_(value)
 
+    def _state_tensors(self, params, name: str, init) -> list:
+        """State `name` of each of `params`, created as init(p) where it has none yet (the first step, or a
+        state_dict without it)."""
+        tensors = []
+        for p in params:
+            state = self.state[p]
+            if name not in state:
+                state[name] = init(p)
+            tensors.append(state[name])
+        return tensors
+
     def _normalizer(self, group: dict, params):
         """(normalize, its per-matrix state) for muon_shape_update: (None, None) for Muon; NorMuon overrides it."""
         return None, None
@@ -270,6 +269,26 @@ class Muon(torch.optim.Optimizer):
     def adam_update(self):
         """AdamW on every Adam group (adamw_update)."""
         adamw_update(self, [group for group in self.param_groups if not group["use_muon"]])
+
+
+def adamw_groups(adam_groups, *, eps: float, **marks) -> list[dict]:
+    """The AdamW side's param groups of a hybrid optimizer: each of `adam_groups` (dicts with params, lr, betas,
+    weight_decay) with its own list of params, `eps`, `marks` (the keys that tell the optimizer's step which update
+    a group takes) and `fused`, as adamw_update reads them."""
+    groups = [{**g, "params": list(g["params"]), "eps": eps, **marks} for g in adam_groups]
+    fused = fused_adamw_available([p for g in groups for p in g["params"]])
+    for g in groups:
+        g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
+    return groups
+
+
+def closure_loss(closure):
+    """What torch.optim's step(closure) returns: the closure's loss, evaluated with autograd on (step runs under
+    no_grad), or None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 @torch.no_grad()
@@ -300,7 +319,7 @@ ADAM_ROLES = ("embed", "head", "scalar")
 
 
 @dataclass(frozen=True)
-class MuonConfig(AuxRoles):
+class MuonConfig(AuxAdamW):
     """Muon on the hidden matrices (momentum orthogonalized by Newton-Schulz), AdamW on the other roles."""
 
     lr: float = 0.02
@@ -322,19 +341,12 @@ class MuonConfig(AuxRoles):
     bf16 on a CPU without native bf16 runs each product as an fp32 matmul of the bf16 operands, rounded."""
     lr_scaling: str = "original"
     """Shape scale of the step: original sqrt(max(1, rows/cols)) | match_rms_adamw 0.2·sqrt(max(rows, cols))."""
-    aux_lr: float = 3e-3
-    """Learning rate of the embed, head and scalar roles (AdamW) without their own."""
-    aux_betas: tuple = (0.9, 0.95)
-    """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
-    aux_eps: float = 1e-8
-    """AdamW's eps on the embed, head and scalar roles."""
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "lr", "aux_lr", "aux_eps")
+        check_positive(self, "lr")
         check_non_negative(self, "weight_decay")
         check_fraction(self, "momentum")
-        check_betas("aux_betas", self.aux_betas)
         require(self.ns_steps >= 0, f"--optim.ns_steps={self.ns_steps} must be >= 0 (0 = the coefficient set's own)")
         for name, allowed in (("newton_schulz_impl", (*registry.names("newton_schulz"), "auto")),
                               ("ns_coefficients", tuple(reference.NS_DEFAULT_STEPS)),

@@ -46,12 +46,8 @@ class Muon2(Muon):
     def _preconditioner(self, group, params):
         """precondition() with this group's settings, and the second moments of same-shape `params` (created at 0,
         fp32)."""
-        moments = []
-        for p in params:
-            state = self.state[p]
-            if "second_moment" not in state:
-                state["second_moment"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.preserve_format)
-            moments.append(state["second_moment"])
+        moments = self._state_tensors(params, "second_moment", lambda p: torch.zeros_like(
+            p, dtype=torch.float32, memory_format=torch.preserve_format))
         return partial(precondition, beta2=group["beta2"], eps=group["precondition_eps"]), moments
 
 

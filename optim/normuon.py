@@ -55,12 +55,8 @@ class NorMuon(Muon):
         """normalize() with this group's settings, and the second moments of same-shape `params` (created at 0)."""
         rows, cols = params[0].shape
         shape = (rows, 1) if group["axis"] == "row" or rows >= cols else (1, cols)  # broadcasts against the matrix
-        moments = []
-        for p in params:
-            state = self.state[p]
-            if "second_moment" not in state:
-                state["second_moment"] = torch.zeros(shape, device=p.device, dtype=torch.float32)
-            moments.append(state["second_moment"])
+        moments = self._state_tensors(params, "second_moment",
+                                      lambda p: torch.zeros(shape, device=p.device, dtype=torch.float32))
         return partial(normalize, weight=1 - group["beta2"], eps=group["norm_eps"], axis=group["axis"],
                        keep_norm=group.get("keep_norm", True)), moments
 

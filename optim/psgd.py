@@ -47,13 +47,19 @@ from dataclasses import dataclass, replace
 import torch
 
 from kernels import registry as kernels
-from optim.adamw import fused_adamw_available
 from optim.hyperball import EPS, HYPERBALL_MULTIPLIERS, hyperball_step
-from optim.muon import ADAM_ROLES, adamw_update
+from optim.muon import ADAM_ROLES, adamw_groups, adamw_update, closure_loss
 from optim.muonh import HYPERBALL_AUX
 from optim.registry import optimizer, recipe, require, schedule
-from optim.roles import AuxRoles, RoleHparams, check_betas, check_fraction, check_non_negative, check_positive, \
-    role_table, torch_groups
+from optim.roles import (
+    AuxAdamW,
+    RoleHparams,
+    check_fraction,
+    check_non_negative,
+    check_positive,
+    role_table,
+    torch_groups,
+)
 from optim.schedules import Schedule, family
 
 DAMPING = torch.finfo(torch.float32).eps  # 1.1920928955078125e-07
@@ -130,18 +136,12 @@ class PSGDKron(torch.optim.Optimizer):
         groups = [dict(params=hidden, role="hidden", lr=lr, momentum=momentum, precond_lr=precond_lr,
                        precond_every=precond_every, init_scale=init_scale, damping=damping, hyperball=hyperball,
                        hyperball_eps=hyperball_eps, weight_decay=weight_decay, psgd=True)]
-        aux = [{**g, "params": list(g["params"]), "eps": aux_eps, "psgd": False} for g in adam_groups]
-        fused = fused_adamw_available([p for g in aux for p in g["params"]])
-        for g in aux:
-            g["fused"] = fused  # also tells Optimizer.load_state_dict to put the step count on the param's device
-        super().__init__([g for g in groups + aux if g["params"]], {})
+        groups += adamw_groups(adam_groups, eps=aux_eps, psgd=False)
+        super().__init__([g for g in groups if g["params"]], {})
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         adamw_update(self, [g for g in self.param_groups if not g["psgd"]])
         for group in self.param_groups:
             if group["psgd"]:
@@ -183,7 +183,7 @@ class PSGDKron(torch.optim.Optimizer):
 
 
 @dataclass(frozen=True)
-class PSGDConfig(AuxRoles):
+class PSGDConfig(AuxAdamW):
     """PSGD Kron: the momentum of each hidden matrix whitened by two triangular Kronecker factors fitted from random
     probes, applied through the hyperball (each hidden matrix keeps its norm); AdamW on the other roles."""
 
@@ -210,12 +210,6 @@ class PSGDConfig(AuxRoles):
     """ε added to the direction's and the stepped matrix's norms in the hyperball's divisions."""
     weight_decay: float = 0.0
     """Decoupled weight decay of the hidden matrices without the hyperball (must be 0 with it)."""
-    aux_lr: float = 3e-3
-    """Learning rate of the embed, head and scalar roles (AdamW) without their own."""
-    aux_betas: tuple = (0.9, 0.95)
-    """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
-    aux_eps: float = 1e-8
-    """AdamW's eps on the embed, head and scalar roles."""
     gram_impl: str = "auto"
     """kernels.registry implementation of the factors' Gram matrices AAᵀ, BBᵀ, AᵀA, BᵀB: eager (one matmul each) |
     triton | auto (triton on CUDA, eager elsewhere)."""
@@ -224,10 +218,9 @@ class PSGDConfig(AuxRoles):
         super().__post_init__()
         require(self.gram_impl in GRAM_IMPLS,
                 f"--optim.gram_impl={self.gram_impl!r}; choose from {', '.join(GRAM_IMPLS)}")
-        check_positive(self, "lr", "precond_lr", "hyperball_eps", "aux_lr", "aux_eps")
+        check_positive(self, "lr", "precond_lr", "hyperball_eps")
         check_non_negative(self, "init_scale", "damping", "weight_decay")
         check_fraction(self, "momentum")
-        check_betas("aux_betas", self.aux_betas)
         require(isinstance(self.precond_every, int) and self.precond_every >= 1,
                 f"--optim.precond_every={self.precond_every} must be an integer >= 1")
         require(not (self.hyperball and self.weight_decay),

@@ -97,45 +97,42 @@ def _register(kind: str, name: str, config, factory) -> Entry:
     return entry
 
 
+_ITSELF = object()  # a schedule is registered by its class, which is also its hyper-parameters
+
+
+def _registering(kind: str, name: str, config=None):
+    """A decorator that registers what it decorates as `kind` `name` and gives it back unchanged; `config` is its
+    hyper-parameter class (None: it has none; _ITSELF: the decorated class is its own)."""
+    def decorator(factory):
+        _register(kind, name, factory if config is _ITSELF else config, factory)
+        return factory
+    return decorator
+
+
 def optimizer(name: str, config: type):
     """Register build(cfg: config, groups) -> torch.optim.Optimizer as optimizer `name` (optim.roles: groups)."""
-    def decorator(build):
-        _register("optimizer", name, config, build)
-        return build
-    return decorator
+    return _registering("optimizer", name, config)
 
 
 def recipe(name: str):
     """Register a function returning dotted overrides (with "optimizer") as recipe `name`; its docstring gives
     the published result it reproduces."""
-    def decorator(fn):
-        _register("recipe", name, None, fn)
-        return fn
-    return decorator
+    return _registering("recipe", name)
 
 
 def schedule(name: str):
     """Register a Schedule dataclass (optim.schedules) as lr schedule `name`."""
-    def decorator(cls):
-        _register("schedule", name, cls, cls)
-        return cls
-    return decorator
+    return _registering("schedule", name, _ITSELF)
 
 
 def wrapper(name: str, config: type):
     """Register wrap(cfg: config, optimizer, model) -> optim.wrappers.Wrapper as wrapper `name`."""
-    def decorator(wrap):
-        _register("wrapper", name, config, wrap)
-        return wrap
-    return decorator
+    return _registering("wrapper", name, config)
 
 
 def readout(name: str, config: type):
     """Register make(cfg: config, model) -> optim.readouts.Readout as readout `name`."""
-    def decorator(make):
-        _register("readout", name, config, make)
-        return make
-    return decorator
+    return _registering("readout", name, config)
 
 
 def discover():

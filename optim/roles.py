@@ -71,6 +71,24 @@ class AuxRoles:
         check_non_negative(self, "embed_lr", "head_lr", "scalar_lr", "aux_weight_decay")
 
 
+@dataclass(frozen=True)
+class AuxAdamW(AuxRoles):
+    """AuxRoles of an optimizer that steps the embed, head and scalar roles with AdamW (optim.muon.adamw_update)
+    beside its own method on the hidden matrices: AdamW's default lr, betas and eps there."""
+
+    aux_lr: float = 3e-3
+    """Learning rate of the embed, head and scalar roles (AdamW) without their own."""
+    aux_betas: tuple = (0.9, 0.95)
+    """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
+    aux_eps: float = 1e-8
+    """AdamW's eps on the embed, head and scalar roles."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive(self, "aux_lr", "aux_eps")
+        check_betas("aux_betas", self.aux_betas)
+
+
 def check_betas(name: str, value, *, empty_ok: bool = False):
     """A (beta1, beta2) pair in [0, 1), or () where `empty_ok` (the optimizer's other betas)."""
     if empty_ok and value == ():

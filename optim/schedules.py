@@ -63,6 +63,17 @@ class MomentumRamp:
         return peak
 
 
+def apply_schedule(schedule, optimizer, step: int, horizon: int):
+    """Each param group's lr (and the hidden matrices' momentum) at `step`, from the initial_lr (and
+    initial_momentum) optim.build_optimizer recorded: the one place a schedule reaches the param groups, so the
+    trainer and the benchmarks step with the same values."""
+    for group in optimizer.param_groups:
+        role = group.get("role", "hidden")
+        group["lr"] = schedule.lr(group["initial_lr"], step, horizon, role)
+        if role == "hidden" and "initial_momentum" in group:
+            group["momentum"] = schedule.momentum.momentum(group["initial_momentum"], step, horizon)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Base of every schedule: `lr()` per role family, and the momentum ramp."""

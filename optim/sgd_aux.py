@@ -16,15 +16,13 @@ so the gradient, and the lr that suits it, depend on the tokens per step (1,024 
 from dataclasses import dataclass
 
 import torch
-from torch.optim.adamw import adamw
 from torch.optim.sgd import sgd
 
-from optim.adamw import fused_adamw_available
+from optim.muon import adamw_groups, adamw_update, closure_loss
 from optim.registry import optimizer, recipe
 from optim.roles import (
-    AuxRoles,
+    AuxAdamW,
     RoleHparams,
-    check_betas,
     check_fraction,
     check_non_negative,
     check_positive,
@@ -45,29 +43,22 @@ class SGDAux(torch.optim.Optimizer):
             raise ValueError(f"SGD momentum must be in [0, 1), got {momentum}")
         groups = [dict(params=list(hidden), role="hidden", use_sgd=True, lr=lr, momentum=momentum,
                        nesterov=nesterov and momentum > 0, weight_decay=weight_decay)]
-        params = [p for g in adam_groups for p in g["params"]]
-        fused = fused_adamw_available(params)
-        groups += [{**g, "params": list(g["params"]), "use_sgd": False, "eps": eps, "fused": fused}
-                   for g in adam_groups]
+        groups += adamw_groups(adam_groups, eps=eps, use_sgd=False)
         super().__init__([g for g in groups if g["params"]], {})
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
             if group["use_sgd"]:
-                self._sgd(group, params)
-            else:
-                self._adamw(group, params)
+                self._sgd(group)
+        adamw_update(self, [g for g in self.param_groups if not g["use_sgd"]])
         return loss
 
-    def _sgd(self, group, params):
+    def _sgd(self, group):
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
         lr, wd = group["lr"], group["weight_decay"]
         if wd:
             torch._foreach_mul_(params, 1 - lr * wd)  # decoupled
@@ -78,23 +69,9 @@ class SGDAux(torch.optim.Optimizer):
             for p, buf in zip(params, buffers):
                 self.state[p]["momentum_buffer"] = buf  # sgd() creates them at the first step
 
-    def _adamw(self, group, params):
-        for p in params:
-            state = self.state[p]
-            if not state:  # torch.optim.AdamW's state: fp32 step count, moments like p
-                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if group["fused"] else "cpu")
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        states = [self.state[p] for p in params]
-        beta1, beta2 = group["betas"]
-        adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states], [],
-              [s["step"] for s in states], foreach=not group["fused"], fused=group["fused"] or None, amsgrad=False,
-              beta1=beta1, beta2=beta2, lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-              maximize=False)
-
 
 @dataclass(frozen=True)
-class SGDAuxConfig(AuxRoles):
+class SGDAuxConfig(AuxAdamW):
     """SGD with (Nesterov) momentum on the hidden matrices, AdamW on the embed, head and scalar roles."""
 
     lr: float = 1e-3
@@ -105,19 +82,12 @@ class SGDAuxConfig(AuxRoles):
     """Step along G + momentum·B instead of B (ignored when momentum is 0)."""
     weight_decay: float = 0.0
     """Decoupled weight decay of the hidden matrices: W <- W·(1 - lr·wd)."""
-    aux_lr: float = 3e-3
-    """Learning rate of the embed, head and scalar roles (AdamW) without their own."""
-    aux_betas: tuple = (0.9, 0.95)
-    """AdamW's (beta1, beta2) on the embed, head and scalar roles."""
-    aux_eps: float = 1e-8
-    """AdamW's eps on the embed, head and scalar roles."""
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "lr", "aux_lr", "aux_eps")
+        check_positive(self, "lr")
         check_non_negative(self, "weight_decay")
         check_fraction(self, "momentum")
-        check_betas("aux_betas", self.aux_betas)
 
 
 @optimizer("sgd_aux", SGDAuxConfig)
