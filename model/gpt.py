@@ -305,7 +305,8 @@ class GPT(nn.Module):
         for name, p in self._track3_order():
             if name == "wte.weight":
                 p.normal_()
-            elif (name.endswith("c_proj.weight") and cfg.zero_init_proj) or (name == "lm_head.weight" and cfg.zero_head):
+            elif ((name.endswith("c_proj.weight") and cfg.zero_init_proj)
+                  or (name == "lm_head.weight" and cfg.zero_head)):
                 p.zero_()
             elif name.endswith("weight"):
                 p.normal_(std=0.33**0.5 / p.size(-1) ** 0.5)
@@ -319,17 +320,17 @@ class GPT(nn.Module):
         gains split by signs (init_gain_split); only the latter draws random numbers."""
         cfg, L = self.cfg, self.cfg.n_layer
         if cfg.init_fc_depth_scale:
-            for l, block in enumerate(self.blocks):
-                block.mlp.c_fc.weight.mul_(1.0 - cfg.init_fc_depth_scale * (l / (L - 1) if L > 1 else 0.0))
+            for layer, block in enumerate(self.blocks):
+                block.mlp.c_fc.weight.mul_(1.0 - cfg.init_fc_depth_scale * (layer / (L - 1) if L > 1 else 0.0))
         if cfg.init_gain_split:
             seed = torch.initial_seed() if cfg.init_gain_seed is None else cfg.init_gain_seed
             first, paired = cfg.init_gain_pairs_from, None
-            for l, block in enumerate(self.blocks):
+            for layer, block in enumerate(self.blocks):
                 gain = block.norm1.gain
-                if l >= first and (l - first) % 2 == 1:
+                if layer >= first and (layer - first) % 2 == 1:
                     signs, paired = paired, None
-                elif l >= first:
-                    signs, paired = self._head_balanced_pair(l, seed, gain.numel(), gain.device)
+                elif layer >= first:
+                    signs, paired = self._head_balanced_pair(layer, seed, gain.numel(), gain.device)
                 else:
                     signs = torch.randint(0, 2, gain.shape, device=gain.device, dtype=torch.float32) * 2 - 1
                 block.norm1.gain.copy_(1.0 - cfg.init_gain_split * signs)

@@ -16,8 +16,14 @@ projection are fp32. On a CPU without native bf16 the Newton-Schulz products are
 from dataclasses import dataclass
 from functools import partial
 
-from optim.hyperball import (EPS, TORCH_HYPERBALL_INIT, TRACK3_HYPERBALL_INIT, check_hyperball, hyperball_update,
-                             resolve_step_dtype)
+from optim.hyperball import (
+    EPS,
+    TORCH_HYPERBALL_INIT,
+    TRACK3_HYPERBALL_INIT,
+    check_hyperball,
+    hyperball_update,
+    resolve_step_dtype,
+)
 from optim.muon import TRACK3_NEWTON_SCHULZ, Muon, MuonConfig, lr_scale, muon_kwargs
 from optim.registry import optimizer, recipe
 from optim.schedules import TRACK3_SCHEDULE

@@ -30,8 +30,8 @@ def _scaled_normalize(directions, moments, *, normalize, scale: float):
 
 
 class NorMuonH(NorMuon):
-    """NorMuon's direction, unrescaled, through the hyperball on `hidden`; AdamW on `adam_groups` (optim.normuon.NorMuon's
-    arguments, without weight decay on the hidden matrices)."""
+    """NorMuon's direction, unrescaled, through the hyperball on `hidden`; AdamW on `adam_groups`
+    (optim.normuon.NorMuon's arguments, without weight decay on the hidden matrices)."""
 
     def __init__(self, hidden, adam_groups=(), *, hyperball_eps: float = EPS, **kwargs):
         if kwargs.get("weight_decay"):

@@ -372,7 +372,7 @@ def test_two_ranks_match_one_rank_accumulating_two_micro_batches(text_shards, tm
 
     args = ["--preset=tiny", "--optimizer=psgd", "--optim.lr=0.05", "--model.zero_init_proj=False",
             f"--data_dir={text_shards}", "--threads=1", "--dtype=fp32", "--reference_world_size=2", "--max_steps=4",
-            "--val_every=2", "--run_name=psgd"]
+            "--val_every=2", "--run_name=psgd", "--checkpoint_every=4"]
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "train.py", *args,

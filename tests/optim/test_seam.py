@@ -70,7 +70,7 @@ def test_an_outside_optimizer_races_in_bench_speedrun(lion, text_shards, tmp_pat
     out = tmp_path / "race"
     speedrun.main(["--preset=tiny", f"--optimizers=adamw,{lion}:lion", "--seeds=2", f"--out={out}",
                    f"--data_dir={text_shards}", "--threads=1", "--max_steps=3", "--val_every=1", "--target=10.9",
-                   "--target_sigma=0.1"])
+                   "--sigma=0.1"])
     results = json.loads((out / "results.json").read_text())
     assert set(results["aggregate"]) == {"adamw", f"{lion}:lion"}
     assert repository_state() == before
