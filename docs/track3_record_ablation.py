@@ -1,5 +1,5 @@
-"""The track-3 record (recipe track3-record) with one technique taken away: one recipe per variant, for
-docs/track3_record_ablation.md.
+"""The track-3 record (recipe track3-record) with one technique taken away: one recipe per variant, raced on
+track3-cpu against the record itself (results not yet measured).
 
     python -m bench.speedrun --preset track3-cpu --optimizers docs/track3_record_ablation.py:record-no-soap \
         --seeds 4 --threads=1 --max_steps=143 --out out/ablation/no-soap
@@ -58,7 +58,7 @@ for _name, (_removed, _options) in VARIANTS.items():
     _variant(_name, _removed, _options)
 
 
-# --- the tables of docs/track3_record_ablation.md --------------------------------------------------------------------
+# --- the ablation's tables, from bench.speedrun's results --------------------------------------------------------------------
 
 
 def raw_results(path: str, out: str):
