@@ -58,7 +58,7 @@ for _name, (_removed, _options) in VARIANTS.items():
     _variant(_name, _removed, _options)
 
 
-# --- the ablation's tables, from bench.speedrun's results --------------------------------------------------------------------
+# --- the ablation's tables, from bench.speedrun's results ------------------------------------------------------------
 
 
 def raw_results(path: str, out: str):
