@@ -17,41 +17,32 @@ the harness under other settings) join them.
 
 import json
 import math
-import re
 from pathlib import Path
 
 import pytest
 import torch
 
 import train
-from data.shards import write_shard
-from speedrun.config import resolve
 
-GOLDENS = Path(__file__).parents[1] / "golden"
-FLOOR = 1e-5  # relative: the forward and backward's agreement, and the bound where the peers are bitwise equal
+# the golden method shared with the other recipes (loading, the shrunk config, the perturbed-gradient check)
+from tests.optim.track3_goldens import (  # noqa: F401 (re-exported for the Kronecker golden tests)
+    FLOOR,
+    GOLDENS,
+    check_perturbed,
+    config,
+    fingerprint,
+    load,
+    our_name,
+)
+
 FACTOR = 4.0  # × the reference's measured self-drift
 PEERS = ("steps_threads2", "steps_nosimd")
 CLASSES = ("loss", "outer", "matrix", "proj_matrix", "block_1d")
 
 
-def load(folder: str) -> dict:
-    return json.loads((GOLDENS / f"{folder}.json").read_text())
-
-
 def load_peers(folder: str) -> tuple[dict, ...]:
     """The further runs of a golden's script in tests/golden/peers/<folder>.*.json."""
     return tuple(json.loads(p.read_text()) for p in sorted((GOLDENS / "peers").glob(f"{folder}.*.json")))
-
-
-def our_name(ref: str) -> str:
-    """The reference's parameter name -> ours."""
-    top = {"embed.weight": "wte.weight", "proj.weight": "lm_head.weight", "proj.bias": "lm_head.bias",
-           "norm1.gains": "norm_in.gain", "norm2.gains": "norm_f.gain"}
-    if ref in top:
-        return top[ref]
-    name = re.sub(r"attn\.(q|k|v|proj)\.", r"attn.c_\1.", ref)
-    name = re.sub(r"mlp\.(fc|proj)\.", r"mlp.c_\1.", name)
-    return name.replace(".gains", ".gain")
 
 
 def drift_class(ref: str) -> str:
@@ -64,39 +55,6 @@ def drift_class(ref: str) -> str:
     return "proj_matrix" if ref.endswith("proj.weight") else "matrix"
 
 
-def streams(meta: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The golden script's train and val token streams."""
-    g = torch.Generator()
-    train_stream = torch.randint(0, meta["data_vocab"], (meta["train_tokens"],),
-                                 generator=g.manual_seed(meta["train_seed"]))
-    val = torch.randint(0, meta["data_vocab"], (2 * meta["val_tokens"] + 1,), generator=g.manual_seed(meta["val_seed"]))
-    return train_stream, val
-
-
-def config(golden: dict, tmp_path, recipe: str, *extra: str):
-    """The track3 preset shrunk to the golden's shape with `recipe`, over shards holding the golden's streams, for
-    its N steps on an N-step horizon (the golden script's train_steps); `extra` options on top."""
-    meta, shape = golden["meta"], golden["meta"]["shape"]
-    train_stream, val_stream = streams(meta)
-    write_shard(tmp_path / "g_train_000000.bin", train_stream.numpy())
-    write_shard(tmp_path / "g_val_000000.bin", val_stream.numpy())
-    return resolve(["--preset=track3", f"--optimizer={recipe}", f"--data_dir={tmp_path}",
-                    "--train_pattern=g_train_*.bin", "--val_pattern=g_val_*.bin", f"--out_dir={tmp_path / 'runs'}",
-                    f"--model.n_layer={shape['n_layer']}", f"--model.n_embd={shape['dim']}",
-                    f"--model.n_head={shape['dim'] // 128}", f"--model.max_seq_len={shape['seq']}",
-                    f"--batch_size={shape['rows']}", f"--seq_len={shape['seq']}", "--reference_world_size=1",
-                    f"--max_steps={meta['steps']}", "--schedule_steps=0", f"--val_tokens={meta['val_tokens']}",
-                    f"--val_every={meta['steps']}", "--dtype=fp32", "--compile=False", "--threads=1",
-                    "--log_every=1",
-                    # the reference's loss formulation (the CPU's chunked loss sums in another order)
-                    "--model.linear_cross_entropy_impl=eager", *extra])
-
-
-def fingerprint(p: torch.Tensor) -> dict:
-    p = p.detach().double().flatten()
-    return {"norm": p.norm().item(), "sum": p.sum().item(), "first": p[:2].tolist(), "last": p[-2:].tolist()}
-
-
 def check_init(golden: dict, model: torch.nn.Module):
     """Every parameter's init fingerprint: entries equal, float64 norms and sums within 1e-12 (bitwise the same
     draws)."""
@@ -107,28 +65,6 @@ def check_init(golden: dict, model: torch.nn.Module):
         assert got["first"] == want["first"] and got["last"] == want["last"], ref
         assert got["norm"] == pytest.approx(want["norm"], rel=1e-12, abs=0), ref
         assert got["sum"] == pytest.approx(want["sum"], rel=1e-12, abs=1e-12 * max(want["norm"], 1.0)), ref
-
-
-def check_perturbed(golden: dict, model: torch.nn.Module):
-    """At init + the golden's seeded noise, on step 0's batch: the loss and every gradient within FLOOR (a gradient by
-    its norm and by a seeded probe <g, r>: |Δ<g, r>| <= FLOOR·|g|·|r| is what "g within FLOOR" implies)."""
-    meta = golden["meta"]
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for i, ref in enumerate(golden["init"]):
-            p = params[our_name(ref)]
-            p.add_(meta["perturb_std"] * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
-    rows, seq = meta["shape"]["rows"], meta["shape"]["seq"]
-    buf = streams(meta)[0][: rows * seq + 1]
-    loss = model(buf[:-1].view(rows, seq), buf[1:].view(rows, seq))
-    loss.backward()
-    want = golden["perturbed"]
-    assert loss.item() == pytest.approx(want["loss"], rel=FLOOR)
-    for i, (ref, grad) in enumerate(want["grads"].items()):
-        g = params[our_name(ref)].grad.double()
-        r = torch.randn(g.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
-        assert g.norm().item() == pytest.approx(grad["norm"], rel=FLOOR), ref
-        assert abs((g * r).sum().item() - grad["probe"]) <= FLOOR * grad["norm"] * r.norm().item(), ref
 
 
 def _rel(a: float, b: float) -> float:
